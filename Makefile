@@ -1,0 +1,54 @@
+# netagent — `make run` and `make test` install what is missing, then run.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
+	containernetworking-plugins qemu-system-x86 busybox-static
+CONFIG ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
+
+run: deps
+	$(PY) -m netagent serve $(if $(CONFIG),--config $(CONFIG))
+
+test: deps guest-image
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+test-datapath: deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/datapath
+
+test-microvm: deps guest-image
+	$(PY) -m pytest -q -p no:cacheprovider tests/microvm
+
+bench: deps
+	$(PY) -m tests.bench.run $(BENCH_ARGS)
+
+lint: deps
+	$(PY) -m ruff check netagent tests
+
+deps: apt venv
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c 'import nftables, pyroute2, pydantic'
+	touch $@
+
+guest-image: deps
+	$(PY) -m tests.testbed.microvm.image
+
+clean:
+	rm -rf $(VENV) build *.egg-info

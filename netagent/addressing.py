@@ -1,0 +1,81 @@
+"""Pure address plan and naming: slot index <-> names <-> addresses."""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+@dataclass(frozen=True)
+class SlotAddresses:
+    index: int
+    netns: str
+    host_veth: str
+    host_ip: ipaddress.IPv4Address      # even end of the /31, in the host netns
+    sandbox_ip: ipaddress.IPv4Address   # odd end, in the slot netns
+    ct_mark: int
+
+
+class AddressPlan:
+    def __init__(self, config: "Config"):
+        self.prefix = config.prefix
+        self.transit = config.transit_cidr
+        self.guest = config.guest
+        self.ct_mark_base = config.ct_mark_base
+        self.capacity = self.transit.num_addresses // 2
+        self._netns_re = re.compile(rf"^{re.escape(self.prefix)}-(\d+)$")
+        self._veth_re = re.compile(rf"^{re.escape(self.prefix)}v(\d+)$")
+
+    def netns(self, index: int) -> str:
+        return f"{self.prefix}-{self._check(index)}"
+
+    def host_veth(self, index: int) -> str:
+        return f"{self.prefix}v{self._check(index)}"
+
+    def slot(self, index: int) -> SlotAddresses:
+        base = int(self.transit.network_address) + 2 * self._check(index)
+        return SlotAddresses(
+            index=index,
+            netns=self.netns(index),
+            host_veth=self.host_veth(index),
+            host_ip=ipaddress.IPv4Address(base),
+            sandbox_ip=ipaddress.IPv4Address(base + 1),
+            ct_mark=self.ct_mark_base + index,
+        )
+
+    def index_of_sandbox_ip(self, ip: str | ipaddress.IPv4Address) -> int:
+        addr = ipaddress.IPv4Address(ip)
+        if addr not in self.transit or int(addr) % 2 == 0:
+            raise ValueError(f"{addr} is not a sandbox address of {self.transit}")
+        return (int(addr) - int(self.transit.network_address)) // 2
+
+    def index_of_netns(self, name: str) -> int | None:
+        return self._parse(self._netns_re, name)
+
+    def index_of_host_veth(self, name: str) -> int | None:
+        return self._parse(self._veth_re, name)
+
+    def boot_ip_arg(self, hostname: str = "", dns: str | None = None) -> str:
+        """The kernel `ip=` argument that configures the guest's eth0."""
+        g = self.guest
+        mask = ipaddress.IPv4Network(f"0.0.0.0/{g.prefixlen}").netmask
+        arg = f"ip={g.guest_ip}::{g.gateway_ip}:{mask}:{hostname}:eth0:off"
+        return f"{arg}:{dns}" if dns else arg
+
+    def _parse(self, pattern: re.Pattern[str], name: str) -> int | None:
+        m = pattern.match(name)
+        if not m:
+            return None
+        index = int(m.group(1))
+        if str(index) != m.group(1) or index >= self.capacity:
+            return None
+        return index
+
+    def _check(self, index: int) -> int:
+        if not 0 <= index < self.capacity:
+            raise ValueError(f"slot index {index} outside 0..{self.capacity - 1}")
+        return index

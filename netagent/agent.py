@@ -1,0 +1,534 @@
+"""The core API: allocate, release, get, list, expose, unexpose.
+
+All changes to nft elements and to state go through one committer task. It
+takes every queued operation (a burst), plans them against the in-memory state,
+and applies the burst as one SQLite transaction and one nft transaction. A
+failed nft transaction rolls the SQLite transaction and the memory back, so a
+caller sees either the whole change or none of it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import netns
+from .addressing import AddressPlan
+from .config import Config
+from .datapath import conntrack
+from .datapath.host import HostInfo, apply_sysctls, discover
+from .datapath.slot_builder import SlotBuilder
+from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable
+from .firewall import elements as el
+from .firewall import ruleset
+from .models import (AllocateSpec, ExposedPort, Network, Protocol, SlotState, validate_port,
+                     validate_protocol, validate_sandbox_id)
+from .state import AllocationRecord, StateStore, Tx
+from .workers import BuildPool, HostWorker
+
+log = logging.getLogger("netagent")
+
+
+@dataclass
+class _Op:
+    kind: str
+    args: dict[str, Any]
+    future: asyncio.Future[Any]
+    result: Any = None
+
+
+@dataclass
+class _Plan:
+    """What one burst does: nft ops, undo steps for memory, work after commit."""
+    nft: list[el.Op] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)
+    cleanups: list[int] = field(default_factory=list)   # slots whose conntrack must be flushed
+    full_sync: bool = False
+
+
+class Agent:
+    def __init__(self, config: Config, rules_dir: Any = ruleset.RULES_DIR):
+        self.config = config
+        self.plan = AddressPlan(config)
+        self.host_source = ruleset.read_rules(ruleset.HOST_RULES, rules_dir)
+        self.builder = SlotBuilder(config, self.plan,
+                                   ruleset.slot_script(config, ruleset.read_rules(ruleset.SLOT_RULES, rules_dir)))
+        self.store = StateStore(config.state_dir)
+        self.host = HostWorker(config.host_netns)
+        self.builds = BuildPool(config.host_netns, config.pool_build_concurrency)
+        self.host_info: HostInfo | None = None
+        self.slots: dict[int, SlotState] = {}
+        self.allocations: dict[str, AllocationRecord] = {}
+        self.ready: deque[int] = deque()
+        self.ports_used: dict[Protocol, dict[int, str]] = {p: {} for p in Protocol}
+        self._port_cursor = {p: config.host_port_range[0] for p in Protocol}
+        self._pending: list[_Op] = []
+        self._wake = asyncio.Event()
+        self._pool_wake = asyncio.Event()
+        self._db_lock = asyncio.Lock()
+        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._building = 0
+        self.ruleset_fingerprint: str | None = None
+        self.stats: dict[str, Any] = {"ruleset_restores": 0, "reconcile_repairs": 0, "last_reconcile": None}
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def start(self, fill_pool: bool = True) -> None:
+        from .reconcile import reconcile
+        self.host_info = await self.host.call(self._host_setup)
+        self._tasks.append(asyncio.create_task(self._committer(), name="netagent-committer"))
+        await reconcile(self)
+        self._tasks.append(asyncio.create_task(self._watch_ruleset(), name="netagent-ruleset-watch"))
+        if fill_pool:
+            self._tasks.append(asyncio.create_task(self._pool_filler(), name="netagent-pool"))
+
+    def _host_setup(self) -> HostInfo:
+        apply_sysctls()
+        return discover(self.builder.host_ipr(), self.config.uplink)
+
+    async def wait_pool_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ready) < min(self.config.pool_size, self.plan.capacity - len(self.allocations)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pool has {len(self.ready)} of {self.config.pool_size} slots")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Stop background work. The datapath stays exactly as it is."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.builds.shutdown()
+        self.host.shutdown()
+        self.store.close()
+
+    # ---- public API ------------------------------------------------------
+
+    async def allocate(self, sandbox_id: str, spec: AllocateSpec | dict[str, Any] | None = None) -> Network:
+        validate_sandbox_id(sandbox_id)
+        spec = AllocateSpec.parse(spec)
+        rec = self.allocations.get(sandbox_id)
+        if rec is not None:
+            return self._existing(rec, spec)
+        key = ("allocate", sandbox_id)
+        if key in self._inflight:
+            net = await asyncio.shield(self._inflight[key])
+            return self._existing(self.allocations[net.sandbox_id], spec)
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            slot = await self._take_slot()
+            try:
+                net = await self._submit("allocate", future, sandbox_id=sandbox_id, spec=spec, slot=slot)
+            except BaseException:
+                self._return_slot(slot)
+                raise
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # mark retrieved
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        return net
+
+    async def release(self, sandbox_id: str) -> bool:
+        """Release a sandbox's network. Returns False if it was not allocated."""
+        validate_sandbox_id(sandbox_id)
+        pending = self._inflight.get(("allocate", sandbox_id))
+        if pending is not None:
+            await asyncio.gather(asyncio.shield(pending), return_exceptions=True)
+        if sandbox_id not in self.allocations:
+            return False
+        key = ("release", sandbox_id)
+        if key in self._inflight:
+            return await asyncio.shield(self._inflight[key])
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            return await self._submit("release", future, sandbox_id=sandbox_id)
+        finally:
+            self._inflight.pop(key, None)
+
+    async def get(self, sandbox_id: str) -> Network:
+        validate_sandbox_id(sandbox_id)
+        rec = self.allocations.get(sandbox_id)
+        if rec is None:
+            raise NotFound(f"sandbox {sandbox_id!r} is not allocated on this host")
+        return self._network(rec)
+
+    async def list(self, labels: dict[str, str] | None = None) -> list[Network]:
+        labels = labels or {}
+        return [self._network(rec) for rec in sorted(self.allocations.values(), key=lambda r: r.slot)
+                if all(rec.spec.labels.get(k) == v for k, v in labels.items())]
+
+    async def expose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp",
+                     host_port: int | None = None) -> int:
+        validate_sandbox_id(sandbox_id)
+        validate_port(guest_port, "guest_port")
+        proto = validate_protocol(protocol)
+        if host_port is not None:
+            validate_port(host_port, "host_port")
+            lo, hi = self.config.host_port_range
+            if not lo <= host_port <= hi:
+                raise InvalidArgument(f"host_port {host_port} is outside the configured range {lo}-{hi}")
+        rec = self._require(sandbox_id)
+        existing = rec.ports.get((guest_port, proto))
+        if existing is not None:
+            if host_port not in (None, existing.host_port):
+                raise Conflict(f"{proto.value}/{guest_port} of {sandbox_id} is already exposed on "
+                               f"host port {existing.host_port}")
+            return existing.host_port
+        future = asyncio.get_running_loop().create_future()
+        port = await self._submit("expose", future, sandbox_id=sandbox_id, guest_port=guest_port,
+                                  protocol=proto, host_port=host_port)
+        return port.host_port
+
+    async def unexpose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp") -> bool:
+        validate_sandbox_id(sandbox_id)
+        validate_port(guest_port, "guest_port")
+        proto = validate_protocol(protocol)
+        rec = self._require(sandbox_id)
+        if (guest_port, proto) not in rec.ports:
+            return False
+        future = asyncio.get_running_loop().create_future()
+        return await self._submit("unexpose", future, sandbox_id=sandbox_id, guest_port=guest_port,
+                                  protocol=proto)
+
+    async def resync(self) -> None:
+        """Reload the ruleset if it drifted and re-add every element, atomically."""
+        await self._submit("resync", asyncio.get_running_loop().create_future())
+
+    # ---- helpers ---------------------------------------------------------
+
+    def _require(self, sandbox_id: str) -> AllocationRecord:
+        rec = self.allocations.get(sandbox_id)
+        if rec is None:
+            raise NotFound(f"sandbox {sandbox_id!r} is not allocated on this host")
+        return rec
+
+    def _existing(self, rec: AllocationRecord, spec: AllocateSpec) -> Network:
+        if rec.spec != spec:
+            raise Conflict(f"sandbox {rec.sandbox_id!r} is already allocated with a different spec")
+        return self._network(rec)
+
+    def _network(self, rec: AllocationRecord) -> Network:
+        s = self.plan.slot(rec.slot)
+        g = self.config.guest
+        return Network(
+            sandbox_id=rec.sandbox_id, slot=rec.slot, netns=s.netns, netns_path=netns.path_of(s.netns),
+            tap=g.tap_name, guest_ip=str(g.guest_ip), guest_prefixlen=g.prefixlen,
+            guest_netmask=self.plan.boot_ip_arg().split(":")[3], gateway_ip=str(g.gateway_ip),
+            guest_mac=g.guest_mac, mtu=g.mtu, sandbox_ip=str(s.sandbox_ip), host_veth=s.host_veth,
+            boot_ip_arg=self.plan.boot_ip_arg(), spec=rec.spec,
+            ports=tuple(sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))
+
+    async def _submit(self, kind: str, future: asyncio.Future[Any], **args: Any) -> Any:
+        self._pending.append(_Op(kind, args, future))
+        self._wake.set()
+        return await asyncio.shield(future)
+
+    # ---- the committer ---------------------------------------------------
+
+    async def _committer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    await self._commit(batch)
+                except Exception as exc:  # never let the committer die
+                    log.exception("commit failed")
+                    for op in batch:
+                        if not op.future.done():
+                            op.future.set_exception(Unavailable(f"commit failed: {exc}"))
+
+    async def _commit(self, batch: list[_Op]) -> None:
+        plan = _Plan()
+        accepted: list[_Op] = []
+        async with self._db_lock:
+            self.store.db.execute("BEGIN IMMEDIATE")
+            tx = Tx(self.store.db)
+            for op in batch:
+                try:
+                    op.result = getattr(self, f"_plan_{op.kind}")(op.args, tx, plan)
+                    accepted.append(op)
+                except NetagentError as exc:
+                    op.future.set_exception(exc)
+            try:
+                if plan.full_sync:
+                    await self.host.call(self._apply_full_sync)
+                elif plan.nft:
+                    doc = el.to_json(self.config.prefix, plan.nft)
+                    await self.host.call(lambda: self.host.nft().run_json(doc))
+            except BaseException as exc:
+                self.store.db.execute("ROLLBACK")
+                for undo in reversed(plan.undo):
+                    undo()
+                err = exc if isinstance(exc, NetagentError) else Unavailable(str(exc))
+                for op in accepted:
+                    op.future.set_exception(err)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            if plan.full_sync:
+                self.store.set_meta("ruleset_fingerprint", self.ruleset_fingerprint or "")
+            self.store.db.execute("COMMIT")
+        if plan.cleanups:
+            await self._clean_slots(plan.cleanups)
+        for op in accepted:
+            if not op.future.done():
+                op.future.set_result(op.result)
+
+    def _plan_allocate(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> Network:
+        sid, slot = a["sandbox_id"], a["slot"]
+        if sid in self.allocations:
+            raise Conflict(f"sandbox {sid!r} was allocated concurrently")
+        rec = AllocationRecord(sid, slot, a["spec"], time.time())
+        tx.set_slot(slot, SlotState.ALLOCATED)
+        tx.add_allocation(rec)
+        self.allocations[sid] = rec
+        self.slots[slot] = SlotState.ALLOCATED
+        plan.undo.append(lambda: (self.allocations.pop(sid, None), self.slots.__setitem__(slot, SlotState.READY)))
+        plan.nft += el.add([el.egress_element(self.plan.slot(slot), rec.spec.internet)])
+        return self._network(rec)
+
+    def _plan_release(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> bool:
+        rec = self.allocations.get(a["sandbox_id"])
+        if rec is None:
+            return False
+        slot = self.plan.slot(rec.slot)
+        gone = [el.egress_element(slot, rec.spec.internet)]
+        gone += [el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
+        tx.delete_allocation(rec.sandbox_id)
+        tx.set_slot(rec.slot, SlotState.DIRTY)
+        del self.allocations[rec.sandbox_id]
+        self.slots[rec.slot] = SlotState.DIRTY
+        for p in rec.ports.values():
+            self.ports_used[p.protocol].pop(p.host_port, None)
+
+        def undo() -> None:
+            self.allocations[rec.sandbox_id] = rec
+            self.slots[rec.slot] = SlotState.ALLOCATED
+            for p in rec.ports.values():
+                self.ports_used[p.protocol][p.host_port] = rec.sandbox_id
+        plan.undo.append(undo)
+        plan.nft += el.delete(gone)
+        plan.cleanups.append(rec.slot)
+        return True
+
+    def _plan_expose(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> ExposedPort:
+        rec = self._require(a["sandbox_id"])
+        proto: Protocol = a["protocol"]
+        existing = rec.ports.get((a["guest_port"], proto))
+        if existing is not None:
+            return existing
+        host_port = self._pick_host_port(proto, a["host_port"])
+        port = ExposedPort(guest_port=a["guest_port"], protocol=proto, host_port=host_port)
+        tx.add_port(rec.sandbox_id, port)
+        rec.ports[(port.guest_port, proto)] = port
+        self.ports_used[proto][host_port] = rec.sandbox_id
+        plan.undo.append(lambda: (rec.ports.pop((port.guest_port, proto), None),
+                                  self.ports_used[proto].pop(host_port, None)))
+        plan.nft += el.add([el.port_element(self.plan.slot(rec.slot), proto.value, host_port, port.guest_port)])
+        return port
+
+    def _plan_unexpose(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> bool:
+        rec = self._require(a["sandbox_id"])
+        port = rec.ports.get((a["guest_port"], a["protocol"]))
+        if port is None:
+            return False
+        tx.delete_port(rec.sandbox_id, port)
+        del rec.ports[(port.guest_port, port.protocol)]
+        self.ports_used[port.protocol].pop(port.host_port, None)
+        plan.undo.append(lambda: (rec.ports.__setitem__((port.guest_port, port.protocol), port),
+                                  self.ports_used[port.protocol].__setitem__(port.host_port, rec.sandbox_id)))
+        plan.nft += el.delete([el.port_element(self.plan.slot(rec.slot), port.protocol.value,
+                                               port.host_port, port.guest_port)])
+        return True
+
+    def _plan_slot_ready(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> None:
+        idx = a["slot"]
+        tx.set_slot(idx, a.get("state", SlotState.READY))
+        prev = self.slots.get(idx)
+        self.slots[idx] = a.get("state", SlotState.READY)
+        plan.undo.append(lambda: self.slots.__setitem__(idx, prev) if prev else self.slots.pop(idx, None))
+        plan.nft += el.add(el.slot_elements(self.plan.slot(idx)))
+
+    def _plan_slot_gone(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> None:
+        idx = a["slot"]
+        tx.set_slot(idx, SlotState.DESTROYING)
+        self.slots[idx] = SlotState.DESTROYING
+        plan.nft += el.delete(el.slot_elements(self.plan.slot(idx)))
+
+    def _plan_resync(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> None:
+        plan.full_sync = True
+
+    def _pick_host_port(self, proto: Protocol, wanted: int | None) -> int:
+        used = self.ports_used[proto]
+        if wanted is not None:
+            if wanted in used:
+                raise Conflict(f"host port {proto.value}/{wanted} is already used by sandbox {used[wanted]!r}")
+            return wanted
+        lo, hi = self.config.host_port_range
+        size = hi - lo + 1
+        if len(used) >= size:
+            raise Exhausted(f"no free {proto.value} host port in {lo}-{hi}")
+        port = self._port_cursor[proto]
+        for _ in range(size):
+            if port not in used:
+                self._port_cursor[proto] = lo + (port + 1 - lo) % size
+                return port
+            port = lo + (port + 1 - lo) % size
+        raise Exhausted(f"no free {proto.value} host port in {lo}-{hi}")
+
+    # ---- full sync (reconcile and ruleset repair) --------------------------
+
+    def desired_elements(self) -> list[el.Element]:
+        out: list[el.Element] = []
+        for idx, state in sorted(self.slots.items()):
+            if state in (SlotState.READY, SlotState.ALLOCATED, SlotState.DIRTY):
+                out += el.slot_elements(self.plan.slot(idx))
+        for rec in self.allocations.values():
+            slot = self.plan.slot(rec.slot)
+            out.append(el.egress_element(slot, rec.spec.internet))
+            out += [el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
+        return out
+
+    def _apply_full_sync(self) -> None:
+        """Runs on the host worker: one transaction that (re)loads the table if it
+        drifted and replaces every element with the state's."""
+        assert self.host_info is not None
+        nft = self.host.nft()
+        fixed = ruleset.config_elements(self.config, self.host_info.uplink, self.host_info.addresses)
+        dynamic = self.desired_elements()
+        if nft.table_fingerprint(self.config.prefix) == self.ruleset_fingerprint is not None:
+            t = self.config.prefix
+            flush = "".join(f"flush set inet {t} {s}\n" for s in ("uplinks", "always_deny", "always_allow",
+                                                                   "sbx_ifaces", "sbx_src"))
+            flush += "".join(f"flush map inet {t} {m}\n" for m in ("slot_mark", "egress_mode", "port_dnat"))
+            nft.run(flush + el.to_text(t, fixed) + el.to_text(t, dynamic))
+        else:
+            nft.run(ruleset.full_load_script(self.config, self.host_source, fixed, dynamic))
+            self.ruleset_fingerprint = nft.table_fingerprint(self.config.prefix)
+
+    async def _watch_ruleset(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.ruleset_check_interval_s)
+            try:
+                fp = await self.host.call(lambda: self.host.nft().table_fingerprint(self.config.prefix))
+                if fp != self.ruleset_fingerprint:
+                    log.warning("host table %s is %s; restoring it", self.config.prefix,
+                                "missing" if fp is None else "changed")
+                    await self.resync()
+                    self.stats["ruleset_restores"] += 1
+            except Exception:
+                log.exception("ruleset check failed")
+
+    # ---- the warm pool -----------------------------------------------------
+
+    async def _take_slot(self) -> int:
+        self._pool_wake.set()
+        if self.ready:
+            return self.ready.popleft()
+        return await self._build_slot(for_caller=True)
+
+    def _return_slot(self, idx: int) -> None:
+        if self.slots.get(idx) == SlotState.READY:
+            self.ready.appendleft(idx)
+
+    def _free_index(self) -> int:
+        for idx in range(self.plan.capacity):
+            if idx not in self.slots:
+                return idx
+        raise Exhausted(f"all {self.plan.capacity} slots of {self.config.transit_cidr} are in use")
+
+    async def _build_slot(self, for_caller: bool = False) -> int:
+        async with self._db_lock:
+            idx = self._free_index()
+            with self.store.transaction() as tx:
+                tx.set_slot(idx, SlotState.BUILDING)
+            self.slots[idx] = SlotState.BUILDING
+        self._building += 1
+        try:
+            await self.builds.call(self.builder.build, idx)
+        except Exception as exc:
+            await self._forget_slot(idx)
+            raise Unavailable(f"building slot {idx} failed: {exc}") from exc
+        finally:
+            self._building -= 1
+        try:
+            await self._submit("slot_ready", asyncio.get_running_loop().create_future(), slot=idx)
+        except NetagentError:
+            await self.builds.call(self.builder.destroy, idx)
+            await self._forget_slot(idx)
+            raise
+        if not for_caller:
+            self.ready.append(idx)
+        return idx
+
+    async def _forget_slot(self, idx: int) -> None:
+        async with self._db_lock:
+            with self.store.transaction() as tx:
+                tx.delete_slot(idx)
+            self.slots.pop(idx, None)
+
+    async def destroy_slot(self, idx: int) -> None:
+        """Tear a slot down: intent first, then elements, kernel objects, row."""
+        await self._submit("slot_gone", asyncio.get_running_loop().create_future(), slot=idx)
+        await self.builds.call(self.builder.destroy, idx)
+        await self._forget_slot(idx)
+
+    async def _clean_slots(self, slots: list[int]) -> None:
+        """After release: flush the slots' conntrack (host by mark, slot netns fully),
+        then return them to the pool or tear them down."""
+        marks = [self.plan.slot(i).ct_mark for i in slots]
+
+        def flush() -> None:
+            for mark in marks:
+                conntrack.flush_mark(mark)
+            for idx in slots:
+                self.builder.flush_slot_conntrack(idx)
+        await self.host.call(flush)
+        room = max(0, self.config.pool_size - len(self.ready))
+        back, surplus = slots[:room], slots[room:]
+        async with self._db_lock:
+            with self.store.transaction() as tx:
+                for idx in back:
+                    tx.set_slot(idx, SlotState.READY)
+                    self.slots[idx] = SlotState.READY
+        self.ready.extend(back)
+        for idx in surplus:
+            asyncio.create_task(self._destroy_quietly(idx))
+
+    async def _destroy_quietly(self, idx: int) -> None:
+        try:
+            await self.destroy_slot(idx)
+        except Exception:
+            log.exception("destroying slot %d failed; reconcile will retry", idx)
+
+    async def _pool_filler(self) -> None:
+        backoff = 0.0
+        while True:
+            missing = min(self.config.pool_size - len(self.ready) - self._building,
+                          self.plan.capacity - len(self.slots))
+            if missing <= 0:
+                self._pool_wake.clear()
+                await self._pool_wake.wait()
+                continue
+            n = min(missing, self.config.pool_build_concurrency)
+            results = await asyncio.gather(*(self._build_slot() for _ in range(n)), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                log.warning("pool refill: %d build(s) failed: %s; retrying in %.1fs", len(errors), errors[0], backoff)
+                await asyncio.sleep(backoff)
+            else:
+                backoff = 0.0

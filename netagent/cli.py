@@ -1,0 +1,43 @@
+"""The `netagent` command."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from . import config as config_mod
+from .errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="netagent", description="Networking and egress-policy agent for microVM sandboxes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the agent")
+    p_serve.add_argument("--config", help="TOML config file (NETAGENT_* env vars override it)")
+    p_check = sub.add_parser("config", help="configuration tools")
+    p_check.add_argument("action", choices=["check"])
+    p_check.add_argument("file", nargs="?")
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = config_mod.load(getattr(args, "config", None) or getattr(args, "file", None))
+    except ConfigError as exc:
+        print(f"netagent: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return 0
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        from .daemon import serve
+        asyncio.run(serve(cfg))
+    except ConfigError as exc:
+        print(f"netagent: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

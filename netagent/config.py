@@ -1,0 +1,186 @@
+"""Agent configuration (pydantic v2). Invalid input is refused naming the field."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+MAX_IFNAME = 15
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+DEFAULT_ALWAYS_DENY = [
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+]
+
+
+class GuestPlan(BaseModel):
+    """What every slot looks like from inside the guest (identical in all slots)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    guest_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("169.254.0.21")
+    gateway_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("169.254.0.22")
+    prefixlen: int = Field(30, ge=8, le=30)
+    guest_mac: str = "02:fc:00:00:00:01"
+    tap_mac: str = "02:fc:00:00:00:02"
+    tap_name: str = "tap0"
+    veth_name: str = "veth0"
+    mtu: int = Field(1500, ge=576, le=9000)
+
+    @field_validator("guest_mac", "tap_mac")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        v = v.lower()
+        if not MAC_RE.match(v):
+            raise ValueError(f"not a MAC address: {v!r}")
+        if int(v[:2], 16) & 1:
+            raise ValueError("must be a unicast MAC")
+        return v
+
+    @field_validator("tap_name", "veth_name")
+    @classmethod
+    def _ifname(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", v):
+            raise ValueError(f"not a valid interface name: {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _same_subnet(self) -> "GuestPlan":
+        net = ipaddress.IPv4Network(f"{self.gateway_ip}/{self.prefixlen}", strict=False)
+        if self.guest_ip not in net or self.guest_ip == self.gateway_ip:
+            raise ValueError("guest_ip and gateway_ip must be distinct hosts of one subnet")
+        if self.guest_mac == self.tap_mac:
+            raise ValueError("guest_mac and tap_mac must differ")
+        return self
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = "na"
+    host_netns: str | None = None
+    uplink: str | None = None
+    transit_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.12.0.0/16")
+    guest: GuestPlan = GuestPlan()
+    pool_size: int = Field(16, ge=0, le=65536)
+    pool_build_concurrency: int = Field(2, ge=1, le=64)
+    state_dir: Path = Path("/var/lib/netagent")
+    host_port_range: tuple[int, int] = (20000, 29999)
+    always_deny: list[ipaddress.IPv4Network] = Field(
+        default_factory=lambda: [ipaddress.IPv4Network(c) for c in DEFAULT_ALWAYS_DENY])
+    always_allow: list[ipaddress.IPv4Network] = Field(default_factory=list)
+    ct_mark_base: int = Field(0x4E410000, ge=0, le=0xFFFF0000)
+    ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
+    log_level: str = "INFO"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", v):
+            raise ValueError("must be 1-8 chars of [a-z0-9], starting with a letter")
+        return v
+
+    @field_validator("host_netns")
+    @classmethod
+    def _netns(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        path = v if v.startswith("/") else os.path.join("/run/netns", v)
+        if not os.path.exists(path):
+            raise ValueError(f"netns {path} does not exist")
+        return path
+
+    @field_validator("transit_cidr")
+    @classmethod
+    def _transit(cls, v: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        if v.prefixlen > 30:
+            raise ValueError("needs at least 4 addresses (prefix length <= 30)")
+        if v.prefixlen < 15:
+            raise ValueError("at most 65536 slots (prefix length >= 15)")
+        return v
+
+    @field_validator("host_port_range")
+    @classmethod
+    def _ports(cls, v: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = v
+        if not (1 <= lo <= hi <= 65535):
+            raise ValueError("must be [low, high] with 1 <= low <= high <= 65535")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
+        return v
+
+    @model_validator(mode="after")
+    def _names_fit(self) -> "Config":
+        from .addressing import AddressPlan
+        plan = AddressPlan(self)
+        longest = plan.host_veth(plan.capacity - 1)
+        if len(longest.encode()) > MAX_IFNAME:
+            raise ValueError(f"prefix too long: interface {longest!r} would exceed {MAX_IFNAME} bytes")
+        if self.guest.guest_ip in self.transit_cidr:
+            raise ValueError("transit_cidr must not contain the guest address")
+        return self
+
+
+def _coerce_env(value: str) -> Any:
+    if value.startswith(("[", "{")):
+        import json
+        return json.loads(value)
+    return value
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """NETAGENT_POOL_SIZE=8 -> {"pool_size": "8"}; NETAGENT_GUEST__MTU -> nested."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith("NETAGENT_") or key in ("NETAGENT_CONFIG",):
+            continue
+        path = key[len("NETAGENT_"):].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _coerce_env(value)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read TOML (if given), apply NETAGENT_* overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    data = _merge(data, env_overrides(environ))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from exc
+
+
+def describe(exc: ValidationError) -> str:
+    lines = ["invalid config:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(config)"
+        lines.append(f"  {field}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Kernel objects: slot netns, veth, tap, addresses, sysctls, conntrack."""

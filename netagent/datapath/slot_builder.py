@@ -1,0 +1,94 @@
+"""Build and destroy one slot: netns, veth pair, tap, addresses, route, sysctls and
+the in-slot nft tables. Runs in a worker thread that sits in the host netns and
+setns(2)es into the slot; no fork, no `ip`/`nft` subprocess."""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .. import netns
+from ..addressing import AddressPlan, SlotAddresses
+from ..config import Config
+from ..firewall.nft import Nft
+from .tap import create_persistent_tap
+
+SLOT_SYSCTLS = (
+    ("net.ipv6.conf.all.disable_ipv6", "1"),
+    ("net.ipv6.conf.default.disable_ipv6", "1"),
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv4.conf.all.rp_filter", "1"),
+    ("net.ipv4.conf.default.rp_filter", "1"),
+)
+
+
+class SlotBuilder:
+    def __init__(self, config: Config, plan: AddressPlan, slot_script: str):
+        self.config = config
+        self.plan = plan
+        self.slot_script = slot_script
+        self._local = threading.local()
+
+    def host_ipr(self) -> IPRoute:
+        """This thread's rtnetlink socket in the host netns (threads stay there)."""
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = self._local.ipr = IPRoute()
+        return ipr
+
+    def build(self, index: int) -> SlotAddresses:
+        slot = self.plan.slot(index)
+        host_fd = netns.current_fd()
+        try:
+            path = netns.create(slot.netns)
+            with netns.entered(path):
+                self._build_inside(slot, host_fd)
+            self._build_host_side(slot)
+        except BaseException:
+            self.destroy(index)
+            raise
+        finally:
+            os.close(host_fd)
+        return slot
+
+    def _build_inside(self, slot: SlotAddresses, host_fd: int) -> None:
+        g = self.config.guest
+        for key, value in SLOT_SYSCTLS:
+            netns.write_sysctl(key, value)
+        with IPRoute() as ipr:
+            ipr.link("set", index=1, state="up")  # lo
+            ipr.link("add", ifname=g.veth_name, kind="veth", mtu=g.mtu,
+                     peer={"ifname": slot.host_veth, "net_ns_fd": host_fd, "mtu": g.mtu})
+            create_persistent_tap(g.tap_name)
+            tap = ipr.link_lookup(ifname=g.tap_name)[0]
+            veth = ipr.link_lookup(ifname=g.veth_name)[0]
+            ipr.link("set", index=tap, address=g.tap_mac, mtu=g.mtu, state="up")
+            ipr.addr("add", index=tap, address=str(g.gateway_ip), prefixlen=g.prefixlen)
+            ipr.addr("add", index=veth, address=str(slot.sandbox_ip), prefixlen=31)
+            ipr.link("set", index=veth, state="up")
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(slot.host_ip), oif=veth, flags=4)  # RTNH_F_ONLINK
+        Nft().run(self.slot_script)
+
+    def _build_host_side(self, slot: SlotAddresses) -> None:
+        ipr = self.host_ipr()
+        index = ipr.link_lookup(ifname=slot.host_veth)[0]
+        ipr.addr("add", index=index, address=str(slot.host_ip), prefixlen=31)
+        ipr.link("set", index=index, state="up")
+
+    def destroy(self, index: int) -> None:
+        """Remove the slot's kernel objects; absent objects are not an error."""
+        slot = self.plan.slot(index)
+        try:
+            self.host_ipr().link("del", ifname=slot.host_veth)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT):
+                raise
+        netns.delete(slot.netns)
+
+    def flush_slot_conntrack(self, index: int) -> None:
+        from .conntrack import flush_all
+        with netns.entered(netns.path_of(self.plan.netns(index))):
+            flush_all()

@@ -1,0 +1,1 @@
+"""nftables: pure plans (elements, ruleset text) and the libnftables driver."""

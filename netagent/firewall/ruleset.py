@@ -1,0 +1,62 @@
+"""Render the rulesets in rules/ for loading. Pure: text in, text out."""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from pathlib import Path
+
+from ..config import Config
+from .elements import Element, to_text
+
+RULES_DIR = Path(__file__).resolve().parent.parent.parent / "rules"
+HOST_RULES = "netagent.nft"
+SLOT_RULES = "slot.nft"
+# Sets flushed and refilled from state on every full sync.
+DYNAMIC_SETS = ("sbx_ifaces", "sbx_src", "slot_mark", "egress_mode", "port_dnat")
+
+
+def read_rules(name: str, rules_dir: Path = RULES_DIR) -> str:
+    return (rules_dir / name).read_text()
+
+
+def host_table_text(config: Config, source: str) -> str:
+    """The host ruleset with the table named after the prefix."""
+    text, n = re.subn(r"^table inet netagent \{", f"table inet {config.prefix} {{", source, flags=re.M)
+    if n != 1:
+        raise ValueError(f"{HOST_RULES} must declare exactly one `table inet netagent {{`")
+    return text
+
+
+def config_elements(config: Config, uplink: str, host_addrs: list[str]) -> list[Element]:
+    deny = [str(n) for n in config.always_deny] + [str(config.transit_cidr)] + [f"{a}/32" for a in host_addrs]
+    elements = [Element("uplinks", uplink)]
+    elements += [Element("always_deny", _interval(c)) for c in _merge(deny)]
+    elements += [Element("always_allow", _interval(c)) for c in _merge([str(n) for n in config.always_allow])]
+    return elements
+
+
+def full_load_script(config: Config, source: str, fixed: list[Element], dynamic: list[Element]) -> str:
+    """Replace the table atomically: create-if-missing, delete, define, fill."""
+    t = config.prefix
+    return (f"table inet {t} {{}}\ndelete table inet {t}\n" + host_table_text(config, source)
+            + to_text(t, fixed) + to_text(t, dynamic))
+
+
+def fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def slot_script(config: Config, source: str) -> str:
+    g = config.guest
+    defines = (f'define tap = "{g.tap_name}"\ndefine veth = "{g.veth_name}"\n'
+               f"define guest_ip = {g.guest_ip}\ndefine guest_mac = {g.guest_mac}\n")
+    return defines + source
+
+
+def _merge(cidrs: list[str]) -> list[ipaddress.IPv4Network]:
+    return list(ipaddress.collapse_addresses(ipaddress.IPv4Network(c, strict=False) for c in cidrs))
+
+
+def _interval(net: ipaddress.IPv4Network) -> str:
+    return str(net) if net.prefixlen < 32 else str(net.network_address)

@@ -1,0 +1,106 @@
+"""API models shared by the core, the state store and (later) the gRPC layer."""
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InvalidArgument
+
+SANDBOX_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,55}[a-z0-9])?$")
+LABEL_KEY_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_./-]{0,62}$")
+
+
+class Protocol(str, Enum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class SlotState(str, Enum):
+    BUILDING = "building"      # intent recorded, kernel objects may be partial
+    READY = "ready"            # warm, unallocated
+    ALLOCATED = "allocated"
+    DIRTY = "dirty"            # released, conntrack/elements being cleaned
+    DESTROYING = "destroying"  # intent to remove kernel objects
+
+
+def validate_sandbox_id(sandbox_id: object) -> str:
+    if not isinstance(sandbox_id, str) or not SANDBOX_ID_RE.match(sandbox_id):
+        raise InvalidArgument(
+            "sandbox_id must be 1-57 chars of [a-z0-9-], starting and ending with [a-z0-9] "
+            f"(it becomes a DNS label); got {sandbox_id!r}")
+    return sandbox_id
+
+
+def validate_port(port: object, what: str = "port") -> int:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InvalidArgument(f"{what} must be an integer in 1..65535; got {port!r}")
+    return port
+
+
+def validate_protocol(protocol: object) -> Protocol:
+    try:
+        return Protocol(str(protocol).lower())
+    except ValueError:
+        raise InvalidArgument(f"protocol must be tcp or udp; got {protocol!r}") from None
+
+
+class AllocateSpec(BaseModel):
+    """What the caller asks for. A retried allocate must send an equal spec."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    internet: bool = True
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 32:
+            raise ValueError("at most 32 labels")
+        for key, value in v.items():
+            if not LABEL_KEY_RE.match(key):
+                raise ValueError(f"bad label key {key!r}")
+            if len(value) > 256:
+                raise ValueError(f"label {key!r} value longer than 256 chars")
+        return v
+
+    @classmethod
+    def parse(cls, data: "AllocateSpec | dict | None") -> "AllocateSpec":
+        if isinstance(data, AllocateSpec):
+            return data
+        try:
+            return cls.model_validate(data or {})
+        except ValidationError as exc:
+            raise InvalidArgument(f"invalid allocate spec: {exc.errors()[0]['msg']} "
+                                  f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from None
+
+
+class ExposedPort(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    guest_port: int
+    protocol: Protocol
+    host_port: int
+
+
+class Network(BaseModel):
+    """Everything a VMM needs to attach a guest to its slot."""
+    model_config = ConfigDict(frozen=True)
+
+    sandbox_id: str
+    slot: int
+    netns: str
+    netns_path: str
+    tap: str
+    guest_ip: str
+    guest_prefixlen: int
+    guest_netmask: str
+    gateway_ip: str
+    guest_mac: str
+    mtu: int
+    sandbox_ip: str
+    host_veth: str
+    boot_ip_arg: str
+    spec: AllocateSpec
+    ports: tuple[ExposedPort, ...] = ()

@@ -1,0 +1,132 @@
+"""Agent state in SQLite (WAL). Intent is written before kernel changes.
+
+Reconcile reads this back after a crash and repairs the kernel to match, so a
+kill -9 between any two instructions leaves nothing it cannot fix.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models import AllocateSpec, ExposedPort, Protocol, SlotState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS slots (
+    idx INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS allocations (
+    sandbox_id TEXT PRIMARY KEY,
+    slot_idx INTEGER NOT NULL UNIQUE REFERENCES slots(idx),
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ports (
+    sandbox_id TEXT NOT NULL REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    guest_port INTEGER NOT NULL,
+    protocol TEXT NOT NULL,
+    host_port INTEGER NOT NULL,
+    PRIMARY KEY (sandbox_id, guest_port, protocol),
+    UNIQUE (protocol, host_port)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class AllocationRecord:
+    sandbox_id: str
+    slot: int
+    spec: AllocateSpec
+    created_at: float
+    ports: dict[tuple[int, Protocol], ExposedPort] = field(default_factory=dict)
+
+
+@dataclass
+class Snapshot:
+    slots: dict[int, SlotState]
+    allocations: dict[str, AllocationRecord]
+
+
+class StateStore:
+    def __init__(self, state_dir: Path):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "state.db"
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # kill -9 safe; see docs/architecture.md
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["Tx"]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield Tx(self.db)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def load(self) -> Snapshot:
+        slots = {idx: SlotState(s) for idx, s in self.db.execute("SELECT idx, state FROM slots")}
+        allocations = {
+            sid: AllocationRecord(sid, idx, AllocateSpec.model_validate_json(spec), created)
+            for sid, idx, spec, created in self.db.execute(
+                "SELECT sandbox_id, slot_idx, spec, created_at FROM allocations")
+        }
+        for sid, gport, proto, hport in self.db.execute(
+                "SELECT sandbox_id, guest_port, protocol, host_port FROM ports"):
+            p = ExposedPort(guest_port=gport, protocol=Protocol(proto), host_port=hport)
+            allocations[sid].ports[(gport, p.protocol)] = p
+        return Snapshot(slots, allocations)
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+
+class Tx:
+    """Writes inside one SQLite transaction."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def set_slot(self, idx: int, state: SlotState) -> None:
+        self.db.execute("INSERT INTO slots(idx, state, updated_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT(idx) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
+                        (idx, state.value, time.time()))
+
+    def delete_slot(self, idx: int) -> None:
+        self.db.execute("DELETE FROM slots WHERE idx=?", (idx,))
+
+    def add_allocation(self, rec: AllocationRecord) -> None:
+        self.db.execute("INSERT INTO allocations(sandbox_id, slot_idx, spec, created_at) VALUES (?, ?, ?, ?)",
+                        (rec.sandbox_id, rec.slot, rec.spec.model_dump_json(), rec.created_at))
+
+    def delete_allocation(self, sandbox_id: str) -> None:
+        self.db.execute("DELETE FROM allocations WHERE sandbox_id=?", (sandbox_id,))
+
+    def add_port(self, sandbox_id: str, port: ExposedPort) -> None:
+        self.db.execute("INSERT INTO ports(sandbox_id, guest_port, protocol, host_port) VALUES (?, ?, ?, ?)",
+                        (sandbox_id, port.guest_port, port.protocol.value, port.host_port))
+
+    def delete_port(self, sandbox_id: str, port: ExposedPort) -> None:
+        self.db.execute("DELETE FROM ports WHERE sandbox_id=? AND guest_port=? AND protocol=?",
+                        (sandbox_id, port.guest_port, port.protocol.value))
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,51 @@
+"""Worker threads that live in the host netns.
+
+`HostWorker` is one thread owning the host's libnftables context (contexts are
+per-netns and not thread-safe). `BuildPool` runs slot builds with bounded
+concurrency; each of its threads starts in the host netns.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from . import netns
+from .firewall.nft import Nft
+
+T = TypeVar("T")
+
+
+class _Executor:
+    def __init__(self, host_netns: str | None, workers: int, name: str):
+        self._local = threading.local()
+        self._host_netns = host_netns
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=self._init)
+
+    def _init(self) -> None:
+        netns.enter_for_good(self._host_netns)
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class HostWorker(_Executor):
+    def __init__(self, host_netns: str | None):
+        super().__init__(host_netns, 1, "netagent-host")
+
+    def nft(self) -> Nft:
+        """The host netns nft context; call only from inside this worker."""
+        ctx = getattr(self._local, "nft", None)
+        if ctx is None:
+            ctx = self._local.nft = Nft()
+        return ctx
+
+
+class BuildPool(_Executor):
+    def __init__(self, host_netns: str | None, workers: int):
+        super().__init__(host_netns, workers, "netagent-build")

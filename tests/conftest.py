@@ -1,0 +1,54 @@
+"""Shared fixtures. Datapath tests need root, nftables and iproute2: if they are
+missing the tests fail (they never skip)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from netagent.agent import Agent
+from netagent.config import Config
+from tests.testbed.bed import Testbed
+
+
+def require_datapath_prereqs() -> None:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("not running as root")
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} not installed")
+    if not os.path.exists("/dev/net/tun"):
+        problems.append("/dev/net/tun missing")
+    try:
+        import nftables  # noqa: F401
+    except ImportError:
+        problems.append("python3-nftables not importable")
+    if problems:
+        pytest.fail("datapath tests cannot run: " + ", ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def bed():
+    require_datapath_prereqs()
+    testbed = Testbed().create()
+    try:
+        yield testbed
+    finally:
+        testbed.destroy()
+
+
+def agent_config(bed: Testbed, state_dir, **over) -> Config:
+    return Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state_dir,
+                  pool_size=over.pop("pool_size", 2), ruleset_check_interval_s=0.5, **over)
+
+
+@pytest.fixture
+async def agent(bed, tmp_path):
+    a = Agent(agent_config(bed, tmp_path / "state"))
+    await a.start()
+    try:
+        yield a
+    finally:
+        await a.stop()

@@ -1,0 +1,103 @@
+"""Real packets through real slots: egress, ingress DNAT, isolation, spoofing."""
+from __future__ import annotations
+
+import json
+
+from tests.testbed import sh
+from tests.testbed.bed import (CLIENT_IP, ECHO_PORT, HOST_SERVICE_PORT, HTTP_PORT, METADATA_IP, RFC1918_IP,
+                               UPLINK_IP, WEB_IP, LightGuest)
+
+
+async def test_guest_reaches_internet_with_uplink_address(bed, agent):
+    net = await agent.allocate("web-1")
+    guest = LightGuest.attach(bed, net, "a")
+    ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+    assert ok, body
+    assert json.loads(body)["client"] == UPLINK_IP
+
+
+async def test_exposed_port_reachable_from_internet_and_host(bed, agent):
+    net = await agent.allocate("srv-1")
+    guest = LightGuest.attach(bed, net, "a")
+    bed.start_server(guest.name, "--http", "8080")
+    host_port = await agent.expose("srv-1", 8080)
+    lo, hi = agent.config.host_port_range
+    assert lo <= host_port <= hi
+
+    ok, body = bed.fetch(bed.inet, f"http://{UPLINK_IP}:{host_port}/")
+    assert ok, body
+    seen = json.loads(body)
+    assert seen["server"] == net.guest_ip
+    assert seen["client"] == "198.51.100.1"  # the client address is preserved
+
+    ok, body = bed.fetch(bed.host, f"http://{UPLINK_IP}:{host_port}/")
+    assert ok, body
+
+    assert await agent.unexpose("srv-1", 8080)
+    ok, _ = bed.fetch(bed.inet, f"http://{UPLINK_IP}:{host_port}/", timeout=1)
+    assert not ok
+
+
+async def test_guest_cannot_reach_host_metadata_private_or_other_sandbox(bed, agent):
+    a = LightGuest.attach(bed, await agent.allocate("iso-a"), "a")
+    net_b = await agent.allocate("iso-b")
+    b = LightGuest.attach(bed, net_b, "b")
+    bed.start_server(b.name, "--http", "8080")
+    b_port = await agent.expose("iso-b", 8080)
+
+    # Controls: the targets answer when asked from places that may reach them.
+    for url in (f"http://{METADATA_IP}:{HTTP_PORT}/", f"http://{RFC1918_IP}:{HTTP_PORT}/",
+                f"http://{UPLINK_IP}:{HOST_SERVICE_PORT}/", f"http://{net_b.sandbox_ip}:8080/"):
+        ok, body = bed.fetch(bed.host, url)
+        assert ok, f"control {url}: {body}"
+
+    forbidden = [
+        f"http://{METADATA_IP}:{HTTP_PORT}/",
+        f"http://{RFC1918_IP}:{HTTP_PORT}/",
+        f"http://{UPLINK_IP}:{HOST_SERVICE_PORT}/",       # a host service
+        f"http://{net_b.host_veth and agent.plan.slot(net_b.slot).host_ip}:{HOST_SERVICE_PORT}/",
+        f"http://{net_b.sandbox_ip}:8080/",                # another sandbox directly
+        f"http://{UPLINK_IP}:{b_port}/",                   # another sandbox's exposed port
+        f"http://{net_b.gateway_ip}:8080/",                # own gateway: no services
+    ]
+    for url in forbidden:
+        ok, body = a.fetch(url, timeout=1)
+        assert not ok, f"guest reached {url}: {body}"
+    ok, body = a.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+    assert ok, body
+
+
+async def test_spoofed_source_address_or_mac_goes_nowhere(bed, agent):
+    net = await agent.allocate("spoof-1")
+    guest = LightGuest.attach(bed, net, "a")
+    url = f"tcp://{WEB_IP}:{ECHO_PORT}"
+    ok, body = guest.fetch(url)
+    assert ok and body == "ping"
+
+    # Pretend to be another sandbox: its sandbox IP as the source.
+    other = str(agent.plan.slot(net.slot + 1).sandbox_ip)
+    sh.ip("addr", "add", f"{other}/32", "dev", "eth0", ns=guest.name)
+    sh.ip("route", "replace", "default", "via", net.gateway_ip, "src", other, ns=guest.name)
+    ok, body = guest.fetch(url, timeout=1)
+    assert not ok, f"spoofed source got through: {body}"
+    sh.ip("route", "replace", "default", "via", net.gateway_ip, "src", net.guest_ip, ns=guest.name)
+    ok, body = guest.fetch(url)
+    assert ok, body
+
+    # A different MAC.
+    sh.ip("link", "set", "eth0", "address", "02:aa:bb:cc:dd:ee", ns=guest.name)
+    sh.ip("neigh", "flush", "dev", "eth0", ns=guest.name)
+    ok, body = guest.fetch(url, timeout=1)
+    assert not ok, f"spoofed MAC got through: {body}"
+
+
+async def test_internet_off_blocks_egress_but_keeps_exposed_ports(bed, agent):
+    net = await agent.allocate("off-1", {"internet": False})
+    guest = LightGuest.attach(bed, net, "a")
+    ok, _ = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/", timeout=1)
+    assert not ok
+    bed.start_server(guest.name, "--http", "8080")
+    port = await agent.expose("off-1", 8080)
+    ok, body = bed.fetch(bed.inet, f"http://{UPLINK_IP}:{port}/")
+    assert ok, body
+    assert CLIENT_IP != UPLINK_IP
