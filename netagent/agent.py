@@ -73,6 +73,8 @@ class Agent:
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._building = 0
+        self._committing = False
+        self._background: set[asyncio.Task[None]] = set()
         self.ruleset_fingerprint: str | None = None
         self.stats: dict[str, Any] = {"ruleset_restores": 0, "reconcile_repairs": 0, "last_reconcile": None}
 
@@ -100,9 +102,16 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop background work. The datapath stays exactly as it is."""
-        for task in self._tasks:
+        committer, others = self._tasks[0], self._tasks[1:]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
+        if self._background:
+            await asyncio.wait(self._background, timeout=30)
+        while self._pending or self._committing:  # let queued work finish
+            await asyncio.sleep(0.01)
+        committer.cancel()
+        await asyncio.gather(committer, return_exceptions=True)
         self._tasks.clear()
         self.builds.shutdown()
         self.host.shutdown()
@@ -242,6 +251,7 @@ class Agent:
             self._wake.clear()
             batch, self._pending = self._pending, []
             if batch:
+                self._committing = True
                 try:
                     await self._commit(batch)
                 except Exception as exc:  # never let the committer die
@@ -249,10 +259,13 @@ class Agent:
                     for op in batch:
                         if not op.future.done():
                             op.future.set_exception(Unavailable(f"commit failed: {exc}"))
+                finally:
+                    self._committing = False
 
     async def _commit(self, batch: list[_Op]) -> None:
         plan = _Plan()
         accepted: list[_Op] = []
+        self.stats["commits"] = self.stats.get("commits", 0) + 1
         async with self._db_lock:
             self.store.db.execute("BEGIN IMMEDIATE")
             tx = Tx(self.store.db)
@@ -269,10 +282,11 @@ class Agent:
                     doc = el.to_json(self.config.prefix, plan.nft)
                     await self.host.call(lambda: self.host.nft().run_json(doc))
             except BaseException as exc:
+                log.warning("burst of %d op(s) rolled back: %r", len(accepted), exc)
                 self.store.db.execute("ROLLBACK")
                 for undo in reversed(plan.undo):
                     undo()
-                err = exc if isinstance(exc, NetagentError) else Unavailable(str(exc))
+                err = exc if isinstance(exc, NetagentError) else Unavailable(f"{type(exc).__name__}: {exc}")
                 for op in accepted:
                     op.future.set_exception(err)
                 if not isinstance(exc, Exception):
@@ -506,7 +520,9 @@ class Agent:
                     self.slots[idx] = SlotState.READY
         self.ready.extend(back)
         for idx in surplus:
-            asyncio.create_task(self._destroy_quietly(idx))
+            task = asyncio.create_task(self._destroy_quietly(idx))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _destroy_quietly(self, idx: int) -> None:
         try:

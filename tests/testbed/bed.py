@@ -144,5 +144,16 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:
     return bool(predicate())
 
 
+async def eventually(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+    """wait_until for async tests: sleeps without blocking the agent's event loop."""
+    import asyncio
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())
+
+
 def _repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

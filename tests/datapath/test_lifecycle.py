@@ -1,0 +1,175 @@
+"""Allocation lifecycle on a real kernel: release, repair, scale."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import pytest
+
+from netagent.agent import Agent
+from netagent.errors import Conflict, Exhausted, InvalidArgument, NotFound
+from tests.conftest import agent_config
+from tests.datapath.helpers import conntrack_count, elements
+from tests.testbed import sh
+from tests.testbed.bed import ECHO_PORT, HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest, eventually
+
+
+def slot_netns(bed) -> list[str]:
+    return [n for n in sh.netns_list() if n.startswith(f"{bed.agent_prefix}-")]
+
+
+def host_veths(bed) -> list[str]:
+    return [n for n in sh.links(bed.host) if n.startswith(f"{bed.agent_prefix}v")]
+
+
+async def test_release_leaves_no_netns_link_element_or_conntrack(bed, tmp_path):
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=0))
+    await agent.start()
+    try:
+        net = await agent.allocate("rel-1")
+        guest = LightGuest.attach(bed, net, "a")
+        bed.start_server(guest.name, "--http", "8080")
+        port = await agent.expose("rel-1", 8080)
+        ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+        assert ok, body
+        ok, body = bed.fetch(bed.inet, f"http://{UPLINK_IP}:{port}/")
+        assert ok, body
+        mark = str(agent.plan.slot(net.slot).ct_mark)
+        assert conntrack_count(bed.host, "-m", mark) > 0
+        guest.stop()
+
+        assert await agent.release("rel-1") is True
+        assert await agent.release("rel-1") is False  # idempotent
+        assert conntrack_count(bed.host, "-m", mark) == 0
+        assert await eventually(lambda: not slot_netns(bed) and not host_veths(bed), timeout=10)
+        t = bed.agent_prefix
+        for name in ("egress_mode", "port_dnat", "sbx_ifaces", "sbx_src", "slot_mark"):
+            assert elements(bed.host, t, name) == [], name
+        assert agent.slots == {} and agent.allocations == {}
+        with pytest.raises(NotFound):
+            await agent.get("rel-1")
+    finally:
+        await agent.stop()
+
+
+async def test_released_slot_is_clean_for_the_next_sandbox(bed, agent):
+    net = await agent.allocate("reuse-a")
+    guest = LightGuest.attach(bed, net, "a")
+    ok, _ = guest.fetch(f"tcp://{WEB_IP}:{ECHO_PORT}")
+    assert ok
+    guest.stop()
+    await agent.release("reuse-a")
+    assert conntrack_count(net.netns) == 0  # the slot's own table was flushed
+    again = [await agent.allocate(f"reuse-{i}") for i in range(agent.config.pool_size)]
+    assert net.slot in {n.slot for n in again}  # the warm slot was reused
+
+
+async def test_nft_flush_ruleset_is_repaired(bed, agent):
+    net = await agent.allocate("flush-1")
+    port = await agent.expose("flush-1", 8080)
+    guest = LightGuest.attach(bed, net, "a")
+    sh.run("nft", "flush", "ruleset", ns=bed.host)
+    started = time.monotonic()
+    assert await eventually(lambda: elements(bed.host, bed.agent_prefix, "port_dnat") != [] if _table_exists(bed) else False,
+                      timeout=5)
+    assert time.monotonic() - started < 5
+    assert agent.stats["ruleset_restores"] >= 1
+    ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+    assert ok, body
+    assert len(elements(bed.host, bed.agent_prefix, "port_dnat")) == 1 and port
+
+
+def _table_exists(bed) -> bool:
+    return sh.run("nft", "list", "table", "inet", bed.agent_prefix, ns=bed.host, check=False).returncode == 0
+
+
+async def test_calls_are_idempotent_and_bad_input_is_refused_without_side_effects(bed, agent):
+    net = await agent.allocate("idem-1", {"labels": {"team": "a"}})
+    assert await agent.allocate("idem-1", {"labels": {"team": "a"}}) == net
+    with pytest.raises(Conflict):
+        await agent.allocate("idem-1", {"labels": {"team": "b"}})
+    before = (dict(agent.slots), len(elements(bed.host, bed.agent_prefix, "egress_mode")))
+    for bad in ("", "UPPER", "a b", "x" * 58, "-lead", "trail-", "semi;colon", None, 7):
+        with pytest.raises(InvalidArgument):
+            await agent.allocate(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        await agent.allocate("ok-id", {"internet": "maybe"})
+    with pytest.raises(InvalidArgument):
+        await agent.allocate("ok-id", {"bogus": 1})
+    for port, proto in ((0, "tcp"), (70000, "tcp"), (80, "sctp"), ("80", "tcp")):
+        with pytest.raises(InvalidArgument):
+            await agent.expose("idem-1", port, proto)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        await agent.expose("idem-1", 80, "tcp", host_port=22)  # outside the range
+    with pytest.raises(NotFound):
+        await agent.expose("nobody", 80)
+    assert (dict(agent.slots), len(elements(bed.host, bed.agent_prefix, "egress_mode"))) == before
+
+    p = await agent.expose("idem-1", 80)
+    assert await agent.expose("idem-1", 80) == p
+    with pytest.raises(Conflict):
+        await agent.expose("idem-1", 80, host_port=p + 1 if p < agent.config.host_port_range[1] else p - 1)
+    await agent.allocate("idem-2")
+    with pytest.raises(Conflict):
+        await agent.expose("idem-2", 81, host_port=p)
+    assert net.boot_ip_arg == "ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off"
+    assert [n.sandbox_id for n in await agent.list({"team": "a"})] == ["idem-1"]
+
+
+async def test_concurrent_burst_is_one_transaction_and_retries_coalesce(bed, tmp_path):
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=50, pool_build_concurrency=4))
+    await agent.start()
+    try:
+        await agent.wait_pool_ready(timeout=60)
+        commits = agent.stats.get("commits", 0)
+        ids = [f"burst-{i}" for i in range(50)]
+        nets = await asyncio.gather(*(agent.allocate(i) for i in ids), *(agent.allocate(i) for i in ids[:10]))
+        assert agent.stats["commits"] - commits <= 2, "a burst must coalesce into one or two transactions"
+        assert len({n.sandbox_ip for n in nets[:50]}) == 50
+        assert nets[50:] == nets[:10]  # concurrent retries got the same network
+        assert len(elements(bed.host, bed.agent_prefix, "egress_mode")) == 50
+    finally:
+        await agent.stop()
+
+
+async def test_host_ports_and_slots_exhaust_with_clear_errors(bed, tmp_path):
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=1, transit_cidr="10.13.0.0/30",
+                               host_port_range=(20000, 20001)))
+    await agent.start()
+    try:
+        await agent.allocate("cap-1")
+        await agent.allocate("cap-2")
+        with pytest.raises(Exhausted, match="slots"):
+            await agent.allocate("cap-3")
+        await agent.expose("cap-1", 1)
+        await agent.expose("cap-1", 2)
+        with pytest.raises(Exhausted, match="host port"):
+            await agent.expose("cap-1", 3)
+    finally:
+        await agent.stop()
+
+
+async def test_200_slots_allocate_and_release_cleanly(bed, tmp_path):
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=0, pool_build_concurrency=4))
+    await agent.start()
+    try:
+        ids = [f"scale-{i}" for i in range(200)]
+        nets = await asyncio.gather(*(agent.allocate(i) for i in ids))
+        assert len({n.sandbox_ip for n in nets}) == 200
+        assert len(slot_netns(bed)) == 200 and len(host_veths(bed)) == 200
+        assert len(elements(bed.host, bed.agent_prefix, "egress_mode")) == 200
+        assert all(await asyncio.gather(*(agent.release(i) for i in ids)))
+        assert await eventually(lambda: not slot_netns(bed) and not host_veths(bed), timeout=60)
+        assert elements(bed.host, bed.agent_prefix, "sbx_ifaces") == []
+        assert elements(bed.host, bed.agent_prefix, "egress_mode") == []
+    finally:
+        await agent.stop()
+
+
+def test_no_subprocess_on_the_slot_path(monkeypatch):
+    """Slots are built with netlink and libnftables only: `ip`/`nft` are never run."""
+    calls = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    import netagent.datapath.slot_builder as sb
+    assert "subprocess" not in sb.__dict__ and not calls
