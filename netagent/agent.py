@@ -106,9 +106,9 @@ class Agent:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        if self._background:
-            await asyncio.wait(self._background, timeout=30)
-        while self._pending or self._committing:  # let queued work finish
+        while self._pending or self._committing or self._background:  # let queued work finish
+            if self._background:
+                await asyncio.wait(set(self._background), timeout=30)
             await asyncio.sleep(0.01)
         committer.cancel()
         await asyncio.gather(committer, return_exceptions=True)
@@ -296,7 +296,7 @@ class Agent:
                 self.store.set_meta("ruleset_fingerprint", self.ruleset_fingerprint or "")
             self.store.db.execute("COMMIT")
         if plan.cleanups:
-            await self._clean_slots(plan.cleanups)
+            self._spawn(self._clean_slots(plan.cleanups))
         for op in accepted:
             if not op.future.done():
                 op.future.set_result(op.result)
@@ -501,8 +501,10 @@ class Agent:
         await self._forget_slot(idx)
 
     async def _clean_slots(self, slots: list[int]) -> None:
-        """After release: flush the slots' conntrack (host by mark, slot netns fully),
-        then return them to the pool or tear them down."""
+        """After release, in the background: flush the slots' conntrack (host by ct
+        mark, slot netns fully), then return them to the pool or tear them down.
+        The host flush walks the whole conntrack hash (~13 ms on a big table), so
+        release does not wait for it; a DIRTY slot is never handed out."""
         marks = [self.plan.slot(i).ct_mark for i in slots]
 
         def flush() -> None:
@@ -520,9 +522,12 @@ class Agent:
                     self.slots[idx] = SlotState.READY
         self.ready.extend(back)
         for idx in surplus:
-            task = asyncio.create_task(self._destroy_quietly(idx))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._destroy_quietly(idx))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _destroy_quietly(self, idx: int) -> None:
         try:

@@ -41,7 +41,7 @@ async def test_release_leaves_no_netns_link_element_or_conntrack(bed, tmp_path):
 
         assert await agent.release("rel-1") is True
         assert await agent.release("rel-1") is False  # idempotent
-        assert conntrack_count(bed.host, "-m", mark) == 0
+        assert await eventually(lambda: conntrack_count(bed.host, "-m", mark) == 0, timeout=5)
         assert await eventually(lambda: not slot_netns(bed) and not host_veths(bed), timeout=10)
         t = bed.agent_prefix
         for name in ("egress_mode", "port_dnat", "sbx_ifaces", "sbx_src", "slot_mark"):
@@ -53,16 +53,24 @@ async def test_release_leaves_no_netns_link_element_or_conntrack(bed, tmp_path):
         await agent.stop()
 
 
-async def test_released_slot_is_clean_for_the_next_sandbox(bed, agent):
-    net = await agent.allocate("reuse-a")
-    guest = LightGuest.attach(bed, net, "a")
-    ok, _ = guest.fetch(f"tcp://{WEB_IP}:{ECHO_PORT}")
-    assert ok
-    guest.stop()
-    await agent.release("reuse-a")
-    assert conntrack_count(net.netns) == 0  # the slot's own table was flushed
-    again = [await agent.allocate(f"reuse-{i}") for i in range(agent.config.pool_size)]
-    assert net.slot in {n.slot for n in again}  # the warm slot was reused
+async def test_released_slot_is_clean_for_the_next_sandbox(bed, tmp_path):
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=2))
+    await agent.start(fill_pool=False)  # no refills: the released slot is the only warm one
+    try:
+        net = await agent.allocate("reuse-a")
+        guest = LightGuest.attach(bed, net, "a")
+        ok, _ = guest.fetch(f"tcp://{WEB_IP}:{ECHO_PORT}")
+        assert ok
+        guest.stop()
+        mark = str(agent.plan.slot(net.slot).ct_mark)
+        assert conntrack_count(bed.host, "-m", mark) > 0 and conntrack_count(net.netns) > 0
+        await agent.release("reuse-a")
+        assert await eventually(lambda: net.slot in agent.ready, timeout=5)  # cleaned, then warm again
+        assert conntrack_count(net.netns) == 0 and conntrack_count(bed.host, "-m", mark) == 0
+        again = await agent.allocate("reuse-b")
+        assert again.slot == net.slot and again.sandbox_ip == net.sandbox_ip
+    finally:
+        await agent.stop()
 
 
 async def test_nft_flush_ruleset_is_repaired(bed, agent):

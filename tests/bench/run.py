@@ -1,0 +1,138 @@
+"""`make bench`: datapath figures against baselines measured in the same run.
+
+Prints a table and writes JSON (default bench-results/datapath.json). Runs in
+namespaces it creates; nothing touches the root netns.
+
+  python -m tests.bench.run [--existing 2000] [--samples 200] [--baseline-points 10,200]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from netagent.agent import Agent
+from netagent.config import Config
+from tests.bench import baselines
+from tests.testbed.bed import Testbed
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, max(0, int(round(p / 100 * len(xs) + 0.5)) - 1))], 3)
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {"p50": pct(xs, 50), "p99": pct(xs, 99), "mean": round(statistics.fmean(xs), 3), "n": len(xs)}
+
+
+async def warm_cycle(agent: Agent, tag: str, samples: int) -> tuple[list[float], list[float]]:
+    alloc, rel = [], []
+    for k in range(samples):
+        sid = f"bench-{tag}-{k}"
+        t0 = time.perf_counter()
+        await agent.allocate(sid)
+        t1 = time.perf_counter()
+        await agent.release(sid)
+        t2 = time.perf_counter()
+        alloc.append((t1 - t0) * 1e3)
+        rel.append((t2 - t1) * 1e3)
+    return alloc, rel
+
+
+async def fill(agent: Agent, n: int) -> None:
+    have = len(agent.allocations)
+    ids = [f"fill-{i}" for i in range(have, n)]
+    for chunk in range(0, len(ids), 100):
+        await asyncio.gather(*(agent.allocate(i) for i in ids[chunk:chunk + 100]))
+
+
+async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) -> dict:
+    cfg = Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state,
+                 pool_size=existing + 120, pool_build_concurrency=2)
+    agent = Agent(cfg)
+    out: dict = {}
+    t0 = time.perf_counter()
+    await agent.start()
+    await agent.wait_pool_ready(timeout=900)
+    out["pool_fill_s"] = {"slots": len(agent.ready), "seconds": round(time.perf_counter() - t0, 2)}
+
+    await fill(agent, 10)
+    a10, r10 = await warm_cycle(agent, "n10", samples)
+    await fill(agent, existing)
+    aN, rN = await warm_cycle(agent, f"n{existing}", samples)
+    out["warm_allocate_ms"] = {"N=10": summary(a10), f"N={existing}": summary(aN)}
+    out["release_ms"] = {"N=10": summary(r10), f"N={existing}": summary(rN)}
+    out["warm_allocate_ratio_p99"] = round(summary(aN)["p99"] / summary(a10)["p99"], 3)
+    out["warm_allocate_ratio_p50"] = round(summary(aN)["p50"] / summary(a10)["p50"], 3)
+
+    t0 = time.perf_counter()
+    before = agent.stats["commits"]
+    await asyncio.gather(*(agent.allocate(f"conc-{i}") for i in range(50)))
+    out["concurrent_50_allocates"] = {"total_ms": round((time.perf_counter() - t0) * 1e3, 2),
+                                      "commits": agent.stats["commits"] - before}
+
+    # Cold builds: the slot builder alone, on a build thread, at N existing.
+    cold: list[float] = []
+
+    def build_some() -> None:
+        for idx in range(agent.plan.capacity - 60, agent.plan.capacity - 10):
+            t = time.perf_counter()
+            agent.builder.build(idx)
+            cold.append((time.perf_counter() - t) * 1e3)
+            agent.builder.destroy(idx)
+    await agent.builds.call(build_some)
+    out["cold_slot_build_ms"] = summary(cold)
+    await agent.stop()
+    return out
+
+
+def bench_baseline(name: str, points: list[int], samples: int) -> dict:
+    host = f"bb{name[:2]}{int(time.time()) % 10000}"
+    with baselines.host_netns(host):
+        return baselines.measure(baselines.BASELINES[name], host, f"b{name[:2]}", points, samples)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--existing", type=int, default=2000)
+    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--baseline-points", default="10,200")
+    ap.add_argument("--baseline-samples", type=int, default=30)
+    ap.add_argument("--out", default="bench-results/datapath.json")
+    args = ap.parse_args()
+
+    result: dict = {"machine": {"kernel": platform.release(), "python": platform.python_version()},
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    bed = Testbed().create()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["netagent"] = asyncio.run(bench_agent(bed, args.existing, args.samples, Path(tmp)))
+    finally:
+        bed.destroy()
+    points = [int(p) for p in args.baseline_points.split(",")]
+    result["baselines"] = {name: bench_baseline(name, points, args.baseline_samples) for name in ("shell", "cni")}
+    na = result["netagent"]
+    shell10 = result["baselines"]["shell"][f"N={points[0]}"]["setup_ms"]["p50"]
+    result["cold_build_speedup_vs_shell_p50"] = round(shell10 / na["cold_slot_build_ms"]["p50"], 2)
+    result["targets"] = {
+        "warm_allocate_p99_le_5ms": na["warm_allocate_ms"][f"N={args.existing}"]["p99"] <= 5,
+        "warm_allocate_ratio_le_1.3": na["warm_allocate_ratio_p99"] <= 1.3,
+        "concurrent_50_le_250ms": na["concurrent_50_allocates"]["total_ms"] <= 250,
+        "cold_build_p50_le_8ms": na["cold_slot_build_ms"]["p50"] <= 8,
+        "cold_build_ge_3x_shell": result["cold_build_speedup_vs_shell_p50"] >= 3,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
