@@ -28,7 +28,7 @@ from .firewall import ruleset
 from .models import (AllocateSpec, ExposedPort, Network, Protocol, SlotState, validate_port,
                      validate_protocol, validate_sandbox_id)
 from .state import AllocationRecord, StateStore, Tx
-from .workers import BuildPool, HostWorker
+from .workers import BuildPool, Cleaner, HostWorker
 
 log = logging.getLogger("netagent")
 
@@ -60,6 +60,7 @@ class Agent:
         self.store = StateStore(config.state_dir)
         self.host = HostWorker(config.host_netns)
         self.builds = BuildPool(config.host_netns, config.pool_build_concurrency)
+        self.cleaner = Cleaner(config.host_netns)
         self.host_info: HostInfo | None = None
         self.slots: dict[int, SlotState] = {}
         self.allocations: dict[str, AllocationRecord] = {}
@@ -114,6 +115,7 @@ class Agent:
         await asyncio.gather(committer, return_exceptions=True)
         self._tasks.clear()
         self.builds.shutdown()
+        self.cleaner.shutdown()
         self.host.shutdown()
         self.store.close()
 
@@ -512,7 +514,7 @@ class Agent:
                 conntrack.flush_mark(mark)
             for idx in slots:
                 self.builder.flush_slot_conntrack(idx)
-        await self.host.call(flush)
+        await self.cleaner.call(flush)
         room = max(0, self.config.pool_size - len(self.ready))
         back, surplus = slots[:room], slots[room:]
         async with self._db_lock:

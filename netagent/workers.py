@@ -46,6 +46,14 @@ class HostWorker(_Executor):
         return ctx
 
 
+class Cleaner(_Executor):
+    """Conntrack flushes walk the whole conntrack hash: keep them off the host
+    worker so they never delay an allocate's nft transaction."""
+
+    def __init__(self, host_netns: str | None):
+        super().__init__(host_netns, 1, "netagent-clean")
+
+
 class BuildPool(_Executor):
     def __init__(self, host_netns: str | None, workers: int):
         super().__init__(host_netns, workers, "netagent-build")

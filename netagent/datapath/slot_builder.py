@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import threading
 
 from pyroute2 import IPRoute
@@ -63,8 +64,8 @@ class SlotBuilder:
             ipr.link("add", ifname=g.veth_name, kind="veth", mtu=g.mtu,
                      peer={"ifname": slot.host_veth, "net_ns_fd": host_fd, "mtu": g.mtu})
             create_persistent_tap(g.tap_name)
-            tap = ipr.link_lookup(ifname=g.tap_name)[0]
-            veth = ipr.link_lookup(ifname=g.veth_name)[0]
+            tap = socket.if_nametoindex(g.tap_name)  # one ioctl; link_lookup costs a netlink dump
+            veth = socket.if_nametoindex(g.veth_name)
             ipr.link("set", index=tap, address=g.tap_mac, mtu=g.mtu, state="up")
             ipr.addr("add", index=tap, address=str(g.gateway_ip), prefixlen=g.prefixlen)
             ipr.addr("add", index=veth, address=str(slot.sandbox_ip), prefixlen=31)
@@ -74,7 +75,7 @@ class SlotBuilder:
 
     def _build_host_side(self, slot: SlotAddresses) -> None:
         ipr = self.host_ipr()
-        index = ipr.link_lookup(ifname=slot.host_veth)[0]
+        index = socket.if_nametoindex(slot.host_veth)
         ipr.addr("add", index=index, address=str(slot.host_ip), prefixlen=31)
         ipr.link("set", index=index, state="up")
 
