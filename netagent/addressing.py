@@ -17,7 +17,8 @@ class SlotAddresses:
     host_veth: str
     host_ip: ipaddress.IPv4Address      # even end of the /31, in the host netns
     sandbox_ip: ipaddress.IPv4Address   # odd end, in the slot netns
-    ct_mark: int
+    ct_mark: int       # conntrack mark of flows the sandbox starts
+    ct_mark_in: int    # ... and of flows to it (exposed ports, the host)
 
 
 class AddressPlan:
@@ -45,6 +46,7 @@ class AddressPlan:
             host_ip=ipaddress.IPv4Address(base),
             sandbox_ip=ipaddress.IPv4Address(base + 1),
             ct_mark=self.ct_mark_base + index,
+            ct_mark_in=(self.ct_mark_base + index) | 0x80000000,
         )
 
     def index_of_sandbox_ip(self, ip: str | ipaddress.IPv4Address) -> int:

@@ -22,10 +22,12 @@ from .config import Config
 from .datapath import conntrack
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
-from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable
+from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable, Unimplemented
+from .events import EventLog
 from .firewall import elements as el
+from .firewall import nft as nft_mod
 from .firewall import ruleset
-from .models import (AllocateSpec, ExposedPort, Network, Protocol, SlotState, validate_port,
+from .models import (AllocateSpec, EgressPolicy, ExposedPort, Network, Protocol, SlotState, validate_port,
                      validate_protocol, validate_sandbox_id)
 from .state import AllocationRecord, StateStore, Tx
 from .workers import BuildPool, Cleaner, HostWorker
@@ -47,6 +49,8 @@ class _Plan:
     nft: list[el.Op] = field(default_factory=list)
     undo: list[Callable[[], None]] = field(default_factory=list)
     cleanups: list[int] = field(default_factory=list)   # slots whose conntrack must be flushed
+    flush_marks: list[int] = field(default_factory=list)  # flushed before the callers return
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     full_sync: bool = False
 
 
@@ -62,6 +66,7 @@ class Agent:
         self.builds = BuildPool(config.host_netns, config.pool_build_concurrency)
         self.cleaner = Cleaner(config.host_netns)
         self.host_info: HostInfo | None = None
+        self.events = EventLog(self.store, config.events_retained)
         self.slots: dict[int, SlotState] = {}
         self.allocations: dict[str, AllocationRecord] = {}
         self.ready: deque[int] = deque()
@@ -124,6 +129,7 @@ class Agent:
     async def allocate(self, sandbox_id: str, spec: AllocateSpec | dict[str, Any] | None = None) -> Network:
         validate_sandbox_id(sandbox_id)
         spec = AllocateSpec.parse(spec)
+        self._check_policy_supported(spec.policy)
         rec = self.allocations.get(sandbox_id)
         if rec is not None:
             return self._existing(rec, spec)
@@ -212,11 +218,33 @@ class Agent:
         return await self._submit("unexpose", future, sandbox_id=sandbox_id, guest_port=guest_port,
                                   protocol=proto)
 
+    async def update_policy(self, sandbox_id: str, policy: EgressPolicy | dict[str, Any] | None) -> Network:
+        """Replace the sandbox's egress policy in one transaction. When it narrows,
+        the flows it no longer allows are flushed before this returns."""
+        validate_sandbox_id(sandbox_id)
+        policy = EgressPolicy.parse(policy)
+        self._check_policy_supported(policy)
+        self._require(sandbox_id)
+        future = asyncio.get_running_loop().create_future()
+        return await self._submit("policy", future, sandbox_id=sandbox_id, policy=policy)
+
     async def resync(self) -> None:
         """Reload the ruleset if it drifted and re-add every element, atomically."""
         await self._submit("resync", asyncio.get_running_loop().create_future())
 
     # ---- helpers ---------------------------------------------------------
+
+    @staticmethod
+    def _check_policy_supported(policy: EgressPolicy) -> None:
+        if policy.allow_out or policy.deny_out:
+            raise Unimplemented("allow_out/deny_out are not enforced by this version yet; only `internet`")
+
+    def resolve_policy(self, policy: EgressPolicy) -> EgressPolicy:
+        """Freeze host defaults into the policy, so a later default change does
+        not silently change running sandboxes."""
+        if policy.internet is None:
+            return policy.model_copy(update={"internet": self.config.default_internet})
+        return policy
 
     def _require(self, sandbox_id: str) -> AllocationRecord:
         rec = self.allocations.get(sandbox_id)
@@ -237,7 +265,8 @@ class Agent:
             tap=g.tap_name, guest_ip=str(g.guest_ip), guest_prefixlen=g.prefixlen,
             guest_netmask=self.plan.boot_ip_arg().split(":")[3], gateway_ip=str(g.gateway_ip),
             guest_mac=g.guest_mac, mtu=g.mtu, sandbox_ip=str(s.sandbox_ip), host_veth=s.host_veth,
-            boot_ip_arg=self.plan.boot_ip_arg(), spec=rec.spec,
+            boot_ip_arg=self.plan.boot_ip_arg(), spec=rec.spec, policy=rec.policy,
+            internet=bool(rec.policy.internet), created_at=rec.created_at,
             ports=tuple(sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))
 
     async def _submit(self, kind: str, future: asyncio.Future[Any], **args: Any) -> Any:
@@ -296,7 +325,12 @@ class Agent:
                 return
             if plan.full_sync:
                 self.store.set_meta("ruleset_fingerprint", self.ruleset_fingerprint or "")
+            published = [self.events.record(type_, sid, data) for type_, sid, data in plan.events]
             self.store.db.execute("COMMIT")
+        self.events.publish(published)
+        if plan.flush_marks:
+            marks = list(plan.flush_marks)
+            await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
         if plan.cleanups:
             self._spawn(self._clean_slots(plan.cleanups))
         for op in accepted:
@@ -307,21 +341,23 @@ class Agent:
         sid, slot = a["sandbox_id"], a["slot"]
         if sid in self.allocations:
             raise Conflict(f"sandbox {sid!r} was allocated concurrently")
-        rec = AllocationRecord(sid, slot, a["spec"], time.time())
+        rec = AllocationRecord(sid, slot, a["spec"], time.time(), self.resolve_policy(a["spec"].policy))
         tx.set_slot(slot, SlotState.ALLOCATED)
         tx.add_allocation(rec)
         self.allocations[sid] = rec
         self.slots[slot] = SlotState.ALLOCATED
         plan.undo.append(lambda: (self.allocations.pop(sid, None), self.slots.__setitem__(slot, SlotState.READY)))
-        plan.nft += el.add([el.egress_element(self.plan.slot(slot), rec.spec.internet)])
-        return self._network(rec)
+        plan.nft += el.add([el.egress_element(self.plan.slot(slot), bool(rec.policy.internet))])
+        net = self._network(rec)
+        plan.events.append(("allocated", sid, {"sandbox": net.model_dump(mode="json")}))
+        return net
 
     def _plan_release(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> bool:
         rec = self.allocations.get(a["sandbox_id"])
         if rec is None:
             return False
         slot = self.plan.slot(rec.slot)
-        gone = [el.egress_element(slot, rec.spec.internet)]
+        gone = [el.egress_element(slot, bool(rec.policy.internet))]
         gone += [el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
         tx.delete_allocation(rec.sandbox_id)
         tx.set_slot(rec.slot, SlotState.DIRTY)
@@ -338,7 +374,24 @@ class Agent:
         plan.undo.append(undo)
         plan.nft += el.delete(gone)
         plan.cleanups.append(rec.slot)
+        plan.events.append(("released", rec.sandbox_id, {}))
         return True
+
+    def _plan_policy(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> Network:
+        rec = self._require(a["sandbox_id"])
+        old, new = rec.policy, self.resolve_policy(a["policy"])
+        slot = self.plan.slot(rec.slot)
+        if old.internet != new.internet:
+            plan.nft += el.delete([el.egress_element(slot, bool(old.internet))])
+            plan.nft += el.add([el.egress_element(slot, bool(new.internet))])
+        if old.internet and not new.internet:
+            plan.flush_marks.append(slot.ct_mark)  # only flows the sandbox started
+        tx.set_policy(rec.sandbox_id, new)
+        rec.policy = new
+        plan.undo.append(lambda: setattr(rec, "policy", old))
+        net = self._network(rec)
+        plan.events.append(("policy_updated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}))
+        return net
 
     def _plan_expose(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> ExposedPort:
         rec = self._require(a["sandbox_id"])
@@ -354,6 +407,7 @@ class Agent:
         plan.undo.append(lambda: (rec.ports.pop((port.guest_port, proto), None),
                                   self.ports_used[proto].pop(host_port, None)))
         plan.nft += el.add([el.port_element(self.plan.slot(rec.slot), proto.value, host_port, port.guest_port)])
+        plan.events.append(("port_exposed", rec.sandbox_id, {"port": port.model_dump(mode="json")}))
         return port
 
     def _plan_unexpose(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> bool:
@@ -368,6 +422,7 @@ class Agent:
                                   self.ports_used[port.protocol].__setitem__(port.host_port, rec.sandbox_id)))
         plan.nft += el.delete([el.port_element(self.plan.slot(rec.slot), port.protocol.value,
                                                port.host_port, port.guest_port)])
+        plan.events.append(("port_unexposed", rec.sandbox_id, {"port": port.model_dump(mode="json")}))
         return True
 
     def _plan_slot_ready(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> None:
@@ -414,7 +469,7 @@ class Agent:
                 out += el.slot_elements(self.plan.slot(idx))
         for rec in self.allocations.values():
             slot = self.plan.slot(rec.slot)
-            out.append(el.egress_element(slot, rec.spec.internet))
+            out.append(el.egress_element(slot, bool(rec.policy.internet)))
             out += [el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
         return out
 
@@ -429,7 +484,7 @@ class Agent:
             t = self.config.prefix
             flush = "".join(f"flush set inet {t} {s}\n" for s in ("uplinks", "always_deny", "always_allow",
                                                                    "sbx_ifaces", "sbx_src"))
-            flush += "".join(f"flush map inet {t} {m}\n" for m in ("slot_mark", "egress_mode", "port_dnat"))
+            flush += "".join(f"flush map inet {t} {m}\n" for m in nft_mod.MAPS)
             nft.run(flush + el.to_text(t, fixed) + el.to_text(t, dynamic))
         else:
             nft.run(ruleset.full_load_script(self.config, self.host_source, fixed, dynamic))
@@ -507,7 +562,7 @@ class Agent:
         mark, slot netns fully), then return them to the pool or tear them down.
         The host flush walks the whole conntrack hash (~13 ms on a big table), so
         release does not wait for it; a DIRTY slot is never handed out."""
-        marks = [self.plan.slot(i).ct_mark for i in slots]
+        marks = [m for i in slots for m in (self.plan.slot(i).ct_mark, self.plan.slot(i).ct_mark_in)]
 
         def flush() -> None:
             for mark in marks:

@@ -76,8 +76,10 @@ class Config(BaseModel):
     always_deny: list[ipaddress.IPv4Network] = Field(
         default_factory=lambda: [ipaddress.IPv4Network(c) for c in DEFAULT_ALWAYS_DENY])
     always_allow: list[ipaddress.IPv4Network] = Field(default_factory=list)
-    ct_mark_base: int = Field(0x4E410000, ge=0, le=0xFFFF0000)
+    ct_mark_base: int = Field(0x4E410000, ge=0, le=0x7FFF0000)
     ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
+    default_internet: bool = True
+    events_retained: int = Field(100_000, ge=100)
     log_level: str = "INFO"
 
     @field_validator("prefix")

@@ -30,3 +30,12 @@ class Unavailable(NetagentError):
 class Conflict(NetagentError):
     """An id or host port is already used with a different spec."""
     code = "ALREADY_EXISTS"
+
+
+class Unimplemented(NetagentError):
+    """Valid request for a capability this version does not have yet."""
+    code = "UNIMPLEMENTED"
+
+
+class FailedPrecondition(NetagentError):
+    code = "FAILED_PRECONDITION"

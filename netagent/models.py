@@ -46,11 +46,29 @@ def validate_protocol(protocol: object) -> Protocol:
         raise InvalidArgument(f"protocol must be tcp or udp; got {protocol!r}") from None
 
 
+class EgressPolicy(BaseModel):
+    """A sandbox's egress policy. `internet=None` means the host default."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    internet: bool | None = None
+    allow_out: tuple[str, ...] = ()
+    deny_out: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, data: "EgressPolicy | dict | None") -> "EgressPolicy":
+        if isinstance(data, EgressPolicy):
+            return data
+        try:
+            return cls.model_validate(data or {})
+        except ValidationError as exc:
+            raise InvalidArgument(_first_error("invalid policy", exc)) from None
+
+
 class AllocateSpec(BaseModel):
     """What the caller asks for. A retried allocate must send an equal spec."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    internet: bool = True
+    policy: EgressPolicy = EgressPolicy()
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("labels")
@@ -72,8 +90,12 @@ class AllocateSpec(BaseModel):
         try:
             return cls.model_validate(data or {})
         except ValidationError as exc:
-            raise InvalidArgument(f"invalid allocate spec: {exc.errors()[0]['msg']} "
-                                  f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from None
+            raise InvalidArgument(_first_error("invalid allocate spec", exc)) from None
+
+
+def _first_error(what: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{what}: {err['msg']} at {'.'.join(map(str, err['loc'])) or '(root)'}"
 
 
 class ExposedPort(BaseModel):
@@ -103,4 +125,7 @@ class Network(BaseModel):
     host_veth: str
     boot_ip_arg: str
     spec: AllocateSpec
+    policy: EgressPolicy
+    internet: bool               # the effective setting (policy or host default)
+    created_at: float
     ports: tuple[ExposedPort, ...] = ()

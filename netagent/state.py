@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .models import AllocateSpec, ExposedPort, Protocol, SlotState
+from .models import AllocateSpec, EgressPolicy, ExposedPort, Protocol, SlotState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS allocations (
     sandbox_id TEXT PRIMARY KEY,
     slot_idx INTEGER NOT NULL UNIQUE REFERENCES slots(idx),
     spec TEXT NOT NULL,
+    policy TEXT NOT NULL,
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS ports (
@@ -36,6 +37,13 @@ CREATE TABLE IF NOT EXISTS ports (
     UNIQUE (protocol, host_port)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    type TEXT NOT NULL,
+    sandbox_id TEXT NOT NULL,
+    data TEXT NOT NULL
+);
 """
 
 
@@ -45,6 +53,7 @@ class AllocationRecord:
     slot: int
     spec: AllocateSpec
     created_at: float
+    policy: EgressPolicy = EgressPolicy()
     ports: dict[tuple[int, Protocol], ExposedPort] = field(default_factory=dict)
 
 
@@ -80,15 +89,24 @@ class StateStore:
     def load(self) -> Snapshot:
         slots = {idx: SlotState(s) for idx, s in self.db.execute("SELECT idx, state FROM slots")}
         allocations = {
-            sid: AllocationRecord(sid, idx, AllocateSpec.model_validate_json(spec), created)
-            for sid, idx, spec, created in self.db.execute(
-                "SELECT sandbox_id, slot_idx, spec, created_at FROM allocations")
+            sid: AllocationRecord(sid, idx, AllocateSpec.model_validate_json(spec), created,
+                                  EgressPolicy.model_validate_json(policy))
+            for sid, idx, spec, policy, created in self.db.execute(
+                "SELECT sandbox_id, slot_idx, spec, policy, created_at FROM allocations")
         }
         for sid, gport, proto, hport in self.db.execute(
                 "SELECT sandbox_id, guest_port, protocol, host_port FROM ports"):
             p = ExposedPort(guest_port=gport, protocol=Protocol(proto), host_port=hport)
             allocations[sid].ports[(gport, p.protocol)] = p
         return Snapshot(slots, allocations)
+
+    def events_after(self, cursor: int, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
+        return list(self.db.execute("SELECT cursor, ts, type, sandbox_id, data FROM events WHERE cursor > ? "
+                                    "ORDER BY cursor LIMIT ?", (cursor, limit)))
+
+    def oldest_event(self) -> int:
+        row = self.db.execute("SELECT MIN(cursor) FROM events").fetchone()
+        return int(row[0] or 0)
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -113,8 +131,20 @@ class Tx:
         self.db.execute("DELETE FROM slots WHERE idx=?", (idx,))
 
     def add_allocation(self, rec: AllocationRecord) -> None:
-        self.db.execute("INSERT INTO allocations(sandbox_id, slot_idx, spec, created_at) VALUES (?, ?, ?, ?)",
-                        (rec.sandbox_id, rec.slot, rec.spec.model_dump_json(), rec.created_at))
+        self.db.execute("INSERT INTO allocations(sandbox_id, slot_idx, spec, policy, created_at) "
+                        "VALUES (?, ?, ?, ?, ?)", (rec.sandbox_id, rec.slot, rec.spec.model_dump_json(),
+                                                   rec.policy.model_dump_json(), rec.created_at))
+
+    def set_policy(self, sandbox_id: str, policy: EgressPolicy) -> None:
+        self.db.execute("UPDATE allocations SET policy=? WHERE sandbox_id=?", (policy.model_dump_json(), sandbox_id))
+
+    def add_event(self, ts: float, type_: str, sandbox_id: str, data: str) -> int:
+        cur = self.db.execute("INSERT INTO events(ts, type, sandbox_id, data) VALUES (?, ?, ?, ?)",
+                              (ts, type_, sandbox_id, data))
+        return int(cur.lastrowid or 0)
+
+    def trim_events(self, keep: int) -> None:
+        self.db.execute("DELETE FROM events WHERE cursor <= (SELECT MAX(cursor) FROM events) - ?", (keep,))
 
     def delete_allocation(self, sandbox_id: str) -> None:
         self.db.execute("DELETE FROM allocations WHERE sandbox_id=?", (sandbox_id,))

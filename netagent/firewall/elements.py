@@ -32,6 +32,7 @@ def slot_elements(slot: SlotAddresses) -> list[Element]:
         Element("sbx_ifaces", slot.host_veth),
         Element("sbx_src", (slot.host_veth, str(slot.sandbox_ip))),
         Element("slot_mark", str(slot.sandbox_ip), slot.ct_mark),
+        Element("slot_mark_in", str(slot.sandbox_ip), slot.ct_mark_in),
     ]
 
 

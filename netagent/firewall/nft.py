@@ -12,6 +12,9 @@ from ..errors import Unavailable
 from . import ruleset
 
 
+MAPS = ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in")
+
+
 class Nft:
     def __init__(self) -> None:
         self.ctx = nftables.Nftables()
@@ -48,7 +51,7 @@ class Nft:
         """Elements of one set/map as JSON items (for drift checks, not hot paths)."""
         self.ctx.set_json_output(True)
         try:
-            out = self.run(f"list set inet {table} {name}" if not name.endswith(("_mode", "_dnat", "_mark"))
+            out = self.run(f"list set inet {table} {name}" if name not in MAPS
                            else f"list map inet {table} {name}")
         finally:
             self.ctx.set_json_output(False)

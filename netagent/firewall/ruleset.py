@@ -12,8 +12,7 @@ from .elements import Element, to_text
 RULES_DIR = Path(__file__).resolve().parent.parent.parent / "rules"
 HOST_RULES = "netagent.nft"
 SLOT_RULES = "slot.nft"
-# Sets flushed and refilled from state on every full sync.
-DYNAMIC_SETS = ("sbx_ifaces", "sbx_src", "slot_mark", "egress_mode", "port_dnat")
+
 
 
 def read_rules(name: str, rules_dir: Path = RULES_DIR) -> str:

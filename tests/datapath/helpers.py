@@ -7,7 +7,7 @@ from tests.testbed import sh
 
 
 def elements(ns: str, table: str, name: str) -> list:
-    kind = "map" if name in ("egress_mode", "port_dnat", "slot_mark") else "set"
+    kind = "map" if name in ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in") else "set"
     out = sh.run("nft", "-j", "list", kind, "inet", table, name, ns=ns).stdout
     for obj in json.loads(out)["nftables"]:
         body = obj.get(kind)

@@ -92,7 +92,7 @@ async def test_spoofed_source_address_or_mac_goes_nowhere(bed, agent):
 
 
 async def test_internet_off_blocks_egress_but_keeps_exposed_ports(bed, agent):
-    net = await agent.allocate("off-1", {"internet": False})
+    net = await agent.allocate("off-1", {"policy": {"internet": False}})
     guest = LightGuest.attach(bed, net, "a")
     ok, _ = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/", timeout=1)
     assert not ok
@@ -101,3 +101,47 @@ async def test_internet_off_blocks_egress_but_keeps_exposed_ports(bed, agent):
     ok, body = bed.fetch(bed.inet, f"http://{UPLINK_IP}:{port}/")
     assert ok, body
     assert CLIENT_IP != UPLINK_IP
+
+
+async def test_policy_narrowing_kills_open_egress_flows_but_not_ingress(bed, agent):
+    net = await agent.allocate("narrow-1")
+    guest = LightGuest.attach(bed, net, "a")
+    bed.start_server(guest.name, "--http", "8080")
+    port = await agent.expose("narrow-1", 8080)
+    egress = sh.popen(sh.PYTHON, "-c", _HOLD_OPEN, WEB_IP, str(ECHO_PORT), ns=guest.name)
+    ingress = sh.popen(sh.PYTHON, "-c", _HOLD_OPEN, UPLINK_IP, str(port), "http", ns=bed.inet)
+    for proc in (egress, ingress):
+        assert proc.stdout.readline().strip() == "connected"
+
+    updated = await agent.update_policy("narrow-1", {"internet": False})
+    assert updated.internet is False and updated.policy.internet is False
+    out, _ = egress.communicate(timeout=15)
+    assert "dead" in out, f"egress flow survived narrowing: {out}"
+    assert ingress.poll() is None, "the exposed-port connection must survive"
+    ingress.kill()
+    ok, _ = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/", timeout=1)
+    assert not ok
+    await agent.update_policy("narrow-1", {"internet": True})
+    ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+    assert ok, body
+
+
+# Keep a TCP connection open, sending every 100 ms; print "dead" when it stops working.
+_HOLD_OPEN = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+print("connected", flush=True)
+s.settimeout(1.0)
+try:
+    for _ in range(100):
+        if len(sys.argv) > 3:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        else:
+            s.sendall(b"x")
+        if not s.recv(4096):
+            break
+        time.sleep(0.1)
+except OSError:
+    pass
+print("dead", flush=True)
+"""

@@ -1,0 +1,267 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
+    PROTOCOL_TCP: _ClassVar[Protocol]
+    PROTOCOL_UDP: _ClassVar[Protocol]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_ALLOCATED: _ClassVar[EventType]
+    EVENT_TYPE_RELEASED: _ClassVar[EventType]
+    EVENT_TYPE_POLICY_UPDATED: _ClassVar[EventType]
+    EVENT_TYPE_PORT_EXPOSED: _ClassVar[EventType]
+    EVENT_TYPE_PORT_UNEXPOSED: _ClassVar[EventType]
+    EVENT_TYPE_PORT_REACHABILITY: _ClassVar[EventType]
+PROTOCOL_UNSPECIFIED: Protocol
+PROTOCOL_TCP: Protocol
+PROTOCOL_UDP: Protocol
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_ALLOCATED: EventType
+EVENT_TYPE_RELEASED: EventType
+EVENT_TYPE_POLICY_UPDATED: EventType
+EVENT_TYPE_PORT_EXPOSED: EventType
+EVENT_TYPE_PORT_UNEXPOSED: EventType
+EVENT_TYPE_PORT_REACHABILITY: EventType
+
+class EgressPolicy(_message.Message):
+    __slots__ = ("internet", "allow_out", "deny_out")
+    INTERNET_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_OUT_FIELD_NUMBER: _ClassVar[int]
+    DENY_OUT_FIELD_NUMBER: _ClassVar[int]
+    internet: bool
+    allow_out: _containers.RepeatedScalarFieldContainer[str]
+    deny_out: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, internet: _Optional[bool] = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Network(_message.Message):
+    __slots__ = ("netns", "netns_path", "tap", "guest_ip", "guest_prefixlen", "guest_netmask", "gateway_ip", "guest_mac", "mtu", "sandbox_ip", "host_veth", "boot_ip_arg", "slot")
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    NETNS_PATH_FIELD_NUMBER: _ClassVar[int]
+    TAP_FIELD_NUMBER: _ClassVar[int]
+    GUEST_IP_FIELD_NUMBER: _ClassVar[int]
+    GUEST_PREFIXLEN_FIELD_NUMBER: _ClassVar[int]
+    GUEST_NETMASK_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_IP_FIELD_NUMBER: _ClassVar[int]
+    GUEST_MAC_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_IP_FIELD_NUMBER: _ClassVar[int]
+    HOST_VETH_FIELD_NUMBER: _ClassVar[int]
+    BOOT_IP_ARG_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    netns: str
+    netns_path: str
+    tap: str
+    guest_ip: str
+    guest_prefixlen: int
+    guest_netmask: str
+    gateway_ip: str
+    guest_mac: str
+    mtu: int
+    sandbox_ip: str
+    host_veth: str
+    boot_ip_arg: str
+    slot: int
+    def __init__(self, netns: _Optional[str] = ..., netns_path: _Optional[str] = ..., tap: _Optional[str] = ..., guest_ip: _Optional[str] = ..., guest_prefixlen: _Optional[int] = ..., guest_netmask: _Optional[str] = ..., gateway_ip: _Optional[str] = ..., guest_mac: _Optional[str] = ..., mtu: _Optional[int] = ..., sandbox_ip: _Optional[str] = ..., host_veth: _Optional[str] = ..., boot_ip_arg: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
+
+class ExposedPort(_message.Message):
+    __slots__ = ("guest_port", "protocol", "host_port")
+    GUEST_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    guest_port: int
+    protocol: Protocol
+    host_port: int
+    def __init__(self, guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ...) -> None: ...
+
+class Sandbox(_message.Message):
+    __slots__ = ("sandbox_id", "network", "policy", "labels", "ports", "state", "created_unix_ms")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    network: Network
+    policy: EgressPolicy
+    labels: _containers.ScalarMap[str, str]
+    ports: _containers.RepeatedCompositeFieldContainer[ExposedPort]
+    state: str
+    created_unix_ms: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[ExposedPort, _Mapping]]] = ..., state: _Optional[str] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+
+class AllocateRequest(_message.Message):
+    __slots__ = ("sandbox_id", "policy", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    policy: EgressPolicy
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AllocateResponse(_message.Message):
+    __slots__ = ("sandbox",)
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class ListRequest(_message.Message):
+    __slots__ = ("labels", "state")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.ScalarMap[str, str]
+    state: str
+    def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ListResponse(_message.Message):
+    __slots__ = ("sandboxes",)
+    SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ...) -> None: ...
+
+class UpdatePolicyRequest(_message.Message):
+    __slots__ = ("sandbox_id", "policy")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    policy: EgressPolicy
+    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ...) -> None: ...
+
+class ExposePortRequest(_message.Message):
+    __slots__ = ("sandbox_id", "guest_port", "protocol", "host_port")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    GUEST_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    guest_port: int
+    protocol: Protocol
+    host_port: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ...) -> None: ...
+
+class ExposePortResponse(_message.Message):
+    __slots__ = ("port",)
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    port: ExposedPort
+    def __init__(self, port: _Optional[_Union[ExposedPort, _Mapping]] = ...) -> None: ...
+
+class UnexposePortRequest(_message.Message):
+    __slots__ = ("sandbox_id", "guest_port", "protocol")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    GUEST_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    guest_port: int
+    protocol: Protocol
+    def __init__(self, sandbox_id: _Optional[str] = ..., guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ...) -> None: ...
+
+class UnexposePortResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("after_cursor", "sandbox_ids")
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_IDS_FIELD_NUMBER: _ClassVar[int]
+    after_cursor: int
+    sandbox_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, after_cursor: _Optional[int] = ..., sandbox_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    time_unix_ms: int
+    type: EventType
+    sandbox_id: str
+    sandbox: Sandbox
+    port: ExposedPort
+    reachable: bool
+    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ...) -> None: ...
+
+class GetHostInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HostInfo(_message.Message):
+    __slots__ = ("node_id", "version", "capacity", "allocations", "free_slots", "ready_slots", "uplink", "uplink_addresses", "transit_cidr", "prefix")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    READY_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_FIELD_NUMBER: _ClassVar[int]
+    UPLINK_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    TRANSIT_CIDR_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    version: str
+    capacity: int
+    allocations: int
+    free_slots: int
+    ready_slots: int
+    uplink: str
+    uplink_addresses: _containers.RepeatedScalarFieldContainer[str]
+    transit_cidr: str
+    prefix: str
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., allocations: _Optional[int] = ..., free_slots: _Optional[int] = ..., ready_slots: _Optional[int] = ..., uplink: _Optional[str] = ..., uplink_addresses: _Optional[_Iterable[str]] = ..., transit_cidr: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
