@@ -3,11 +3,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
-	containernetworking-plugins qemu-system-x86 busybox-static
+	containernetworking-plugins qemu-system-x86 busybox-static \
+	iputils-ping openssl
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
+PROTO := netagent/api/netagent.proto
+
+.PHONY: proto run test test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
 
 run: deps
 	$(PY) -m netagent serve $(if $(CONFIG),--config $(CONFIG))
@@ -46,6 +49,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -c 'import nftables, pyroute2, pydantic'
 	touch $@
+
+proto: venv
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
 guest-image: deps
 	$(PY) -m tests.testbed.microvm.image

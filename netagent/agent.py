@@ -24,6 +24,8 @@ from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
 from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable, Unimplemented
 from .events import EventLog
+from .logs import for_sandbox
+from .metrics import Metrics
 from .firewall import elements as el
 from .firewall import nft as nft_mod
 from .firewall import ruleset
@@ -67,6 +69,7 @@ class Agent:
         self.cleaner = Cleaner(config.host_netns)
         self.host_info: HostInfo | None = None
         self.events = EventLog(self.store, config.events_retained)
+        self.metrics = Metrics(per_sandbox_labels=config.metrics_per_sandbox)
         self.slots: dict[int, SlotState] = {}
         self.allocations: dict[str, AllocationRecord] = {}
         self.ready: deque[int] = deque()
@@ -75,6 +78,7 @@ class Agent:
         self._pending: list[_Op] = []
         self._wake = asyncio.Event()
         self._pool_wake = asyncio.Event()
+        self._slot_built = asyncio.Event()
         self._db_lock = asyncio.Lock()
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,12 +103,31 @@ class Agent:
         apply_sysctls()
         return discover(self.builder.host_ipr(), self.config.uplink)
 
-    async def wait_pool_ready(self, timeout: float = 60.0) -> None:
+    async def wait_pool_ready(self, timeout: float = 60.0, at_least: int | None = None) -> None:
         deadline = time.monotonic() + timeout
-        while len(self.ready) < min(self.config.pool_size, self.plan.capacity - len(self.allocations)):
+        want = self.config.pool_size if at_least is None else at_least
+        while len(self.ready) < min(want, self.plan.capacity - len(self.allocations)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"pool has {len(self.ready)} of {self.config.pool_size} slots")
             await asyncio.sleep(0.02)
+
+    async def refresh_metrics(self) -> None:
+        """Gauges from memory; per-sandbox bytes from one link dump (cleaner thread)."""
+        by_state: dict[str, int] = {}
+        for state in self.slots.values():
+            by_state[state.value] = by_state.get(state.value, 0) + 1
+        self.metrics.set_state(by_state, len(self.ready), len(self.allocations), self.plan.capacity)
+        veths = {sid: self.plan.host_veth(rec.slot) for sid, rec in self.allocations.items()}
+        ready = [self.plan.host_veth(i) for i in self.ready]
+        await self.cleaner.call(lambda: self.metrics.refresh_link_stats(self.builder.host_ipr(), veths, ready))
+
+    def pool_changed(self) -> None:
+        """The pool size changed (SIGHUP): refill, or let releases shrink it."""
+        self._pool_wake.set()
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the committer and the ruleset watcher run."""
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     async def stop(self) -> None:
         """Stop background work. The datapath stays exactly as it is."""
@@ -139,7 +162,9 @@ class Agent:
             return self._existing(self.allocations[net.sandbox_id], spec)
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        started = time.perf_counter()
         try:
+            warm = bool(self.ready)
             slot = await self._take_slot()
             try:
                 net = await self._submit("allocate", future, sandbox_id=sandbox_id, spec=spec, slot=slot)
@@ -153,6 +178,7 @@ class Agent:
             raise
         finally:
             self._inflight.pop(key, None)
+        self.metrics.observe_allocate(time.perf_counter() - started, warm)
         return net
 
     async def release(self, sandbox_id: str) -> bool:
@@ -168,10 +194,13 @@ class Agent:
             return await asyncio.shield(self._inflight[key])
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        started = time.perf_counter()
         try:
-            return await self._submit("release", future, sandbox_id=sandbox_id)
+            released = await self._submit("release", future, sandbox_id=sandbox_id)
         finally:
             self._inflight.pop(key, None)
+        self.metrics.observe_release(time.perf_counter() - started)
+        return released
 
     async def get(self, sandbox_id: str) -> Network:
         validate_sandbox_id(sandbox_id)
@@ -308,10 +337,10 @@ class Agent:
                     op.future.set_exception(exc)
             try:
                 if plan.full_sync:
-                    await self.host.call(self._apply_full_sync)
+                    self.metrics.observe_nft(await self.host.call(self._apply_full_sync))
                 elif plan.nft:
                     doc = el.to_json(self.config.prefix, plan.nft)
-                    await self.host.call(lambda: self.host.nft().run_json(doc))
+                    self.metrics.observe_nft(await self.host.call(self._apply_json, doc))
             except BaseException as exc:
                 log.warning("burst of %d op(s) rolled back: %r", len(accepted), exc)
                 self.store.db.execute("ROLLBACK")
@@ -336,6 +365,8 @@ class Agent:
         for op in accepted:
             if not op.future.done():
                 op.future.set_result(op.result)
+            if sid := op.args.get("sandbox_id"):
+                for_sandbox(log, sid, op=op.kind).info("%s done", op.kind)
 
     def _plan_allocate(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> Network:
         sid, slot = a["sandbox_id"], a["slot"]
@@ -473,7 +504,12 @@ class Agent:
             out += [el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
         return out
 
-    def _apply_full_sync(self) -> None:
+    def _apply_json(self, doc: dict[str, Any]) -> float:
+        nft = self.host.nft()
+        nft.run_json(doc)
+        return nft.last_duration_s
+
+    def _apply_full_sync(self) -> float:
         """Runs on the host worker: one transaction that (re)loads the table if it
         drifted and replaces every element with the state's."""
         assert self.host_info is not None
@@ -489,6 +525,7 @@ class Agent:
         else:
             nft.run(ruleset.full_load_script(self.config, self.host_source, fixed, dynamic))
             self.ruleset_fingerprint = nft.table_fingerprint(self.config.prefix)
+        return nft.last_duration_s
 
     async def _watch_ruleset(self) -> None:
         while True:
@@ -500,41 +537,58 @@ class Agent:
                                 "missing" if fp is None else "changed")
                     await self.resync()
                     self.stats["ruleset_restores"] += 1
+                    self.metrics.ruleset_restored()
             except Exception:
                 log.exception("ruleset check failed")
 
     # ---- the warm pool -----------------------------------------------------
 
     async def _take_slot(self) -> int:
+        """A warm slot; else build one now; else wait for a build in flight."""
         self._pool_wake.set()
-        if self.ready:
-            return self.ready.popleft()
-        return await self._build_slot(for_caller=True)
+        while True:
+            if self.ready:
+                return self.ready.popleft()
+            if self._free_index() is not None:
+                return await self._build_slot(for_caller=True)
+            if not self._building:
+                raise Exhausted(f"all {self.plan.capacity} slots of {self.config.transit_cidr} are in use")
+            self._slot_built.clear()
+            await self._slot_built.wait()
 
     def _return_slot(self, idx: int) -> None:
         if self.slots.get(idx) == SlotState.READY:
             self.ready.appendleft(idx)
 
-    def _free_index(self) -> int:
+    def _free_index(self) -> int | None:
         for idx in range(self.plan.capacity):
             if idx not in self.slots:
                 return idx
-        raise Exhausted(f"all {self.plan.capacity} slots of {self.config.transit_cidr} are in use")
+        return None
 
     async def _build_slot(self, for_caller: bool = False) -> int:
         async with self._db_lock:
             idx = self._free_index()
+            if idx is None:
+                raise Exhausted(f"all {self.plan.capacity} slots of {self.config.transit_cidr} are in use")
             with self.store.transaction() as tx:
                 tx.set_slot(idx, SlotState.BUILDING)
             self.slots[idx] = SlotState.BUILDING
         self._building += 1
         try:
+            return await self._finish_build(idx, for_caller)
+        finally:
+            self._building -= 1
+            self._slot_built.set()
+
+    async def _finish_build(self, idx: int, for_caller: bool) -> int:
+        t0 = time.perf_counter()
+        try:
             await self.builds.call(self.builder.build, idx)
         except Exception as exc:
             await self._forget_slot(idx)
             raise Unavailable(f"building slot {idx} failed: {exc}") from exc
-        finally:
-            self._building -= 1
+        self.metrics.observe_slot_build(time.perf_counter() - t0)
         try:
             await self._submit("slot_ready", asyncio.get_running_loop().create_future(), slot=idx)
         except NetagentError:

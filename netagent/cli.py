@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 
 from . import config as config_mod
 from .errors import ConfigError
+from .logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(cfg.log_level, cfg.log_json)
     try:
         from .daemon import serve
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, args.config))
     except ConfigError as exc:
         print(f"netagent: {exc}", file=sys.stderr)
         return 2

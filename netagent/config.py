@@ -79,6 +79,18 @@ class Config(BaseModel):
     ct_mark_base: int = Field(0x4E410000, ge=0, le=0x7FFF0000)
     ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
     default_internet: bool = True
+    node_id: str = Field(default_factory=lambda: __import__("socket").gethostname())
+    api_socket: Path = Path("/run/netagent/netagent.sock")
+    api_socket_group: str | None = None
+    api_tcp_address: str | None = None      # "host:port"; requires tls_cert, tls_key and tls_ca (mTLS)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    metrics_address: str | None = "127.0.0.1:9464"   # host:port in host_netns; empty/None disables
+    metrics_per_sandbox: bool = False        # sandbox_id labels on traffic metrics (cardinality!)
+    metrics_refresh_s: float = Field(5.0, gt=0)
+    log_json: bool = False
+    ready_min_slots: int = Field(8, ge=0)    # READY=1 once this many warm slots exist (capped at pool_size)
     events_retained: int = Field(100_000, ge=100)
     log_level: str = "INFO"
 
@@ -123,6 +135,17 @@ class Config(BaseModel):
         if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
         return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> "Config":
+        if self.api_tcp_address:
+            missing = [k for k in ("tls_cert", "tls_key", "tls_ca") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"api_tcp_address needs mutual TLS: set {', '.join(missing)}")
+            host, _, port = self.api_tcp_address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"api_tcp_address must be host:port, got {self.api_tcp_address!r}")
+        return self
 
     @model_validator(mode="after")
     def _names_fit(self) -> "Config":

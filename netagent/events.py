@@ -56,7 +56,10 @@ class EventLog:
         queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_LIMIT)
         self._subscribers.add(queue)
         try:
-            oldest = self.store.oldest_event()
+            oldest, latest = self.store.event_bounds()
+            if after > latest:
+                raise FailedPrecondition(f"cursor {after} is past this agent's latest event ({latest}); "
+                                         "it belongs to another agent or a wiped state: resync with List")
             if after and oldest and after < oldest - 1:
                 raise FailedPrecondition(f"cursor {after} is older than the oldest retained event ({oldest}); "
                                          "resync with List and watch from the latest cursor")

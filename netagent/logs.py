@@ -65,6 +65,7 @@ def _level(level: str) -> int:
 def setup_logging(level: str = "INFO", json_output: bool = False, stream: IO[str] | None = None) -> None:
     """Configure the root logger (idempotent: replaces its own earlier handler).
     Logs go to stderr (journald under systemd) unless `stream` is given."""
+    numeric = _level(level)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)
@@ -72,7 +73,7 @@ def setup_logging(level: str = "INFO", json_output: bool = False, stream: IO[str
     handler = _Handler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if json_output else TextFormatter())
     root.addHandler(handler)
-    root.setLevel(_level(level))
+    root.setLevel(numeric)
 
 
 def set_level(level: str) -> None:

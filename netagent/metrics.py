@@ -10,7 +10,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -121,7 +121,7 @@ class Metrics:
     def __init__(self, per_sandbox_labels: bool = False):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        h = dict(buckets=DURATION_BUCKETS, registry=r)
+        h: dict[str, Any] = {"buckets": DURATION_BUCKETS, "registry": r}
         self._allocate = Histogram("netagent_allocate_duration_seconds",
                                    "Time to allocate a sandbox network; path=warm took a ready slot, "
                                    "cold built one.", ["path"], **h)
@@ -180,12 +180,11 @@ class Metrics:
     def ruleset_restored(self) -> None:
         self._restores.inc()
 
-    def set_state(self, slots_by_state: dict[str, int], ready: int, allocations: int, capacity: int) -> None:
-        for state in SLOT_STATES:
-            self._slots.labels(state=state).set(slots_by_state.get(state, 0))
-        for state, n in slots_by_state.items():
-            if state not in SLOT_STATES:
-                self._slots.labels(state=state).set(n)
+    def set_state(self, slots_by_state: Mapping[Any, int], ready: int, allocations: int, capacity: int) -> None:
+        """slots_by_state: state -> count; keys may be SlotState members. Missing states are 0."""
+        counts = {str(getattr(k, "value", k)): n for k, n in slots_by_state.items()}
+        for state in (*SLOT_STATES, *(s for s in counts if s not in SLOT_STATES)):
+            self._slots.labels(state=state).set(counts.get(state, 0))
         self._ready.set(ready)
         self._allocations.set(allocations)
         self._capacity.set(capacity)

@@ -81,6 +81,8 @@ async def reconcile(agent: "Agent") -> dict[str, int]:
 
     report.update(adopted=len(keep) - len(rebuild), rebuilt=len(rebuild), removed=len(doomed), orphans=len(orphans))
     agent.stats["reconcile_repairs"] += len(rebuild) + len(doomed) + len(orphans)
+    agent.metrics.reconcile_repairs(len(rebuild) + len(doomed) + len(orphans))
+    agent.metrics.observe_reconcile(time.monotonic() - started)
     agent.stats["last_reconcile"] = {"at": time.time(), "duration_s": time.monotonic() - started, **report}
     log.info("reconcile: %s in %.0f ms", report, 1000 * (time.monotonic() - started))
     return report

@@ -104,9 +104,10 @@ class StateStore:
         return list(self.db.execute("SELECT cursor, ts, type, sandbox_id, data FROM events WHERE cursor > ? "
                                     "ORDER BY cursor LIMIT ?", (cursor, limit)))
 
-    def oldest_event(self) -> int:
-        row = self.db.execute("SELECT MIN(cursor) FROM events").fetchone()
-        return int(row[0] or 0)
+    def event_bounds(self) -> tuple[int, int]:
+        lo, _ = self.db.execute("SELECT MIN(cursor), MAX(cursor) FROM events").fetchone()
+        seq = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        return int(lo or 0), int(seq[0] if seq else 0)
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

@@ -14,7 +14,8 @@ HOST_SYSCTLS = (("net.ipv4.ip_forward", "1"),)
 @dataclass(frozen=True)
 class HostInfo:
     uplink: str
-    addresses: list[str]
+    addresses: list[str]          # every IPv4 address of the host netns
+    uplink_addresses: list[str]
 
 
 def discover(ipr: IPRoute, uplink: str | None) -> HostInfo:
@@ -27,8 +28,11 @@ def discover(ipr: IPRoute, uplink: str | None) -> HostInfo:
         uplink = ipr.get_links(routes[0].get("oif"))[0].get("ifname")
     elif not ipr.link_lookup(ifname=uplink):
         raise ConfigError(f"uplink: interface {uplink!r} does not exist in the host netns")
-    addrs = sorted({a.get("address") for a in ipr.get_addr(family=2)} - {None})
-    return HostInfo(uplink=uplink, addresses=addrs)
+    all_addrs = ipr.get_addr(family=2)
+    addrs = sorted({a.get("address") for a in all_addrs} - {None})
+    index = ipr.link_lookup(ifname=uplink)[0]
+    uplink_addrs = sorted({a.get("address") for a in all_addrs if a["index"] == index} - {None})
+    return HostInfo(uplink=uplink, addresses=addrs, uplink_addresses=uplink_addrs)
 
 
 def apply_sysctls() -> None:

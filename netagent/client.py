@@ -1,0 +1,99 @@
+"""A small synchronous client for netagent.v1 (used by the CLI and the tests)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .api import netagent_pb2 as pb
+from .api import netagent_pb2_grpc as pb_grpc
+
+DEFAULT_SOCKET = "/run/netagent/netagent.sock"
+PROTOCOLS = {"tcp": pb.PROTOCOL_TCP, "udp": pb.PROTOCOL_UDP}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+class Client:
+    def __init__(self, target: str | None = None, *, socket_path: str | None = None,
+                 tls: TlsFiles | None = None, timeout: float = 10.0, server_name: str | None = None):
+        self.target = target or f"unix://{socket_path or DEFAULT_SOCKET}"
+        self.timeout = timeout
+        if tls:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=tls.ca.read_bytes(),
+                private_key=tls.key.read_bytes() if tls.key else None,
+                certificate_chain=tls.cert.read_bytes() if tls.cert else None)
+            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            self.channel = grpc.secure_channel(self.target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(self.target)
+        self.stub = pb_grpc.NetAgentStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def allocate(self, sandbox_id: str, *, internet: bool | None = None, labels: dict[str, str] | None = None,
+                 allow_out: list[str] | None = None, deny_out: list[str] | None = None,
+                 timeout: float | None = None) -> pb.Sandbox:
+        req = pb.AllocateRequest(sandbox_id=sandbox_id, labels=labels or {},
+                                 policy=_policy(internet, allow_out, deny_out))
+        return self.stub.Allocate(req, timeout=timeout or self.timeout).sandbox
+
+    def release(self, sandbox_id: str) -> bool:
+        return self.stub.Release(pb.ReleaseRequest(sandbox_id=sandbox_id), timeout=self.timeout).released
+
+    def get(self, sandbox_id: str) -> pb.Sandbox:
+        return self.stub.Get(pb.GetRequest(sandbox_id=sandbox_id), timeout=self.timeout)
+
+    def list(self, labels: dict[str, str] | None = None, state: str = "") -> list[pb.Sandbox]:
+        return list(self.stub.List(pb.ListRequest(labels=labels or {}, state=state), timeout=self.timeout).sandboxes)
+
+    def update_policy(self, sandbox_id: str, *, internet: bool | None = None, allow_out: list[str] | None = None,
+                      deny_out: list[str] | None = None) -> pb.Sandbox:
+        req = pb.UpdatePolicyRequest(sandbox_id=sandbox_id, policy=_policy(internet, allow_out, deny_out))
+        return self.stub.UpdatePolicy(req, timeout=self.timeout)
+
+    def expose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp", host_port: int = 0) -> pb.ExposedPort:
+        req = pb.ExposePortRequest(sandbox_id=sandbox_id, guest_port=guest_port,
+                                   protocol=PROTOCOLS.get(protocol, 99), host_port=host_port)
+        return self.stub.ExposePort(req, timeout=self.timeout).port
+
+    def unexpose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp") -> bool:
+        req = pb.UnexposePortRequest(sandbox_id=sandbox_id, guest_port=guest_port,
+                                     protocol=PROTOCOLS.get(protocol, 99))
+        return self.stub.UnexposePort(req, timeout=self.timeout).removed
+
+    def host_info(self) -> pb.HostInfo:
+        return self.stub.GetHostInfo(pb.GetHostInfoRequest(), timeout=self.timeout)
+
+    def watch_events(self, after_cursor: int = 0, sandbox_ids: list[str] | None = None,
+                     timeout: float | None = None) -> Iterator[pb.Event]:
+        req = pb.WatchEventsRequest(after_cursor=after_cursor, sandbox_ids=sandbox_ids or [])
+        return self.stub.WatchEvents(req, timeout=timeout)
+
+    def health(self, service: str = "") -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+def _policy(internet: bool | None, allow_out: list[str] | None, deny_out: list[str] | None) -> pb.EgressPolicy:
+    policy = pb.EgressPolicy(allow_out=allow_out or [], deny_out=deny_out or [])
+    if internet is not None:
+        policy.internet = internet
+    return policy

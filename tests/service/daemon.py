@@ -1,0 +1,77 @@
+"""The real daemon (`netagent serve`) in a subprocess, for service tests."""
+from __future__ import annotations
+
+import json
+import os
+import signal as signals
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from netagent.client import Client
+from tests.testbed import sh
+
+
+def write_config(bed, tmp: Path, **over) -> Path:
+    values = {
+        "prefix": bed.agent_prefix, "host_netns": bed.host, "uplink": "up0", "pool_size": 4,
+        "state_dir": str(tmp / "state"), "api_socket": str(tmp / "api.sock"), "ruleset_check_interval_s": 0.5,
+        "node_id": "test-node", "metrics_address": "127.0.0.1:0", "metrics_refresh_s": 0.5,
+    } | over
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float, list)):
+            lines.append(f"{key} = {json.dumps(value)}")
+        else:
+            lines.append(f'{key} = "{value}"')
+    path = tmp / "netagent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Daemon:
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
+        self.config = config
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 60) -> "Daemon":
+        self.proc = subprocess.Popen([sh.PYTHON, "-m", "netagent", "serve", "--config", str(self.config)],
+                                     cwd=sh.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(self.env or {})})
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
+            if line.startswith("netagent ready"):
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise AssertionError("daemon exited before ready:\n" + "".join(self.log))
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            self.log.append(line)
+
+    def client(self, **kw) -> Client:
+        import tomllib
+        sock = tomllib.loads(self.config.read_text())["api_socket"]
+        return Client(socket_path=sock, **kw)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signals.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)

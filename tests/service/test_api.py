@@ -1,0 +1,119 @@
+"""The gRPC API against a real daemon process in the test bed."""
+from __future__ import annotations
+
+import json
+import threading
+
+import grpc
+import pytest
+
+from tests.service.daemon import Daemon, write_config
+from tests.testbed import sh
+from tests.testbed.bed import HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest
+
+
+def test_allocate_over_grpc_and_guest_reaches_internet(bed, daemon):
+    with daemon.client() as c:
+        sbx = c.allocate("grpc-1", labels={"team": "a"})
+        assert sbx.network.boot_ip_arg.startswith("ip=169.254.0.21::169.254.0.22:")
+        assert c.allocate("grpc-1", labels={"team": "a"}) == sbx  # idempotent
+        guest = LightGuest.attach(bed, _net(sbx), "a")
+        ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+        assert ok and json.loads(body)["client"] == UPLINK_IP
+        port = c.expose("grpc-1", 8080)
+        assert port.host_port >= 20000
+        assert [s.sandbox_id for s in c.list(labels={"team": "a"})] == ["grpc-1"]
+        info = c.host_info()
+        assert info.node_id == "test-node" and info.allocations == 1 and info.uplink == "up0"
+        assert UPLINK_IP in info.uplink_addresses
+        assert c.release("grpc-1") is True and c.release("grpc-1") is False
+
+
+def test_every_status_code_from_a_real_bad_request(bed, tmp_path):
+    cfg = write_config(bed, tmp_path, transit_cidr="10.13.0.0/30", host_port_range=[20000, 20000], pool_size=1,
+                       ruleset_check_interval_s=60)
+    daemon = Daemon(cfg).start()
+    try:
+        with daemon.client() as c:
+            c.allocate("codes-1")
+            c.expose("codes-1", 80)
+            c.allocate("codes-2")
+            cases = [
+                (grpc.StatusCode.INVALID_ARGUMENT, lambda: c.allocate("Bad Id")),
+                (grpc.StatusCode.INVALID_ARGUMENT, lambda: c.expose("codes-1", 70000)),
+                (grpc.StatusCode.INVALID_ARGUMENT, lambda: c.expose("codes-1", 81, protocol="sctp")),
+                (grpc.StatusCode.INVALID_ARGUMENT, lambda: c.list(state="zombie")),
+                (grpc.StatusCode.NOT_FOUND, lambda: c.get("nobody")),
+                (grpc.StatusCode.ALREADY_EXISTS, lambda: c.allocate("codes-1", labels={"x": "y"})),
+                (grpc.StatusCode.ALREADY_EXISTS, lambda: c.expose("codes-2", 80, host_port=20000)),
+                (grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: c.allocate("codes-3")),
+                (grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: c.expose("codes-2", 81)),
+                (grpc.StatusCode.UNIMPLEMENTED, lambda: c.update_policy("codes-1", allow_out=["203.0.113.0/24"])),
+                (grpc.StatusCode.FAILED_PRECONDITION, lambda: next(iter(c.watch_events(after_cursor=10**9,
+                                                                                       timeout=5)))),
+            ]
+            for code, call in cases:
+                with pytest.raises(grpc.RpcError) as exc:
+                    call()
+                assert exc.value.code() == code, (code, exc.value.details())
+            # A kernel operation that fails is UNAVAILABLE and leaves nothing half-done.
+            sh.run("nft", "delete", "table", "inet", bed.agent_prefix, ns=bed.host)
+            with pytest.raises(grpc.RpcError) as exc:
+                c.release("codes-2")
+            assert exc.value.code() == grpc.StatusCode.UNAVAILABLE, exc.value.details()
+            assert c.get("codes-2").sandbox_id == "codes-2"
+    finally:
+        daemon.stop()
+
+
+def _net(sbx):
+    n = sbx.network
+    return type("N", (), {"netns": n.netns, "tap": n.tap, "guest_ip": n.guest_ip,
+                          "guest_prefixlen": n.guest_prefixlen, "gateway_ip": n.gateway_ip,
+                          "guest_mac": n.guest_mac})()
+
+
+def test_watch_events_streams_and_resumes(daemon):
+    with daemon.client() as c:
+        seen = []
+        stream = c.watch_events(after_cursor=0, timeout=30)
+
+        def consume():
+            for ev in stream:
+                seen.append(ev)
+                if len(seen) == 4:
+                    break
+        t = threading.Thread(target=consume)
+        t.start()
+        c.allocate("ev-1")
+        c.expose("ev-1", 8080)
+        c.update_policy("ev-1", internet=False)
+        c.release("ev-1")
+        t.join(20)
+        stream.cancel()
+        types = [ev.type for ev in seen]
+        from netagent.api import netagent_pb2 as pb
+        assert types == [pb.EVENT_TYPE_ALLOCATED, pb.EVENT_TYPE_PORT_EXPOSED, pb.EVENT_TYPE_POLICY_UPDATED,
+                         pb.EVENT_TYPE_RELEASED]
+        assert seen[2].sandbox.policy.internet is False
+        resumed = next(iter(c.watch_events(after_cursor=seen[1].cursor, timeout=10)))
+        assert resumed.cursor == seen[2].cursor
+
+
+def test_health_serving_and_reflection_lists_the_service(daemon):
+    with daemon.client() as c:
+        assert c.health() == "SERVING"
+        assert c.health("netagent.v1.NetAgent") == "SERVING"
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+        stub = reflection_pb2_grpc.ServerReflectionStub(c.channel)
+        reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {"netagent.v1.NetAgent", "grpc.health.v1.Health"} <= names
+
+
+def test_deadline_is_honoured(daemon):
+    with daemon.client() as c:
+        with pytest.raises(grpc.RpcError) as exc:
+            c.allocate("deadline-1", timeout=0.000001)
+        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert c.allocate("deadline-1").sandbox_id == "deadline-1"  # the retry succeeds
