@@ -10,6 +10,9 @@ if TYPE_CHECKING:
     from .config import Config
 
 
+CT_MARK_INGRESS = 0x80000000   # ingress flows differ from egress ones in this bit only
+
+
 @dataclass(frozen=True)
 class SlotAddresses:
     index: int
@@ -46,7 +49,7 @@ class AddressPlan:
             host_ip=ipaddress.IPv4Address(base),
             sandbox_ip=ipaddress.IPv4Address(base + 1),
             ct_mark=self.ct_mark_base + index,
-            ct_mark_in=(self.ct_mark_base + index) | 0x80000000,
+            ct_mark_in=(self.ct_mark_base + index) | CT_MARK_INGRESS,
         )
 
     def index_of_sandbox_ip(self, ip: str | ipaddress.IPv4Address) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import netns
-from .addressing import AddressPlan
+from .addressing import CT_MARK_INGRESS, AddressPlan
 from .config import Config
 from .datapath import conntrack
 from .datapath.host import HostInfo, apply_sysctls, discover
@@ -616,14 +616,20 @@ class Agent:
         mark, slot netns fully), then return them to the pool or tear them down.
         The host flush walks the whole conntrack hash (~13 ms on a big table), so
         release does not wait for it; a DIRTY slot is never handed out."""
-        marks = [m for i in slots for m in (self.plan.slot(i).ct_mark, self.plan.slot(i).ct_mark_in)]
+        marks = [self.plan.slot(i).ct_mark for i in slots]
 
         def flush() -> None:
-            for mark in marks:
-                conntrack.flush_mark(mark)
+            for mark in marks:  # one walk clears both directions
+                conntrack.flush_mark(mark, ~CT_MARK_INGRESS & 0xFFFFFFFF)
             for idx in slots:
                 self.builder.flush_slot_conntrack(idx)
-        await self.cleaner.call(flush)
+        try:
+            await self.cleaner.call(flush)
+        except Exception:
+            log.exception("conntrack flush of slots %s failed; retrying in 1 s (they stay dirty)", slots)
+            await asyncio.sleep(1.0)
+            self._spawn(self._clean_slots(slots))
+            return
         room = max(0, self.config.pool_size - len(self.ready))
         back, surplus = slots[:room], slots[room:]
         async with self._db_lock:

@@ -53,6 +53,11 @@ class Cleaner(_Executor):
     def __init__(self, host_netns: str | None):
         super().__init__(host_netns, 1, "netagent-clean")
 
+    def _init(self) -> None:
+        super()._init()
+        from .datapath.conntrack import lower_thread_priority
+        lower_thread_priority()
+
 
 class BuildPool(_Executor):
     def __init__(self, host_netns: str | None, workers: int):

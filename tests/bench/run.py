@@ -12,6 +12,7 @@ import asyncio
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +78,8 @@ async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) ->
     out["concurrent_50_allocates"] = {"total_ms": round((time.perf_counter() - t0) * 1e3, 2),
                                       "commits": agent.stats["commits"] - before}
 
+    out["grpc_allocate"] = await grpc_round_trip(agent, state, samples)
+
     # Cold builds: the slot builder alone, on a build thread, at N existing.
     cold: list[float] = []
 
@@ -90,6 +93,38 @@ async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) ->
     out["cold_slot_build_ms"] = summary(cold)
     await agent.stop()
     return out
+
+
+GRPC_CLIENT = r"""
+import json, sys, time
+from netagent.client import Client
+c = Client(socket_path=sys.argv[1])
+c.host_info()
+alloc = []
+for k in range(int(sys.argv[2])):
+    t0 = time.perf_counter(); c.allocate(f"grpc-{k}"); t1 = time.perf_counter(); c.release(f"grpc-{k}")
+    alloc.append((t1 - t0) * 1e3)
+print(json.dumps(alloc))
+"""
+
+
+async def grpc_round_trip(agent: Agent, state: Path, samples: int) -> dict:
+    """Allocate over gRPC (client in another process, unix socket) against the
+    in-process call, same agent, same moment."""
+    from netagent.api.server import ApiServer
+    agent.config.api_socket = state / "bench.sock"
+    api = ApiServer(agent, agent.config)
+    await api.start()
+    try:
+        inproc, _ = await warm_cycle(agent, "inproc", samples)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", GRPC_CLIENT, str(agent.config.api_socket),
+                                                    str(samples), stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        over_grpc = json.loads(out)
+    finally:
+        await api.stop(0)
+    return {"in_process_ms": summary(inproc), "grpc_ms": summary(over_grpc),
+            "added_p50_ms": round(summary(over_grpc)["p50"] - summary(inproc)["p50"], 3)}
 
 
 def bench_baseline(name: str, points: list[int], samples: int) -> dict:
@@ -126,6 +161,7 @@ def main() -> None:
         "concurrent_50_le_250ms": na["concurrent_50_allocates"]["total_ms"] <= 250,
         "cold_build_p50_le_8ms": na["cold_slot_build_ms"]["p50"] <= 8,
         "cold_build_ge_3x_shell": result["cold_build_speedup_vs_shell_p50"] >= 3,
+        "grpc_added_p50_le_1ms": na["grpc_allocate"]["added_p50_ms"] <= 1,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
