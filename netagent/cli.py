@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("file", nargs="?")
     args = parser.parse_args(argv)
 
+    path = getattr(args, "config", None) or getattr(args, "file", None) or config_mod.default_path()
     try:
-        cfg = config_mod.load(getattr(args, "config", None) or getattr(args, "file", None))
+        cfg = config_mod.load(path)
     except ConfigError as exc:
         print(f"netagent: {exc}", file=sys.stderr)
         return 2
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.log_level, cfg.log_json)
     try:
         from .daemon import serve
-        asyncio.run(serve(cfg, args.config))
+        asyncio.run(serve(cfg, path))
     except ConfigError as exc:
         print(f"netagent: {exc}", file=sys.stderr)
         return 2

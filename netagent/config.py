@@ -188,6 +188,17 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+DEFAULT_PATH = Path("/etc/netagent/netagent.toml")
+
+
+def default_path() -> str | None:
+    """$NETAGENT_CONFIG, else /etc/netagent/netagent.toml if it exists, else none
+    (embedded defaults)."""
+    if env := os.environ.get("NETAGENT_CONFIG"):
+        return env
+    return str(DEFAULT_PATH) if DEFAULT_PATH.exists() else None
+
+
 def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
     """Read TOML (if given), apply NETAGENT_* overrides, validate."""
     data: dict[str, Any] = {}

@@ -124,3 +124,13 @@ def test_host_ruleset_has_a_fixed_rule_count():
     source = ruleset.read_rules(ruleset.HOST_RULES)
     assert not any(ipaddress.IPv4Network("10.12.0.0/16").overlaps(ipaddress.IPv4Network(tok, strict=False))
                    for tok in source.split() if tok.count(".") == 3 and tok[0].isdigit())
+
+
+def test_example_config_covers_every_field_and_validates():
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[2] / "netagent/systemd/netagent.toml.example"
+    text = example.read_text()
+    missing = [f for f in Config.model_fields if f"\n{f} =" not in text and f"\n# {f} =" not in text
+               and f != "guest"]
+    assert not missing, f"netagent.toml.example lacks {missing}"
+    config_mod.load(example, environ={})
