@@ -25,7 +25,7 @@ test-datapath: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/datapath
 
 test-microvm: deps guest-image
-	$(PY) -m pytest -q -p no:cacheprovider tests/microvm
+	$(PY) -m pytest -q -p no:cacheprovider tests/microvm $(PYTEST_ARGS)
 
 bench: deps
 	$(PY) -m tests.bench.run $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""MicroVM test harness: guest image builder and VM runners."""
