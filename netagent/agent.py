@@ -84,6 +84,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._building = 0
         self._committing = False
+        self._last_call = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self.ruleset_fingerprint: str | None = None
         self.stats: dict[str, Any] = {"ruleset_restores": 0, "reconcile_repairs": 0, "last_reconcile": None}
@@ -299,6 +300,8 @@ class Agent:
             ports=tuple(sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))
 
     async def _submit(self, kind: str, future: asyncio.Future[Any], **args: Any) -> Any:
+        if kind not in ("slot_ready", "slot_gone", "resync"):
+            self._last_call = time.monotonic()
         self._pending.append(_Op(kind, args, future))
         self._wake.set()
         return await asyncio.shield(future)
@@ -616,6 +619,7 @@ class Agent:
         mark, slot netns fully), then return them to the pool or tear them down.
         The host flush walks the whole conntrack hash (~13 ms on a big table), so
         release does not wait for it; a DIRTY slot is never handed out."""
+        await self._wait_quiet()
         marks = [self.plan.slot(i).ct_mark for i in slots]
 
         def flush() -> None:
@@ -652,6 +656,15 @@ class Agent:
         except Exception:
             log.exception("destroying slot %d failed; reconcile will retry", idx)
 
+    async def _wait_quiet(self) -> None:
+        """Background work (refill builds, conntrack walks) competes with API
+        calls for the CPU and the GIL: let a burst of calls pass first, unless
+        the pool runs low."""
+        delay = self.config.pool_refill_delay_s
+        low = max(1, self.config.pool_size // 4)
+        while len(self.ready) >= low and time.monotonic() - self._last_call < delay:
+            await asyncio.sleep(delay)
+
     async def _pool_filler(self) -> None:
         backoff = 0.0
         while True:
@@ -661,6 +674,7 @@ class Agent:
                 self._pool_wake.clear()
                 await self._pool_wake.wait()
                 continue
+            await self._wait_quiet()
             n = min(missing, self.config.pool_build_concurrency)
             results = await asyncio.gather(*(self._build_slot() for _ in range(n)), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]

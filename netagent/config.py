@@ -71,6 +71,7 @@ class Config(BaseModel):
     guest: GuestPlan = GuestPlan()
     pool_size: int = Field(16, ge=0, le=65536)
     pool_build_concurrency: int = Field(2, ge=1, le=64)
+    pool_refill_delay_s: float = Field(0.05, ge=0, le=10)   # refill/clean after this long without API calls
     state_dir: Path = Path("/var/lib/netagent")
     host_port_range: tuple[int, int] = (20000, 29999)
     always_deny: list[ipaddress.IPv4Network] = Field(

@@ -15,15 +15,10 @@ from .. import netns
 from ..addressing import AddressPlan, SlotAddresses
 from ..config import Config
 from ..firewall.nft import Nft
+from .devconf import route_devices
 from .tap import create_persistent_tap
 
-SLOT_SYSCTLS = (
-    ("net.ipv6.conf.all.disable_ipv6", "1"),
-    ("net.ipv6.conf.default.disable_ipv6", "1"),
-    ("net.ipv4.ip_forward", "1"),
-    ("net.ipv4.conf.all.rp_filter", "1"),
-    ("net.ipv4.conf.default.rp_filter", "1"),
-)
+
 
 
 class SlotBuilder:
@@ -57,8 +52,6 @@ class SlotBuilder:
 
     def _build_inside(self, slot: SlotAddresses, host_fd: int) -> None:
         g = self.config.guest
-        for key, value in SLOT_SYSCTLS:
-            netns.write_sysctl(key, value)
         with IPRoute() as ipr:
             ipr.link("set", index=1, state="up")  # lo
             ipr.link("add", ifname=g.veth_name, kind="veth", mtu=g.mtu,
@@ -66,6 +59,7 @@ class SlotBuilder:
             create_persistent_tap(g.tap_name)
             tap = socket.if_nametoindex(g.tap_name)  # one ioctl; link_lookup costs a netlink dump
             veth = socket.if_nametoindex(g.veth_name)
+            route_devices([tap, veth])  # forwarding on, no IPv6: netlink, not /proc/sys
             ipr.link("set", index=tap, address=g.tap_mac, mtu=g.mtu, state="up")
             ipr.addr("add", index=tap, address=str(g.gateway_ip), prefixlen=g.prefixlen)
             ipr.addr("add", index=veth, address=str(slot.sandbox_ip), prefixlen=31)

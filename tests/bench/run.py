@@ -53,9 +53,18 @@ async def fill(agent: Agent, n: int) -> None:
         await asyncio.gather(*(agent.allocate(i) for i in ids[chunk:chunk + 100]))
 
 
+async def settle(agent: Agent) -> None:
+    """A steady host: the warm slots it has are its pool (no mass refill after
+    the fill), builds in flight done, dirty slots cleaned."""
+    agent.config.pool_size = len(agent.ready)
+    while agent._building or any(s.value == "dirty" for s in agent.slots.values()):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+
+
 async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) -> dict:
     cfg = Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state,
-                 pool_size=existing + 120, pool_build_concurrency=2)
+                 pool_size=existing + 2 * samples + 200, pool_build_concurrency=2)
     agent = Agent(cfg)
     out: dict = {}
     t0 = time.perf_counter()
@@ -64,8 +73,10 @@ async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) ->
     out["pool_fill_s"] = {"slots": len(agent.ready), "seconds": round(time.perf_counter() - t0, 2)}
 
     await fill(agent, 10)
+    await settle(agent)
     a10, r10 = await warm_cycle(agent, "n10", samples)
     await fill(agent, existing)
+    await settle(agent)
     aN, rN = await warm_cycle(agent, f"n{existing}", samples)
     out["warm_allocate_ms"] = {"N=10": summary(a10), f"N={existing}": summary(aN)}
     out["release_ms"] = {"N=10": summary(r10), f"N={existing}": summary(rN)}
