@@ -25,7 +25,7 @@ class SlotAddresses:
 
 
 class AddressPlan:
-    def __init__(self, config: "Config"):
+    def __init__(self, config: Config):
         self.prefix = config.prefix
         self.transit = config.transit_cidr
         self.guest = config.guest

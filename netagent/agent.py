@@ -24,13 +24,22 @@ from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
 from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable, Unimplemented
 from .events import EventLog
-from .logs import for_sandbox
-from .metrics import Metrics
 from .firewall import elements as el
 from .firewall import nft as nft_mod
 from .firewall import ruleset
-from .models import (AllocateSpec, EgressPolicy, ExposedPort, Network, Protocol, SlotState, validate_port,
-                     validate_protocol, validate_sandbox_id)
+from .logs import for_sandbox
+from .metrics import Metrics
+from .models import (
+    AllocateSpec,
+    EgressPolicy,
+    ExposedPort,
+    Network,
+    Protocol,
+    SlotState,
+    validate_port,
+    validate_protocol,
+    validate_sandbox_id,
+)
 from .state import AllocationRecord, StateStore, Tx
 from .workers import BuildPool, Cleaner, HostWorker
 
@@ -615,40 +624,51 @@ class Agent:
         await self._forget_slot(idx)
 
     async def _clean_slots(self, slots: list[int]) -> None:
-        """After release, in the background: flush the slots' conntrack (host by ct
-        mark, slot netns fully), then return them to the pool or tear them down.
-        The host flush walks the whole conntrack hash (~13 ms on a big table), so
-        release does not wait for it; a DIRTY slot is never handed out."""
-        await self._wait_quiet()
-        marks = [self.plan.slot(i).ct_mark for i in slots]
+        """After release, in the background: flush each slot's conntrack (host by
+        ct mark, slot netns fully), check for leftover elements, then return it
+        to the pool or tear it down. A host flush walks the kernel's whole
+        conntrack hash (~13 ms here), so release does not wait for it, and each
+        walk waits for a quiet moment; a DIRTY slot is never handed out."""
+        for idx in slots:
+            await self._wait_quiet()
+            try:
+                await self.cleaner.call(self._clean_one, idx)
+            except Exception:
+                log.exception("cleaning slot %d failed; retrying in 1 s (it stays dirty)", idx)
+                await asyncio.sleep(1.0)
+                self._spawn(self._clean_slots([idx]))
+                continue
+            await self._after_clean(idx)
 
-        def flush() -> None:
-            for mark in marks:  # one walk clears both directions
-                conntrack.flush_mark(mark, ~CT_MARK_INGRESS & 0xFFFFFFFF)
-            for idx in slots:
-                self.builder.flush_slot_conntrack(idx)
-        try:
-            await self.cleaner.call(flush)
-        except Exception:
-            log.exception("conntrack flush of slots %s failed; retrying in 1 s (they stay dirty)", slots)
-            await asyncio.sleep(1.0)
-            self._spawn(self._clean_slots(slots))
+    def _clean_one(self, idx: int) -> None:
+        """Cleaner thread."""
+        conntrack.flush_mark(self.plan.slot(idx).ct_mark, ~CT_MARK_INGRESS & 0xFFFFFFFF)  # both directions
+        self._remove_leftover_egress(idx)
+        self.builder.flush_slot_conntrack(idx)
+
+    async def _after_clean(self, idx: int) -> None:
+        if len(self.ready) >= self.config.pool_size:
+            self._spawn(self._destroy_quietly(idx))
             return
-        room = max(0, self.config.pool_size - len(self.ready))
-        back, surplus = slots[:room], slots[room:]
         async with self._db_lock:
             with self.store.transaction() as tx:
-                for idx in back:
-                    tx.set_slot(idx, SlotState.READY)
-                    self.slots[idx] = SlotState.READY
-        self.ready.extend(back)
-        for idx in surplus:
-            self._spawn(self._destroy_quietly(idx))
+                tx.set_slot(idx, SlotState.READY)
+            self.slots[idx] = SlotState.READY
+        self.ready.append(idx)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _remove_leftover_egress(self, idx: int) -> None:
+        """Cleaner thread: a released slot must carry no egress element (one
+        added by hand, or by a bug, would let the next tenant out early)."""
+        ip = str(self.plan.slot(idx).sandbox_ip)
+        nft = self.cleaner.nft()
+        if nft.has_element(self.config.prefix, "egress_mode", ip):
+            log.warning("slot %d had a leftover egress_mode element for %s; removing it", idx, ip)
+            nft.run(f"delete element inet {self.config.prefix} egress_mode {{ {ip} }}")
 
     async def _destroy_quietly(self, idx: int) -> None:
         try:

@@ -12,7 +12,8 @@ from .logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="netagent", description="Networking and egress-policy agent for microVM sandboxes")
+    parser = argparse.ArgumentParser(
+        prog="netagent", description="Networking and egress-policy agent for microVM sandboxes")
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the agent")
     p_serve.add_argument("--config", help="TOML config file (NETAGENT_* env vars override it)")

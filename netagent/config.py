@@ -52,7 +52,7 @@ class GuestPlan(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _same_subnet(self) -> "GuestPlan":
+    def _same_subnet(self) -> GuestPlan:
         net = ipaddress.IPv4Network(f"{self.gateway_ip}/{self.prefixlen}", strict=False)
         if self.guest_ip not in net or self.guest_ip == self.gateway_ip:
             raise ValueError("guest_ip and gateway_ip must be distinct hosts of one subnet")
@@ -138,7 +138,7 @@ class Config(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _tls(self) -> "Config":
+    def _tls(self) -> Config:
         if self.api_tcp_address:
             missing = [k for k in ("tls_cert", "tls_key", "tls_ca") if getattr(self, k) is None]
             if missing:
@@ -149,7 +149,7 @@ class Config(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _names_fit(self) -> "Config":
+    def _names_fit(self) -> Config:
         from .addressing import AddressPlan
         plan = AddressPlan(self)
         longest = plan.host_veth(plan.capacity - 1)

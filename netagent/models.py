@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -12,12 +12,12 @@ SANDBOX_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,55}[a-z0-9])?$")
 LABEL_KEY_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_./-]{0,62}$")
 
 
-class Protocol(str, Enum):
+class Protocol(StrEnum):
     TCP = "tcp"
     UDP = "udp"
 
 
-class SlotState(str, Enum):
+class SlotState(StrEnum):
     BUILDING = "building"      # intent recorded, kernel objects may be partial
     READY = "ready"            # warm, unallocated
     ALLOCATED = "allocated"
@@ -55,7 +55,7 @@ class EgressPolicy(BaseModel):
     deny_out: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, data: "EgressPolicy | dict | None") -> "EgressPolicy":
+    def parse(cls, data: EgressPolicy | dict | None) -> EgressPolicy:
         if isinstance(data, EgressPolicy):
             return data
         try:
@@ -84,7 +84,7 @@ class AllocateSpec(BaseModel):
         return v
 
     @classmethod
-    def parse(cls, data: "AllocateSpec | dict | None") -> "AllocateSpec":
+    def parse(cls, data: AllocateSpec | dict | None) -> AllocateSpec:
         if isinstance(data, AllocateSpec):
             return data
         try:

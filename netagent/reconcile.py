@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("netagent.reconcile")
 
 
-def kernel_inventory(agent: "Agent") -> tuple[set[int], set[int]]:
+def kernel_inventory(agent: Agent) -> tuple[set[int], set[int]]:
     """Slot indexes that have a netns, and that have a host veth."""
     plan = agent.plan
     with_netns = {i for n in netns.list_names(f"{plan.prefix}-") if (i := plan.index_of_netns(n)) is not None}
@@ -32,7 +32,7 @@ def kernel_inventory(agent: "Agent") -> tuple[set[int], set[int]]:
     return with_netns, with_veth
 
 
-async def reconcile(agent: "Agent") -> dict[str, int]:
+async def reconcile(agent: Agent) -> dict[str, int]:
     started = time.monotonic()
     snap = agent.store.load()
     with_netns, with_veth = await agent.host.call(kernel_inventory, agent)

@@ -77,7 +77,7 @@ class StateStore:
         self.db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator["Tx"]:
+    def transaction(self) -> Iterator[Tx]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield Tx(self.db)

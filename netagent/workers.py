@@ -33,17 +33,17 @@ class _Executor:
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-
-class HostWorker(_Executor):
-    def __init__(self, host_netns: str | None):
-        super().__init__(host_netns, 1, "netagent-host")
-
     def nft(self) -> Nft:
-        """The host netns nft context; call only from inside this worker."""
+        """This worker thread's nft context (host netns); call only from inside it."""
         ctx = getattr(self._local, "nft", None)
         if ctx is None:
             ctx = self._local.nft = Nft()
         return ctx
+
+
+class HostWorker(_Executor):
+    def __init__(self, host_netns: str | None):
+        super().__init__(host_netns, 1, "netagent-host")
 
 
 class Cleaner(_Executor):

@@ -40,7 +40,7 @@ class NetAgentService(pb_grpc.NetAgentServicer):
         except NetagentError as exc:
             self.on_error(op, exc.code)
             await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.on_error(op, "DEADLINE_EXCEEDED")
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"{op} did not finish within the deadline; it may still complete: retry")

@@ -19,8 +19,6 @@ from .devconf import route_devices
 from .tap import create_persistent_tap
 
 
-
-
 class SlotBuilder:
     def __init__(self, config: Config, plan: AddressPlan, slot_script: str):
         self.config = config

@@ -11,7 +11,6 @@ import nftables
 from ..errors import Unavailable
 from . import ruleset
 
-
 MAPS = ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in")
 
 
@@ -46,6 +45,11 @@ class Nft:
             self.ctx.set_terse_output(False)
             self.ctx.set_stateless_output(False)
         return ruleset.fingerprint(out) if rc == 0 else None
+
+    def has_element(self, table: str, name: str, key: str) -> bool:
+        """One keyed lookup (`get element`), cheap at any set size."""
+        rc, _, _ = self.ctx.cmd(f"get element inet {table} {name} {{ {key} }}")
+        return rc == 0
 
     def list_set(self, table: str, name: str) -> list[Any]:
         """Elements of one set/map as JSON items (for drift checks, not hot paths)."""

@@ -43,13 +43,13 @@ def nsx(netns, *cmd):
 
 
 def netns_names():
-    return [l.split()[0] for l in run(["ip", "netns", "list"]).splitlines() if l.strip()]
+    return [line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line.strip()]
 
 
 def link_names(netns=None):
     """Link names in `netns` (None: current netns, read-only)."""
     out = run(["ip", *(["-n", netns] if netns else []), "-o", "link", "show"])
-    return [l.split(":")[1].strip().split("@")[0] for l in out.splitlines()]
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
 
 
 def ifname(name):
@@ -227,7 +227,8 @@ class CniBaseline(Baseline):
     def _drop_cni_chains(self):
         # Plugins leave shared CNI-* chains behind; the host netns is assumed
         # to be dedicated to the benchmark, so remove all of them.
-        ipt = lambda *a: run(nsx(self.host, "iptables", *a), check=False)
+        def ipt(*a):
+            return run(nsx(self.host, "iptables", *a), check=False)
         for table in ("nat", "filter", "mangle"):
             save = run(nsx(self.host, "iptables-save", "-t", table), check=False)
             chains = re.findall(r"^:(CNI-\S+)", save, re.M)

@@ -79,8 +79,8 @@ async def test_nft_flush_ruleset_is_repaired(bed, agent):
     guest = LightGuest.attach(bed, net, "a")
     sh.run("nft", "flush", "ruleset", ns=bed.host)
     started = time.monotonic()
-    assert await eventually(lambda: elements(bed.host, bed.agent_prefix, "port_dnat") != [] if _table_exists(bed) else False,
-                      timeout=5)
+    assert await eventually(lambda: _table_exists(bed) and elements(bed.host, bed.agent_prefix, "port_dnat") != [],
+                            timeout=5)
     assert time.monotonic() - started < 5
     assert agent.stats["ruleset_restores"] >= 1
     ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
@@ -181,3 +181,20 @@ def test_no_subprocess_on_the_slot_path(monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
     import netagent.datapath.slot_builder as sb
     assert "subprocess" not in sb.__dict__ and not calls
+
+
+async def test_a_leftover_element_is_removed_before_the_slot_is_reused(bed, tmp_path):
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=4, pool_refill_delay_s=1.0))
+    await agent.start()
+    try:
+        await agent.wait_pool_ready()
+        net = await agent.allocate("left-1")
+        await agent.release("left-1")
+        # Someone (or a bug) puts the egress element back while the slot is dirty.
+        sh.run("nft", "add", "element", "inet", bed.agent_prefix, "egress_mode",
+               f"{{ {net.sandbox_ip} : jump mode_open }}", ns=bed.host)
+        assert net.slot not in agent.ready
+        assert await eventually(lambda: net.slot in agent.ready or net.slot not in agent.slots, timeout=10)
+        assert elements(bed.host, bed.agent_prefix, "egress_mode") == []
+    finally:
+        await agent.stop()

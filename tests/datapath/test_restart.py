@@ -89,11 +89,11 @@ def test_kill9_and_restart_keeps_established_flow_and_state(bed, tmp_path):
 def test_kill9_at_random_points_of_churn_always_reconciles(bed, tmp_path):
     cfg = agent_config(bed, tmp_path / "state", pool_size=3).model_dump_json()
     rng = random.Random(7)
-    for round_ in range(4):
+    for _round in range(4):
         proc = AgentProcess(cfg)
         assert_state_matches_kernel(bed, proc)
         # Fire a burst of operations without reading the replies, then kill mid-way.
-        for i in range(30):
+        for _ in range(30):
             sid = f"churn-{rng.randrange(12)}"
             op = rng.choice(["allocate", "release", "expose"])
             args = {"sandbox_id": sid} if op != "expose" else {"sandbox_id": sid, "guest_port": rng.randrange(1, 50)}

@@ -4,8 +4,17 @@ from __future__ import annotations
 import json
 
 from tests.testbed import sh
-from tests.testbed.bed import (CLIENT_IP, ECHO_PORT, HOST_SERVICE_PORT, HTTP_PORT, METADATA_IP, RFC1918_IP,
-                               UPLINK_IP, WEB_IP, LightGuest)
+from tests.testbed.bed import (
+    CLIENT_IP,
+    ECHO_PORT,
+    HOST_SERVICE_PORT,
+    HTTP_PORT,
+    METADATA_IP,
+    RFC1918_IP,
+    UPLINK_IP,
+    WEB_IP,
+    LightGuest,
+)
 
 
 async def test_guest_reaches_internet_with_uplink_address(bed, agent):

@@ -39,7 +39,7 @@ class Daemon:
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
 
-    def start(self, timeout: float = 60) -> "Daemon":
+    def start(self, timeout: float = 60) -> Daemon:
         self.proc = subprocess.Popen([sh.PYTHON, "-m", "netagent", "serve", "--config", str(self.config)],
                                      cwd=sh.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, **(self.env or {})})

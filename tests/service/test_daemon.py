@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,14 +90,15 @@ def test_metrics_parse_and_move(bed, daemon):
     with daemon.client() as c:
         c.allocate("m-1")
         c.release("m-1")
-        with pytest.raises(Exception):
+        with pytest.raises(grpc.RpcError):
             c.get("nobody")
     time.sleep(1.2)
     after = scrape()
     warm = 'netagent_allocate_duration_seconds_count{"path": "warm"}'
     assert after[warm] == before.get(warm, 0) + 1
     assert after["netagent_release_duration_seconds_count{}"] >= 1
-    assert after["netagent_nft_transaction_duration_seconds_count{}"] > before["netagent_nft_transaction_duration_seconds_count{}"]
+    nft = "netagent_nft_transaction_duration_seconds_count{}"
+    assert after[nft] > before[nft]
     assert after['netagent_errors_total{"code": "NOT_FOUND", "operation": "get"}'] == 1
     assert after["netagent_reconcile_duration_seconds_count{}"] == 1
     assert after['netagent_slots{"state": "ready"}'] >= 1
@@ -124,7 +126,9 @@ from pathlib import Path
 import grpc
 from netagent.client import Client, TlsFiles
 d = Path(sys.argv[2])
-tls = TlsFiles(ca=d / "ca.crt", cert=d / "client.crt", key=d / "client.key") if sys.argv[3] == "cert" else TlsFiles(ca=d / "ca.crt")
+tls = TlsFiles(ca=d / "ca.crt")
+if sys.argv[3] == "cert":
+    tls = TlsFiles(ca=d / "ca.crt", cert=d / "client.crt", key=d / "client.key")
 try:
     print(Client(sys.argv[1], tls=tls, timeout=5).host_info().node_id)
 except grpc.RpcError as e:

@@ -52,7 +52,7 @@ class Testbed:
     def agent_prefix(self) -> str:
         return self.prefix
 
-    def create(self) -> "Testbed":
+    def create(self) -> Testbed:
         sh.ip("netns", "add", self.host)
         sh.ip("netns", "add", self.inet)
         sh.ip("link", "add", "up0", "netns", self.host, "type", "veth", "peer", "name", "wan0", "netns", self.inet)
@@ -106,7 +106,7 @@ class LightGuest:
     relay: subprocess.Popen[str] | None = None
 
     @classmethod
-    def attach(cls, bed: Testbed, network: object, name: str) -> "LightGuest":
+    def attach(cls, bed: Testbed, network: object, name: str) -> LightGuest:
         n = network  # netagent.models.Network
         g = cls(bed, f"{bed.prefix}g{name}", n.netns, n.tap, n.guest_ip, n.guest_prefixlen, n.gateway_ip,
                 n.guest_mac)
