@@ -40,6 +40,7 @@ from .models import (
     validate_protocol,
     validate_sandbox_id,
 )
+from .policy import CompiledPolicy, compile_policy, narrows
 from .state import AllocationRecord, StateStore, Tx
 from .workers import BuildPool, Cleaner, HostWorker
 
@@ -273,10 +274,16 @@ class Agent:
 
     # ---- helpers ---------------------------------------------------------
 
-    @staticmethod
-    def _check_policy_supported(policy: EgressPolicy) -> None:
-        if policy.allow_out or policy.deny_out:
-            raise Unimplemented("allow_out/deny_out are not enforced by this version yet; only `internet`")
+    def _check_policy_supported(self, policy: EgressPolicy) -> CompiledPolicy:
+        """Validate the whole policy (nothing applies if one entry is bad)."""
+        compiled = compile_policy(policy, self.config.default_internet)
+        if compiled.domains:
+            raise Unimplemented("domain entries in allow_out need the DNS proxy, which this version does not "
+                                f"have yet: {', '.join(compiled.domains)}")
+        return compiled
+
+    def _policy_elements(self, rec: AllocationRecord) -> list[el.Element]:
+        return el.policy_elements(self.plan.slot(rec.slot), compile_policy(rec.policy))
 
     def resolve_policy(self, policy: EgressPolicy) -> EgressPolicy:
         """Freeze host defaults into the policy, so a later default change does
@@ -390,7 +397,7 @@ class Agent:
         self.allocations[sid] = rec
         self.slots[slot] = SlotState.ALLOCATED
         plan.undo.append(lambda: (self.allocations.pop(sid, None), self.slots.__setitem__(slot, SlotState.READY)))
-        plan.nft += el.add([el.egress_element(self.plan.slot(slot), bool(rec.policy.internet))])
+        plan.nft += el.add(self._policy_elements(rec))
         net = self._network(rec)
         plan.events.append(("allocated", sid, {"sandbox": net.model_dump(mode="json")}))
         return net
@@ -400,7 +407,7 @@ class Agent:
         if rec is None:
             return False
         slot = self.plan.slot(rec.slot)
-        gone = [el.egress_element(slot, bool(rec.policy.internet))]
+        gone = self._policy_elements(rec)
         gone += [el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
         tx.delete_allocation(rec.sandbox_id)
         tx.set_slot(rec.slot, SlotState.DIRTY)
@@ -424,10 +431,10 @@ class Agent:
         rec = self._require(a["sandbox_id"])
         old, new = rec.policy, self.resolve_policy(a["policy"])
         slot = self.plan.slot(rec.slot)
-        if old.internet != new.internet:
-            plan.nft += el.delete([el.egress_element(slot, bool(old.internet))])
-            plan.nft += el.add([el.egress_element(slot, bool(new.internet))])
-        if old.internet and not new.internet:
+        old_c, new_c = compile_policy(old), compile_policy(new)
+        if old_c != new_c:
+            plan.nft += el.delete(el.policy_elements(slot, old_c)) + el.add(el.policy_elements(slot, new_c))
+        if narrows(old_c, new_c):
             plan.flush_marks.append(slot.ct_mark)  # only flows the sandbox started
         tx.set_policy(rec.sandbox_id, new)
         rec.policy = new
@@ -512,7 +519,7 @@ class Agent:
                 out += el.slot_elements(self.plan.slot(idx))
         for rec in self.allocations.values():
             slot = self.plan.slot(rec.slot)
-            out.append(el.egress_element(slot, bool(rec.policy.internet)))
+            out += self._policy_elements(rec)
             out += [el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
         return out
 
@@ -530,8 +537,7 @@ class Agent:
         dynamic = self.desired_elements()
         if nft.table_fingerprint(self.config.prefix) == self.ruleset_fingerprint is not None:
             t = self.config.prefix
-            flush = "".join(f"flush set inet {t} {s}\n" for s in ("uplinks", "always_deny", "always_allow",
-                                                                   "sbx_ifaces", "sbx_src"))
+            flush = "".join(f"flush set inet {t} {s}\n" for s in nft_mod.SETS)
             flush += "".join(f"flush map inet {t} {m}\n" for m in nft_mod.MAPS)
             nft.run(flush + el.to_text(t, fixed) + el.to_text(t, dynamic))
         else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..addressing import SlotAddresses
+from ..policy import CompiledPolicy
 
 Key = str | int | tuple[str | int, ...]
 
@@ -40,6 +41,21 @@ def egress_element(slot: SlotAddresses, internet: bool) -> Element:
     return Element("egress_mode", str(slot.sandbox_ip), "jump mode_open" if internet else "jump mode_blocked")
 
 
+def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element]:
+    """The egress mode plus one element per allow/deny entry (two with a port:
+    TCP and UDP)."""
+    out = [egress_element(slot, policy.internet)]
+    ip = str(slot.sandbox_ip)
+    for kind, entries in (("allow", policy.allow), ("deny", policy.deny)):
+        for np in entries:
+            net = str(np.net) if np.net.prefixlen < 32 else str(np.net.network_address)
+            if np.port is None:
+                out.append(Element(f"{kind}_net", (ip, net)))
+            else:
+                out += [Element(f"{kind}_port", (ip, net, proto, np.port)) for proto in ("tcp", "udp")]
+    return out
+
+
 def port_element(slot: SlotAddresses, protocol: str, host_port: int, guest_port: int) -> Element:
     return Element("port_dnat", (protocol, host_port), (str(slot.sandbox_ip), guest_port))
 
@@ -58,7 +74,10 @@ def delete(elements: list[Element]) -> list[Op]:
 
 def _json_value(v: Key) -> Any:
     if isinstance(v, tuple):
-        return {"concat": list(v)}
+        return {"concat": [_json_value(x) for x in v]}
+    if isinstance(v, str) and "/" in v:
+        addr, length = v.split("/")
+        return {"prefix": {"addr": addr, "len": int(length)}}
     if isinstance(v, str) and v.startswith(("jump ", "goto ")):
         verb, target = v.split(" ", 1)
         return {verb: {"target": target}}

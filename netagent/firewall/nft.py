@@ -12,6 +12,8 @@ from ..errors import Unavailable
 from . import ruleset
 
 MAPS = ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in")
+SETS = ("uplinks", "always_deny", "always_allow", "sbx_ifaces", "sbx_src",
+        "allow_net", "allow_port", "deny_net", "deny_port")
 
 
 class Nft:

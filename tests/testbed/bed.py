@@ -23,6 +23,8 @@ from . import sh
 UPLINK_IP = "198.51.100.2"
 INET_IP = "198.51.100.1"
 WEB_IP = "203.0.113.10"
+WEB2_IP = "203.0.113.11"   # same servers, a second address (policy tests)
+SMTP_PORT = 25
 CLIENT_IP = "192.0.2.20"
 METADATA_IP = "169.254.169.254"
 RFC1918_IP = "10.99.0.10"
@@ -63,9 +65,10 @@ class Testbed:
         sh.ip("route", "add", "default", "via", INET_IP, ns=self.host)
         sh.ip("addr", "add", f"{INET_IP}/24", "dev", "wan0", ns=self.inet)
         sh.ip("link", "set", "wan0", "up", ns=self.inet)
-        for addr in (WEB_IP, CLIENT_IP, METADATA_IP, RFC1918_IP):
+        for addr in (WEB_IP, WEB2_IP, CLIENT_IP, METADATA_IP, RFC1918_IP):
             sh.ip("addr", "add", f"{addr}/32", "dev", "lo", ns=self.inet)
-        self.start_server(self.inet, "--http", str(HTTP_PORT), "--tcp-echo", str(ECHO_PORT))
+        self.start_server(self.inet, "--http", str(HTTP_PORT), "--tcp-echo", str(ECHO_PORT),
+                          "--tcp-echo", str(SMTP_PORT))
         self.start_server(self.host, "--http", str(HOST_SERVICE_PORT), "--bind", UPLINK_IP)
         return self
 

@@ -1,0 +1,92 @@
+"""Egress policy with real packets: modes, CIDR and port lists, precedence,
+SMTP, and refusal of bad policies without side effects."""
+from __future__ import annotations
+
+import pytest
+
+from netagent.errors import InvalidArgument, Unimplemented
+from tests.datapath.helpers import sandbox_elements
+from tests.testbed.bed import CLIENT_IP, ECHO_PORT, HTTP_PORT, SMTP_PORT, WEB2_IP, WEB_IP, LightGuest
+
+
+def reach(guest, ip: str, port: int) -> bool:
+    url = f"http://{ip}:{port}/" if port == HTTP_PORT else f"tcp://{ip}:{port}"
+    return guest.fetch(url, timeout=0.8)[0]
+
+
+def matrix(guest) -> dict[str, bool]:
+    return {f"{ip}:{port}": reach(guest, ip, port)
+            for ip in (WEB_IP, WEB2_IP, CLIENT_IP) for port in (HTTP_PORT, ECHO_PORT)}
+
+
+CASES = {
+    # internet off: only the allow list
+    "off+allow-cidr": ({"internet": False, "allow_out": ["203.0.113.0/24"]},
+                       {WEB_IP: (1, 1), WEB2_IP: (1, 1), CLIENT_IP: (0, 0)}),
+    "off+allow-ip:port": ({"internet": False, "allow_out": [f"{WEB_IP}:{HTTP_PORT}"]},
+                          {WEB_IP: (1, 0), WEB2_IP: (0, 0), CLIENT_IP: (0, 0)}),
+    # internet on: everything but the deny list
+    "on+deny-cidr": ({"internet": True, "deny_out": ["203.0.113.0/24"]},
+                     {WEB_IP: (0, 0), WEB2_IP: (0, 0), CLIENT_IP: (1, 1)}),
+    "on+deny-port": ({"internet": True, "deny_out": [f":{ECHO_PORT}"]},
+                     {WEB_IP: (1, 0), WEB2_IP: (1, 0), CLIENT_IP: (1, 0)}),
+    # precedence: allow beats deny beats default
+    "on+deny-cidr+allow-ip": ({"internet": True, "deny_out": ["203.0.113.0/24"], "allow_out": [WEB_IP]},
+                              {WEB_IP: (1, 1), WEB2_IP: (0, 0), CLIENT_IP: (1, 1)}),
+    "off+allow-cidr+deny-ip": ({"internet": False, "allow_out": ["203.0.113.0/24"], "deny_out": [WEB_IP]},
+                               {WEB_IP: (1, 1), WEB2_IP: (1, 1), CLIENT_IP: (0, 0)}),
+    "on+deny-cidr:port+allow-ip:port": ({"internet": True, "deny_out": [f"203.0.113.0/24:{HTTP_PORT}"],
+                                         "allow_out": [f"{WEB2_IP}:{HTTP_PORT}"]},
+                                        {WEB_IP: (0, 1), WEB2_IP: (1, 1), CLIENT_IP: (1, 1)}),
+}
+
+
+def expected(table: dict[str, tuple[int, int]]) -> dict[str, bool]:
+    return {f"{ip}:{port}": bool(v[i]) for ip, v in table.items() for i, port in enumerate((HTTP_PORT, ECHO_PORT))}
+
+
+async def test_every_mode_and_precedence_case_with_real_packets(bed, agent):
+    net = await agent.allocate("pol-1")
+    guest = LightGuest.attach(bed, net, "a")
+    assert matrix(guest) == {k: True for k in expected(CASES["on+deny-cidr"][1])}  # default: internet on
+    for name, (policy, table) in CASES.items():
+        await agent.update_policy("pol-1", policy)
+        assert matrix(guest) == expected(table), name
+    # The same policies given at allocate time.
+    for i, (name, (policy, table)) in enumerate(list(CASES.items())[:3]):
+        other = await agent.allocate(f"pol-at-{i}", {"policy": policy})
+        g = LightGuest.attach(bed, other, f"p{i}")
+        assert matrix(g) == expected(table), name
+        g.stop()
+        await agent.release(f"pol-at-{i}")
+
+
+async def test_smtp_is_blocked_even_when_allowed(bed, agent):
+    net = await agent.allocate("smtp-1", {"policy": {"internet": True, "allow_out": [f"{WEB_IP}:{SMTP_PORT}"]}})
+    guest = LightGuest.attach(bed, net, "a")
+    assert not reach(guest, WEB_IP, SMTP_PORT)
+    ok, _ = bed.fetch(bed.host, f"tcp://{WEB_IP}:{SMTP_PORT}")  # control: the server answers the host
+    assert ok
+    assert reach(guest, WEB_IP, ECHO_PORT)
+
+
+async def test_bad_policies_are_refused_without_changing_the_ruleset(bed, agent):
+    net = await agent.allocate("bad-1", {"policy": {"internet": False, "allow_out": ["203.0.113.0/24"]}})
+    before = sandbox_elements(bed.host, bed.agent_prefix, net.sandbox_ip)
+    assert before["allow_net"] and before["egress_mode"]
+    bad = [
+        {"allow_out": ["203.0.113.0/24", "203.0.113.300"]},
+        {"deny_out": ["evil.test"]},
+        {"allow_out": [f"198.51.100.{i}" for i in range(257)]},
+        {"allow_out": ["203.0.113.1/24"]},
+        {"internet": "sometimes"},
+    ]
+    for policy in bad:
+        with pytest.raises(InvalidArgument):
+            await agent.update_policy("bad-1", policy)
+    with pytest.raises(Unimplemented):
+        await agent.update_policy("bad-1", {"allow_out": ["allowed.test"]})
+    assert sandbox_elements(bed.host, bed.agent_prefix, net.sandbox_ip) == before
+    assert (await agent.get("bad-1")).policy.allow_out == ("203.0.113.0/24",)
+    await agent.release("bad-1")
+    assert not any(sandbox_elements(bed.host, bed.agent_prefix, net.sandbox_ip).values())
