@@ -80,6 +80,9 @@ class Config(BaseModel):
     ct_mark_base: int = Field(0x4E410000, ge=0, le=0x7FFF0000)
     ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
     default_internet: bool = True
+    conn_limit: int = Field(4096, ge=1, le=1_000_000)          # concurrent connections per sandbox
+    new_conn_rate: int = Field(200, ge=1, le=1_000_000)        # new connections per second per sandbox
+    new_conn_burst: int = Field(400, ge=1, le=1_000_000)
     node_id: str = Field(default_factory=lambda: __import__("socket").gethostname())
     api_socket: Path = Path("/run/netagent/netagent.sock")
     api_socket_group: str | None = None

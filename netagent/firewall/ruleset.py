@@ -20,11 +20,19 @@ def read_rules(name: str, rules_dir: Path = RULES_DIR) -> str:
 
 
 def host_table_text(config: Config, source: str) -> str:
-    """The host ruleset with the table named after the prefix."""
-    text, n = re.subn(r"^table inet netagent \{", f"table inet {config.prefix} {{", source, flags=re.M)
+    """The host ruleset with the table named after the prefix and the caps from
+    the config (nft takes no variables in these spots)."""
+    text = _sub_once(r"^table inet netagent \{", f"table inet {config.prefix} {{", source)
+    text = _sub_once(r"ct count over \d+", f"ct count over {config.conn_limit}", text)
+    return _sub_once(r"limit rate over \d+/second burst \d+ packets",
+                     f"limit rate over {config.new_conn_rate}/second burst {config.new_conn_burst} packets", text)
+
+
+def _sub_once(pattern: str, replacement: str, text: str) -> str:
+    out, n = re.subn(pattern, replacement, text, flags=re.M)
     if n != 1:
-        raise ValueError(f"{HOST_RULES} must declare exactly one `table inet netagent {{`")
-    return text
+        raise ValueError(f"{HOST_RULES} must contain exactly one match of {pattern!r}")
+    return out
 
 
 def config_elements(config: Config, uplink: str, host_addrs: list[str]) -> list[Element]:

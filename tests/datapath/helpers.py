@@ -25,6 +25,11 @@ def elements(ns: str, table: str, name: str) -> list:
     return []
 
 
+def counter_packets(ns: str, table: str, name: str) -> int:
+    out = sh.run("nft", "-j", "list", "counter", "inet", table, name, ns=ns).stdout
+    return next(o["counter"]["packets"] for o in json.loads(out)["nftables"] if "counter" in o)
+
+
 def conntrack_count(ns: str, *filters: str) -> int:
     res = sh.run("conntrack", "-L", *filters, ns=ns, check=False)
     return len([line for line in res.stdout.splitlines() if line.strip()])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from netagent.errors import InvalidArgument, Unimplemented
-from tests.datapath.helpers import sandbox_elements
+from tests.datapath.helpers import counter_packets, sandbox_elements
 from tests.testbed.bed import CLIENT_IP, ECHO_PORT, HTTP_PORT, SMTP_PORT, WEB2_IP, WEB_IP, LightGuest
 
 
@@ -90,3 +90,53 @@ async def test_bad_policies_are_refused_without_changing_the_ruleset(bed, agent)
     assert (await agent.get("bad-1")).policy.allow_out == ("203.0.113.0/24",)
     await agent.release("bad-1")
     assert not any(sandbox_elements(bed.host, bed.agent_prefix, net.sandbox_ip).values())
+
+
+# Open N TCP connections to the echo server and keep them; print how many connected.
+_OPEN_MANY = r"""
+import socket, sys, time
+held, ok = [], 0
+for _ in range(int(sys.argv[3])):
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0)
+        s.sendall(b"x"); s.recv(1)
+        held.append(s) if sys.argv[4] == "hold" else s.close()
+        ok += 1
+    except OSError:
+        pass
+print(ok)
+"""
+
+
+def _open_many(guest, n: int, mode: str) -> int:
+    from tests.testbed import sh
+    out = sh.run(sh.PYTHON, "-c", _OPEN_MANY, WEB_IP, str(ECHO_PORT), str(n), mode, ns=guest.name, timeout=60).stdout
+    return int(out.strip())
+
+
+async def test_concurrent_connection_cap_bites(bed, tmp_path):
+    from netagent.agent import Agent
+    from tests.conftest import agent_config
+    agent = Agent(agent_config(bed, tmp_path / "state", conn_limit=5))
+    await agent.start()
+    try:
+        guest = LightGuest.attach(bed, await agent.allocate("cap-1"), "a")
+        assert _open_many(guest, 10, "hold") == 5
+        assert counter_packets(bed.host, bed.agent_prefix, "drop_conn_limit") > 0
+        assert _open_many(guest, 3, "close") == 3  # closed connections free the cap
+    finally:
+        await agent.stop()
+
+
+async def test_new_connection_rate_limit_bites(bed, tmp_path):
+    from netagent.agent import Agent
+    from tests.conftest import agent_config
+    agent = Agent(agent_config(bed, tmp_path / "state", new_conn_rate=5, new_conn_burst=5))
+    await agent.start()
+    try:
+        guest = LightGuest.attach(bed, await agent.allocate("rate-1"), "a")
+        ok = _open_many(guest, 30, "close")
+        assert 5 <= ok < 30, ok
+        assert counter_packets(bed.host, bed.agent_prefix, "drop_conn_rate") > 0
+    finally:
+        await agent.stop()
