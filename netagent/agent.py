@@ -22,7 +22,9 @@ from .config import Config
 from .datapath import conntrack
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
-from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable, Unimplemented
+from .dns.proxy import DnsProxy, bind_sockets, query_blocking
+from .dns.proxy import serve as serve_dns
+from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable
 from .events import EventLog
 from .firewall import elements as el
 from .firewall import nft as nft_mod
@@ -42,7 +44,7 @@ from .models import (
 )
 from .policy import CompiledPolicy, compile_policy, narrows
 from .state import AllocationRecord, StateStore, Tx
-from .workers import BuildPool, Cleaner, HostWorker
+from .workers import BuildPool, Cleaner, DnsThreads, HostWorker
 
 log = logging.getLogger("netagent")
 
@@ -62,6 +64,7 @@ class _Plan:
     undo: list[Callable[[], None]] = field(default_factory=list)
     cleanups: list[int] = field(default_factory=list)   # slots whose conntrack must be flushed
     flush_marks: list[int] = field(default_factory=list)  # flushed before the callers return
+    drop_fqdn: list[str] = field(default_factory=list)    # sandboxes whose DNS admissions end now
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     full_sync: bool = False
 
@@ -71,12 +74,12 @@ class Agent:
         self.config = config
         self.plan = AddressPlan(config)
         self.host_source = ruleset.read_rules(ruleset.HOST_RULES, rules_dir)
-        self.builder = SlotBuilder(config, self.plan,
-                                   ruleset.slot_script(config, ruleset.read_rules(ruleset.SLOT_RULES, rules_dir)))
+        self.builder = SlotBuilder(config, self.plan, ruleset.read_rules(ruleset.SLOT_RULES, rules_dir))
         self.store = StateStore(config.state_dir)
         self.host = HostWorker(config.host_netns)
         self.builds = BuildPool(config.host_netns, config.pool_build_concurrency)
         self.cleaner = Cleaner(config.host_netns)
+        self.dns_threads = DnsThreads(config.host_netns)
         self.host_info: HostInfo | None = None
         self.events = EventLog(self.store, config.events_retained)
         self.metrics = Metrics(per_sandbox_labels=config.metrics_per_sandbox)
@@ -97,6 +100,9 @@ class Agent:
         self._last_call = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self.ruleset_fingerprint: str | None = None
+        self.slot_owner: dict[int, str] = {}
+        self.dns: DnsProxy | None = None
+        self._dns_servers: Any = None
         self.stats: dict[str, Any] = {"ruleset_restores": 0, "reconcile_repairs": 0, "last_reconcile": None}
 
     # ---- lifecycle -------------------------------------------------------
@@ -104,11 +110,49 @@ class Agent:
     async def start(self, fill_pool: bool = True) -> None:
         from .reconcile import reconcile
         self.host_info = await self.host.call(self._host_setup)
+        await self._start_dns_proxy()
         self._tasks.append(asyncio.create_task(self._committer(), name="netagent-committer"))
         await reconcile(self)
         self._tasks.append(asyncio.create_task(self._watch_ruleset(), name="netagent-ruleset-watch"))
         if fill_pool:
             self._tasks.append(asyncio.create_task(self._pool_filler(), name="netagent-pool"))
+
+    async def _start_dns_proxy(self) -> None:
+        upstreams = [str(u) for u in self.config.dns_upstreams] or resolv_conf_nameservers()
+        self.dns = DnsProxy(self.domains_of, self.admit_fqdn,
+                            lambda q, up, t: self.dns_threads.call(query_blocking, q, up, t),
+                            upstreams, self.config.dns_ttl_floor_s, self.config.dns_ttl_cap_s)
+        udp, tcp = await self.host.call(bind_sockets, self.config.dns_proxy_port)
+        self._dns_servers = await serve_dns(self.dns, udp, tcp)
+
+    def domains_of(self, sandbox_ip: str) -> tuple[str, ...] | None:
+        """The domain allowlist of the sandbox using this address (None: none)."""
+        try:
+            sid = self.slot_owner.get(self.plan.index_of_sandbox_ip(sandbox_ip))
+        except ValueError:
+            return None
+        rec = self.allocations.get(sid) if sid else None
+        return compile_policy(rec.policy).domains if rec else None
+
+    async def admit_fqdn(self, sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
+        """Let the sandbox reach these answered addresses for their TTL (fresh
+        timeout even if already admitted)."""
+        items = [{"elem": {"val": {"concat": [sandbox_ip, a]}, "timeout": ttl}} for a, ttl in addresses]
+        keys = [{"concat": [sandbox_ip, a]} for a, _ in addresses]
+        target = {"family": "inet", "table": self.config.prefix, "name": "fqdn_ips"}
+        doc = {"nftables": [{"add": {"element": {**target, "elem": items}}},
+                            {"delete": {"element": {**target, "elem": keys}}},
+                            {"add": {"element": {**target, "elem": items}}}]}
+        await self.host.call(self._apply_json, doc)
+
+    def _drop_fqdn(self, sandbox_ip: str) -> None:
+        """Cleaner thread: forget every address a sandbox was admitted to."""
+        nft = self.cleaner.nft()
+        gone = [e for e in nft.list_set(self.config.prefix, "fqdn_ips") if _fqdn_ip(e) == sandbox_ip]
+        if gone:
+            keys = [{"concat": _fqdn_key(e)} for e in gone]
+            nft.run_json({"nftables": [{"delete": {"element": {
+                "family": "inet", "table": self.config.prefix, "name": "fqdn_ips", "elem": keys}}}]})
 
     def _host_setup(self) -> HostInfo:
         apply_sysctls()
@@ -145,6 +189,9 @@ class Agent:
         committer, others = self._tasks[0], self._tasks[1:]
         for task in others:
             task.cancel()
+        if self._dns_servers:
+            self._dns_servers[0].close()
+            self._dns_servers[1].close()
         await asyncio.gather(*others, return_exceptions=True)
         while self._pending or self._committing or self._background:  # let queued work finish
             if self._background:
@@ -155,6 +202,7 @@ class Agent:
         self._tasks.clear()
         self.builds.shutdown()
         self.cleaner.shutdown()
+        self.dns_threads.shutdown()
         self.host.shutdown()
         self.store.close()
 
@@ -276,11 +324,7 @@ class Agent:
 
     def _check_policy_supported(self, policy: EgressPolicy) -> CompiledPolicy:
         """Validate the whole policy (nothing applies if one entry is bad)."""
-        compiled = compile_policy(policy, self.config.default_internet)
-        if compiled.domains:
-            raise Unimplemented("domain entries in allow_out need the DNS proxy, which this version does not "
-                                f"have yet: {', '.join(compiled.domains)}")
-        return compiled
+        return compile_policy(policy, self.config.default_internet)
 
     def _policy_elements(self, rec: AllocationRecord) -> list[el.Element]:
         return el.policy_elements(self.plan.slot(rec.slot), compile_policy(rec.policy))
@@ -311,7 +355,7 @@ class Agent:
             tap=g.tap_name, guest_ip=str(g.guest_ip), guest_prefixlen=g.prefixlen,
             guest_netmask=self.plan.boot_ip_arg().split(":")[3], gateway_ip=str(g.gateway_ip),
             guest_mac=g.guest_mac, mtu=g.mtu, sandbox_ip=str(s.sandbox_ip), host_veth=s.host_veth,
-            boot_ip_arg=self.plan.boot_ip_arg(), spec=rec.spec, policy=rec.policy,
+            boot_ip_arg=self.plan.boot_ip_arg(dns=str(g.gateway_ip)), spec=rec.spec, policy=rec.policy,
             internet=bool(rec.policy.internet), created_at=rec.created_at,
             ports=tuple(sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))
 
@@ -376,6 +420,9 @@ class Agent:
             published = [self.events.record(type_, sid, data) for type_, sid, data in plan.events]
             self.store.db.execute("COMMIT")
         self.events.publish(published)
+        if plan.drop_fqdn:
+            ips = list(plan.drop_fqdn)
+            await self.cleaner.call(lambda: [self._drop_fqdn(ip) for ip in ips])
         if plan.flush_marks:
             marks = list(plan.flush_marks)
             await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
@@ -395,8 +442,10 @@ class Agent:
         tx.set_slot(slot, SlotState.ALLOCATED)
         tx.add_allocation(rec)
         self.allocations[sid] = rec
+        self.slot_owner[slot] = sid
         self.slots[slot] = SlotState.ALLOCATED
-        plan.undo.append(lambda: (self.allocations.pop(sid, None), self.slots.__setitem__(slot, SlotState.READY)))
+        plan.undo.append(lambda: (self.allocations.pop(sid, None), self.slot_owner.pop(slot, None),
+                                  self.slots.__setitem__(slot, SlotState.READY)))
         plan.nft += el.add(self._policy_elements(rec))
         net = self._network(rec)
         plan.events.append(("allocated", sid, {"sandbox": net.model_dump(mode="json")}))
@@ -412,12 +461,14 @@ class Agent:
         tx.delete_allocation(rec.sandbox_id)
         tx.set_slot(rec.slot, SlotState.DIRTY)
         del self.allocations[rec.sandbox_id]
+        self.slot_owner.pop(rec.slot, None)
         self.slots[rec.slot] = SlotState.DIRTY
         for p in rec.ports.values():
             self.ports_used[p.protocol].pop(p.host_port, None)
 
         def undo() -> None:
             self.allocations[rec.sandbox_id] = rec
+            self.slot_owner[rec.slot] = rec.sandbox_id
             self.slots[rec.slot] = SlotState.ALLOCATED
             for p in rec.ports.values():
                 self.ports_used[p.protocol][p.host_port] = rec.sandbox_id
@@ -436,6 +487,8 @@ class Agent:
             plan.nft += el.delete(el.policy_elements(slot, old_c)) + el.add(el.policy_elements(slot, new_c))
         if narrows(old_c, new_c):
             plan.flush_marks.append(slot.ct_mark)  # only flows the sandbox started
+            if set(old_c.domains) - set(new_c.domains):
+                plan.drop_fqdn.append(str(slot.sandbox_ip))
         tx.set_policy(rec.sandbox_id, new)
         rec.policy = new
         plan.undo.append(lambda: setattr(rec, "policy", old))
@@ -650,6 +703,7 @@ class Agent:
         """Cleaner thread."""
         conntrack.flush_mark(self.plan.slot(idx).ct_mark, ~CT_MARK_INGRESS & 0xFFFFFFFF)  # both directions
         self._remove_leftover_egress(idx)
+        self._drop_fqdn(str(self.plan.slot(idx).sandbox_ip))
         self.builder.flush_slot_conntrack(idx)
 
     async def _after_clean(self, idx: int) -> None:
@@ -710,3 +764,21 @@ class Agent:
                 await asyncio.sleep(backoff)
             else:
                 backoff = 0.0
+
+
+def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    try:
+        lines = open(path).read().splitlines()
+    except OSError:
+        return []
+    return [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1
+            and ":" not in ln.split()[1]]
+
+
+def _fqdn_key(item: Any) -> list[str]:
+    val = item["elem"]["val"] if isinstance(item, dict) and "elem" in item else item
+    return list(val["concat"])
+
+
+def _fqdn_ip(item: Any) -> str:
+    return _fqdn_key(item)[0]

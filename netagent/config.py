@@ -80,6 +80,10 @@ class Config(BaseModel):
     ct_mark_base: int = Field(0x4E410000, ge=0, le=0x7FFF0000)
     ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
     default_internet: bool = True
+    dns_proxy_port: int = Field(10053, ge=1, le=65535)     # in host_netns; slots DNAT gateway:53 here
+    dns_upstreams: list[ipaddress.IPv4Address] = Field(default_factory=list)  # empty: the host's resolv.conf
+    dns_ttl_floor_s: int = Field(5, ge=1, le=3600)
+    dns_ttl_cap_s: int = Field(300, ge=1, le=86400)
     conn_limit: int = Field(4096, ge=1, le=1_000_000)          # concurrent connections per sandbox
     new_conn_rate: int = Field(200, ge=1, le=1_000_000)        # new connections per second per sandbox
     new_conn_burst: int = Field(400, ge=1, le=1_000_000)

@@ -32,10 +32,5 @@ class Conflict(NetagentError):
     code = "ALREADY_EXISTS"
 
 
-class Unimplemented(NetagentError):
-    """Valid request for a capability this version does not have yet."""
-    code = "UNIMPLEMENTED"
-
-
 class FailedPrecondition(NetagentError):
     code = "FAILED_PRECONDITION"

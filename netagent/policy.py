@@ -93,3 +93,16 @@ def narrows(old: CompiledPolicy, new: CompiledPolicy) -> bool:
     if set(old.allow) - set(new.allow) or set(new.deny) - set(old.deny) or set(old.domains) - set(new.domains):
         return True
     return False
+
+
+def domain_allowed(name: str, domains: tuple[str, ...]) -> bool:
+    """`allowed.test` matches itself; `*.cdn.test` matches any name below
+    cdn.test (not cdn.test itself)."""
+    name = name.lower().rstrip(".")
+    for d in domains:
+        if d.startswith("*."):
+            if name.endswith(d[1:]):
+                return True
+        elif name == d:
+            return True
+    return False

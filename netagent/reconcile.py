@@ -68,6 +68,7 @@ async def reconcile(agent: Agent) -> dict[str, int]:
 
     agent.slots = keep
     agent.allocations = snap.allocations
+    agent.slot_owner = {rec.slot: rec.sandbox_id for rec in snap.allocations.values()}
     for rec in snap.allocations.values():
         for p in rec.ports.values():
             agent.ports_used[p.protocol][p.host_port] = rec.sandbox_id

@@ -59,6 +59,13 @@ class Cleaner(_Executor):
         lower_thread_priority()
 
 
+class DnsThreads(_Executor):
+    """Upstream DNS queries: their sockets must be made in the host netns."""
+
+    def __init__(self, host_netns: str | None, workers: int = 16):
+        super().__init__(host_netns, workers, "netagent-dns")
+
+
 class BuildPool(_Executor):
     def __init__(self, host_netns: str | None, workers: int):
         super().__init__(host_netns, workers, "netagent-build")

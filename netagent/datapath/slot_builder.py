@@ -15,15 +15,16 @@ from .. import netns
 from ..addressing import AddressPlan, SlotAddresses
 from ..config import Config
 from ..firewall.nft import Nft
+from ..firewall.ruleset import slot_script
 from .devconf import route_devices
 from .tap import create_persistent_tap
 
 
 class SlotBuilder:
-    def __init__(self, config: Config, plan: AddressPlan, slot_script: str):
+    def __init__(self, config: Config, plan: AddressPlan, slot_source: str):
         self.config = config
         self.plan = plan
-        self.slot_script = slot_script
+        self.slot_source = slot_source
         self._local = threading.local()
 
     def host_ipr(self) -> IPRoute:
@@ -63,7 +64,7 @@ class SlotBuilder:
             ipr.addr("add", index=veth, address=str(slot.sandbox_ip), prefixlen=31)
             ipr.link("set", index=veth, state="up")
             ipr.route("add", dst="0.0.0.0/0", gateway=str(slot.host_ip), oif=veth, flags=4)  # RTNH_F_ONLINK
-        Nft().run(self.slot_script)
+        Nft().run(slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
     def _build_host_side(self, slot: SlotAddresses) -> None:
         ipr = self.host_ipr()

@@ -46,6 +46,8 @@ def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element
     TCP and UDP)."""
     out = [egress_element(slot, policy.internet)]
     ip = str(slot.sandbox_ip)
+    if policy.domains:
+        out.append(Element("dns_locked", ip))
     for kind, entries in (("allow", policy.allow), ("deny", policy.deny)):
         for np in entries:
             net = str(np.net) if np.net.prefixlen < 32 else str(np.net.network_address)

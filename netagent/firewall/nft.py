@@ -13,7 +13,8 @@ from . import ruleset
 
 MAPS = ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in")
 SETS = ("uplinks", "always_deny", "always_allow", "sbx_ifaces", "sbx_src",
-        "allow_net", "allow_port", "deny_net", "deny_port")
+        "allow_net", "allow_port", "deny_net", "deny_port", "dns_locked")
+# fqdn_ips is not state: its elements come from DNS answers and expire.
 
 
 class Nft:

@@ -121,7 +121,7 @@ async def test_calls_are_idempotent_and_bad_input_is_refused_without_side_effect
     await agent.allocate("idem-2")
     with pytest.raises(Conflict):
         await agent.expose("idem-2", 81, host_port=p)
-    assert net.boot_ip_arg == "ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off"
+    assert net.boot_ip_arg == "ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off:169.254.0.22"
     assert [n.sandbox_id for n in await agent.list({"team": "a"})] == ["idem-1"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netagent.errors import InvalidArgument, Unimplemented
+from netagent.errors import InvalidArgument
 from tests.datapath.helpers import counter_packets, sandbox_elements
 from tests.testbed.bed import CLIENT_IP, ECHO_PORT, HTTP_PORT, SMTP_PORT, WEB2_IP, WEB_IP, LightGuest
 
@@ -84,8 +84,6 @@ async def test_bad_policies_are_refused_without_changing_the_ruleset(bed, agent)
     for policy in bad:
         with pytest.raises(InvalidArgument):
             await agent.update_policy("bad-1", policy)
-    with pytest.raises(Unimplemented):
-        await agent.update_policy("bad-1", {"allow_out": ["allowed.test"]})
     assert sandbox_elements(bed.host, bed.agent_prefix, net.sandbox_ip) == before
     assert (await agent.get("bad-1")).policy.allow_out == ("203.0.113.0/24",)
     await agent.release("bad-1")
@@ -140,3 +138,66 @@ async def test_new_connection_rate_limit_bites(bed, tmp_path):
         assert counter_packets(bed.host, bed.agent_prefix, "drop_conn_rate") > 0
     finally:
         await agent.stop()
+
+
+# Resolve NAME through SERVER:53 (UDP), then connect to the first A record's
+# HTTP port. Prints: "<rcode> <addresses> <connected|unreachable|->".
+_RESOLVE_AND_CONNECT = r"""
+import socket, sys
+import dns.message, dns.query, dns.rcode, dns.rdatatype
+q = dns.message.make_query(sys.argv[1], "A")
+try:
+    r = dns.query.udp(q, sys.argv[2], timeout=2)
+except Exception as e:
+    print("timeout - -"); sys.exit(0)
+addrs = [rr.address for rrset in r.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset]
+state = "-"
+if addrs:
+    try:
+        socket.create_connection((addrs[0], int(sys.argv[3])), timeout=0.8).close(); state = "connected"
+    except OSError:
+        state = "unreachable"
+print(dns.rcode.to_text(r.rcode()), ",".join(addrs) or "-", state)
+"""
+
+
+async def resolve(guest, name: str, server: str = "169.254.0.22") -> tuple[str, str, str]:
+    """Off the event loop: the agent's DNS proxy runs on it."""
+    import asyncio
+
+    from tests.testbed import sh
+    res = await asyncio.to_thread(sh.run, sh.PYTHON, "-c", _RESOLVE_AND_CONNECT, name, server, str(HTTP_PORT),
+                                  ns=guest.name)
+    rcode, addrs, state = res.stdout.split()
+    return rcode, addrs, state
+
+
+async def test_domain_allowlist_through_the_dns_proxy(bed, agent):
+    from tests.testbed.bed import DNS_IP
+    policy = {"internet": False, "allow_out": ["allowed.test", "*.cdn.test", "alias.test"]}
+    net = await agent.allocate("dns-1", {"policy": policy})
+    assert net.boot_ip_arg.endswith(":off:169.254.0.22")  # the guest's resolver is its gateway
+    guest = LightGuest.attach(bed, net, "a")
+
+    # Before any lookup, the addresses are closed (internet is off).
+    assert not reach(guest, WEB_IP, HTTP_PORT) and not reach(guest, WEB2_IP, HTTP_PORT)
+    assert await resolve(guest, "allowed.test") == ("NOERROR", WEB_IP, "connected")     # first SYN passes
+    assert await resolve(guest, "a.cdn.test") == ("NOERROR", WEB2_IP, "connected")      # wildcard
+    assert (await resolve(guest, "cdn.test"))[0] == "REFUSED"  # the suffix itself is not in it
+    assert await resolve(guest, "denied.test") == ("REFUSED", "-", "-")
+    assert not reach(guest, CLIENT_IP, HTTP_PORT)                                  # denied.test's address
+    # Any protocol, not only HTTP: the echo port of an admitted address works too.
+    assert reach(guest, WEB2_IP, ECHO_PORT)
+    # A direct query to another resolver is blocked while the allowlist is active.
+    assert (await resolve(guest, "allowed.test", server=DNS_IP))[0] == "timeout"
+    # Access ends when the record's TTL (2 s) runs out.
+    import asyncio
+    await asyncio.sleep(3.5)
+    assert not reach(guest, WEB_IP, HTTP_PORT)
+    assert reach(guest, WEB2_IP, HTTP_PORT)          # *.cdn.test had TTL 60
+    # A CNAME chain: alias.test -> allowed.test; its A record is admitted again.
+    assert await resolve(guest, "alias.test") == ("NOERROR", WEB_IP, "connected")
+    # Narrowing away the domains removes what their lookups admitted.
+    await agent.update_policy("dns-1", {"internet": False})
+    assert not reach(guest, WEB2_IP, HTTP_PORT)
+    assert (await resolve(guest, "allowed.test"))[0] == "REFUSED"

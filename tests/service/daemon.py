@@ -18,6 +18,7 @@ def write_config(bed, tmp: Path, **over) -> Path:
         "prefix": bed.agent_prefix, "host_netns": bed.host, "uplink": "up0", "pool_size": 4,
         "state_dir": str(tmp / "state"), "api_socket": str(tmp / "api.sock"), "ruleset_check_interval_s": 0.5,
         "node_id": "test-node", "metrics_address": "127.0.0.1:0", "metrics_refresh_s": 0.5,
+        "dns_upstreams": ["192.0.2.53"], "dns_ttl_floor_s": 1,
     } | over
     lines = []
     for key, value in values.items():

@@ -25,6 +25,7 @@ INET_IP = "198.51.100.1"
 WEB_IP = "203.0.113.10"
 WEB2_IP = "203.0.113.11"   # same servers, a second address (policy tests)
 SMTP_PORT = 25
+DNS_IP = "192.0.2.53"      # the test bed's DNS server (test zones only)
 CLIENT_IP = "192.0.2.20"
 METADATA_IP = "169.254.169.254"
 RFC1918_IP = "10.99.0.10"
@@ -65,15 +66,19 @@ class Testbed:
         sh.ip("route", "add", "default", "via", INET_IP, ns=self.host)
         sh.ip("addr", "add", f"{INET_IP}/24", "dev", "wan0", ns=self.inet)
         sh.ip("link", "set", "wan0", "up", ns=self.inet)
-        for addr in (WEB_IP, WEB2_IP, CLIENT_IP, METADATA_IP, RFC1918_IP):
+        for addr in (WEB_IP, WEB2_IP, CLIENT_IP, METADATA_IP, RFC1918_IP, DNS_IP):
             sh.ip("addr", "add", f"{addr}/32", "dev", "lo", ns=self.inet)
         self.start_server(self.inet, "--http", str(HTTP_PORT), "--tcp-echo", str(ECHO_PORT),
                           "--tcp-echo", str(SMTP_PORT))
         self.start_server(self.host, "--http", str(HOST_SERVICE_PORT), "--bind", UPLINK_IP)
+        self.start_module(self.inet, "tests.testbed.dns_server", DNS_IP)
         return self
 
     def start_server(self, ns: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sh.PYTHON, "-m", "tests.testbed.servers", *args],
+        return self.start_module(ns, "tests.testbed.servers", *args)
+
+    def start_module(self, ns: str, module: str, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sh.PYTHON, "-m", module, *args],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_repo_root())
         self.procs.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

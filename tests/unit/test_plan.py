@@ -115,7 +115,8 @@ def test_ruleset_rendering_and_config_elements():
     assert {e.key for e in fixed if e.set == "always_allow"} == {"10.1.2.0/24"}
     script = ruleset.full_load_script(c, source, fixed, [])
     assert script.startswith("table inet zz {}\ndelete table inet zz\n")
-    slot = ruleset.slot_script(c, ruleset.read_rules(ruleset.SLOT_RULES))
+    slot = ruleset.slot_script(c, ruleset.read_rules(ruleset.SLOT_RULES), "10.12.0.2")
+    assert "define dns_ip = 10.12.0.2\ndefine dns_port = 10053" in slot
     assert 'define tap = "tap0"' in slot and "define guest_ip = 169.254.0.21" in slot
 
 

@@ -1,0 +1,1 @@
+"""The DNS proxy that enforces domain allowlists."""

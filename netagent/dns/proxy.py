@@ -1,0 +1,149 @@
+"""DNS proxy for domain allowlists (UDP and TCP, in the host netns).
+
+A guest resolves through its gateway; the slot DNATs that to this proxy, and
+the slot's masquerade makes the source the sandbox IP, which names the
+sandbox. A name the sandbox may not use gets REFUSED. An allowed name is
+resolved upstream; every A record of the answer (CNAME chains included) is put
+into `fqdn_ips` for that sandbox, with the record's TTL clamped to
+[ttl_floor, ttl_cap], before the answer is released, so the first SYN passes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+
+from ..policy import domain_allowed
+
+log = logging.getLogger("netagent.dns")
+
+Lookup = Callable[[str], tuple[str, ...] | None]          # sandbox IP -> allowed domains (None: unknown)
+# Sends one query upstream. It must open its socket in the host netns: the
+# caller runs it on a thread that lives there (sockets keep their netns).
+Upstream = Callable[[dns.message.Message, str, float], Awaitable[dns.message.Message]]
+Admit = Callable[[str, list[tuple[str, int]]], Awaitable[None]]  # sandbox IP, [(address, ttl)]
+
+
+class DnsProxy:
+    def __init__(self, lookup: Lookup, admit: Admit, query_upstream: Upstream, upstreams: list[str],
+                 ttl_floor: int, ttl_cap: int, timeout: float = 2.0):
+        self.lookup = lookup
+        self.query_upstream = query_upstream
+        self.admit = admit
+        self.upstreams = upstreams
+        self.ttl_floor = ttl_floor
+        self.ttl_cap = ttl_cap
+        self.timeout = timeout
+        self.stats = {"queries": 0, "refused": 0, "answered": 0, "failed": 0}
+
+    async def answer(self, wire: bytes, client_ip: str) -> bytes | None:
+        """One query in, one response out (None: unparseable, drop it)."""
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None
+        self.stats["queries"] += 1
+        domains = self.lookup(client_ip)
+        if not query.question or domains is None or not domain_allowed(query.question[0].name.to_text(), domains):
+            self.stats["refused"] += 1
+            return _reply(query, dns.rcode.REFUSED)
+        try:
+            response = await self._resolve(query)
+        except (dns.exception.DNSException, OSError) as exc:
+            self.stats["failed"] += 1
+            log.warning("upstream failed for %s: %s", query.question[0].name, exc)
+            return _reply(query, dns.rcode.SERVFAIL)
+        addresses = [(rr.address, self._ttl(rrset.ttl)) for rrset in response.answer
+                     if rrset.rdtype == dns.rdatatype.A for rr in rrset]
+        if addresses:
+            await self.admit(client_ip, addresses)  # before the guest sees the answer
+        self.stats["answered"] += 1
+        return response.to_wire()
+
+    async def _resolve(self, query: dns.message.Message) -> dns.message.Message:
+        last: Exception | None = None
+        for upstream in self.upstreams:
+            try:
+                return await self.query_upstream(query, upstream, self.timeout)
+            except (dns.exception.DNSException, OSError) as exc:
+                last = exc
+        raise last or dns.exception.DNSException("no upstream resolver configured")
+
+    def _ttl(self, ttl: int) -> int:
+        return max(self.ttl_floor, min(self.ttl_cap, ttl))
+
+
+def _reply(query: dns.message.Message, rcode: int) -> bytes:
+    response = dns.message.make_response(query)
+    response.set_rcode(rcode)
+    return response.to_wire()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, proxy: DnsProxy):
+        self.proxy = proxy
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        asyncio.ensure_future(self._handle(data, addr))
+
+    async def _handle(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = await self.proxy.answer(data, addr[0])
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+async def _tcp_client(proxy: DnsProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    peer = writer.get_extra_info("peername")[0]
+    try:
+        while True:
+            size = struct.unpack("!H", await reader.readexactly(2))[0]
+            reply = await proxy.answer(await reader.readexactly(size), peer)
+            if reply is None:
+                break
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def bind_sockets(port: int) -> tuple[socket.socket, socket.socket]:
+    """Call in the host netns (sockets keep the netns they were made in)."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    for s in (udp, tcp):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port))
+        s.setblocking(False)
+    tcp.listen(1024)
+    return udp, tcp
+
+
+async def serve(proxy: DnsProxy, udp: socket.socket,
+                tcp: socket.socket) -> tuple[asyncio.BaseTransport, asyncio.Server]:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(proxy), sock=udp)
+    server = await asyncio.start_server(lambda r, w: _tcp_client(proxy, r, w), sock=tcp)
+    return transport, server
+
+
+def query_blocking(query: dns.message.Message, upstream: str, timeout: float) -> dns.message.Message:
+    """UDP, then TCP if truncated. Blocking: run it on a host-netns thread."""
+    response = dns.query.udp(query, upstream, timeout=timeout)
+    if response.flags & dns.flags.TC:
+        response = dns.query.tcp(query, upstream, timeout=timeout)
+    return response
