@@ -46,6 +46,21 @@ async def warm_cycle(agent: Agent, tag: str, samples: int) -> tuple[list[float],
     return alloc, rel
 
 
+async def policy_cycle(agent: Agent, samples: int) -> dict[str, dict[str, float]]:
+    """UpdatePolicy on a live sandbox: widening (one transaction) and narrowing
+    (one transaction plus the conntrack walk that kills now-denied flows)."""
+    sid = next(iter(agent.allocations))
+    narrow = {"internet": False, "allow_out": ["203.0.113.0/24"]}
+    wide = {"internet": False, "allow_out": ["203.0.113.0/24", "198.51.100.7:443", "192.0.2.0/25"]}
+    times: dict[str, list[float]] = {"widening": [], "narrowing": []}
+    for k in range(samples):
+        kind, policy = ("widening", wide) if k % 2 == 0 else ("narrowing", narrow)
+        t0 = time.perf_counter()
+        await agent.update_policy(sid, policy)
+        times[kind].append((time.perf_counter() - t0) * 1e3)
+    return {kind: summary(xs) for kind, xs in times.items()}
+
+
 async def fill(agent: Agent, n: int) -> None:
     have = len(agent.allocations)
     ids = [f"fill-{i}" for i in range(have, n)]
@@ -80,6 +95,7 @@ async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) ->
     aN, rN = await warm_cycle(agent, f"n{existing}", samples)
     out["warm_allocate_ms"] = {"N=10": summary(a10), f"N={existing}": summary(aN)}
     out["release_ms"] = {"N=10": summary(r10), f"N={existing}": summary(rN)}
+    out["update_policy_ms"] = {f"N={existing}": await policy_cycle(agent, samples)}
     out["warm_allocate_ratio_p99"] = round(summary(aN)["p99"] / summary(a10)["p99"], 3)
     out["warm_allocate_ratio_p50"] = round(summary(aN)["p50"] / summary(a10)["p50"], 3)
 
@@ -173,6 +189,7 @@ def main() -> None:
         "cold_build_p50_le_8ms": na["cold_slot_build_ms"]["p50"] <= 8,
         "cold_build_ge_3x_shell": result["cold_build_speedup_vs_shell_p50"] >= 3,
         "grpc_added_p50_le_1ms": na["grpc_allocate"]["added_p50_ms"] <= 1,
+        "update_policy_widening_p99_le_5ms": na["update_policy_ms"][f"N={args.existing}"]["widening"]["p99"] <= 5,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
