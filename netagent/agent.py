@@ -175,6 +175,8 @@ class Agent:
         veths = {sid: self.plan.host_veth(rec.slot) for sid, rec in self.allocations.items()}
         ready = [self.plan.host_veth(i) for i in self.ready]
         await self.cleaner.call(lambda: self.metrics.refresh_link_stats(self.builder.host_ipr(), veths, ready))
+        drops = await self.cleaner.call(lambda: self.cleaner.nft().counters(self.config.prefix))
+        self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
 
     def pool_changed(self) -> None:
         """The pool size changed (SIGHUP): refill, or let releases shrink it."""

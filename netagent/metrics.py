@@ -40,6 +40,21 @@ def _delta(now: int, last: int) -> int:
     return now - last if now >= last else now   # a lower value: the veth was recreated
 
 
+class DropCountersCollector(Collector):
+    """The host table's named drop counters (drop_spoof, drop_policy_deny, ...),
+    read by the agent's refresh; a table reload restarts them from 0."""
+
+    def __init__(self) -> None:
+        self.packets: dict[str, int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("netagent_dropped_packets", "Packets dropped by the host table, by reason.",
+                                     labels=["reason"])
+        for name, packets in sorted(self.packets.items()):
+            family.add_metric([name.removeprefix("drop_")], packets)
+        yield family
+
+
 class LinkStatsCollector(Collector):
     def __init__(self, per_sandbox_labels: bool):
         self.per_sandbox_labels = per_sandbox_labels
@@ -149,6 +164,8 @@ class Metrics:
             self._slots.labels(state=state)
         self.link_stats = LinkStatsCollector(per_sandbox_labels)
         r.register(self.link_stats)
+        self.drops = DropCountersCollector()
+        r.register(self.drops)
         self._http: _QuietHTTPServer | None = None
 
     # ---- durations (seconds) --------------------------------------------
@@ -198,6 +215,9 @@ class Metrics:
         self.link_stats.update(read_link_counters(ipr.get_links()), veth_by_sandbox, ready_veths)
 
     # ---- exposition --------------------------------------------------------
+
+    def set_drop_counters(self, packets: dict[str, int]) -> None:
+        self.drops.packets = dict(packets)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,6 +49,15 @@ class Nft:
             self.ctx.set_stateless_output(False)
         return ruleset.fingerprint(out) if rc == 0 else None
 
+    def counters(self, table: str) -> dict[str, int]:
+        """Packets of every named counter of the table."""
+        self.ctx.set_json_output(True)
+        try:
+            out = self.run(f"list counters table inet {table}")
+        finally:
+            self.ctx.set_json_output(False)
+        return {o["counter"]["name"]: o["counter"]["packets"] for o in json.loads(out)["nftables"] if "counter" in o}
+
     def has_element(self, table: str, name: str, key: str) -> bool:
         """One keyed lookup (`get element`), cheap at any set size."""
         rc, _, _ = self.ctx.cmd(f"get element inet {table} {name} {{ {key} }}")

@@ -103,6 +103,7 @@ def test_metrics_parse_and_move(bed, daemon):
     assert after["netagent_reconcile_duration_seconds_count{}"] == 1
     assert after['netagent_slots{"state": "ready"}'] >= 1
     assert after["netagent_slot_capacity{}"] == 32768
+    assert 'netagent_dropped_packets_total{"reason": "spoof"}' in after
 
 
 def _openssl(*args: str, cwd) -> None:
