@@ -16,7 +16,7 @@ import pytest
 from tests.datapath.helpers import elements
 from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
-from tests.testbed.bed import HOST_SERVICE_PORT, HTTP_PORT, METADATA_IP, UPLINK_IP, WEB_IP
+from tests.testbed.bed import HOST_SERVICE_PORT, HTTP_PORT, METADATA_IP, UPLINK_IP, WEB2_IP, WEB_IP
 from tests.testbed.microvm.runner import make_runner
 
 pytestmark = pytest.mark.microvm
@@ -67,6 +67,15 @@ def test_two_microvms_egress_ingress_isolation_restart_and_release(bed, tmp_path
                 assert res.exit_code != 0, f"guest a reached {url}: {res.output}"
             res = wget(vm_b, f"http://{a.network.sandbox_ip}:8080/", seconds=3)
             assert res.exit_code != 0, res.output
+
+            # Egress policy from a real guest: a domain allowlist through the agent's DNS proxy,
+            # with the resolver the guest kernel took from the ip= argument.
+            c.update_policy("vm-a", internet=False, allow_out=["allowed.test"])
+            res = wget(vm_a, f"http://allowed.test:{HTTP_PORT}/")
+            assert res.exit_code == 0, res.output
+            for url in (f"http://denied.test:{HTTP_PORT}/", f"http://{WEB2_IP}:{HTTP_PORT}/"):
+                res = wget(vm_a, url, seconds=3)
+                assert res.exit_code != 0, f"guest a reached {url}: {res.output}"
 
             # An agent restart (kill -9) during a guest's download does not break it.
             assert vm_b.run(f"(timeout 40 wget -q -O /tmp/stream http://{WEB_IP}:{HTTP_PORT}/stream?seconds=8; "
