@@ -22,7 +22,7 @@ from .config import Config
 from .datapath import conntrack
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
-from .dns.proxy import DnsProxy, bind_sockets, query_blocking
+from .dns.proxy import DnsProxy, UpstreamClient, bind_sockets, query_tcp_blocking, upstream_socket
 from .dns.proxy import serve as serve_dns
 from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable
 from .events import EventLog
@@ -101,6 +101,7 @@ class Agent:
         self._background: set[asyncio.Task[None]] = set()
         self.ruleset_fingerprint: str | None = None
         self.slot_owner: dict[int, str] = {}
+        self._admitted: dict[tuple[str, str], float] = {}  # (sandbox IP, address) -> expiry (monotonic)
         self.dns: DnsProxy | None = None
         self._dns_servers: Any = None
         self.stats: dict[str, Any] = {"ruleset_restores": 0, "reconcile_repairs": 0, "last_reconcile": None}
@@ -119,11 +120,13 @@ class Agent:
 
     async def _start_dns_proxy(self) -> None:
         upstreams = [str(u) for u in self.config.dns_upstreams] or resolv_conf_nameservers()
-        self.dns = DnsProxy(self.domains_of, self.admit_fqdn,
-                            lambda q, up, t: self.dns_threads.call(query_blocking, q, up, t),
-                            upstreams, self.config.dns_ttl_floor_s, self.config.dns_ttl_cap_s)
+        upstream = UpstreamClient(lambda q, up, t: self.dns_threads.call(query_tcp_blocking, q, up, t))
+        sock = await self.host.call(upstream_socket)  # the socket keeps the host netns
+        upstream_transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: upstream, sock=sock)
+        self.dns = DnsProxy(self.domains_of, self.admit_fqdn, upstream.query, upstreams,
+                            self.config.dns_ttl_floor_s, self.config.dns_ttl_cap_s)
         udp, tcp = await self.host.call(bind_sockets, self.config.dns_proxy_port)
-        self._dns_servers = await serve_dns(self.dns, udp, tcp)
+        self._dns_servers = (*await serve_dns(self.dns, udp, tcp), upstream_transport)
 
     def domains_of(self, sandbox_ip: str) -> tuple[str, ...] | None:
         """The domain allowlist of the sandbox using this address (None: none)."""
@@ -136,7 +139,15 @@ class Agent:
 
     async def admit_fqdn(self, sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
         """Let the sandbox reach these answered addresses for their TTL (fresh
-        timeout even if already admitted)."""
+        timeout even if already admitted). An address whose admission still has
+        at least half of the new TTL to run is left as it is: no transaction."""
+        now = time.monotonic()
+        addresses = [(a, ttl) for a, ttl in addresses
+                     if self._admitted.get((sandbox_ip, a), 0.0) < now + ttl / 2]
+        if not addresses:
+            return
+        for a, ttl in addresses:
+            self._admitted[(sandbox_ip, a)] = now + ttl
         items = [{"elem": {"val": {"concat": [sandbox_ip, a]}, "timeout": ttl}} for a, ttl in addresses]
         keys = [{"concat": [sandbox_ip, a]} for a, _ in addresses]
         target = {"family": "inet", "table": self.config.prefix, "name": "fqdn_ips"}
@@ -147,6 +158,8 @@ class Agent:
 
     def _drop_fqdn(self, sandbox_ip: str) -> None:
         """Cleaner thread: forget every address a sandbox was admitted to."""
+        for key in [k for k in list(self._admitted) if k[0] == sandbox_ip]:
+            self._admitted.pop(key, None)
         nft = self.cleaner.nft()
         gone = [e for e in nft.list_set(self.config.prefix, "fqdn_ips") if _fqdn_ip(e) == sandbox_ip]
         if gone:
@@ -191,9 +204,8 @@ class Agent:
         committer, others = self._tasks[0], self._tasks[1:]
         for task in others:
             task.cancel()
-        if self._dns_servers:
-            self._dns_servers[0].close()
-            self._dns_servers[1].close()
+        for server in self._dns_servers or ():
+            server.close()
         await asyncio.gather(*others, return_exceptions=True)
         while self._pending or self._committing or self._background:  # let queued work finish
             if self._background:
@@ -598,6 +610,7 @@ class Agent:
         else:
             nft.run(ruleset.full_load_script(self.config, self.host_source, fixed, dynamic))
             self.ruleset_fingerprint = nft.table_fingerprint(self.config.prefix)
+            self._admitted.clear()  # a reloaded table has no fqdn_ips
         return nft.last_duration_s
 
     async def _watch_ruleset(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,8 @@ log = logging.getLogger("netagent.dns")
 Lookup = Callable[[str], tuple[str, ...] | None]          # sandbox IP -> allowed domains (None: unknown)
 # Sends one query upstream. It must open its socket in the host netns: the
 # caller runs it on a thread that lives there (sockets keep their netns).
-Upstream = Callable[[dns.message.Message, str, float], Awaitable[dns.message.Message]]
+# It returns the answer as wire bytes, with the client's query id.
+Upstream = Callable[[dns.message.Message, str, float], Awaitable[bytes]]
 Admit = Callable[[str, list[tuple[str, int]]], Awaitable[None]]  # sandbox IP, [(address, ttl)]
 
 
@@ -57,7 +59,8 @@ class DnsProxy:
             self.stats["refused"] += 1
             return _reply(query, dns.rcode.REFUSED)
         try:
-            response = await self._resolve(query)
+            raw = await self._resolve(query)
+            response = dns.message.from_wire(raw)
         except (dns.exception.DNSException, OSError) as exc:
             self.stats["failed"] += 1
             log.warning("upstream failed for %s: %s", query.question[0].name, exc)
@@ -67,9 +70,9 @@ class DnsProxy:
         if addresses:
             await self.admit(client_ip, addresses)  # before the guest sees the answer
         self.stats["answered"] += 1
-        return response.to_wire()
+        return raw  # as the upstream sent it: no re-encoding
 
-    async def _resolve(self, query: dns.message.Message) -> dns.message.Message:
+    async def _resolve(self, query: dns.message.Message) -> bytes:
         last: Exception | None = None
         for upstream in self.upstreams:
             try:
@@ -141,9 +144,62 @@ async def serve(proxy: DnsProxy, udp: socket.socket,
     return transport, server
 
 
-def query_blocking(query: dns.message.Message, upstream: str, timeout: float) -> dns.message.Message:
-    """UDP, then TCP if truncated. Blocking: run it on a host-netns thread."""
-    response = dns.query.udp(query, upstream, timeout=timeout)
-    if response.flags & dns.flags.TC:
-        response = dns.query.tcp(query, upstream, timeout=timeout)
-    return response
+
+
+class UpstreamClient(asyncio.DatagramProtocol):
+    """Upstream queries over one UDP socket made in the host netns, matched to
+    their answers by (query id, server). Truncated answers are retried over TCP
+    on a host-netns thread (`tcp_fallback`)."""
+
+    def __init__(self, tcp_fallback: Upstream):
+        self.tcp_fallback = tcp_fallback
+        self.pending: dict[tuple[int, str], asyncio.Future[bytes]] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self._next_id = secrets.randbelow(0x10000)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) >= 2:
+            fut = self.pending.pop((struct.unpack("!H", data[:2])[0], addr[0]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+
+    async def query(self, query: dns.message.Message, upstream: str, timeout: float) -> bytes:
+        assert self.transport is not None
+        qid = self._free_id(upstream)
+        wire = bytearray(query.to_wire())
+        struct.pack_into("!H", wire, 0, qid)
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending[(qid, upstream)] = fut
+        try:
+            self.transport.sendto(bytes(wire), (upstream, 53))
+            data = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise dns.exception.Timeout() from None
+        finally:
+            self.pending.pop((qid, upstream), None)
+        if len(data) >= 4 and data[2] & 0x02:  # TC: truncated, ask again over TCP
+            return await self.tcp_fallback(query, upstream, timeout)
+        return struct.pack("!H", query.id) + data[2:]
+
+    def _free_id(self, upstream: str) -> int:
+        for _ in range(0x10000):
+            self._next_id = (self._next_id + 1) & 0xFFFF
+            if (self._next_id, upstream) not in self.pending:
+                return self._next_id
+        raise dns.exception.DNSException("65,536 upstream queries in flight")
+
+
+def upstream_socket() -> socket.socket:
+    """Call in the host netns."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", 0))
+    sock.setblocking(False)
+    return sock
+
+
+def query_tcp_blocking(query: dns.message.Message, upstream: str, timeout: float) -> bytes:
+    """Blocking: run it on a host-netns thread."""
+    return dns.query.tcp(query, upstream, timeout=timeout).to_wire()
