@@ -30,6 +30,7 @@ test-microvm: deps guest-image
 bench: deps
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
 	$(PY) -m tests.bench.dns_bench | tee bench-results/dns.json
+	$(PY) -m tests.bench.forward_bench | tee bench-results/forward.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests
