@@ -225,7 +225,7 @@ class Agent:
     async def allocate(self, sandbox_id: str, spec: AllocateSpec | dict[str, Any] | None = None) -> Network:
         validate_sandbox_id(sandbox_id)
         spec = AllocateSpec.parse(spec)
-        self._check_policy_supported(spec.policy)
+        self._validate_policy(spec.policy)
         rec = self.allocations.get(sandbox_id)
         if rec is not None:
             return self._existing(rec, spec)
@@ -325,7 +325,7 @@ class Agent:
         the flows it no longer allows are flushed before this returns."""
         validate_sandbox_id(sandbox_id)
         policy = EgressPolicy.parse(policy)
-        self._check_policy_supported(policy)
+        self._validate_policy(policy)
         self._require(sandbox_id)
         future = asyncio.get_running_loop().create_future()
         return await self._submit("policy", future, sandbox_id=sandbox_id, policy=policy)
@@ -336,7 +336,7 @@ class Agent:
 
     # ---- helpers ---------------------------------------------------------
 
-    def _check_policy_supported(self, policy: EgressPolicy) -> CompiledPolicy:
+    def _validate_policy(self, policy: EgressPolicy) -> CompiledPolicy:
         """Validate the whole policy (nothing applies if one entry is bad)."""
         return compile_policy(policy, self.config.default_internet)
 

@@ -11,6 +11,7 @@ from tests.conftest import agent_config
 from tests.datapath.helpers import elements
 from tests.testbed import sh
 from tests.testbed.bed import HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest
+from tests.testbed.flows import STREAM_READER
 
 
 class AgentProcess:
@@ -70,7 +71,7 @@ def test_kill9_and_restart_keeps_established_flow_and_state(bed, tmp_path):
     bed.start_server(guest.name, "--http", "8080")
     port = first.call("expose", sandbox_id="live-1", guest_port=8080)
     # A long download through the masquerade: one chunk every 50 ms for 6 s.
-    stream = sh.popen(sh.PYTHON, "-c", _STREAM_READER, f"http://{WEB_IP}:{HTTP_PORT}/stream?seconds=6", ns=guest.name)
+    stream = sh.popen(sh.PYTHON, "-c", STREAM_READER, f"http://{WEB_IP}:{HTTP_PORT}/stream?seconds=6", ns=guest.name)
     time.sleep(1.0)
     first.kill9()
     second = AgentProcess(cfg)
@@ -109,11 +110,3 @@ def test_kill9_at_random_points_of_churn_always_reconciles(bed, tmp_path):
     final.kill9()
 
 
-_STREAM_READER = r"""
-import json, sys, time, urllib.request
-last = time.monotonic(); gap = 0.0; n = 0
-with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
-    for line in r:
-        now = time.monotonic(); gap = max(gap, now - last); last = now; n += 1
-print(json.dumps({"chunks": n, "max_gap_s": gap}))
-"""

@@ -14,15 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
 from tests.testbed.bed import HTTP_PORT, WEB_IP, LightGuest
-
-STREAM_READER = r"""
-import json, sys, time, urllib.request
-last = time.monotonic(); gap = 0.0; n = 0
-with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
-    for line in r:
-        now = time.monotonic(); gap = max(gap, now - last); last = now; n += 1
-print(json.dumps({"chunks": n, "max_gap_s": gap}))
-"""
+from tests.testbed.flows import STREAM_READER
 
 
 def _guest_net(sbx):
