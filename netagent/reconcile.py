@@ -7,6 +7,8 @@
 - Kernel objects that carry our prefix but are not in state are removed.
 - The ruleset is reloaded only if it differs, and every element is re-added
   from state in one transaction.
+- If rules/slot.nft (or what it is rendered with) changed since the last
+  start, every adopted slot's in-slot tables are replaced atomically.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ async def reconcile(agent: Agent) -> dict[str, int]:
     with_netns, with_veth = await agent.host.call(kernel_inventory, agent)
     intact = with_netns & with_veth
     allocated_slots = {rec.slot for rec in snap.allocations.values()}
-    report = {"adopted": 0, "rebuilt": 0, "removed": 0, "orphans": 0}
+    report = {"adopted": 0, "rebuilt": 0, "removed": 0, "orphans": 0, "slot_rules_reloaded": 0}
 
     keep: dict[int, SlotState] = {}
     doomed: list[int] = []
@@ -72,6 +74,15 @@ async def reconcile(agent: Agent) -> dict[str, int]:
     for rec in snap.allocations.values():
         for p in rec.ports.values():
             agent.ports_used[p.protocol][p.host_port] = rec.sandbox_id
+    slot_fp = agent.builder.rules_fingerprint()
+    if agent.store.get_meta("slot_rules_fingerprint") != slot_fp:
+        adopted = [idx for idx in keep if idx not in rebuild]
+        for idx in adopted:
+            await agent.builds.call(agent.builder.reload_rules, idx)
+        report["slot_rules_reloaded"] = len(adopted)
+        if adopted:
+            log.warning("rules/slot.nft changed: reloaded the in-slot tables of %d slot(s)", len(adopted))
+        agent.store.set_meta("slot_rules_fingerprint", slot_fp)
     agent.ruleset_fingerprint = agent.store.get_meta("ruleset_fingerprint")
     await agent.resync()
 

@@ -15,7 +15,7 @@ from .. import netns
 from ..addressing import AddressPlan, SlotAddresses
 from ..config import Config
 from ..firewall.nft import Nft
-from ..firewall.ruleset import slot_script
+from ..firewall.ruleset import fingerprint, slot_script
 from .devconf import route_devices
 from .tap import create_persistent_tap
 
@@ -65,6 +65,19 @@ class SlotBuilder:
             ipr.link("set", index=veth, state="up")
             ipr.route("add", dst="0.0.0.0/0", gateway=str(slot.host_ip), oif=veth, flags=4)  # RTNH_F_ONLINK
         Nft().run(slot_script(self.config, self.slot_source, str(slot.host_ip)))
+
+    def rules_fingerprint(self) -> str:
+        """Changes when rules/slot.nft or what it is rendered with changes."""
+        return fingerprint(slot_script(self.config, self.slot_source, "0.0.0.0"))
+
+    def reload_rules(self, index: int) -> None:
+        """Replace the in-slot tables atomically (an upgraded rules/slot.nft);
+        the slot's conntrack entries, and so its flows, stay."""
+        slot = self.plan.slot(index)
+        replace = ("table ip netagent_slot {}\ndelete table ip netagent_slot\n"
+                   "table netdev netagent_guard {}\ndelete table netdev netagent_guard\n")
+        with netns.entered(netns.path_of(slot.netns)):
+            Nft().run(replace + slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
     def _build_host_side(self, slot: SlotAddresses) -> None:
         ipr = self.host_ipr()

@@ -198,3 +198,33 @@ async def test_a_leftover_element_is_removed_before_the_slot_is_reused(bed, tmp_
         assert elements(bed.host, bed.agent_prefix, "egress_mode") == []
     finally:
         await agent.stop()
+
+
+async def test_changed_slot_rules_are_reloaded_into_adopted_slots_without_breaking_flows(bed, tmp_path):
+    state = tmp_path / "state"
+    first = Agent(agent_config(bed, state, pool_size=2))
+    await first.start()
+    net = await first.allocate("up-1")
+    await first.stop()
+    guest = LightGuest.attach(bed, net, "a")
+    # An upgrade that changed rules/slot.nft looks like this to the next start.
+    from netagent.state import StateStore
+    store = StateStore(state)
+    store.set_meta("slot_rules_fingerprint", "from-an-older-version")
+    store.close()
+    sh.run("nft", "delete", "table", "ip", "netagent_slot", ns=net.netns)  # and the old tables differ
+    second = Agent(agent_config(bed, state, pool_size=2))
+    await second.start()
+    try:
+        assert second.stats["last_reconcile"]["slot_rules_reloaded"] >= 1
+        ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+        assert ok, body
+    finally:
+        await second.stop()
+    # Unchanged rules: nothing is reloaded on the next start.
+    third = Agent(agent_config(bed, state, pool_size=2))
+    await third.start()
+    try:
+        assert third.stats["last_reconcile"]["slot_rules_reloaded"] == 0
+    finally:
+        await third.stop()
