@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("config", help="configuration tools")
     p_check.add_argument("action", choices=["check"])
     p_check.add_argument("file", nargs="?")
+    from .operator.commands import add_parsers, guarded
+    add_parsers(sub)
     args = parser.parse_args(argv)
 
     path = getattr(args, "config", None) or getattr(args, "file", None) or config_mod.default_path()
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         return 0
+    if hasattr(args, "run"):
+        return guarded(args.run, args, cfg)
     setup_logging(cfg.log_level, cfg.log_json)
     try:
         from .daemon import serve

@@ -110,6 +110,11 @@ def _text_value(v: Key) -> str:
     return str(v)
 
 
+def key_text(e: Element) -> str:
+    """The element's key in nft syntax (for `get element` lookups)."""
+    return _text_value(e.key)
+
+
 def to_text(table: str, elements: list[Element]) -> str:
     """`add element` lines, for the atomic full reload."""
     by_set: dict[str, list[str]] = {}

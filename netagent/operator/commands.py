@@ -1,0 +1,159 @@
+"""The operator commands. Each returns an exit code: 0 ok, 1 failure,
+2 usage, 3 not found."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from ..client import Client
+from ..config import Config
+from . import kernel
+from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, emit, fail, pairs, table
+
+
+def to_dict(msg: Any) -> dict[str, Any]:
+    return MessageToDict(msg, always_print_fields_with_no_presence=True)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def cmd(name: str, help: str, fn: Callable[..., int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--config", help="the agent's TOML config (for the socket, prefix and host netns)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(run=fn)
+        return p
+
+    cmd("status", "host summary", status)
+    p = cmd("ls", "one row per sandbox", ls)
+    p.add_argument("--label", action="append", default=[], metavar="K=V")
+    p.add_argument("--state", default="")
+    p = cmd("show", "everything about one sandbox, with drift against the kernel", show)
+    p.add_argument("sandbox")
+    p = cmd("allocate", "allocate a sandbox network", allocate)
+    p.add_argument("sandbox")
+    _policy_args(p)
+    p.add_argument("--label", action="append", default=[], metavar="K=V")
+    p = cmd("release", "release a sandbox network", release)
+    p.add_argument("sandbox")
+    p = cmd("expose", "map a guest port to a host port", expose)
+    p.add_argument("sandbox")
+    p.add_argument("port", type=int)
+    p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
+    p.add_argument("--host-port", type=int, default=0)
+    p = cmd("unexpose", "remove a port mapping", unexpose)
+    p.add_argument("sandbox")
+    p.add_argument("port", type=int)
+    p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
+    p = cmd("policy", "show or replace a sandbox's egress policy", policy)
+    p.add_argument("action", choices=["show", "set"])
+    p.add_argument("sandbox")
+    _policy_args(p)
+
+
+def _policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--internet", choices=["on", "off"])
+    p.add_argument("--allow", action="append", default=[], metavar="ENTRY")
+    p.add_argument("--deny", action="append", default=[], metavar="ENTRY")
+
+
+def guarded(fn: Callable[[argparse.Namespace, Config, Client], int], args: argparse.Namespace,
+            config: Config) -> int:
+    """Run a command; turn gRPC failures into plain messages and exit codes."""
+    with Client(socket_path=str(config.api_socket), timeout=10) as client:
+        try:
+            return fn(args, config, client)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
+                return fail(f"the agent is not running (nothing answers on {config.api_socket}).\n"
+                            "Start it with `systemctl start netagent` (or `make run` from a checkout).")
+            if code == grpc.StatusCode.NOT_FOUND:
+                return fail(exc.details() or "not found", EXIT_NOT_FOUND)
+            return fail(f"{code.name}: {exc.details()}")
+
+
+def status(args: argparse.Namespace, config: Config, c: Client) -> int:
+    info = to_dict(c.host_info())
+    info["health"] = c.health()
+    info["ruleset"] = "loaded" if kernel.table_loaded(config) else "MISSING"
+    emit(info, args.json, pairs(info))
+    return EXIT_OK
+
+
+def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
+    labels = dict(kv.split("=", 1) for kv in args.label)
+    rows = []
+    for s in c.list(labels=labels, state=args.state):
+        d = to_dict(s)
+        rows.append({"sandbox": s.sandbox_id, "slot": s.network.slot, "sandbox_ip": s.network.sandbox_ip,
+                     "internet": "on" if s.policy.internet else "off",
+                     "allow": len(s.policy.allow_out), "deny": len(s.policy.deny_out),
+                     "ports": ",".join(f"{p.guest_port}->{p.host_port}" for p in s.ports) or "-",
+                     "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", "_raw": d})
+    cols = ["sandbox", "slot", "sandbox_ip", "internet", "allow", "deny", "ports", "labels"]
+    emit([r["_raw"] for r in rows], args.json, table(rows, cols))
+    return EXIT_OK
+
+
+def show(args: argparse.Namespace, config: Config, c: Client) -> int:
+    sbx = to_dict(c.get(args.sandbox))
+    sbx["drift"] = kernel.sandbox_drift(config, sbx)
+    net = sbx["network"]
+    human = pairs({"sandbox": sbx["sandboxId"], "state": sbx["state"], "slot": net["slot"],
+                   "netns": net["netnsPath"], "tap": net["tap"], "sandbox ip": net["sandboxIp"],
+                   "guest": f"{net['guestIp']}/{net['guestPrefixlen']} gw {net['gatewayIp']} mac {net['guestMac']}",
+                   "boot arg": net["bootIpArg"], "host veth": net["hostVeth"], "policy": sbx["policy"],
+                   "ports": [f"{p['protocol'].removeprefix('PROTOCOL_').lower()}/{p['guestPort']} -> "
+                             f"{p['hostPort']}" for p in sbx["ports"]],
+                   "labels": sbx["labels"]})
+    human += "\n\n" + ("drift: none (kernel matches the agent)" if not sbx["drift"] else
+                       "DRIFT:\n" + table(sbx["drift"], ["object", "problem"]))
+    emit(sbx, args.json, human)
+    return EXIT_FAILURE if sbx["drift"] else EXIT_OK
+
+
+def allocate(args: argparse.Namespace, config: Config, c: Client) -> int:
+    s = c.allocate(args.sandbox, internet=_internet(args), allow_out=args.allow, deny_out=args.deny,
+                   labels=dict(kv.split("=", 1) for kv in args.label))
+    emit(to_dict(s), args.json, f"allocated {s.sandbox_id}: slot {s.network.slot}, sandbox ip "
+                                f"{s.network.sandbox_ip}, netns {s.network.netns_path}, tap {s.network.tap}\n"
+                                f"boot arg: {s.network.boot_ip_arg}")
+    return EXIT_OK
+
+
+def release(args: argparse.Namespace, config: Config, c: Client) -> int:
+    released = c.release(args.sandbox)
+    emit({"released": released}, args.json, f"released {args.sandbox}" if released else
+         f"{args.sandbox} was not allocated (nothing to do)")
+    return EXIT_OK
+
+
+def expose(args: argparse.Namespace, config: Config, c: Client) -> int:
+    p = c.expose(args.sandbox, args.port, args.proto, args.host_port)
+    emit(to_dict(p), args.json, f"{args.proto}/{p.guest_port} of {args.sandbox} is on host port {p.host_port}")
+    return EXIT_OK
+
+
+def unexpose(args: argparse.Namespace, config: Config, c: Client) -> int:
+    removed = c.unexpose(args.sandbox, args.port, args.proto)
+    emit({"removed": removed}, args.json, "removed" if removed else "was not exposed (nothing to do)")
+    return EXIT_OK
+
+
+def policy(args: argparse.Namespace, config: Config, c: Client) -> int:
+    if args.action == "set":
+        s = c.update_policy(args.sandbox, internet=_internet(args), allow_out=args.allow, deny_out=args.deny)
+    else:
+        s = c.get(args.sandbox)
+    d = to_dict(s.policy)
+    emit(d, args.json, pairs({"internet": "on" if s.policy.internet else "off",
+                              "allow_out": list(s.policy.allow_out), "deny_out": list(s.policy.deny_out)}))
+    return EXIT_OK
+
+
+def _internet(args: argparse.Namespace) -> bool | None:
+    return None if args.internet is None else args.internet == "on"
