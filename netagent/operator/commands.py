@@ -11,7 +11,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ..client import Client
 from ..config import Config
-from . import kernel
+from . import hostcheck, kernel
 from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, emit, fail, pairs, table
 
 
@@ -48,6 +48,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("sandbox")
     p.add_argument("port", type=int)
     p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
+    p = cmd("gc", "find objects with our prefix that no slot owns; remove them with --apply", gc)
+    p.add_argument("--apply", action="store_true")
+    cmd("doctor", "check the host's prerequisites and explain each failure", doctor)
     p = cmd("policy", "show or replace a sandbox's egress policy", policy)
     p.add_argument("action", choices=["show", "set"])
     p.add_argument("sandbox")
@@ -153,6 +156,23 @@ def policy(args: argparse.Namespace, config: Config, c: Client) -> int:
     emit(d, args.json, pairs({"internet": "on" if s.policy.internet else "off",
                               "allow_out": list(s.policy.allow_out), "deny_out": list(s.policy.deny_out)}))
     return EXIT_OK
+
+
+def gc(args: argparse.Namespace, config: Config, c: Client) -> int:
+    objects = hostcheck.leaked(config)
+    if args.apply and objects:
+        hostcheck.remove(config, objects)
+    human = table(objects, ["kind", "name"])
+    if objects:
+        human += "\n\n" + ("removed." if args.apply else "run again with --apply to remove them.")
+    emit({"leaked": objects, "removed": bool(args.apply and objects)}, args.json, human)
+    return EXIT_OK
+
+
+def doctor(args: argparse.Namespace, config: Config, c: Client) -> int:
+    checks = hostcheck.doctor(config)
+    emit(checks, args.json, table(checks, ["check", "status", "detail", "fix"]))
+    return EXIT_FAILURE if any(ch["status"] == "fail" for ch in checks) else EXIT_OK
 
 
 def _internet(args: argparse.Namespace) -> bool | None:

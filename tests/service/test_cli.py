@@ -48,3 +48,34 @@ def test_cli_says_when_the_agent_is_not_running(bed, tmp_path):
     assert res.returncode == 1
     assert "not running" in res.stderr and "systemctl start netagent" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_gc_finds_and_removes_a_leaked_netns(bed, daemon):
+    leaked = f"{bed.agent_prefix}-9999"
+    sh.ip("netns", "add", leaked)
+    try:
+        code, out, _ = cli(daemon, "gc", "--json")
+        found = json.loads(out)["leaked"]
+        assert code == 0 and {"kind": "netns", "name": leaked} in found
+        assert all(o["name"] == leaked for o in found), found  # the warm pool's slots are not leaks
+        assert leaked in sh.netns_list()  # not without --apply
+        code, out, _ = cli(daemon, "gc", "--apply")
+        assert code == 0 and "removed" in out
+        assert leaked not in sh.netns_list()
+    finally:
+        sh.ip("netns", "del", leaked, check=False)
+
+
+def test_doctor_checks_the_host(bed, daemon):
+    code, out, _ = cli(daemon, "doctor", "--json")
+    checks = {c["check"]: c for c in json.loads(out)}
+    assert code == 0, out
+    for name in ("/dev/net/tun", "nf_tables", "ip_forward", "uplink", "conflicting firewall", "host port range"):
+        assert checks[name]["status"] in ("ok", "warn"), checks[name]
+    assert checks["uplink"]["detail"] == "up0 is up"
+    # A forward DROP policy in another table is reported with its fix.
+    sh.run("nft", "add table ip filter; add chain ip filter FORWARD { type filter hook forward priority 0; "
+           "policy drop; }", ns=bed.host)
+    code, out, _ = cli(daemon, "doctor", "--json")
+    fw = next(c for c in json.loads(out) if c["check"] == "conflicting firewall")
+    assert fw["status"] == "warn" and "FORWARD policy drop" in fw["detail"] and fw["fix"]
