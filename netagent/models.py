@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -56,12 +57,7 @@ class EgressPolicy(BaseModel):
 
     @classmethod
     def parse(cls, data: EgressPolicy | dict | None) -> EgressPolicy:
-        if isinstance(data, EgressPolicy):
-            return data
-        try:
-            return cls.model_validate(data or {})
-        except ValidationError as exc:
-            raise InvalidArgument(_first_error("invalid policy", exc)) from None
+        return _parse(cls, data, "invalid policy")
 
 
 class AllocateSpec(BaseModel):
@@ -85,12 +81,17 @@ class AllocateSpec(BaseModel):
 
     @classmethod
     def parse(cls, data: AllocateSpec | dict | None) -> AllocateSpec:
-        if isinstance(data, AllocateSpec):
-            return data
-        try:
-            return cls.model_validate(data or {})
-        except ValidationError as exc:
-            raise InvalidArgument(_first_error("invalid allocate spec", exc)) from None
+        return _parse(cls, data, "invalid allocate spec")
+
+
+def _parse(cls: Any, data: Any, what: str) -> Any:
+    """A model from a dict (or the model itself); errors become InvalidArgument."""
+    if isinstance(data, cls):
+        return data
+    try:
+        return cls.model_validate(data or {})
+    except ValidationError as exc:
+        raise InvalidArgument(_first_error(what, exc)) from None
 
 
 def _first_error(what: str, exc: ValidationError) -> str:
