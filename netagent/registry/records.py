@@ -1,0 +1,81 @@
+"""Routing-registry records (schema version 1): pure data, JSON in and out.
+
+A sandbox record says where a sandbox's exposed ports are and whether they
+answer. Every write carries a per-sandbox sequence number; a backend keeps a
+write only if its sequence is higher than the stored one, so a late or replayed
+write never overwrites a newer one. See docs/registry.md.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PortRecord:
+    guest_port: int
+    protocol: str            # "tcp" | "udp"
+    host_port: int
+    reachable: bool | None   # None: never probed (UDP is not probed)
+    changed_at: float        # unix seconds of the last reachability change
+    checked_at: float        # unix seconds of the last probe (0: none yet)
+
+    @property
+    def key(self) -> str:
+        return f"{self.guest_port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    sandbox_id: str
+    node_id: str
+    node_address: str        # where host_port answers (the node's uplink address)
+    seq: int                 # per-sandbox, strictly increasing per write
+    updated_at: float
+    ports: tuple[PortRecord, ...] = ()
+    deleted: bool = False    # a tombstone: the sandbox was released at `seq`
+    v: int = SCHEMA_VERSION
+
+    def port(self, guest_port: int, protocol: str = "tcp") -> PortRecord | None:
+        return next((p for p in self.ports if p.guest_port == guest_port and p.protocol == protocol), None)
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["ports"] = {p.key: asdict(p) for p in self.ports}
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> SandboxRecord:
+        doc: dict[str, Any] = json.loads(raw)
+        if doc.get("v") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported sandbox record version {doc.get('v')!r}")
+        ports = tuple(PortRecord(**p) for p in doc.pop("ports", {}).values())
+        return cls(ports=tuple(sorted(ports, key=lambda p: (p.guest_port, p.protocol))), **doc)
+
+    @classmethod
+    def tombstone(cls, sandbox_id: str, node_id: str, seq: int, now: float) -> SandboxRecord:
+        return cls(sandbox_id, node_id, "", seq, now, (), deleted=True)
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node_id: str
+    address: str
+    heartbeat_at: float      # unix seconds, the agent's clock
+    version: str = ""
+    sandboxes: int = 0
+    v: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> NodeRecord:
+        doc = json.loads(raw)
+        if doc.get("v") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported node record version {doc.get('v')!r}")
+        return cls(**doc)
