@@ -39,6 +39,10 @@ class SandboxRecord:
     deleted: bool = False    # a tombstone: the sandbox was released at `seq`
     v: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        # One canonical port order, so a record equals its own JSON round trip.
+        object.__setattr__(self, "ports", tuple(sorted(self.ports, key=lambda p: (p.guest_port, p.protocol))))
+
     def port(self, guest_port: int, protocol: str = "tcp") -> PortRecord | None:
         return next((p for p in self.ports if p.guest_port == guest_port and p.protocol == protocol), None)
 
@@ -49,11 +53,13 @@ class SandboxRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> SandboxRecord:
-        doc: dict[str, Any] = json.loads(raw)
-        if doc.get("v") != SCHEMA_VERSION:
-            raise ValueError(f"unsupported sandbox record version {doc.get('v')!r}")
-        ports = tuple(PortRecord(**p) for p in doc.pop("ports", {}).values())
-        return cls(ports=tuple(sorted(ports, key=lambda p: (p.guest_port, p.protocol))), **doc)
+        """Raises ValueError for anything that is not a v1 sandbox record."""
+        doc = _load(raw, "sandbox")
+        try:
+            ports = tuple(PortRecord(**p) for p in doc.pop("ports", {}).values())
+            return cls(ports=ports, **doc)
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed sandbox record: {exc}") from exc
 
     @classmethod
     def tombstone(cls, sandbox_id: str, node_id: str, seq: int, now: float) -> SandboxRecord:
@@ -75,7 +81,18 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> NodeRecord:
-        doc = json.loads(raw)
-        if doc.get("v") != SCHEMA_VERSION:
-            raise ValueError(f"unsupported node record version {doc.get('v')!r}")
-        return cls(**doc)
+        """Raises ValueError for anything that is not a v1 node record."""
+        doc = _load(raw, "node")
+        try:
+            return cls(**doc)
+        except TypeError as exc:
+            raise ValueError(f"malformed node record: {exc}") from exc
+
+
+def _load(raw: str | bytes, kind: str) -> dict[str, Any]:
+    doc = json.loads(raw)  # json.JSONDecodeError is a ValueError
+    if not isinstance(doc, dict):
+        raise ValueError(f"malformed {kind} record: not a JSON object")
+    if doc.get("v") != SCHEMA_VERSION:
+        raise ValueError(f"unsupported {kind} record version {doc.get('v')!r}")
+    return doc

@@ -1,0 +1,197 @@
+"""Redis registry backend: one registry shared by many nodes and edge proxies.
+
+Keys (prefix "netagent:", `?prefix=` in the URL overrides it):
+  {prefix}sbx:{sandbox_id}    sandbox record JSON (tombstones too), PX TTL
+  {prefix}node:{node_id}      node record JSON, PX TTL
+  {prefix}node:{node_id}:sbx  SET of the node's sandbox ids, PX TTL
+
+The seq compare-and-set, the heartbeat and the node listing are Lua scripts,
+so each is atomic. The scripts touch keys built from the prefix, which is fine
+on a standalone (or Sentinel-managed) Redis but not on Redis Cluster.
+
+Short socket timeouts and no retries inside a call: an outage surfaces as a
+RegistryError within about a second (two at worst: connect plus command); the
+caller decides when to retry. The connection pool reconnects on the next call.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .base import Registry, RegistryError
+from .records import NodeRecord, SandboxRecord
+
+T = TypeVar("T")
+R = TypeVar("R", SandboxRecord, NodeRecord)
+
+DEFAULT_PREFIX = "netagent:"
+CONNECT_TIMEOUT_S = 1.0
+COMMAND_TIMEOUT_S = 1.0
+
+# KEYS: sandbox key, node set key.  ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id.
+# Writes only if the stored record (live or tombstone) has a lower seq, or is unreadable.
+PUT_SANDBOX_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and type(doc) == 'table' and tonumber(doc.seq) and tonumber(doc.seq) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('SREM', KEYS[2], ARGV[5])
+else
+  redis.call('SADD', KEYS[2], ARGV[5])
+  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+end
+return 1
+"""
+
+# KEYS: node key, node set key, then one sandbox key per id.  ARGV: node JSON, ttl ms, node id, then the ids.
+# Extends only records still owned by this node and not tombstones. Returns how many were extended.
+REFRESH_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local extended = 0
+for i = 3, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if cur then
+    local ok, doc = pcall(cjson.decode, cur)
+    if ok and type(doc) == 'table' and doc.node_id == ARGV[3] and doc.deleted ~= true then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2])
+      redis.call('SADD', KEYS[2], ARGV[i + 1])
+      extended = extended + 1
+    end
+  end
+end
+if extended > 0 and redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return extended
+"""
+
+# KEYS: node set key.  ARGV: sandbox key prefix, node id.
+# Returns the live ids owned by the node and drops the others from the set.
+NODE_SANDBOXES_LUA = """
+local live = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local cur = redis.call('GET', ARGV[1] .. id)
+  local owned = false
+  if cur then
+    local ok, doc = pcall(cjson.decode, cur)
+    owned = ok and type(doc) == 'table' and doc.node_id == ARGV[2] and doc.deleted ~= true
+  end
+  if owned then table.insert(live, id) else redis.call('SREM', KEYS[1], id) end
+end
+return live
+"""
+
+
+def split_url(url: str) -> tuple[str, str, str]:
+    """-> (URL for redis-py without our `prefix` option, key prefix, URL safe to log)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
+    redis_url = url
+    if any(k == "prefix" for k, _ in query):
+        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+        redis_url = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{rest}" if rest else "")
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = (parts.username or "") + (":***" if parts.password is not None else "")
+    netloc = f"{user}@{host}" if user else host
+    return redis_url, prefix, f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def ttl_ms(ttl_s: float) -> int:
+    return max(1, math.ceil(ttl_s * 1000))
+
+
+class RedisRegistry(Registry):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._redis_url, self.prefix, self.safe_url = split_url(url)
+        self._client: aioredis.Redis | None = None
+
+    def sandbox_key(self, sandbox_id: str) -> str:
+        return f"{self.prefix}sbx:{sandbox_id}"
+
+    def node_key(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}"
+
+    def node_set_key(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}:sbx"
+
+    def _ensure_client(self) -> aioredis.Redis:
+        if self._client is None:
+            client = aioredis.Redis.from_url(
+                self._redis_url, decode_responses=True,
+                socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0), retry_on_error=[])
+            self._put_script = client.register_script(PUT_SANDBOX_LUA)
+            self._refresh_script = client.register_script(REFRESH_LUA)
+            self._node_sandboxes_script = client.register_script(NODE_SANDBOXES_LUA)
+            self._client = client
+        return self._client
+
+    async def _call(self, op: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        client = self._ensure_client()
+        try:
+            return await fn(client)
+        except (RedisError, OSError) as exc:  # OSError covers TimeoutError too
+            raise RegistryError(f"redis registry {self.safe_url}: {op} failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+
+    async def connect(self) -> None:
+        """Creates the client and pings; the object stays usable if this fails."""
+        await self._call("ping", lambda r: r.ping())
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
+        keys = [self.sandbox_key(record.sandbox_id), self.node_set_key(record.node_id)]
+        args = [record.to_json(), record.seq, ttl_ms(ttl_s), "1" if record.deleted else "0", record.sandbox_id]
+        stored = await self._call("put_sandbox", lambda r: self._put_script(keys=keys, args=args))
+        return stored == 1
+
+    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
+        ids = list(dict.fromkeys(sandbox_ids))
+        keys = [self.node_key(node.node_id), self.node_set_key(node.node_id), *map(self.sandbox_key, ids)]
+        args = [node.to_json(), ttl_ms(ttl_s), node.node_id, *ids]
+        await self._call("refresh", lambda r: self._refresh_script(keys=keys, args=args))
+
+    async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
+        raw = await self._call("get_sandbox", lambda r: r.get(self.sandbox_key(sandbox_id)))
+        if raw is None:
+            return None
+        record = self._decode(SandboxRecord, raw)
+        return None if record.deleted else record
+
+    async def get_node(self, node_id: str) -> NodeRecord | None:
+        raw = await self._call("get_node", lambda r: r.get(self.node_key(node_id)))
+        return None if raw is None else self._decode(NodeRecord, raw)
+
+    async def node_sandboxes(self, node_id: str) -> list[str]:
+        keys = [self.node_set_key(node_id)]
+        args = [self.sandbox_key(""), node_id]
+        ids = await self._call("node_sandboxes", lambda r: self._node_sandboxes_script(keys=keys, args=args))
+        return sorted(ids)
+
+    async def server_time(self) -> float:
+        seconds, micros = await self._call("server_time", lambda r: r.time())
+        return seconds + micros / 1e6
+
+    def _decode(self, cls: type[R], raw: str) -> R:
+        try:
+            return cls.from_json(raw)
+        except ValueError as exc:
+            raise RegistryError(f"redis registry {self.safe_url}: unreadable {cls.__name__}: {exc}") from exc

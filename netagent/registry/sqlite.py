@@ -1,0 +1,204 @@
+"""SQLite registry backend: the embedded default for a single host.
+
+The agent writes and a separate edge process may read the same file, so the
+database runs in WAL mode with a busy timeout. Every sqlite call runs on one
+dedicated thread, never on the event loop. Times are this host's clock.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .base import Registry, RegistryError
+from .records import NodeRecord, SandboxRecord
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+PURGE_INTERVAL_S = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sandboxes (
+    sandbox_id TEXT PRIMARY KEY,
+    node_id    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    deleted    INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    record     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sandboxes_by_node ON sandboxes(node_id);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id    TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL,
+    record     TEXT NOT NULL
+);
+"""
+
+# Compare-and-set in one statement. An expired row counts as absent, so it
+# does not block a write (the same as an expired key in redis).
+PUT_SANDBOX = """
+INSERT INTO sandboxes (sandbox_id, node_id, seq, deleted, expires_at, record)
+VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record)
+ON CONFLICT (sandbox_id) DO UPDATE SET
+    node_id = excluded.node_id, seq = excluded.seq, deleted = excluded.deleted,
+    expires_at = excluded.expires_at, record = excluded.record
+WHERE excluded.seq > sandboxes.seq OR sandboxes.expires_at <= :now
+"""
+
+UPSERT_NODE = """
+INSERT INTO nodes (node_id, expires_at, record) VALUES (?, ?, ?)
+ON CONFLICT (node_id) DO UPDATE SET expires_at = excluded.expires_at, record = excluded.record
+"""
+
+# Extend only live, non-tombstone rows still owned by this node.
+EXTEND_SANDBOXES = """
+UPDATE sandboxes SET expires_at = :expires_at
+WHERE node_id = :node_id AND deleted = 0 AND expires_at > :now
+  AND sandbox_id IN (SELECT value FROM json_each(:ids))
+"""
+
+
+def path_from_url(url: str) -> str:
+    """`sqlite:///var/lib/x.db` -> `/var/lib/x.db` (the path must be absolute)."""
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"not a sqlite registry URL: {url!r}")
+    path = url[len("sqlite://"):]
+    if not path.startswith("/"):
+        raise ValueError(f"sqlite registry URL needs an absolute path (sqlite:///abs/path.db): {url!r}")
+    return path
+
+
+class SqliteRegistry(Registry):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        self._db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._next_purge = 0.0
+
+    # -- plumbing: everything below `_db_*` runs on the registry thread --
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-sqlite")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args)
+        except (sqlite3.Error, OSError) as exc:
+            raise RegistryError(f"sqlite registry {self.path}: {exc}") from exc
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._db is None:
+            self._db = self._db_open()
+        return fn(self._db, *args)
+
+    def _db_open(self) -> sqlite3.Connection:
+        os.makedirs(os.path.dirname(self.path) or "/", exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                             check_same_thread=False)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    # -- the interface --
+
+    async def connect(self) -> None:
+        await self._run(lambda db: None)
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+
+        def close_db() -> None:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, close_db)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
+        return await self._run(self._db_put_sandbox, record, ttl_s)
+
+    def _db_put_sandbox(self, db: sqlite3.Connection, record: SandboxRecord, ttl_s: float) -> bool:
+        now = time.time()
+        cur = db.execute(PUT_SANDBOX, {
+            "sandbox_id": record.sandbox_id, "node_id": record.node_id, "seq": record.seq,
+            "deleted": int(record.deleted), "expires_at": now + ttl_s, "record": record.to_json(), "now": now,
+        })
+        return cur.rowcount == 1
+
+    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
+        await self._run(self._db_refresh, node, list(sandbox_ids), ttl_s)
+
+    def _db_refresh(self, db: sqlite3.Connection, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
+        now = time.time()
+        with transaction(db):
+            db.execute(UPSERT_NODE, (node.node_id, now + ttl_s, node.to_json()))
+            db.execute(EXTEND_SANDBOXES, {"expires_at": now + ttl_s, "node_id": node.node_id, "now": now,
+                                          "ids": json.dumps(sandbox_ids)})
+            if now >= self._next_purge:
+                self._next_purge = now + PURGE_INTERVAL_S
+                db.execute("DELETE FROM sandboxes WHERE expires_at <= ?", (now,))
+                db.execute("DELETE FROM nodes WHERE expires_at <= ?", (now,))
+
+    async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
+        raw = await self._run(self._db_one, "SELECT record FROM sandboxes "
+                              "WHERE sandbox_id = ? AND deleted = 0 AND expires_at > ?", sandbox_id)
+        return None if raw is None else decode(SandboxRecord, raw, self.path)
+
+    async def get_node(self, node_id: str) -> NodeRecord | None:
+        raw = await self._run(self._db_one, "SELECT record FROM nodes WHERE node_id = ? AND expires_at > ?", node_id)
+        return None if raw is None else decode(NodeRecord, raw, self.path)
+
+    def _db_one(self, db: sqlite3.Connection, query: str, key: str) -> str | None:
+        row = db.execute(query, (key, time.time())).fetchone()
+        return None if row is None else row[0]
+
+    async def node_sandboxes(self, node_id: str) -> list[str]:
+        return await self._run(self._db_node_sandboxes, node_id)
+
+    def _db_node_sandboxes(self, db: sqlite3.Connection, node_id: str) -> list[str]:
+        rows = db.execute("SELECT sandbox_id FROM sandboxes WHERE node_id = ? AND deleted = 0 AND expires_at > ? "
+                          "ORDER BY sandbox_id", (node_id, time.time()))
+        return [r[0] for r in rows]
+
+    async def server_time(self) -> float:
+        return time.time()
+
+
+class transaction:
+    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection (ROLLBACK on error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+R = TypeVar("R", SandboxRecord, NodeRecord)
+
+
+def decode(cls: type[R], raw: str | bytes, where: str) -> R:
+    try:
+        return cls.from_json(raw)
+    except ValueError as exc:
+        raise RegistryError(f"registry {where}: unreadable {cls.__name__}: {exc}") from exc
