@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("file", nargs="?")
     from .operator.commands import add_parsers, guarded
     add_parsers(sub)
+    from .edge import cli as edge_cli
+    edge_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "edge":   # needs no agent config
+        return edge_cli.run(args)
 
     path = getattr(args, "config", None) or getattr(args, "file", None) or config_mod.default_path()
     try:
