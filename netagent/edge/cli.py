@@ -28,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--connect-timeout", type=float, default=3.0, help="upstream connect timeout, seconds")
     p.add_argument("--trust-forwarded", action="store_true",
                    help="keep and extend incoming X-Forwarded-* (only behind a trusted proxy)")
+    p.add_argument("--cache-ms", type=float, default=250.0,
+                   help="reuse a registry answer for up to this many ms (0-250, default 250; 0: every request asks)")
     p.add_argument("--log-level", default="INFO", choices=LEVELS)
     p.add_argument("--log-json", action="store_true")
 
@@ -37,7 +39,7 @@ async def serve(args: argparse.Namespace) -> None:
     registry = open_registry(args.registry)
     await registry.connect()
     config = EdgeConfig(domain=args.domain, shared_host=args.shared_host, connect_timeout_s=args.connect_timeout,
-                        trust_forwarded=args.trust_forwarded)
+                        trust_forwarded=args.trust_forwarded, cache_ttl_s=args.cache_ms / 1000)
     server = EdgeServer(registry, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

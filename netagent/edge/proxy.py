@@ -43,6 +43,7 @@ from .routing import RouteError, Router, Target
 log = logging.getLogger("netagent.edge")
 
 _ABSOLUTE_FORM = re.compile(r"(?i)https?://([^/?#]*)(.*)")
+CACHE_MAX_ENTRIES = 10_000
 
 
 @dataclass
@@ -54,6 +55,11 @@ class EdgeConfig:
     upload_grace_s: float = 1.0         # after a response, how long an unfinished upload may still run
     splice_linger_s: float = 10.0       # after one side of an upgraded connection closes
     trust_forwarded: bool = False       # keep/append incoming X-Forwarded-* (a trusted proxy in front)
+    cache_ttl_s: float = 0.25           # reuse a registry answer this long (0: ask every time; at most 0.25)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cache_ttl_s <= 0.25:
+            raise ValueError("cache_ttl_s must be between 0 and 0.25 s")
 
 
 class Upstream:
@@ -91,6 +97,7 @@ class EdgeServer:
         self.router = Router(config.domain, config.shared_host)
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._cache: dict[str, tuple[float, SandboxRecord | None]] = {}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._on_client, host, port, limit=MAX_HEAD)
@@ -107,7 +114,21 @@ class EdgeServer:
         self._server = None
 
     async def lookup(self, sandbox_id: str) -> SandboxRecord | None:
-        return await self.registry.get_sandbox(sandbox_id)
+        """The registry's record, or a copy at most cache_ttl_s old (absent ones too)."""
+        ttl = self.config.cache_ttl_s
+        if ttl <= 0:
+            return await self.registry.get_sandbox(sandbox_id)
+        now = time.monotonic()
+        hit = self._cache.get(sandbox_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        record = await self.registry.get_sandbox(sandbox_id)
+        if len(self._cache) >= CACHE_MAX_ENTRIES:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.clear()
+        self._cache[sandbox_id] = (now + ttl, record)
+        return record
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -147,15 +168,20 @@ class ClientConnection:
     # -- the request loop -----------------------------------------------------------------
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            # an idle connection is closed by a timer (cheaper than wait_for on every request)
+            idle = loop.call_later(self.config.idle_timeout_s, self.writer.transport.abort)
             try:
-                data = await asyncio.wait_for(read_head(self.reader), self.config.idle_timeout_s)
-            except (TimeoutError, OSError):
+                data = await read_head(self.reader)
+            except OSError:
                 return
             except HttpError as exc:
                 await self._send(error_response(exc.status, exc.message, None, close=True))
                 log.info("- - %d", exc.status)
                 return
+            finally:
+                idle.cancel()
             if data is None:
                 return
             started = time.monotonic()

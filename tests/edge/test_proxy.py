@@ -354,3 +354,30 @@ async def test_truncated_upstream_body_closes_the_client(edge: int, upstream: Up
         status, headers = await client.response_head()
         assert status == 200 and ("content-length", "100") in headers
         assert await asyncio.wait_for(client.reader.read(), 5) == b"only this"
+
+
+async def test_registry_cache_lasts_at_most_its_ttl(edge: int, registry: SqliteRegistry,
+                                                    upstream: UpstreamServer) -> None:
+    """The default 250 ms cache: a port that stops answering is refused within 250 ms."""
+    await registry.put_sandbox(sandbox("flip", {3000: (upstream.port, True)}, seq=1), 300)
+    async with await RawClient.open(edge) as client:
+        assert (await client.request("GET", "/", host("flip"))).status == 200
+        await registry.put_sandbox(sandbox("flip", {3000: (upstream.port, False)}, seq=2), 300)
+        await asyncio.sleep(0.3)
+        assert (await client.request("GET", "/", host("flip"), JSON)).status == 502
+
+
+async def test_without_cache_every_request_reads_the_registry(registry: SqliteRegistry,
+                                                              upstream: UpstreamServer) -> None:
+    server = EdgeServer(registry, EdgeConfig(domain=DOMAIN, cache_ttl_s=0))
+    _, port = await server.start(LOOPBACK, 0)
+    try:
+        await registry.put_sandbox(sandbox("flip", {3000: (upstream.port, True)}, seq=1), 300)
+        async with await RawClient.open(port) as client:
+            assert (await client.request("GET", "/", host("flip"))).status == 200
+            await registry.put_sandbox(sandbox("flip", {3000: (upstream.port, False)}, seq=2), 300)
+            assert (await client.request("GET", "/", host("flip"), JSON)).status == 502
+    finally:
+        await server.stop()
+    with pytest.raises(ValueError):
+        EdgeConfig(domain=DOMAIN, cache_ttl_s=1.0)
