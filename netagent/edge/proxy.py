@@ -215,14 +215,14 @@ class ClientConnection:
         return status, keep and sent
 
     async def _exchange(self, head: RequestHead) -> tuple[int, bool]:
+        if head.method == "CONNECT":
+            return await self._fail(head, 405, "CONNECT is not supported", close=True)
         try:
             framing = request_framing(head)
             host, path = self._host_and_path(head)
         except HttpError as exc:
             return await self._fail(head, exc.status, exc.message, close=True)
         unread = not framing.empty       # an answer before reading the body must close
-        if head.method == "CONNECT":
-            return await self._fail(head, 405, "CONNECT is not supported", close=unread)
         try:
             target = self.server.router.route(host, head.headers.get("x-sandbox-id"),
                                               head.headers.get("x-sandbox-port"))

@@ -322,7 +322,7 @@ async def test_400_malformed_host(edge: int, bad_host: str) -> None:
     (f"POST / HTTP/1.1\r\nHost: {host()}\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n".encode(), 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
     (b"NOT HTTP\r\n\r\n", 400),
-    (f"CONNECT {host()}:443 HTTP/1.1\r\nHost: {host()}\r\n\r\n".encode(), 400),
+    (f"CONNECT {host()}:443 HTTP/1.1\r\nHost: {host()}\r\n\r\n".encode(), 405),
 ])
 async def test_bad_requests_are_refused_and_closed(edge: int, raw: bytes, status: int,
                                                     upstream: UpstreamServer) -> None:
@@ -381,3 +381,23 @@ async def test_without_cache_every_request_reads_the_registry(registry: SqliteRe
         await server.stop()
     with pytest.raises(ValueError):
         EdgeConfig(domain=DOMAIN, cache_ttl_s=1.0)
+
+
+async def test_idle_client_connection_is_closed(registry: SqliteRegistry) -> None:
+    server = EdgeServer(registry, EdgeConfig(domain=DOMAIN, idle_timeout_s=0.2))
+    _, port = await server.start(LOOPBACK, 0)
+    try:
+        async with await RawClient.open(port) as client:
+            client.send(b"GET / HTTP/1.1\r\n")          # a head that never ends
+            assert await client.closed_by_peer(timeout=3)
+    finally:
+        await server.stop()
+
+
+async def test_malformed_chunked_upload_is_400(edge: int) -> None:
+    async with await RawClient.open(edge) as client:
+        client.send(f"POST /echo HTTP/1.1\r\nHost: {host()}\r\nTransfer-Encoding: chunked\r\n"
+                    f"Accept: application/json\r\n\r\n5\r\nhello\r\nzz\r\n".encode())
+        resp = await asyncio.wait_for(client.response(), 5)
+        assert resp.status == 400 and "chunk" in resp.json()["message"]
+        assert await client.closed_by_peer()
