@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from ..client import Client
 from ..config import Config
 from . import hostcheck, kernel
-from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, emit, fail, pairs, table
+from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, emit, fail, pairs, table
 
 
 def to_dict(msg: Any) -> dict[str, Any]:
@@ -31,6 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = cmd("ls", "one row per sandbox", ls)
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--state", default="")
+    p.add_argument("--rates-interval", type=float, default=0.5, metavar="S",
+                   help="sample rx/tx rates over S seconds (0: no rate columns)")
     p = cmd("show", "everything about one sandbox, with drift against the kernel", show)
     p.add_argument("sandbox")
     p = cmd("allocate", "allocate a sandbox network", allocate)
@@ -55,6 +58,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("action", choices=["show", "set"])
     p.add_argument("sandbox")
     _policy_args(p)
+    p = cmd("trace", "what the host's rules do to one packet from a sandbox (or from the internet)", trace)
+    p.add_argument("sandbox", nargs="?")
+    p.add_argument("--to", metavar="ADDR[:PORT]")
+    p.add_argument("--from-internet", type=int, metavar="HOST_PORT")
+    p.add_argument("--proto", choices=["tcp", "udp", "icmp"])
+    p = cmd("capture", "capture a sandbox's packets (pcap or one line per packet)", capture)
+    p.add_argument("sandbox")
+    p.add_argument("-w", dest="write", metavar="FILE.pcap")
+    p.add_argument("--count", type=int, default=0, help="stop after N packets (0: until Ctrl-C or --timeout)")
+    p.add_argument("--filter", metavar="BPF")
+    p.add_argument("--timeout", type=float, metavar="S")
+    p.add_argument("--iface", choices=["tap", "veth"], default="tap")
+    p = cmd("top", "live per-sandbox packets/s, bytes/s and new connections/s", top)
+    p.add_argument("--interval", type=float, default=1.0, metavar="S")
+    p.add_argument("--once", action="store_true", help="one sample, then exit")
+    p.add_argument("--count", type=int, metavar="N", help="N samples, then exit")
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
@@ -98,6 +117,14 @@ def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
                      "ports": ",".join(f"{p.guest_port}->{p.host_port}" for p in s.ports) or "-",
                      "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", "_raw": d})
     cols = ["sandbox", "slot", "sandbox_ip", "internet", "allow", "deny", "ports", "labels"]
+    if args.rates_interval > 0 and rows:
+        from . import top as top_mod
+        by_id = top_mod.rates(config, [r["_raw"] for r in rows], args.rates_interval, connections=False)
+        for r in rows:
+            rate = by_id[r["sandbox"]]
+            r["rx"], r["tx"] = top_mod.human_rate(rate.rx_bps), top_mod.human_rate(rate.tx_bps)
+            r["_raw"]["rates"] = {k: v for k, v in rate.to_dict().items() if v is not None}
+        cols[3:3] = ["rx", "tx"]
     emit([r["_raw"] for r in rows], args.json, table(rows, cols))
     return EXIT_OK
 
@@ -159,9 +186,12 @@ def policy(args: argparse.Namespace, config: Config, c: Client) -> int:
 
 
 def gc(args: argparse.Namespace, config: Config, c: Client) -> int:
-    objects = hostcheck.leaked(config)
+    from . import tracetable
+    traces = kernel.in_netns(config.host_netns, lambda: tracetable.stale(config.prefix))
+    objects = hostcheck.leaked(config) + traces
     if args.apply and objects:
-        hostcheck.remove(config, objects)
+        hostcheck.remove(config, [o for o in objects if o["kind"] != "nft table"])
+        kernel.in_netns(config.host_netns, lambda: tracetable.remove_tables(traces))
     human = table(objects, ["kind", "name"])
     if objects:
         human += "\n\n" + ("removed." if args.apply else "run again with --apply to remove them.")
@@ -173,6 +203,64 @@ def doctor(args: argparse.Namespace, config: Config, c: Client) -> int:
     checks = hostcheck.doctor(config)
     emit(checks, args.json, table(checks, ["check", "status", "detail", "fix"]))
     return EXIT_FAILURE if any(ch["status"] == "fail" for ch in checks) else EXIT_OK
+
+
+def trace(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import trace as trace_mod
+    uplinks = list(c.host_info().uplink_addresses)
+    try:
+        if args.from_internet is not None:
+            if args.sandbox or args.to or args.proto == "icmp":
+                return fail("trace --from-internet HOST_PORT [--proto tcp|udp] takes no sandbox or --to", EXIT_USAGE)
+            sandboxes = [to_dict(s) for s in c.list()]
+            result = trace_mod.from_internet(config, sandboxes, args.from_internet, args.proto or "tcp", uplinks)
+        elif args.sandbox and args.to:
+            result = trace_mod.from_sandbox(config, to_dict(c.get(args.sandbox)), args.to, args.proto, uplinks)
+        else:
+            return fail("trace SANDBOX --to ADDR[:PORT] [--proto tcp|udp|icmp], or trace --from-internet HOST_PORT",
+                        EXIT_USAGE)
+    except trace_mod.UsageError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    human = f"trace: {result['trace']}\n\n" + "\n".join(
+        f"{i:3d}  {line}" for i, line in enumerate(result["path"], 1)) + f"\n\nverdict: {result['words']}"
+    if result.get("note"):
+        human += f"\nnote: {result['note']}"
+    emit(result, args.json, human)
+    return EXIT_FAILURE if result["verdict"] == "unknown" else EXIT_OK
+
+
+def capture(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import capture as cap
+    netns_path, ifname = cap.where(config, to_dict(c.get(args.sandbox)), args.iface)
+    try:
+        sock = cap.open_socket(netns_path, ifname, args.filter)
+    except cap.FilterUnavailable as exc:
+        return fail(str(exc))
+    packets: list[dict[str, Any]] = []
+
+    def each(pkt: Any) -> None:
+        d = cap.describe(pkt)
+        if args.json:
+            packets.append({k: v for k, v in d.items() if k != "line"})
+        elif not args.write:
+            print(d["line"], flush=True)
+    n = cap.capture(sock, args.count, args.timeout, each, args.write)
+    summary = f"{n} packets on {ifname}" + (f" written to {args.write}" if args.write else "")
+    if args.json:
+        emit({"interface": ifname, "packets": n, "file": args.write, "summary": packets}, True, "")
+    else:
+        print(summary, file=sys.stderr if not args.write else sys.stdout)
+    return EXIT_OK
+
+
+def top(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import top as top_mod
+    samples = args.count if args.count else 1 if (args.once or args.json or not sys.stdout.isatty()) else None
+    try:
+        top_mod.run(config, lambda: [to_dict(s) for s in c.list()], args.interval, samples, args.json, emit)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 def _internet(args: argparse.Namespace) -> bool | None:
