@@ -247,7 +247,7 @@ def capture(args: argparse.Namespace, config: Config, c: Client) -> int:
     n = cap.capture(sock, args.count, args.timeout, each, args.write)
     summary = f"{n} packets on {ifname}" + (f" written to {args.write}" if args.write else "")
     if args.json:
-        emit({"interface": ifname, "packets": n, "file": args.write, "summary": packets}, True, "")
+        emit({"interface": ifname, "count": n, "file": args.write, "packets": packets}, True, "")
     else:
         print(summary, file=sys.stderr if not args.write else sys.stdout)
     return EXIT_OK

@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import queue
 import random
 import re
+import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -61,8 +60,6 @@ class Monitor:
                 line = self.lines.get(timeout=left)
             except queue.Empty:
                 break
-            if os.environ.get("TRACE_DEBUG"):
-                print("monitor:", line, file=sys.stderr)
             if predicate(line):
                 return True
         return False
@@ -99,6 +96,8 @@ def run(config: Config, probe: Probe, prepare: Callable[[], Callable[[], None]],
     """Trace one packet; the table (and veth) are removed whatever happens.
     `prepare` makes what the packet needs and returns the function that sends it."""
     host = config.host_netns
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)   # so the finally below still runs
     in_netns(host, lambda: tracetable.remove_tables(remove_stale_links(tracetable.stale(config.prefix))))
     table = tracetable.name(config.prefix)
     monitor = Monitor(host)
@@ -121,6 +120,10 @@ def run(config: Config, probe: Probe, prepare: Callable[[], Callable[[], None]],
             in_netns(host, lambda: inject.delete_link(veth))
         in_netns(host, lambda: tracetable.delete(table))
     return tracewords.ours(tracewords.parse(lines), table)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _synchronise(monitor: Monitor, host: str | None, table: str) -> None:

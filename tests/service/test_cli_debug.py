@@ -113,6 +113,33 @@ def test_trace_verdicts_and_no_packet_leaves_the_uplink(bed, daemon):
     assert not [n for n in sh.links(bed.host) if n.startswith((f"{bed.agent_prefix}x", f"{bed.agent_prefix}y"))]
 
 
+def test_trace_words_from_kernel_lines():
+    """The words, from lines `nft monitor` printed (no root needed)."""
+    from netagent.operator import tracewords
+    lines = [
+        'trace id 1a inet na_trace_7 trace_on packet: iif "nav1" ip saddr 10.12.0.3 ip daddr 203.0.113.9',
+        'trace id 1a inet na_trace_7 trace_on rule iifname "nav1" ip id 9 meta nftrace set 1 (verdict continue)',
+        "trace id 1a inet na forward rule iifname @sbx_ifaces jump from_sandbox (verdict jump from_sandbox)",
+        'trace id 1a inet na from_sandbox rule oifname @uplinks ip saddr . ip daddr . meta l4proto . th dport '
+        '@allow_port accept (verdict accept)',
+        "trace id 1a inet na postrouting rule iifname @sbx_ifaces oifname @uplinks masquerade (verdict accept)",
+        'trace id 1a inet na_trace_7 stop_forwarded packet: iif "nav1" oif "up0" ip saddr 10.12.0.3',
+        "trace id 1a inet na_trace_7 stop_forwarded rule ip id 9 drop (verdict drop)",
+        'trace id 2b inet na forward rule ip daddr 1.2.3.4 counter packets 3 bytes 9 name "drop_smtp" drop '
+        "(verdict drop)",
+    ]
+    facts = tracewords.Facts(table="na", trace_table="na_trace_7", daddr="203.0.113.9", proto="tcp", port=443,
+                             allow_entry="203.0.113.0/24:443", uplink_addresses=["198.51.100.2"])
+    traces = tracewords.parse(lines)
+    assert set(traces) == {"1a", "2b"}
+    out = tracewords.explain(tracewords.ours(traces, "na_trace_7"), facts)
+    assert (out.verdict, out.out_interface) == ("accepted", "up0")
+    assert out.words == "accepted: allow_out 203.0.113.0/24:443, masqueraded via up0 (as 198.51.100.2)"
+    smtp = tracewords.explain(traces["2b"], facts)
+    assert smtp.words == "dropped: SMTP (tcp/25) is never allowed"
+    assert tracewords.explain([], facts).verdict == "unknown"
+
+
 def test_trace_usage_errors(bed, daemon):
     assert cli(daemon, "allocate", "u-1")[0] == 0
     assert cli(daemon, "trace", "u-1")[0] == 2
@@ -172,8 +199,8 @@ def test_capture_to_pcap_and_json(bed, daemon, tmp_path):
     finally:
         traffic.kill()
         traffic.wait(5)
-    assert result["interface"] == net.host_veth and result["packets"] == 3
-    assert any(net.sandbox_ip in p["summary"] for p in result["summary"]), result
+    assert result["interface"] == net.host_veth and result["count"] == len(result["packets"]) == 3
+    assert any(net.sandbox_ip in p["summary"] for p in result["packets"]), result
 
 
 def test_top_and_ls_rates(bed, daemon):
