@@ -43,6 +43,8 @@ from .models import (
     validate_sandbox_id,
 )
 from .policy import CompiledPolicy, compile_policy, narrows
+from .reachability.schedule import PortProbe
+from .reachability.tracker import Reachability
 from .state import AllocationRecord, StateStore, Tx
 from .workers import BuildPool, Cleaner, DnsThreads, HostWorker
 
@@ -66,6 +68,7 @@ class _Plan:
     flush_marks: list[int] = field(default_factory=list)  # flushed before the callers return
     drop_fqdn: list[str] = field(default_factory=list)    # sandboxes whose DNS admissions end now
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)  # hooks once committed
     full_sync: bool = False
 
 
@@ -103,6 +106,7 @@ class Agent:
         self.slot_owner: dict[int, str] = {}
         self._admitted: dict[tuple[str, str], float] = {}  # (sandbox IP, address) -> expiry (monotonic)
         self.dns: DnsProxy | None = None
+        self.reachability = Reachability(self)
         self._dns_servers: Any = None
         self.stats: dict[str, Any] = {"ruleset_restores": 0, "reconcile_repairs": 0, "last_reconcile": None}
 
@@ -114,6 +118,7 @@ class Agent:
         await self._start_dns_proxy()
         self._tasks.append(asyncio.create_task(self._committer(), name="netagent-committer"))
         await reconcile(self)
+        await self.reachability.start()
         self._tasks.append(asyncio.create_task(self._watch_ruleset(), name="netagent-ruleset-watch"))
         if fill_pool:
             self._tasks.append(asyncio.create_task(self._pool_filler(), name="netagent-pool"))
@@ -207,6 +212,7 @@ class Agent:
         for server in self._dns_servers or ():
             server.close()
         await asyncio.gather(*others, return_exceptions=True)
+        await self.reachability.stop()
         while self._pending or self._committing or self._background:  # let queued work finish
             if self._background:
                 await asyncio.wait(set(self._background), timeout=30)
@@ -330,6 +336,22 @@ class Agent:
         future = asyncio.get_running_loop().create_future()
         return await self._submit("policy", future, sandbox_id=sandbox_id, policy=policy)
 
+    async def probe(self, sandbox_id: str, guest_port: int, timeout: float | None = None) -> dict[str, Any]:
+        """Probe a guest port now (exposed or not); nothing is stored."""
+        validate_sandbox_id(sandbox_id)
+        validate_port(guest_port, "guest_port")
+        if timeout is not None and not 0 < timeout <= 10:
+            raise InvalidArgument("timeout must be in (0, 10] seconds")
+        rec = self._require(sandbox_id)
+        result = await self.reachability.probe_now(sandbox_id, guest_port, timeout)
+        exposed = rec.ports.get((guest_port, Protocol.TCP))
+        return {"reachable": result.reachable, "outcome": result.outcome, "rtt_s": result.rtt_s,
+                "host_port": exposed.host_port if exposed else 0}
+
+    async def record_reachability(self, ports: list[PortProbe]) -> None:
+        """Store reachability changes with their events (called by the prober's tracker)."""
+        await self._submit("reachability", asyncio.get_running_loop().create_future(), ports=ports)
+
     async def resync(self) -> None:
         """Reload the ruleset if it drifted and re-add every element, atomically."""
         await self._submit("resync", asyncio.get_running_loop().create_future())
@@ -371,10 +393,11 @@ class Agent:
             guest_mac=g.guest_mac, mtu=g.mtu, sandbox_ip=str(s.sandbox_ip), host_veth=s.host_veth,
             boot_ip_arg=self.plan.boot_ip_arg(dns=str(g.gateway_ip)), spec=rec.spec, policy=rec.policy,
             internet=bool(rec.policy.internet), created_at=rec.created_at,
-            ports=tuple(sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))
+            ports=tuple(self.reachability.port_view(rec.sandbox_id, p)
+                        for p in sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))
 
     async def _submit(self, kind: str, future: asyncio.Future[Any], **args: Any) -> Any:
-        if kind not in ("slot_ready", "slot_gone", "resync"):
+        if kind not in ("slot_ready", "slot_gone", "resync", "reachability"):
             self._last_call = time.monotonic()
         self._pending.append(_Op(kind, args, future))
         self._wake.set()
@@ -434,6 +457,8 @@ class Agent:
             published = [self.events.record(type_, sid, data) for type_, sid, data in plan.events]
             self.store.db.execute("COMMIT")
         self.events.publish(published)
+        for hook in plan.after:
+            hook()
         if plan.drop_fqdn:
             ips = list(plan.drop_fqdn)
             await self.cleaner.call(lambda: [self._drop_fqdn(ip) for ip in ips])
@@ -463,6 +488,7 @@ class Agent:
         plan.nft += el.add(self._policy_elements(rec))
         net = self._network(rec)
         plan.events.append(("allocated", sid, {"sandbox": net.model_dump(mode="json")}))
+        plan.after.append(lambda: self.reachability.on_allocated(rec))
         return net
 
     def _plan_release(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> bool:
@@ -490,6 +516,7 @@ class Agent:
         plan.nft += el.delete(gone)
         plan.cleanups.append(rec.slot)
         plan.events.append(("released", rec.sandbox_id, {}))
+        plan.after.append(lambda: self.reachability.on_released(rec.sandbox_id))
         return True
 
     def _plan_policy(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> Network:
@@ -525,6 +552,7 @@ class Agent:
                                   self.ports_used[proto].pop(host_port, None)))
         plan.nft += el.add([el.port_element(self.plan.slot(rec.slot), proto.value, host_port, port.guest_port)])
         plan.events.append(("port_exposed", rec.sandbox_id, {"port": port.model_dump(mode="json")}))
+        plan.after.append(lambda: self.reachability.on_exposed(rec, port))
         return port
 
     def _plan_unexpose(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> bool:
@@ -540,7 +568,19 @@ class Agent:
         plan.nft += el.delete([el.port_element(self.plan.slot(rec.slot), port.protocol.value,
                                                port.host_port, port.guest_port)])
         plan.events.append(("port_unexposed", rec.sandbox_id, {"port": port.model_dump(mode="json")}))
+        plan.after.append(lambda: self.reachability.on_unexposed(rec.sandbox_id, port))
         return True
+
+    def _plan_reachability(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> None:
+        for probe in a["ports"]:
+            rec = self.allocations.get(probe.sandbox_id)
+            port = rec.ports.get((probe.guest_port, Protocol.TCP)) if rec else None
+            if port is None or probe.reachable is None:
+                continue  # released or unexposed meanwhile
+            tx.set_reachability(probe.sandbox_id, probe.guest_port, probe.reachable, probe.changed_at)
+            view = self.reachability.port_view(probe.sandbox_id, port)
+            plan.events.append(("port_reachability", probe.sandbox_id,
+                                {"port": view.model_dump(mode="json"), "reachable": probe.reachable}))
 
     def _plan_slot_ready(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> None:
         idx = a["slot"]

@@ -101,6 +101,19 @@ class Config(BaseModel):
     ready_min_slots: int = Field(8, ge=0)    # READY=1 once this many warm slots exist (capped at pool_size)
     events_retained: int = Field(100_000, ge=100)
     log_level: str = "INFO"
+    # Reachability probes (SYN probes of exposed TCP ports; see docs/reachability.md).
+    probe_interval_s: float = Field(0.75, ge=0.05, le=60)      # when stable
+    probe_fast_interval_s: float = Field(0.1, ge=0.01, le=10)  # after an expose or a change...
+    probe_fast_period_s: float = Field(5.0, ge=0, le=600)      # ...for this long
+    probe_timeout_s: float = Field(0.5, ge=0.01, le=10)
+    probe_down_after: int = Field(2, ge=1, le=10)              # failed probes in a row before "unreachable"
+    discovery_port_range: tuple[int, int] | None = None        # auto-expose guest listeners in this range
+    discovery_rate: int = Field(200, ge=1, le=100_000)         # discovery probes per second, whole host
+    # The routing registry: "sqlite:///path", "redis://host:port/db", "" (off). None: sqlite in state_dir.
+    registry_url: str | None = None
+    registry_ttl_s: float = Field(10.0, ge=1, le=3600)
+    registry_heartbeat_s: float = Field(3.0, ge=0.2, le=1200)
+    node_address: str | None = None          # where host ports answer; None: the uplink's first address
 
     @field_validator("prefix")
     @classmethod
@@ -154,6 +167,27 @@ class Config(BaseModel):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"api_tcp_address must be host:port, got {self.api_tcp_address!r}")
         return self
+
+    @field_validator("discovery_port_range")
+    @classmethod
+    def _discovery(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not (1 <= v[0] <= v[1] <= 65535):
+            raise ValueError("must be [low, high] with 1 <= low <= high <= 65535")
+        return v
+
+    @model_validator(mode="after")
+    def _registry(self) -> Config:
+        if self.registry_heartbeat_s * 2 > self.registry_ttl_s:
+            raise ValueError("registry_heartbeat_s must be at most half of registry_ttl_s")
+        if self.registry_url and not self.registry_url.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
+            raise ValueError("registry_url must be sqlite:///path, redis://host:port/db or empty (off)")
+        return self
+
+    def registry(self) -> str:
+        """The registry URL in effect ("" when off)."""
+        if self.registry_url is None:
+            return f"sqlite://{(self.state_dir / 'registry.db').absolute()}"
+        return self.registry_url
 
     @model_validator(mode="after")
     def _names_fit(self) -> Config:

@@ -105,6 +105,10 @@ class ExposedPort(BaseModel):
     guest_port: int
     protocol: Protocol
     host_port: int
+    # Filled in on output from the prober (TCP only): None until probed.
+    reachable: bool | None = None
+    changed_at: float = 0.0
+    checked_at: float = 0.0
 
 
 class Network(BaseModel):

@@ -36,6 +36,13 @@ CREATE TABLE IF NOT EXISTS ports (
     PRIMARY KEY (sandbox_id, guest_port, protocol),
     UNIQUE (protocol, host_port)
 );
+CREATE TABLE IF NOT EXISTS reachability (
+    sandbox_id TEXT NOT NULL REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    guest_port INTEGER NOT NULL,
+    reachable INTEGER NOT NULL,
+    changed_at REAL NOT NULL,
+    PRIMARY KEY (sandbox_id, guest_port)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     cursor INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -100,6 +107,11 @@ class StateStore:
             allocations[sid].ports[(gport, p.protocol)] = p
         return Snapshot(slots, allocations)
 
+    def load_reachability(self) -> dict[tuple[str, int], tuple[bool, float]]:
+        """The last known reachability of each probed (TCP) port."""
+        return {(sid, port): (bool(r), changed) for sid, port, r, changed in self.db.execute(
+            "SELECT sandbox_id, guest_port, reachable, changed_at FROM reachability")}
+
     def events_after(self, cursor: int, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
         return list(self.db.execute("SELECT cursor, ts, type, sandbox_id, data FROM events WHERE cursor > ? "
                                     "ORDER BY cursor LIMIT ?", (cursor, limit)))
@@ -157,6 +169,13 @@ class Tx:
     def delete_port(self, sandbox_id: str, port: ExposedPort) -> None:
         self.db.execute("DELETE FROM ports WHERE sandbox_id=? AND guest_port=? AND protocol=?",
                         (sandbox_id, port.guest_port, port.protocol.value))
+        if port.protocol == Protocol.TCP:
+            self.db.execute("DELETE FROM reachability WHERE sandbox_id=? AND guest_port=?",
+                            (sandbox_id, port.guest_port))
+
+    def set_reachability(self, sandbox_id: str, guest_port: int, reachable: bool, changed_at: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO reachability(sandbox_id, guest_port, reachable, changed_at) "
+                        "VALUES (?, ?, ?, ?)", (sandbox_id, guest_port, int(reachable), changed_at))
 
 
 def dumps(obj: object) -> str:

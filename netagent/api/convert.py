@@ -79,7 +79,11 @@ def protocol_from_proto(value: int) -> Protocol:
 
 def port_to_proto(p: ExposedPort | dict[str, Any]) -> pb.ExposedPort:
     p = p if isinstance(p, ExposedPort) else ExposedPort.model_validate(p)
-    return pb.ExposedPort(guest_port=p.guest_port, protocol=PROTOCOL_TO_PROTO[p.protocol], host_port=p.host_port)
+    msg = pb.ExposedPort(guest_port=p.guest_port, protocol=PROTOCOL_TO_PROTO[p.protocol], host_port=p.host_port,
+                         changed_unix_ms=int(p.changed_at * 1000), checked_unix_ms=int(p.checked_at * 1000))
+    if p.reachable is not None:
+        msg.reachable = p.reachable
+    return msg
 
 
 def sandbox_to_proto(n: Network | dict[str, Any]) -> pb.Sandbox:

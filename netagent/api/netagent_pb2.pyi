@@ -74,14 +74,20 @@ class Network(_message.Message):
     def __init__(self, netns: _Optional[str] = ..., netns_path: _Optional[str] = ..., tap: _Optional[str] = ..., guest_ip: _Optional[str] = ..., guest_prefixlen: _Optional[int] = ..., guest_netmask: _Optional[str] = ..., gateway_ip: _Optional[str] = ..., guest_mac: _Optional[str] = ..., mtu: _Optional[int] = ..., sandbox_ip: _Optional[str] = ..., host_veth: _Optional[str] = ..., boot_ip_arg: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
 
 class ExposedPort(_message.Message):
-    __slots__ = ("guest_port", "protocol", "host_port")
+    __slots__ = ("guest_port", "protocol", "host_port", "reachable", "changed_unix_ms", "checked_unix_ms")
     GUEST_PORT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     guest_port: int
     protocol: Protocol
     host_port: int
-    def __init__(self, guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ...) -> None: ...
+    reachable: bool
+    changed_unix_ms: int
+    checked_unix_ms: int
+    def __init__(self, guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ..., reachable: _Optional[bool] = ..., changed_unix_ms: _Optional[int] = ..., checked_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Sandbox(_message.Message):
     __slots__ = ("sandbox_id", "network", "policy", "labels", "ports", "state", "created_unix_ms")
@@ -243,7 +249,7 @@ class GetHostInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("node_id", "version", "capacity", "allocations", "free_slots", "ready_slots", "uplink", "uplink_addresses", "transit_cidr", "prefix")
+    __slots__ = ("node_id", "version", "capacity", "allocations", "free_slots", "ready_slots", "uplink", "uplink_addresses", "transit_cidr", "prefix", "registry", "registry_healthy", "registry_error", "registry_last_success_unix_ms", "probed_ports", "node_address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +260,12 @@ class HostInfo(_message.Message):
     UPLINK_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     TRANSIT_CIDR_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_LAST_SUCCESS_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PROBED_PORTS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     version: str
     capacity: int
@@ -264,4 +276,32 @@ class HostInfo(_message.Message):
     uplink_addresses: _containers.RepeatedScalarFieldContainer[str]
     transit_cidr: str
     prefix: str
-    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., allocations: _Optional[int] = ..., free_slots: _Optional[int] = ..., ready_slots: _Optional[int] = ..., uplink: _Optional[str] = ..., uplink_addresses: _Optional[_Iterable[str]] = ..., transit_cidr: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+    registry: str
+    registry_healthy: bool
+    registry_error: str
+    registry_last_success_unix_ms: int
+    probed_ports: int
+    node_address: str
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., allocations: _Optional[int] = ..., free_slots: _Optional[int] = ..., ready_slots: _Optional[int] = ..., uplink: _Optional[str] = ..., uplink_addresses: _Optional[_Iterable[str]] = ..., transit_cidr: _Optional[str] = ..., prefix: _Optional[str] = ..., registry: _Optional[str] = ..., registry_healthy: _Optional[bool] = ..., registry_error: _Optional[str] = ..., registry_last_success_unix_ms: _Optional[int] = ..., probed_ports: _Optional[int] = ..., node_address: _Optional[str] = ...) -> None: ...
+
+class ProbePortRequest(_message.Message):
+    __slots__ = ("sandbox_id", "guest_port", "timeout_ms")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    GUEST_PORT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    guest_port: int
+    timeout_ms: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., guest_port: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class ProbePortResponse(_message.Message):
+    __slots__ = ("reachable", "outcome", "rtt_ms", "host_port")
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    reachable: bool
+    outcome: str
+    rtt_ms: float
+    host_port: int
+    def __init__(self, reachable: _Optional[bool] = ..., outcome: _Optional[str] = ..., rtt_ms: _Optional[float] = ..., host_port: _Optional[int] = ...) -> None: ...

@@ -79,6 +79,11 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.GetHostInfoRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.HostInfo.FromString,
                 _registered_method=True)
+        self.ProbePort = channel.unary_unary(
+                '/netagent.v1.NetAgent/ProbePort',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.ProbePortRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.ProbePortResponse.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -143,6 +148,13 @@ class NetAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbePort(self, request, context):
+        """Probe a guest TCP port now (exposed or not) with a half-open SYN probe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +202,11 @@ def add_NetAgentServicer_to_server(servicer, server):
                     servicer.GetHostInfo,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.GetHostInfoRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.HostInfo.SerializeToString,
+            ),
+            'ProbePort': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbePort,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.ProbePortRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.ProbePortResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -435,6 +452,33 @@ class NetAgent:
             '/netagent.v1.NetAgent/GetHostInfo',
             netagent_dot_api_dot_netagent__pb2.GetHostInfoRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.HostInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbePort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/ProbePort',
+            netagent_dot_api_dot_netagent__pb2.ProbePortRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.ProbePortResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,11 +102,24 @@ class NetAgentService(pb_grpc.NetAgentServicer):
     async def GetHostInfo(self, request: pb.GetHostInfoRequest, context: Any) -> pb.HostInfo:
         a = self.agent
         info = a.host_info
+        r = a.reachability.status()
         return pb.HostInfo(node_id=a.config.node_id, version=__version__, capacity=a.plan.capacity,
                            allocations=len(a.allocations), free_slots=a.plan.capacity - len(a.allocations),
                            ready_slots=len(a.ready), uplink=info.uplink if info else "",
                            uplink_addresses=info.uplink_addresses if info else [],
-                           transit_cidr=str(a.config.transit_cidr), prefix=a.config.prefix)
+                           transit_cidr=str(a.config.transit_cidr), prefix=a.config.prefix,
+                           registry=r["registry"], registry_healthy=r["registry_healthy"],
+                           registry_error=r["registry_error"],
+                           registry_last_success_unix_ms=int(r["registry_last_success"] * 1000),
+                           probed_ports=r["probed_ports"], node_address=a.reachability.node_address())
+
+    async def ProbePort(self, request: pb.ProbePortRequest, context: Any) -> pb.ProbePortResponse:
+        async def run() -> pb.ProbePortResponse:
+            timeout = request.timeout_ms / 1000 if request.timeout_ms else None
+            res = await self.agent.probe(request.sandbox_id, request.guest_port, timeout)
+            return pb.ProbePortResponse(reachable=res["reachable"], outcome=res["outcome"],
+                                        rtt_ms=res["rtt_s"] * 1000, host_port=res["host_port"])
+        return await self._call("probe", context, run)
 
     async def WatchEvents(self, request: pb.WatchEventsRequest, context: Any) -> AsyncIterator[pb.Event]:
         try:

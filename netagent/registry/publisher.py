@@ -1,0 +1,144 @@
+"""The agent's side of the registry: pushes sandbox records as they change,
+heartbeats, and survives registry outages.
+
+Changes mark a sandbox dirty; the publisher writes dirty records within a few
+milliseconds. Every `heartbeat_s` it rewrites the node record and every
+sandbox record (fresh `checked_at`, renewed TTL). If the registry is down it
+keeps the dirty set, retries every `retry_s`, and on recovery pushes every
+record again (the registry may have lost them) and tombstones records of this
+node that no longer exist here.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from .base import Registry, RegistryError
+from .records import NodeRecord, SandboxRecord
+
+log = logging.getLogger("netagent.registry")
+
+
+class SequenceClock:
+    """Per-write sequence numbers: microseconds since the epoch, strictly
+    increasing within this process, so a restarted agent (or the next node
+    to host a sandbox id) writes with higher numbers than before."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, time.time_ns() // 1000)
+        return self._last
+
+
+class RegistryPublisher:
+    def __init__(self, registry: Registry, node: Callable[[], NodeRecord],
+                 record: Callable[[str, int], SandboxRecord | None], sandbox_ids: Callable[[], list[str]],
+                 ttl_s: float, heartbeat_s: float, retry_s: float = 0.5):
+        self.registry = registry
+        self.node = node               # the node record to heartbeat
+        self.record = record           # (sandbox id, seq) -> live record, or None if not here
+        self.sandbox_ids = sandbox_ids
+        self.ttl_s = ttl_s
+        self.heartbeat_s = heartbeat_s
+        self.retry_s = retry_s
+        self.seq = SequenceClock()
+        self.healthy = False
+        self.last_error = ""
+        self.last_success = 0.0
+        self.writes = 0
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._need_full = True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="netagent-registry")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.registry.close()
+
+    def mark(self, sandbox_id: str) -> None:
+        self._dirty.add(sandbox_id)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        next_heartbeat = 0.0
+        while True:
+            try:
+                if not self.healthy or self._need_full:
+                    await self.registry.connect()
+                if self._need_full or time.monotonic() >= next_heartbeat:
+                    await self._push_all(tombstone_strays=self._need_full)
+                    self._need_full = False
+                    next_heartbeat = time.monotonic() + self.heartbeat_s
+                else:
+                    await self._flush_dirty()
+                self._mark_healthy()
+                delay = max(0.0, next_heartbeat - time.monotonic())
+            except RegistryError as exc:
+                self._mark_unhealthy(str(exc))
+                delay = self.retry_s
+            self._wake.clear()
+            if not self.healthy:
+                await asyncio.sleep(delay)  # an outage: retry on a fixed beat, not per change
+                continue
+            if self._dirty:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def _flush_dirty(self) -> None:
+        while self._dirty:
+            sid = self._dirty.pop()
+            try:
+                await self._write(sid)
+            except RegistryError:
+                self._dirty.add(sid)
+                raise
+
+    async def _write(self, sid: str) -> None:
+        seq = self.seq.next()
+        rec = self.record(sid, seq) or SandboxRecord.tombstone(sid, self.node().node_id, seq, time.time())
+        await self.registry.put_sandbox(rec, self.ttl_s)
+        self.writes += 1
+
+    async def _push_all(self, tombstone_strays: bool) -> None:
+        node = self.node()
+        await self.registry.refresh(node, [], self.ttl_s)
+        ids = self.sandbox_ids()
+        self._dirty.difference_update(ids)
+        for sid in ids:
+            await self._write(sid)
+        if tombstone_strays:
+            here = set(ids)
+            for sid in await self.registry.node_sandboxes(node.node_id):
+                if sid not in here:
+                    await self._write(sid)
+        await self._flush_dirty()
+
+    def _mark_healthy(self) -> None:
+        if not self.healthy:
+            log.info("registry %s reachable", self.registry.url)
+        self.healthy = True
+        self.last_error = ""
+        self.last_success = time.time()
+
+    def _mark_unhealthy(self, error: str) -> None:
+        if self.healthy or not self.last_error:
+            log.warning("registry %s unavailable (%s); keeping state and retrying every %.1fs",
+                        self.registry.url, error, self.retry_s)
+        self.healthy = False
+        self.last_error = error
+        self._need_full = True
