@@ -10,6 +10,7 @@ import pytest
 from netagent.agent import Agent
 from netagent.config import Config
 from tests.testbed.bed import Testbed
+from tests.testbed.redis_proc import RedisServer
 
 
 def require_datapath_prereqs() -> None:
@@ -54,3 +55,14 @@ async def agent(bed, tmp_path):
         yield a
     finally:
         await a.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a unix socket in tmp_path, killed even if the test fails."""
+    server = RedisServer(tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
