@@ -1,0 +1,122 @@
+"""The agent and its registry: TTL after a crash, outages, and resync."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+from netagent.registry import SandboxRecord, open_registry
+from tests.service.daemon import Daemon, write_config
+from tests.testbed.bed import LightGuest
+
+
+def read(url: str, sandbox_id: str) -> SandboxRecord | None:
+    async def get() -> SandboxRecord | None:
+        reg = open_registry(url)
+        try:
+            return await reg.get_sandbox(sandbox_id)
+        finally:
+            await reg.close()
+    return asyncio.run(get())
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"{what} not within {timeout}s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def _guest_net(sbx):
+    n = sbx.network
+    return type("N", (), {"netns": n.netns, "tap": n.tap, "guest_ip": n.guest_ip,
+                          "guest_prefixlen": n.guest_prefixlen, "gateway_ip": n.gateway_ip,
+                          "guest_mac": n.guest_mac})()
+
+
+def test_a_killed_agent_leaves_no_reachable_record_past_the_ttl(bed, tmp_path):
+    url = f"sqlite://{tmp_path}/registry.db"
+    ttl = 2.0
+    daemon = Daemon(write_config(bed, tmp_path, pool_size=1, registry_url=url, registry_ttl_s=ttl,
+                                 registry_heartbeat_s=0.5)).start()
+    try:
+        with daemon.client() as c:
+            sbx = c.allocate("ttl-1")
+            guest = LightGuest.attach(bed, _guest_net(sbx), "t")
+            bed.start_server(guest.name, "--http", "3000")
+            c.expose("ttl-1", 3000)
+
+        def reachable() -> bool:
+            rec = read(url, "ttl-1")
+            return bool(rec and rec.port(3000) and rec.port(3000).reachable)
+        wait_for(reachable, 5, "reachable=true in the registry")
+        last_write = read(url, "ttl-1").updated_at
+        daemon.stop(signal.SIGKILL)
+        gone = wait_for(lambda: read(url, "ttl-1") is None, ttl + 2, "the record to expire")
+        # Never longer than the TTL after the agent's last write.
+        assert time.time() - gone - last_write <= ttl + 0.3
+        guest.stop()
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.stop()
+
+
+def test_registry_outage_the_agent_keeps_working_and_resyncs_within_5s(bed, tmp_path, redis_server):
+    url = redis_server.url
+    daemon = Daemon(write_config(bed, tmp_path, pool_size=2, registry_url=url)).start()
+    try:
+        with daemon.client() as c:
+            c.allocate("out-1")
+            c.expose("out-1", 3000)
+            wait_for(lambda: read(url, "out-1") is not None, 3, "out-1 in the registry")
+            seq_before = read(url, "out-1").seq
+
+            redis_server.kill()
+            wait_for(lambda: not c.host_info().registry_healthy, 5, "the agent to notice the outage")
+            assert c.host_info().registry_error
+            # The API does not depend on the registry.
+            started = time.monotonic()
+            c.allocate("out-2")
+            c.expose("out-2", 8080)
+            assert c.release("out-1")
+            assert time.monotonic() - started < 2
+
+            redis_server.start()      # an empty registry: everything must be pushed again
+            recovered = time.monotonic()
+            wait_for(lambda: (rec := read(url, "out-2")) is not None and rec.port(8080) is not None, 5,
+                     "out-2 after recovery")
+            assert read(url, "out-1") is None
+            assert time.monotonic() - recovered <= 5
+            wait_for(lambda: c.host_info().registry_healthy, 5, "registry healthy again")
+            assert read(url, "out-2").seq > seq_before
+    finally:
+        daemon.stop()
+
+
+def test_stray_records_of_this_node_are_removed_when_the_agent_starts(bed, tmp_path):
+    """A release that never reached the registry (agent down, registry down)
+    leaves a record of this node the agent no longer owns: it is tombstoned
+    when the agent (re)connects."""
+    url = f"sqlite://{tmp_path}/registry.db"
+    cfg = write_config(bed, tmp_path, pool_size=1, registry_url=url)
+    daemon = Daemon(cfg).start()
+    try:
+        with daemon.client() as c:
+            c.allocate("gone-1")
+        wait_for(lambda: read(url, "gone-1") is not None, 3, "gone-1 in the registry")
+        daemon.stop()
+        # Forge a stray record of this node (as if a release never reached the registry).
+        rec = read(url, "gone-1")
+
+        async def forge() -> None:
+            reg = open_registry(url)
+            await reg.put_sandbox(SandboxRecord("stray-1", rec.node_id, rec.node_address, rec.seq, time.time()), 60)
+            await reg.close()
+        asyncio.run(forge())
+        assert read(url, "stray-1") is not None
+        daemon = Daemon(cfg).start()
+        wait_for(lambda: read(url, "stray-1") is None, 5, "the stray record to be tombstoned")
+        assert read(url, "gone-1") is not None
+    finally:
+        daemon.stop()
