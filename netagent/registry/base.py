@@ -30,6 +30,10 @@ class Registry(abc.ABC):
         """Store `record` (a tombstone too) if its seq is higher than the stored
         one's. True if stored, False if a newer write was already there."""
 
+    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
+        """put_sandbox for each record, in order; backends batch it."""
+        return [await self.put_sandbox(r, ttl_s) for r in records]
+
     @abc.abstractmethod
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         """Heartbeat: write the node record and extend the TTL of the node's

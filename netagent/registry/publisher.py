@@ -19,6 +19,7 @@ from .base import Registry, RegistryError
 from .records import NodeRecord, SandboxRecord
 
 log = logging.getLogger("netagent.registry")
+BATCH = 256   # records per put_many during a full push
 
 
 class SequenceClock:
@@ -108,24 +109,27 @@ class RegistryPublisher:
                 self._dirty.add(sid)
                 raise
 
-    async def _write(self, sid: str) -> None:
+    def _build(self, sid: str, node_id: str) -> SandboxRecord:
         seq = self.seq.next()
-        rec = self.record(sid, seq) or SandboxRecord.tombstone(sid, self.node().node_id, seq, time.time())
-        await self.registry.put_sandbox(rec, self.ttl_s)
+        return self.record(sid, seq) or SandboxRecord.tombstone(sid, node_id, seq, time.time())
+
+    async def _write(self, sid: str) -> None:
+        await self.registry.put_sandbox(self._build(sid, self.node().node_id), self.ttl_s)
         self.writes += 1
 
     async def _push_all(self, tombstone_strays: bool) -> None:
+        """Rewrite every record in batches; changes queued meanwhile go between batches."""
         node = self.node()
         await self.registry.refresh(node, [], self.ttl_s)
         ids = self.sandbox_ids()
-        self._dirty.difference_update(ids)
-        for sid in ids:
-            await self._write(sid)
         if tombstone_strays:
             here = set(ids)
-            for sid in await self.registry.node_sandboxes(node.node_id):
-                if sid not in here:
-                    await self._write(sid)
+            ids += [sid for sid in await self.registry.node_sandboxes(node.node_id) if sid not in here]
+        for start in range(0, len(ids), BATCH):
+            await self._flush_dirty()
+            batch = ids[start:start + BATCH]
+            await self.registry.put_many([self._build(sid, node.node_id) for sid in batch], self.ttl_s)
+            self.writes += len(batch)
         await self._flush_dirty()
 
     def _mark_healthy(self) -> None:

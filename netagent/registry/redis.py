@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
@@ -162,6 +162,17 @@ class RedisRegistry(Registry):
         args = [record.to_json(), record.seq, ttl_ms(ttl_s), "1" if record.deleted else "0", record.sandbox_id]
         stored = await self._call("put_sandbox", lambda r: self._put_script(keys=keys, args=args))
         return stored == 1
+
+    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
+        """One pipelined round trip for the batch (each write is still its own atomic CAS)."""
+        async def run(client: aioredis.Redis) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for rec in records:
+                    keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id)]
+                    args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id]
+                    self._put_script(keys=keys, args=args, client=pipe)
+                return await pipe.execute()
+        return [r == 1 for r in await self._call("put_many", run)]
 
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         ids = list(dict.fromkeys(sandbox_ids))

@@ -142,6 +142,13 @@ class SqliteRegistry(Registry):
         })
         return cur.rowcount == 1
 
+    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
+        """One transaction for the batch (a heartbeat rewrites every record)."""
+        def put_all(db: sqlite3.Connection) -> list[bool]:
+            with transaction(db):
+                return [self._db_put_sandbox(db, r, ttl_s) for r in records]
+        return await self._run(put_all)
+
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         await self._run(self._db_refresh, node, list(sandbox_ids), ttl_s)
 

@@ -79,6 +79,14 @@ async def test_stale_seq_is_refused_and_changes_nothing(registry: Registry) -> N
     assert (await registry.get_sandbox("sbx-1")).seq == 6
 
 
+async def test_put_many_applies_the_seq_rule_to_each_record(registry: Registry) -> None:
+    assert await registry.put_sandbox(sandbox("sbx-2", seq=10), 30)
+    stored = await registry.put_many([sandbox("sbx-1", seq=5), sandbox("sbx-2", seq=9), sandbox("sbx-3", seq=1)], 30)
+    assert stored == [True, False, True]
+    assert (await registry.get_sandbox("sbx-2")).seq == 10
+    assert {r.seq for r in [await registry.get_sandbox("sbx-1"), await registry.get_sandbox("sbx-3")]} == {5, 1}
+
+
 async def test_concurrent_writes_keep_the_highest_seq(registry: Registry) -> None:
     seqs = list(range(1, 41))
     random.Random(7).shuffle(seqs)
