@@ -170,7 +170,7 @@ class RedisRegistry(Registry):
                 for rec in records:
                     keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id)]
                     args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id]
-                    self._put_script(keys=keys, args=args, client=pipe)
+                    await self._put_script(keys=keys, args=args, client=pipe)  # queued, not sent
                 return await pipe.execute()
         return [r == 1 for r in await self._call("put_many", run)]
 
