@@ -55,6 +55,27 @@ class DropCountersCollector(Collector):
         yield family
 
 
+class ReachabilityCollector(Collector):
+    """Prober and registry figures, read from the agent at scrape time."""
+
+    def __init__(self, status: Any) -> None:
+        self.status = status   # () -> dict with the keys below
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.status()
+        yield CounterMetricFamily("netagent_probes", "SYN probes sent to exposed ports.", value=s["probes"])
+        yield GaugeMetricFamily("netagent_probed_ports", "Exposed TCP ports being probed.", value=s["probed_ports"])
+        yield GaugeMetricFamily("netagent_reachable_ports", "Probed ports that answer.", value=s["reachable_ports"])
+        yield CounterMetricFamily("netagent_reachability_changes", "Ports that started or stopped answering.",
+                                  value=s["changes"])
+        yield GaugeMetricFamily("netagent_registry_up", "1 if the last registry write succeeded (0 if off or down).",
+                                value=int(s["registry_healthy"]))
+        yield CounterMetricFamily("netagent_registry_writes", "Records written to the registry.",
+                                  value=s["registry_writes"])
+        yield CounterMetricFamily("netagent_registry_errors", "Failed registry attempts (outages).",
+                                  value=s["registry_errors"])
+
+
 class LinkStatsCollector(Collector):
     def __init__(self, per_sandbox_labels: bool):
         self.per_sandbox_labels = per_sandbox_labels
@@ -167,6 +188,9 @@ class Metrics:
         self.drops = DropCountersCollector()
         r.register(self.drops)
         self._http: _QuietHTTPServer | None = None
+
+    def watch_reachability(self, status: Any) -> None:
+        self.registry.register(ReachabilityCollector(status))
 
     # ---- durations (seconds) --------------------------------------------
 

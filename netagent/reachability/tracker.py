@@ -38,6 +38,8 @@ class Reachability:
         self.discovery: Discovery | None = None
         self._changes: dict[ProbeKey, PortProbe] = {}
         self._flushing = False
+        self.changes = 0
+        agent.metrics.watch_reachability(self.status)
 
     async def start(self) -> None:
         syn = await self.agent.host.call(SynProber)   # its raw socket lives in the host netns
@@ -129,7 +131,10 @@ class Reachability:
                 "registry_healthy": bool(p and p.healthy),
                 "registry_error": p.last_error if p else "", "registry_last_success": p.last_success if p else 0.0,
                 "probed_ports": len(self.prober.ports) if self.prober else 0,
-                "probes": self.prober.probes if self.prober else 0}
+                "reachable_ports": sum(1 for p in list(self.prober.ports.values()) if p.reachable)
+                if self.prober else 0,
+                "probes": self.prober.probes if self.prober else 0, "changes": self.changes,
+                "registry_writes": p.writes if p else 0, "registry_errors": p.errors if p else 0}
 
     # ---- internals -----------------------------------------------------------
 
@@ -147,7 +152,11 @@ class Reachability:
             self.publisher.mark(sandbox_id)
 
     def _on_change(self, port: PortProbe) -> None:
+        self.changes += 1
         self._changes[port.key] = port
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flushing:
             self._flushing = True
             self.agent._spawn(self._flush())
@@ -167,7 +176,7 @@ class Reachability:
         finally:
             self._flushing = False
             if self._changes:
-                self._on_change(next(iter(self._changes.values())))
+                self._schedule_flush()
 
     async def wait_idle(self) -> None:
         while self._flushing:

@@ -51,6 +51,7 @@ class RegistryPublisher:
         self.last_error = ""
         self.last_success = 0.0
         self.writes = 0
+        self.errors = 0
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -145,4 +146,5 @@ class RegistryPublisher:
                         self.registry.url, error, self.retry_s)
         self.healthy = False
         self.last_error = error
+        self.errors += 1
         self._need_full = True

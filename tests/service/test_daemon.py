@@ -81,6 +81,8 @@ def test_metrics_parse_and_move(bed, daemon):
     before = scrape()
     with daemon.client() as c:
         c.allocate("m-1")
+        c.expose("m-1", 3000)   # no guest: probed, unreachable, written to the default sqlite registry
+        time.sleep(0.8)          # > probe_timeout_s: the first probe has timed out
         c.release("m-1")
         with pytest.raises(grpc.RpcError):
             c.get("nobody")
@@ -96,6 +98,11 @@ def test_metrics_parse_and_move(bed, daemon):
     assert after['netagent_slots{"state": "ready"}'] >= 1
     assert after["netagent_slot_capacity{}"] == 32768
     assert 'netagent_dropped_packets_total{"reason": "spoof"}' in after
+    assert after["netagent_probes_total{}"] > before["netagent_probes_total{}"]
+    assert after["netagent_reachability_changes_total{}"] >= 1   # unknown -> unreachable
+    assert after["netagent_registry_up{}"] == 1
+    assert after["netagent_registry_writes_total{}"] > before["netagent_registry_writes_total{}"]
+    assert after["netagent_registry_errors_total{}"] == 0
 
 
 def _openssl(*args: str, cwd) -> None:
