@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,8 @@ from google.protobuf.json_format import MessageToDict
 
 from ..client import Client
 from ..config import Config
-from . import hostcheck, kernel
+from . import hostcheck, kernel, probewords, registrycheck
+from .ages import ago, from_ms
 from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, emit, fail, pairs, table
 
 
@@ -34,8 +36,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--state", default="")
     p.add_argument("--rates-interval", type=float, default=0.5, metavar="S",
                    help="sample rx/tx rates over S seconds (0: no rate columns)")
-    p = cmd("show", "everything about one sandbox, with drift against the kernel", show)
+    p = cmd("show", "everything about one sandbox, with drift against the kernel and the registry", show)
     p.add_argument("sandbox")
+    p = cmd("probe", "is a guest TCP port open right now (a half-open SYN probe from the host)", probe)
+    p.add_argument("sandbox")
+    p.add_argument("port", type=int)
+    p.add_argument("--timeout-ms", type=int, metavar="N", help="wait N ms for an answer (default: the agent's "
+                   "probe_timeout_s)")
     p = cmd("allocate", "allocate a sandbox network", allocate)
     p.add_argument("sandbox")
     _policy_args(p)
@@ -53,7 +60,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
     p = cmd("gc", "find objects with our prefix that no slot owns; remove them with --apply", gc)
     p.add_argument("--apply", action="store_true")
-    cmd("doctor", "check the host's prerequisites and explain each failure", doctor)
+    cmd("doctor", "check the host's prerequisites and the registry, and explain each failure", doctor)
     p = cmd("policy", "show or replace a sandbox's egress policy", policy)
     p.add_argument("action", choices=["show", "set"])
     p.add_argument("sandbox")
@@ -98,12 +105,27 @@ def guarded(fn: Callable[[argparse.Namespace, Config, Client], int], args: argpa
             return fail(f"{code.name}: {exc.details()}")
 
 
+REGISTRY_FIELDS = ("registry", "registryHealthy", "registryError", "registryLastSuccessUnixMs", "probedPorts")
+
+
 def status(args: argparse.Namespace, config: Config, c: Client) -> int:
     info = to_dict(c.host_info())
     info["health"] = c.health()
     info["ruleset"] = "loaded" if kernel.table_loaded(config) else "MISSING"
-    emit(info, args.json, pairs(info))
+    human = {k: v for k, v in info.items() if k not in REGISTRY_FIELDS}
+    human["probedPorts"] = info["probedPorts"]
+    human["registry"] = info["registry"] or "off"
+    if info["registry"]:
+        human["registryHealth"] = _registry_health(info)
+    emit(info, args.json, pairs(human))
     return EXIT_OK
+
+
+def _registry_health(info: dict[str, Any]) -> str:
+    last = ago(from_ms(info["registryLastSuccessUnixMs"]))
+    if info["registryHealthy"]:
+        return f"healthy (last successful write {last})"
+    return f"ERROR: {info['registryError'] or 'not connected yet'} (last successful write {last})"
 
 
 def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
@@ -132,18 +154,60 @@ def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
 def show(args: argparse.Namespace, config: Config, c: Client) -> int:
     sbx = to_dict(c.get(args.sandbox))
     sbx["drift"] = kernel.sandbox_drift(config, sbx)
+    info = c.host_info()
+    read, latest, registry_drift = registrycheck.compare(
+        config, args.sandbox, lambda: to_dict(c.get(args.sandbox)), sbx, info.node_id, info.node_address)
+    sbx["ports"] = latest["ports"]   # the ports the registry was compared with
+    sbx["registry"], sbx["registryDrift"] = read.to_dict(), registry_drift
+    now = time.time()
     net = sbx["network"]
     human = pairs({"sandbox": sbx["sandboxId"], "state": sbx["state"], "slot": net["slot"],
                    "netns": net["netnsPath"], "tap": net["tap"], "sandbox ip": net["sandboxIp"],
                    "guest": f"{net['guestIp']}/{net['guestPrefixlen']} gw {net['gatewayIp']} mac {net['guestMac']}",
                    "boot arg": net["bootIpArg"], "host veth": net["hostVeth"], "policy": sbx["policy"],
-                   "ports": [f"{p['protocol'].removeprefix('PROTOCOL_').lower()}/{p['guestPort']} -> "
-                             f"{p['hostPort']}" for p in sbx["ports"]],
+                   "ports": [registrycheck.port_line(p, now) for p in sbx["ports"]],
                    "labels": sbx["labels"]})
     human += "\n\n" + ("drift: none (kernel matches the agent)" if not sbx["drift"] else
                        "DRIFT:\n" + table(sbx["drift"], ["object", "problem"]))
+    human += "\n\n" + _registry_section(read, registry_drift, now)
     emit(sbx, args.json, human)
-    return EXIT_FAILURE if sbx["drift"] else EXIT_OK
+    broken = sbx["drift"] or registry_drift or read.state == "unreachable"
+    return EXIT_FAILURE if broken else EXIT_OK
+
+
+def _registry_section(read: registrycheck.RegistryRead, found: list[dict[str, str]], now: float) -> str:
+    if read.state == "off":
+        return "registry: off (registry_url is empty: nothing is published)"
+    if read.state == "unreachable":
+        return f"registry: UNREACHABLE ({read.url}): {read.error}"
+    text = f"registry record ({read.url}):\n"
+    text += pairs(registrycheck.record_lines(read.record, now)) if read.record else "(none)"
+    return text + "\n\n" + ("registry drift: none (the registry matches the agent)" if not found else
+                            "REGISTRY DRIFT:\n" + table(found, ["object", "problem"]))
+
+
+def probe(args: argparse.Namespace, config: Config, c: Client) -> int:
+    if not 1 <= args.port <= 65535:
+        return fail("PORT must be 1-65535", EXIT_USAGE)
+    if args.timeout_ms is not None and not 0 < args.timeout_ms <= 10_000:
+        return fail("--timeout-ms must be 1-10000", EXIT_USAGE)
+    res = c.probe(args.sandbox, args.port, args.timeout_ms or 0)
+    sbx = to_dict(c.get(args.sandbox))
+    port = next((p for p in sbx["ports"] if int(p["guestPort"]) == args.port
+                 and registrycheck.protocol(p) == "tcp"), None)
+    timeout_ms = args.timeout_ms or round(config.probe_timeout_s * 1000)
+    head = f"{args.sandbox} port {args.port}: " + probewords.outcome(res.outcome, res.rtt_ms, args.port, timeout_ms)
+    exposure = probewords.exposure(args.sandbox, args.port, res.host_port)
+    lines = [f"{head}, {exposure}"] if res.reachable else [head, exposure]
+    if port:
+        lines.append(probewords.stored_view(port, bool(c.host_info().registry), time.time()))
+        if note := probewords.lag_note(res.reachable, port, config.probe_interval_s):
+            lines.append(note)
+    view = {k: port.get(k) for k in ("reachable", "changedUnixMs", "checkedUnixMs")} if port else None
+    emit({"sandboxId": args.sandbox, "guestPort": args.port, "reachable": res.reachable, "outcome": res.outcome,
+          "rttMs": round(res.rtt_ms, 3), "hostPort": res.host_port, "timeoutMs": timeout_ms, "words": lines[0],
+          "view": view}, args.json, "\n".join(lines))
+    return EXIT_OK if res.reachable else EXIT_FAILURE
 
 
 def allocate(args: argparse.Namespace, config: Config, c: Client) -> int:
@@ -201,6 +265,8 @@ def gc(args: argparse.Namespace, config: Config, c: Client) -> int:
 
 def doctor(args: argparse.Namespace, config: Config, c: Client) -> int:
     checks = hostcheck.doctor(config)
+    checks += [{"check": name, "status": status, "detail": detail, "fix": fix}
+               for name, status, detail, fix in registrycheck.doctor(config)]
     emit(checks, args.json, table(checks, ["check", "status", "detail", "fix"]))
     return EXIT_FAILURE if any(ch["status"] == "fail" for ch in checks) else EXIT_OK
 
