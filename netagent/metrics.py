@@ -74,6 +74,9 @@ class ReachabilityCollector(Collector):
                                   value=s["registry_writes"])
         yield CounterMetricFamily("netagent_registry_errors", "Failed registry attempts (outages).",
                                   value=s["registry_errors"])
+        yield CounterMetricFamily("netagent_registry_refused_writes",
+                                  "Writes refused because the registry held a newer record (seq).",
+                                  value=s["registry_refused"])
 
 
 class LinkStatsCollector(Collector):

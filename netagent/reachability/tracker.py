@@ -134,7 +134,8 @@ class Reachability:
                 "reachable_ports": sum(1 for p in list(self.prober.ports.values()) if p.reachable)
                 if self.prober else 0,
                 "probes": self.prober.probes if self.prober else 0, "changes": self.changes,
-                "registry_writes": p.writes if p else 0, "registry_errors": p.errors if p else 0}
+                "registry_writes": p.writes if p else 0, "registry_errors": p.errors if p else 0,
+                "registry_refused": p.refused if p else 0}
 
     # ---- internals -----------------------------------------------------------
 

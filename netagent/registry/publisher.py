@@ -52,6 +52,8 @@ class RegistryPublisher:
         self.last_success = 0.0
         self.writes = 0
         self.errors = 0
+        self.refused = 0            # writes the registry refused as older than what it holds
+        self._refused_ids: set[str] = set()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -115,8 +117,8 @@ class RegistryPublisher:
         return self.record(sid, seq) or SandboxRecord.tombstone(sid, node_id, seq, time.time())
 
     async def _write(self, sid: str) -> None:
-        await self.registry.put_sandbox(self._build(sid, self.node().node_id), self.ttl_s)
-        self.writes += 1
+        rec = self._build(sid, self.node().node_id)
+        self._check_stored([rec], [await self.registry.put_sandbox(rec, self.ttl_s)])
 
     async def _push_all(self, tombstone_strays: bool) -> None:
         """Rewrite every record in batches; changes queued meanwhile go between batches."""
@@ -129,9 +131,24 @@ class RegistryPublisher:
         for start in range(0, len(ids), BATCH):
             await self._flush_dirty()
             batch = ids[start:start + BATCH]
-            await self.registry.put_many([self._build(sid, node.node_id) for sid in batch], self.ttl_s)
-            self.writes += len(batch)
+            records = [self._build(sid, node.node_id) for sid in batch]
+            self._check_stored(records, await self.registry.put_many(records, self.ttl_s))
         await self._flush_dirty()
+
+    def _check_stored(self, records: list[SandboxRecord], stored: list[bool]) -> None:
+        """A refused write means the registry holds a newer record for that id:
+        another node took the sandbox over, or a clock ran ahead. Say so."""
+        self.writes += sum(stored)
+        for rec, ok in zip(records, stored, strict=True):
+            if not ok:
+                self.refused += 1
+                if rec.sandbox_id not in self._refused_ids:
+                    self._refused_ids.add(rec.sandbox_id)
+                    log.warning("registry refused our record of %s (seq %d): it holds a newer one, written "
+                                "by another node or with a clock ahead of ours; it stays until its TTL ends",
+                                rec.sandbox_id, rec.seq)
+            else:
+                self._refused_ids.discard(rec.sandbox_id)
 
     def _mark_healthy(self) -> None:
         if not self.healthy:
