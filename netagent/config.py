@@ -102,7 +102,7 @@ class Config(BaseModel):
     events_retained: int = Field(100_000, ge=100)
     log_level: str = "INFO"
     # Reachability probes (SYN probes of exposed TCP ports; see docs/reachability.md).
-    probe_interval_s: float = Field(0.75, ge=0.05, le=60)      # when stable
+    probe_interval_s: float = Field(0.7, ge=0.05, le=60)      # when stable
     probe_fast_interval_s: float = Field(0.1, ge=0.01, le=10)  # after an expose or a change...
     probe_fast_period_s: float = Field(5.0, ge=0, le=600)      # ...for this long
     probe_timeout_s: float = Field(0.5, ge=0.01, le=10)

@@ -18,7 +18,7 @@ ProbeKey = tuple[str, int]   # (sandbox id, guest port); only TCP ports are prob
 
 @dataclass(frozen=True)
 class ProbeSchedule:
-    interval_s: float = 0.75
+    interval_s: float = 0.7
     fast_interval_s: float = 0.1
     fast_period_s: float = 5.0
     timeout_s: float = 0.5
