@@ -10,7 +10,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import netns
 from .firewall.nft import Nft
@@ -69,3 +69,21 @@ class DnsThreads(_Executor):
 class BuildPool(_Executor):
     def __init__(self, host_netns: str | None, workers: int):
         super().__init__(host_netns, workers, "netagent-build")
+
+
+async def cancel_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until `event` is set or `timeout` passes. Not asyncio.wait_for: on
+    Python 3.11 it swallows a cancellation that races the event, so a loop
+    using it could never be stopped (seen as a hang in Agent.stop)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass

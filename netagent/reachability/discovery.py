@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import NetagentError
 from ..models import Protocol
+from ..workers import cancel_task
 from .prober import Prober
 from .tcp_syn import ProbeResult
 
@@ -36,9 +37,7 @@ class Discovery:
         self._task = asyncio.create_task(self._run(), name="netagent-discovery")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_task(self._task)
 
     async def _run(self) -> None:
         per_tick = max(1, round(self.rate * TICK_S))

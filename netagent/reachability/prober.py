@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..workers import cancel_task, wait_event
 from .schedule import PortProbe, ProbeKey, ProbeSchedule
 from .tcp_syn import ProbeResult, SynProber
 
@@ -36,12 +37,7 @@ class Prober:
         self._task = asyncio.create_task(self._run(), name="netagent-prober")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_task(self._task)
         self.syn.close()
 
     def add(self, port: PortProbe) -> None:
@@ -85,10 +81,7 @@ class Prober:
             if self._inflight >= self.max_inflight:
                 delay = 0.005
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(delay, 0.0005))
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, max(delay, 0.0005))
 
     def _fire(self, port: PortProbe) -> None:
         self._inflight += 1

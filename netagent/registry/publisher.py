@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..workers import cancel_task, wait_event
 from .base import Registry, RegistryError
 from .records import NodeRecord, SandboxRecord
 
@@ -63,12 +64,7 @@ class RegistryPublisher:
         self._task = asyncio.create_task(self._run(), name="netagent-registry")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_task(self._task)
         await self.registry.close()
 
     def mark(self, sandbox_id: str) -> None:
@@ -98,10 +94,7 @@ class RegistryPublisher:
                 continue
             if self._dirty:
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)
 
     async def _flush_dirty(self) -> None:
         while self._dirty:

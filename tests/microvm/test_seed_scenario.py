@@ -8,7 +8,6 @@ uplink address and the DNATed host port; the registry is the only thing they sha
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import subprocess
@@ -16,11 +15,11 @@ import time
 
 import pytest
 
-from netagent.registry import SandboxRecord, open_registry
 from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
 from tests.testbed.bed import WEB_IP
 from tests.testbed.microvm.runner import make_runner
+from tests.testbed.registry_read import read_record as registry_record
 
 pytestmark = pytest.mark.microvm
 DOMAIN = "sbx.test"
@@ -34,14 +33,6 @@ echo "</ul></body></html>"
 """
 
 
-def registry_record(url: str, sandbox_id: str) -> SandboxRecord | None:
-    async def read() -> SandboxRecord | None:
-        reg = open_registry(url)
-        try:
-            return await reg.get_sandbox(sandbox_id)
-        finally:
-            await reg.close()
-    return asyncio.run(read())
 
 
 def wait_port(url: str, sandbox_id: str, reachable: bool, timeout: float) -> float:

@@ -17,7 +17,7 @@ def test_allocate_over_grpc_and_guest_reaches_internet(bed, daemon):
         sbx = c.allocate("grpc-1", labels={"team": "a"})
         assert sbx.network.boot_ip_arg.startswith("ip=169.254.0.21::169.254.0.22:")
         assert c.allocate("grpc-1", labels={"team": "a"}) == sbx  # idempotent
-        guest = LightGuest.attach(bed, _net(sbx), "a")
+        guest = LightGuest.attach(bed, sbx.network, "a")
         ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
         assert ok and json.loads(body)["client"] == UPLINK_IP
         port = c.expose("grpc-1", 8080)
@@ -65,12 +65,6 @@ def test_every_status_code_from_a_real_bad_request(bed, tmp_path):
     finally:
         daemon.stop()
 
-
-def _net(sbx):
-    n = sbx.network
-    return type("N", (), {"netns": n.netns, "tap": n.tap, "guest_ip": n.guest_ip,
-                          "guest_prefixlen": n.guest_prefixlen, "gateway_ip": n.gateway_ip,
-                          "guest_mac": n.guest_mac})()
 
 
 def test_watch_events_streams_and_resumes(daemon):

@@ -17,20 +17,13 @@ from tests.testbed.bed import HTTP_PORT, WEB_IP, LightGuest
 from tests.testbed.flows import STREAM_READER
 
 
-def _guest_net(sbx):
-    n = sbx.network
-    return type("N", (), {"netns": n.netns, "tap": n.tap, "guest_ip": n.guest_ip,
-                          "guest_prefixlen": n.guest_prefixlen, "gateway_ip": n.gateway_ip,
-                          "guest_mac": n.guest_mac})()
-
-
 def test_sigterm_and_sigkill_restarts_lose_nothing(bed, tmp_path):
     cfg = write_config(bed, tmp_path, pool_size=4)
     daemon = Daemon(cfg).start()
     with daemon.client() as c:
         sandboxes = {f"live-{i}": c.allocate(f"live-{i}") for i in range(50)}
         ports = {sid: c.expose(sid, 8080).host_port for sid in list(sandboxes)[:10]}
-    guest = LightGuest.attach(bed, _guest_net(sandboxes["live-0"]), "a")
+    guest = LightGuest.attach(bed, sandboxes["live-0"].network, "a")
     seconds = 14
     stream = sh.popen(sh.PYTHON, "-c", STREAM_READER, f"http://{WEB_IP}:{HTTP_PORT}/stream?seconds={seconds}",
                       ns=guest.name)

@@ -8,16 +8,7 @@ import time
 from netagent.registry import SandboxRecord, open_registry
 from tests.service.daemon import Daemon, write_config
 from tests.testbed.bed import LightGuest
-
-
-def read(url: str, sandbox_id: str) -> SandboxRecord | None:
-    async def get() -> SandboxRecord | None:
-        reg = open_registry(url)
-        try:
-            return await reg.get_sandbox(sandbox_id)
-        finally:
-            await reg.close()
-    return asyncio.run(get())
+from tests.testbed.registry_read import read_record as read
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:
@@ -28,13 +19,6 @@ def wait_for(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-def _guest_net(sbx):
-    n = sbx.network
-    return type("N", (), {"netns": n.netns, "tap": n.tap, "guest_ip": n.guest_ip,
-                          "guest_prefixlen": n.guest_prefixlen, "gateway_ip": n.gateway_ip,
-                          "guest_mac": n.guest_mac})()
-
-
 def test_a_killed_agent_leaves_no_reachable_record_past_the_ttl(bed, tmp_path):
     url = f"sqlite://{tmp_path}/registry.db"
     ttl = 2.0
@@ -43,7 +27,7 @@ def test_a_killed_agent_leaves_no_reachable_record_past_the_ttl(bed, tmp_path):
     try:
         with daemon.client() as c:
             sbx = c.allocate("ttl-1")
-            guest = LightGuest.attach(bed, _guest_net(sbx), "t")
+            guest = LightGuest.attach(bed, sbx.network, "t")
             bed.start_server(guest.name, "--http", "3000")
             c.expose("ttl-1", 3000)
 

@@ -53,3 +53,26 @@ async def test_publishes_changes_tombstones_releases_and_reports_refused_writes(
     finally:
         await pub.stop()
         await reader.close()
+
+
+async def test_a_loop_waiting_on_a_busy_event_can_be_cancelled():
+    """asyncio.wait_for on 3.11 swallows a cancel racing the event; wait_event must not."""
+    from netagent.workers import cancel_task, wait_event
+
+    event = asyncio.Event()
+
+    async def loop() -> None:
+        while True:
+            event.clear()
+            await wait_event(event, 0.0005)
+
+    async def setter() -> None:
+        while True:
+            event.set()
+            await asyncio.sleep(0)
+
+    for _ in range(50):
+        task, busy = asyncio.create_task(loop()), asyncio.create_task(setter())
+        await asyncio.sleep(0.002)
+        await asyncio.wait_for(cancel_task(task), 1.0)
+        await cancel_task(busy)
