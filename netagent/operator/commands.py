@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from ..api import netagent_pb2 as pb
 from ..client import Client
 from ..config import Config
 from . import hostcheck, kernel, probewords, registrycheck
@@ -136,7 +137,7 @@ def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
         rows.append({"sandbox": s.sandbox_id, "slot": s.network.slot, "sandbox_ip": s.network.sandbox_ip,
                      "internet": "on" if s.policy.internet else "off",
                      "allow": len(s.policy.allow_out), "deny": len(s.policy.deny_out),
-                     "ports": ",".join(f"{p.guest_port}->{p.host_port}" for p in s.ports) or "-",
+                     "ports": ",".join(_port_cell(p) for p in s.ports) or "-",
                      "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", "_raw": d})
     cols = ["sandbox", "slot", "sandbox_ip", "internet", "allow", "deny", "ports", "labels"]
     if args.rates_interval > 0 and rows:
@@ -149,6 +150,14 @@ def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
         cols[3:3] = ["rx", "tx"]
     emit([r["_raw"] for r in rows], args.json, table(rows, cols))
     return EXIT_OK
+
+
+def _port_cell(p: Any) -> str:
+    """3000->20000(up), (down), (?) until probed; UDP is not probed."""
+    if p.protocol == pb.PROTOCOL_UDP:
+        return f"{p.guest_port}->{p.host_port}/udp"
+    state = "?" if not p.HasField("reachable") else ("up" if p.reachable else "down")
+    return f"{p.guest_port}->{p.host_port}({state})"
 
 
 def show(args: argparse.Namespace, config: Config, c: Client) -> int:

@@ -82,6 +82,8 @@ def test_probe_open_closed_unexposed_unknown_and_capture_filter(bed, daemon):
     bed.start_server(guest.name, "--http", "3000")
     host_port = cli_json(cfg, "expose", "web-1", "3000")["hostPort"]
     assert wait_until(lambda: port_state(cfg, "web-1", 3000).get("reachable") is True, 10)
+    code, out, _ = cli(cfg, "ls", "--rates-interval", "0")
+    assert code == 0 and f"3000->{host_port}(up)" in out, out
 
     code, out, _ = cli(cfg, "probe", "web-1", "3000")
     assert code == 0, out
