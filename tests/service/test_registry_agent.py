@@ -5,6 +5,7 @@ import asyncio
 import signal
 import time
 
+from netagent.api import netagent_pb2 as pb
 from netagent.registry import SandboxRecord, open_registry
 from tests.service.daemon import Daemon, write_config
 from tests.testbed.bed import LightGuest
@@ -35,11 +36,17 @@ def test_a_killed_agent_leaves_no_reachable_record_past_the_ttl(bed, tmp_path):
             rec = read(url, "ttl-1")
             return bool(rec and rec.port(3000) and rec.port(3000).reachable)
         wait_for(reachable, 5, "reachable=true in the registry")
-        last_write = read(url, "ttl-1").updated_at
+        with daemon.client() as c:   # the change was also an event on WatchEvents
+            for ev in c.watch_events(0, ["ttl-1"], timeout=5):
+                if ev.type == pb.EVENT_TYPE_PORT_REACHABILITY and ev.reachable:
+                    assert ev.port.guest_port == 3000 and ev.port.reachable
+                    break
         daemon.stop(signal.SIGKILL)
-        gone = wait_for(lambda: read(url, "ttl-1") is None, ttl + 2, "the record to expire")
-        # Never longer than the TTL after the agent's last write.
-        assert time.time() - gone - last_write <= ttl + 0.3
+        last = read(url, "ttl-1")    # the agent's last write, reachable=true
+        assert last is not None and last.port(3000).reachable
+        wait_for(lambda: read(url, "ttl-1") is None, ttl + 2, "the record to expire")
+        # Gone no later than the TTL after the agent's last write (+ the 50 ms polling).
+        assert time.time() - last.updated_at <= ttl + 0.15
         guest.stop()
     finally:
         if daemon.proc and daemon.proc.poll() is None:
