@@ -82,6 +82,7 @@ class SlotBuilder:
     def _build_host_side(self, slot: SlotAddresses) -> None:
         ipr = self.host_ipr()
         index = socket.if_nametoindex(slot.host_veth)
+        route_devices([index])  # no IPv6 link-local, so no neighbour discovery chatter either
         ipr.addr("add", index=index, address=str(slot.host_ip), prefixlen=31)
         ipr.link("set", index=index, state="up")
 

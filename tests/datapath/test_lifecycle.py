@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 
@@ -228,3 +229,13 @@ async def test_changed_slot_rules_are_reloaded_into_adopted_slots_without_breaki
         assert third.stats["last_reconcile"]["slot_rules_reloaded"] == 0
     finally:
         await third.stop()
+
+
+async def test_slot_links_carry_no_ipv6_addresses(bed, agent):
+    """Neither side of a slot gets an IPv6 (link-local) address: nothing to
+    reach over IPv6 and no neighbour-discovery chatter on idle slots."""
+    net = await agent.allocate("v6-1")
+    host = json.loads(sh.run("ip", "-j", "-6", "addr", "show", "dev", net.host_veth, ns=bed.host).stdout)
+    assert all(not link.get("addr_info") for link in host), host
+    inside = json.loads(sh.run("ip", "-j", "-6", "addr", "show", ns=net.netns).stdout)
+    assert all(not link.get("addr_info") for link in inside if link["ifname"] != "lo"), inside
