@@ -24,14 +24,15 @@ import dns.rcode
 import dns.rdatatype
 
 from ..policy import domain_allowed
+from . import wire as wire_format
 
 log = logging.getLogger("netagent.dns")
 
 Lookup = Callable[[str], tuple[str, ...] | None]          # sandbox IP -> allowed domains (None: unknown)
-# Sends one query upstream. It must open its socket in the host netns: the
-# caller runs it on a thread that lives there (sockets keep their netns).
-# It returns the answer as wire bytes, with the client's query id.
-Upstream = Callable[[dns.message.Message, str, float], Awaitable[bytes]]
+# Sends one query (wire bytes) upstream. Its socket must live in the host netns
+# (sockets keep their netns). It returns the answer as wire bytes, with the
+# client's query id.
+Upstream = Callable[[bytes, str, float], Awaitable[bytes]]
 Admit = Callable[[str, list[tuple[str, int]]], Awaitable[None]]  # sandbox IP, [(address, ttl)]
 
 
@@ -48,41 +49,57 @@ class DnsProxy:
         self.stats = {"queries": 0, "refused": 0, "answered": 0, "failed": 0}
 
     async def answer(self, wire: bytes, client_ip: str) -> bytes | None:
-        """One query in, one response out (None: unparseable, drop it)."""
-        try:
-            query = dns.message.from_wire(wire)
-        except dns.exception.DNSException:
-            return None
+        """One query in, one response out (None: unparseable, drop it).
+        Plain queries take the wire.py fast path; others go through dnspython."""
+        question = wire_format.parse_query(wire)
+        if question is not None:
+            name: str | None = question.name
+            def reply(rcode: int) -> bytes:
+                return wire_format.error_response(wire, question, rcode)
+        else:
+            try:
+                query = dns.message.from_wire(wire)
+            except dns.exception.DNSException:
+                return None
+            name = query.question[0].name.to_text() if query.question else None
+            def reply(rcode: int) -> bytes:
+                return _reply(query, rcode)
         self.stats["queries"] += 1
         domains = self.lookup(client_ip)
-        if not query.question or domains is None or not domain_allowed(query.question[0].name.to_text(), domains):
+        if name is None or domains is None or not domain_allowed(name, domains):
             self.stats["refused"] += 1
-            return _reply(query, dns.rcode.REFUSED)
+            return reply(dns.rcode.REFUSED)
         try:
-            raw = await self._resolve(query)
-            response = dns.message.from_wire(raw)
+            raw = await self._resolve(wire)
+            addresses = _a_records(raw)
         except (dns.exception.DNSException, OSError) as exc:
             self.stats["failed"] += 1
-            log.warning("upstream failed for %s: %s", query.question[0].name, exc)
-            return _reply(query, dns.rcode.SERVFAIL)
-        addresses = [(rr.address, self._ttl(rrset.ttl)) for rrset in response.answer
-                     if rrset.rdtype == dns.rdatatype.A for rr in rrset]
+            log.warning("upstream failed for %s: %s", name, exc)
+            return reply(dns.rcode.SERVFAIL)
         if addresses:
-            await self.admit(client_ip, addresses)  # before the guest sees the answer
+            await self.admit(client_ip, [(a, self._ttl(ttl)) for a, ttl in addresses])  # before the guest sees it
         self.stats["answered"] += 1
         return raw  # as the upstream sent it: no re-encoding
 
-    async def _resolve(self, query: dns.message.Message) -> bytes:
+    async def _resolve(self, wire: bytes) -> bytes:
         last: Exception | None = None
         for upstream in self.upstreams:
             try:
-                return await self.query_upstream(query, upstream, self.timeout)
+                return await self.query_upstream(wire, upstream, self.timeout)
             except (dns.exception.DNSException, OSError) as exc:
                 last = exc
         raise last or dns.exception.DNSException("no upstream resolver configured")
 
     def _ttl(self, ttl: int) -> int:
         return max(self.ttl_floor, min(self.ttl_cap, ttl))
+
+
+def _a_records(raw: bytes) -> list[tuple[str, int]]:
+    fast = wire_format.a_records(raw)
+    if fast is not None:
+        return fast
+    response = dns.message.from_wire(raw)
+    return [(rr.address, rrset.ttl) for rrset in response.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset]
 
 
 def _reply(query: dns.message.Message, rcode: int) -> bytes:
@@ -166,23 +183,22 @@ class UpstreamClient(asyncio.DatagramProtocol):
             if fut is not None and not fut.done():
                 fut.set_result(data)
 
-    async def query(self, query: dns.message.Message, upstream: str, timeout: float) -> bytes:
+    async def query(self, query: bytes, upstream: str, timeout: float) -> bytes:
         assert self.transport is not None
         qid = self._free_id(upstream)
-        wire = bytearray(query.to_wire())
-        struct.pack_into("!H", wire, 0, qid)
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
         self.pending[(qid, upstream)] = fut
+        timer = loop.call_later(timeout, lambda: fut.done() or fut.set_exception(dns.exception.Timeout()))
         try:
-            self.transport.sendto(bytes(wire), (upstream, 53))
-            data = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise dns.exception.Timeout() from None
+            self.transport.sendto(struct.pack("!H", qid) + query[2:], (upstream, 53))
+            data = await fut
         finally:
+            timer.cancel()
             self.pending.pop((qid, upstream), None)
         if len(data) >= 4 and data[2] & 0x02:  # TC: truncated, ask again over TCP
             return await self.tcp_fallback(query, upstream, timeout)
-        return struct.pack("!H", query.id) + data[2:]
+        return query[:2] + data[2:]
 
     def _free_id(self, upstream: str) -> int:
         for _ in range(0x10000):
@@ -200,6 +216,6 @@ def upstream_socket() -> socket.socket:
     return sock
 
 
-def query_tcp_blocking(query: dns.message.Message, upstream: str, timeout: float) -> bytes:
+def query_tcp_blocking(query: bytes, upstream: str, timeout: float) -> bytes:
     """Blocking: run it on a host-netns thread."""
-    return dns.query.tcp(query, upstream, timeout=timeout).to_wire()
+    return dns.query.tcp(dns.message.from_wire(query), upstream, timeout=timeout).to_wire()
