@@ -161,11 +161,14 @@ def test_gc_removes_a_stale_trace_table(bed, daemon):
 
 
 def fetch_loop(guest: LightGuest, url: str, seconds: float) -> subprocess.Popen[str]:
-    """A guest that opens a new connection to url again and again."""
+    """A guest that opens a new connection to url again and again, about 30 a
+    second: well under the agent's new-connection rate limit (200/s), which
+    would otherwise drop SYNs and leave gaps of a second or more."""
     script = (f"import time, urllib.request\nend = time.monotonic() + {seconds!r}\n"
               "while time.monotonic() < end:\n"
               f"    try: urllib.request.urlopen({url!r}, timeout=2).read()\n"
-              "    except Exception: time.sleep(0.1)\n")
+              "    except Exception: pass\n"
+              "    time.sleep(0.03)\n")
     return sh.popen(sh.PYTHON, "-c", script, ns=guest.name)
 
 
@@ -209,8 +212,8 @@ def test_top_and_ls_rates(bed, daemon):
     guest = LightGuest.attach(bed, network(daemon, "busy-1"), "b")
     traffic = fetch_loop(guest, f"http://{WEB_IP}:{HTTP_PORT}/", 60)
     try:
-        # A freshly built host veth sends IPv6 ND/MLD for its first seconds
-        # (kernel chatter, not the sandbox's): sample until the idle one is quiet.
+        # Sample until the idle one is quiet (the first samples can still see
+        # the slot being set up).
         deadline = time.monotonic() + 25
         while True:
             rows = {r["sandbox"]: r for r in cli_json(daemon, "top", "--once", "--interval", "1.5")}
