@@ -352,9 +352,16 @@ class Agent:
         """Store reachability changes with their events (called by the prober's tracker)."""
         await self._submit("reachability", asyncio.get_running_loop().create_future(), ports=ports)
 
-    async def resync(self) -> None:
+    async def resync(self) -> dict[str, Any]:
         """Reload the ruleset if it drifted and re-add every element, atomically."""
         await self._submit("resync", asyncio.get_running_loop().create_future())
+        return {"ruleset_reloaded": self.stats["last_sync_reloaded"], "elements": len(self.desired_elements())}
+
+    async def repair(self) -> dict[str, Any]:
+        """Operator repair (Resync RPC): the host table and elements, and every registry record."""
+        result = await self.resync()
+        self.reachability.republish()
+        return result
 
     # ---- helpers ---------------------------------------------------------
 
@@ -647,10 +654,12 @@ class Agent:
             flush = "".join(f"flush set inet {t} {s}\n" for s in nft_mod.SETS)
             flush += "".join(f"flush map inet {t} {m}\n" for m in nft_mod.MAPS)
             nft.run(flush + el.to_text(t, fixed) + el.to_text(t, dynamic))
+            self.stats["last_sync_reloaded"] = False
         else:
             nft.run(ruleset.full_load_script(self.config, self.host_source, fixed, dynamic))
             self.ruleset_fingerprint = nft.table_fingerprint(self.config.prefix)
             self._admitted.clear()  # a reloaded table has no fqdn_ips
+            self.stats["last_sync_reloaded"] = True
         return nft.last_duration_s
 
     async def _watch_ruleset(self) -> None:

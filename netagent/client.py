@@ -78,6 +78,9 @@ class Client:
                                      protocol=PROTOCOLS.get(protocol, 99))
         return self.stub.UnexposePort(req, timeout=self.timeout).removed
 
+    def resync(self) -> pb.ResyncResponse:
+        return self.stub.Resync(pb.ResyncRequest(), timeout=self.timeout)
+
     def probe(self, sandbox_id: str, guest_port: int, timeout_ms: int = 0) -> pb.ProbePortResponse:
         req = pb.ProbePortRequest(sandbox_id=sandbox_id, guest_port=guest_port, timeout_ms=timeout_ms)
         return self.stub.ProbePort(req, timeout=self.timeout)

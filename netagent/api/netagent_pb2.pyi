@@ -284,6 +284,18 @@ class HostInfo(_message.Message):
     node_address: str
     def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., allocations: _Optional[int] = ..., free_slots: _Optional[int] = ..., ready_slots: _Optional[int] = ..., uplink: _Optional[str] = ..., uplink_addresses: _Optional[_Iterable[str]] = ..., transit_cidr: _Optional[str] = ..., prefix: _Optional[str] = ..., registry: _Optional[str] = ..., registry_healthy: _Optional[bool] = ..., registry_error: _Optional[str] = ..., registry_last_success_unix_ms: _Optional[int] = ..., probed_ports: _Optional[int] = ..., node_address: _Optional[str] = ...) -> None: ...
 
+class ResyncRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResyncResponse(_message.Message):
+    __slots__ = ("ruleset_reloaded", "elements")
+    RULESET_RELOADED_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    ruleset_reloaded: bool
+    elements: int
+    def __init__(self, ruleset_reloaded: _Optional[bool] = ..., elements: _Optional[int] = ...) -> None: ...
+
 class ProbePortRequest(_message.Message):
     __slots__ = ("sandbox_id", "guest_port", "timeout_ms")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]

@@ -84,6 +84,11 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.ProbePortRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.ProbePortResponse.FromString,
                 _registered_method=True)
+        self.Resync = channel.unary_unary(
+                '/netagent.v1.NetAgent/Resync',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.ResyncRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.ResyncResponse.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -155,6 +160,14 @@ class NetAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Resync(self, request, context):
+        """Repair drift: reload the host table if it was edited and re-add every
+        element from state in one transaction; rewrite every registry record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +220,11 @@ def add_NetAgentServicer_to_server(servicer, server):
                     servicer.ProbePort,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.ProbePortRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.ProbePortResponse.SerializeToString,
+            ),
+            'Resync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resync,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.ResyncRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.ResyncResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +497,33 @@ class NetAgent:
             '/netagent.v1.NetAgent/ProbePort',
             netagent_dot_api_dot_netagent__pb2.ProbePortRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.ProbePortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/Resync',
+            netagent_dot_api_dot_netagent__pb2.ResyncRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.ResyncResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -113,6 +113,12 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                            registry_last_success_unix_ms=int(r["registry_last_success"] * 1000),
                            probed_ports=r["probed_ports"], node_address=a.reachability.node_address())
 
+    async def Resync(self, request: pb.ResyncRequest, context: Any) -> pb.ResyncResponse:
+        async def run() -> pb.ResyncResponse:
+            res = await self.agent.repair()
+            return pb.ResyncResponse(ruleset_reloaded=res["ruleset_reloaded"], elements=res["elements"])
+        return await self._call("resync", context, run)
+
     async def ProbePort(self, request: pb.ProbePortRequest, context: Any) -> pb.ProbePortResponse:
         async def run() -> pb.ProbePortResponse:
             timeout = request.timeout_ms / 1000 if request.timeout_ms else None

@@ -61,6 +61,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
     p = cmd("gc", "find objects with our prefix that no slot owns; remove them with --apply", gc)
     p.add_argument("--apply", action="store_true")
+    cmd("resync", "repair drift: re-add every nft element from state (reload the table if edited), "
+                  "rewrite every registry record", resync)
     cmd("doctor", "check the host's prerequisites and the registry, and explain each failure", doctor)
     p = cmd("policy", "show or replace a sandbox's egress policy", policy)
     p.add_argument("action", choices=["show", "set"])
@@ -255,6 +257,14 @@ def policy(args: argparse.Namespace, config: Config, c: Client) -> int:
     d = to_dict(s.policy)
     emit(d, args.json, pairs({"internet": "on" if s.policy.internet else "off",
                               "allow_out": list(s.policy.allow_out), "deny_out": list(s.policy.deny_out)}))
+    return EXIT_OK
+
+
+def resync(args: argparse.Namespace, config: Config, c: Client) -> int:
+    res = c.resync()
+    table = "reloaded (it had been edited or removed)" if res.ruleset_reloaded else "unchanged"
+    emit(to_dict(res), args.json, pairs({"host table": table, "elements re-added": res.elements,
+                                         "registry": "every record rewritten"}))
     return EXIT_OK
 
 

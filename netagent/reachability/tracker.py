@@ -89,6 +89,11 @@ class Reachability:
             self.prober.remove((sandbox_id, port.guest_port))
         self._mark(sandbox_id)
 
+    def republish(self) -> None:
+        """Rewrite every registry record now (and tombstone strays)."""
+        if self.publisher:
+            self.publisher.push_all_now()
+
     # ---- views -------------------------------------------------------------
 
     def port_view(self, sandbox_id: str, port: ExposedPort) -> ExposedPort:

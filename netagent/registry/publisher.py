@@ -67,6 +67,10 @@ class RegistryPublisher:
         await cancel_task(self._task)
         await self.registry.close()
 
+    def push_all_now(self) -> None:
+        self._need_full = True
+        self._wake.set()
+
     def mark(self, sandbox_id: str) -> None:
         self._dirty.add(sandbox_id)
         self._wake.set()

@@ -33,6 +33,11 @@ def test_status_ls_show_with_drift_and_exit_codes(bed, daemon):
            ns=bed.host)
     code, out, _ = cli(daemon, "show", "cli-1")
     assert code == 1 and "DRIFT" in out and "allow_net" in out, out
+    # ... and resync repairs it (the element comes back from state).
+    code, out, _ = cli(daemon, "resync", "--json")
+    assert code == 0 and json.loads(out)["elements"] > 0, out
+    code, out, _ = cli(daemon, "show", "cli-1")
+    assert code == 0 and "drift: none" in out, out
 
     code, out, _ = cli(daemon, "policy", "set", "cli-1", "--internet", "on", "--json")
     assert code == 0 and json.loads(out)["internet"] is True
