@@ -31,6 +31,7 @@ class Prober:
         self._wake = asyncio.Event()
         self._inflight = 0
         self._task: asyncio.Task[None] | None = None
+        self._generation = 0   # one counter for all ports: a stale heap entry never matches
         self.probes = 0
 
     def start(self) -> None:
@@ -45,7 +46,8 @@ class Prober:
         old = self.ports.get(port.key)
         if old is not None:
             port = old
-        port.generation += 1
+        self._generation += 1
+        port.generation = self._generation
         port.fast_until = time.monotonic() + self.schedule.fast_period_s
         self.ports[port.key] = port
         self._push(time.monotonic(), port)
