@@ -22,6 +22,7 @@ from .config import Config
 from .datapath import conntrack
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
+from .denied_flows import DeniedFlowLog
 from .dns.proxy import DnsProxy, UpstreamClient, bind_sockets, query_tcp_blocking, upstream_socket
 from .dns.proxy import serve as serve_dns
 from .errors import Conflict, Exhausted, InvalidArgument, NetagentError, NotFound, Unavailable
@@ -107,6 +108,7 @@ class Agent:
         self._admitted: dict[tuple[str, str], float] = {}  # (sandbox IP, address) -> expiry (monotonic)
         self.dns: DnsProxy | None = None
         self.reachability = Reachability(self)
+        self.denied = DeniedFlowLog(self)
         self._dns_servers: Any = None
         self.stats: dict[str, Any] = {"ruleset_restores": 0, "reconcile_repairs": 0, "last_reconcile": None}
 
@@ -119,6 +121,8 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._committer(), name="netagent-committer"))
         await reconcile(self)
         await self.reachability.start()
+        if self.config.denied_flow_events:
+            await self.denied.start()
         self._tasks.append(asyncio.create_task(self._watch_ruleset(), name="netagent-ruleset-watch"))
         if fill_pool:
             self._tasks.append(asyncio.create_task(self._pool_filler(), name="netagent-pool"))
@@ -213,6 +217,7 @@ class Agent:
             server.close()
         await asyncio.gather(*others, return_exceptions=True)
         await self.reachability.stop()
+        await self.denied.stop()
         while self._pending or self._committing or self._background:  # let queued work finish
             if self._background:
                 await asyncio.wait(set(self._background), timeout=30)
@@ -352,6 +357,10 @@ class Agent:
         """Store reachability changes with their events (called by the prober's tracker)."""
         await self._submit("reachability", asyncio.get_running_loop().create_future(), ports=ports)
 
+    async def record_denied(self, flows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Store FLOW_DENIED events (called by the denied-flow log)."""
+        await self._submit("denied", asyncio.get_running_loop().create_future(), flows=flows)
+
     async def resync(self) -> dict[str, Any]:
         """Reload the ruleset if it drifted and re-add every element, atomically."""
         await self._submit("resync", asyncio.get_running_loop().create_future())
@@ -404,7 +413,7 @@ class Agent:
                         for p in sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))
 
     async def _submit(self, kind: str, future: asyncio.Future[Any], **args: Any) -> Any:
-        if kind not in ("slot_ready", "slot_gone", "resync", "reachability"):
+        if kind not in ("slot_ready", "slot_gone", "resync", "reachability", "denied"):
             self._last_call = time.monotonic()
         self._pending.append(_Op(kind, args, future))
         self._wake.set()
@@ -577,6 +586,10 @@ class Agent:
         plan.events.append(("port_unexposed", rec.sandbox_id, {"port": port.model_dump(mode="json")}))
         plan.after.append(lambda: self.reachability.on_unexposed(rec.sandbox_id, port))
         return True
+
+    def _plan_denied(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> None:
+        plan.events += [("flow_denied", sid, {"denied": data}) for sid, data in a["flows"]
+                        if sid in self.allocations]
 
     def _plan_reachability(self, a: dict[str, Any], tx: Tx, plan: _Plan) -> None:
         for probe in a["ports"]:

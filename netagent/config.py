@@ -101,6 +101,7 @@ class Config(BaseModel):
     ready_min_slots: int = Field(8, ge=0)    # READY=1 once this many warm slots exist (capped at pool_size)
     events_retained: int = Field(100_000, ge=100)
     log_level: str = "INFO"
+    denied_flow_events: bool = True          # FLOW_DENIED events + log lines from nflog (5/s per sandbox)
     # Reachability probes (SYN probes of exposed TCP ports; see docs/reachability.md).
     probe_interval_s: float = Field(0.7, ge=0.05, le=60)      # when stable
     probe_fast_interval_s: float = Field(0.1, ge=0.01, le=10)  # after an expose or a change...

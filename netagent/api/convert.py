@@ -17,7 +17,8 @@ PROTO_TO_PROTOCOL = {pb.PROTOCOL_UNSPECIFIED: Protocol.TCP, pb.PROTOCOL_TCP: Pro
 PROTOCOL_TO_PROTO = {Protocol.TCP: pb.PROTOCOL_TCP, Protocol.UDP: pb.PROTOCOL_UDP}
 EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_RELEASED,
                "policy_updated": pb.EVENT_TYPE_POLICY_UPDATED, "port_exposed": pb.EVENT_TYPE_PORT_EXPOSED,
-               "port_unexposed": pb.EVENT_TYPE_PORT_UNEXPOSED, "port_reachability": pb.EVENT_TYPE_PORT_REACHABILITY}
+               "port_unexposed": pb.EVENT_TYPE_PORT_UNEXPOSED, "port_reachability": pb.EVENT_TYPE_PORT_REACHABILITY,
+               "flow_denied": pb.EVENT_TYPE_FLOW_DENIED}
 
 
 class _Req(BaseModel):

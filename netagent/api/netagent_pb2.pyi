@@ -22,6 +22,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PORT_EXPOSED: _ClassVar[EventType]
     EVENT_TYPE_PORT_UNEXPOSED: _ClassVar[EventType]
     EVENT_TYPE_PORT_REACHABILITY: _ClassVar[EventType]
+    EVENT_TYPE_FLOW_DENIED: _ClassVar[EventType]
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
@@ -32,6 +33,7 @@ EVENT_TYPE_POLICY_UPDATED: EventType
 EVENT_TYPE_PORT_EXPOSED: EventType
 EVENT_TYPE_PORT_UNEXPOSED: EventType
 EVENT_TYPE_PORT_REACHABILITY: EventType
+EVENT_TYPE_FLOW_DENIED: EventType
 
 class EgressPolicy(_message.Message):
     __slots__ = ("internet", "allow_out", "deny_out")
@@ -226,8 +228,20 @@ class WatchEventsRequest(_message.Message):
     sandbox_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, after_cursor: _Optional[int] = ..., sandbox_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class DeniedFlow(_message.Message):
+    __slots__ = ("reason", "destination", "protocol", "port")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    destination: str
+    protocol: str
+    port: int
+    def __init__(self, reason: _Optional[str] = ..., destination: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
 class Event(_message.Message):
-    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable")
+    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +249,7 @@ class Event(_message.Message):
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    DENIED_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     time_unix_ms: int
     type: EventType
@@ -242,7 +257,8 @@ class Event(_message.Message):
     sandbox: Sandbox
     port: ExposedPort
     reachable: bool
-    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ...) -> None: ...
+    denied: DeniedFlow
+    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ...) -> None: ...
 
 class GetHostInfoRequest(_message.Message):
     __slots__ = ()

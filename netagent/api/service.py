@@ -137,6 +137,8 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                     msg.sandbox.CopyFrom(cv.sandbox_to_proto(ev.data["sandbox"]))
                 if "port" in ev.data:
                     msg.port.CopyFrom(cv.port_to_proto(ev.data["port"]))
+                if "denied" in ev.data:
+                    msg.denied.CopyFrom(pb.DeniedFlow(**ev.data["denied"]))
                 yield msg
         except NetagentError as exc:
             self.on_error("watch_events", exc.code)
