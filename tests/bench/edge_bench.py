@@ -25,6 +25,7 @@ import time
 
 from netagent.registry import PortRecord, SandboxRecord
 from netagent.registry.sqlite import SqliteRegistry
+from tests.edge.helpers import wait_listening
 
 LOOPBACK = "127.0.0.1"
 DOMAIN = "sbx.bench.test"
@@ -97,19 +98,6 @@ async def load(port: int, host: str, connections: int, seconds: float) -> dict[s
 async def measure(port: int, host: str, connections: int, seconds: float) -> dict[str, dict[str, float]]:
     return {"serial": await load(port, host, 1, seconds), "concurrent": await load(port, host, connections, seconds)}
 
-
-async def wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("netagent edge exited early")
-        try:
-            _, writer = await asyncio.open_connection(LOOPBACK, port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError("netagent edge did not start listening")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -7,12 +7,11 @@ import hashlib
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from netagent.registry.sqlite import SqliteRegistry
 
-from .helpers import LOOPBACK, RawClient, UpstreamServer, free_port, sandbox
+from .helpers import LOOPBACK, RawClient, UpstreamServer, free_port, sandbox, wait_listening
 
 DOMAIN = "sbx.cli.test"
 BIG_PIECE = bytes(range(256)) * 256          # 64 KiB
@@ -25,18 +24,6 @@ def rss_kib(pid: int, field: str) -> int:
             return int(line.split()[1])
     raise AssertionError(f"no {field} for {pid}")
 
-
-async def wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "netagent edge exited early"
-        try:
-            _, writer = await asyncio.open_connection(LOOPBACK, port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError("netagent edge did not start listening")
 
 
 async def big(req, reader, writer) -> bool:
