@@ -1,16 +1,34 @@
-"""Pure address plan and naming: slot index <-> names <-> addresses."""
+"""Pure address plan and naming: slot index <-> names <-> addresses.
+
+It reads its settings through the small `AddressSettings` protocol (the
+config satisfies it), so config.py may import this module and not the other
+way round."""
 from __future__ import annotations
 
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import Config
-
+from typing import Any, Protocol
 
 CT_MARK_INGRESS = 0x80000000   # ingress flows differ from egress ones in this bit only
+MAX_IFNAME = 15                # bytes of a Linux interface name
+
+
+class AddressSettings(Protocol):
+    prefix: str
+    transit_cidr: ipaddress.IPv4Network
+    guest: Any                 # guest_ip, gateway_ip, prefixlen (config.GuestPlan)
+    ct_mark_base: int
+
+
+def check_names_fit(prefix: str, transit_cidr: ipaddress.IPv4Network, guest_ip: ipaddress.IPv4Address) -> None:
+    """ValueError unless every slot's names fit the kernel's limits and the
+    guest address stays outside the transit range."""
+    longest = f"{prefix}v{transit_cidr.num_addresses // 2 - 1}"
+    if len(longest.encode()) > MAX_IFNAME:
+        raise ValueError(f"prefix too long: interface {longest!r} would exceed {MAX_IFNAME} bytes")
+    if guest_ip in transit_cidr:
+        raise ValueError("transit_cidr must not contain the guest address")
 
 
 @dataclass(frozen=True)
@@ -25,7 +43,7 @@ class SlotAddresses:
 
 
 class AddressPlan:
-    def __init__(self, config: Config):
+    def __init__(self, config: AddressSettings):
         self.prefix = config.prefix
         self.transit = config.transit_cidr
         self.guest = config.guest

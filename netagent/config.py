@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .addressing import check_names_fit
 from .errors import ConfigError
 
-MAX_IFNAME = 15
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 DEFAULT_ALWAYS_DENY = [
@@ -192,13 +192,7 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _names_fit(self) -> Config:
-        from .addressing import AddressPlan
-        plan = AddressPlan(self)
-        longest = plan.host_veth(plan.capacity - 1)
-        if len(longest.encode()) > MAX_IFNAME:
-            raise ValueError(f"prefix too long: interface {longest!r} would exceed {MAX_IFNAME} bytes")
-        if self.guest.guest_ip in self.transit_cidr:
-            raise ValueError("transit_cidr must not contain the guest address")
+        check_names_fit(self.prefix, self.transit_cidr, self.guest.guest_ip)
         return self
 
 

@@ -6,29 +6,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
 
+from .core.ops import DeniedFlow
 from .firewall import nflog
 from .logs import for_sandbox
-
-if TYPE_CHECKING:
-    from .agent import Agent
 
 log = logging.getLogger("netagent.denied")
 BATCH_S = 0.1
 
 
 class DeniedFlowLog:
-    def __init__(self, agent: Agent):
-        self.agent = agent
+    def __init__(self, open_socket: Callable[[], Awaitable[socket.socket]],
+                 sandbox_of: Callable[[str], str | None], record: Callable[[list[DeniedFlow]], Awaitable[None]]):
+        self.open_socket = open_socket   # the nflog socket, made in the host netns
+        self.sandbox_of = sandbox_of     # sandbox IP -> sandbox id (None: not allocated)
+        self.record = record             # store FLOW_DENIED events (through the committer)
         self.sock: socket.socket | None = None
-        self._by_ip: dict[str, str] = {}
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._pending: list[DeniedFlow] = []
         self._flush_task: asyncio.Task[None] | None = None
         self.seen = 0
 
     async def start(self) -> None:
-        self.sock = await self.agent.host.call(nflog.open_socket)
+        self.sock = await self.open_socket()
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
 
     async def stop(self) -> None:
@@ -36,14 +36,6 @@ class DeniedFlowLog:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
-
-    def _sandbox_of(self, ip: str) -> str | None:
-        sid = self._by_ip.get(ip)
-        if sid is None or self.agent.allocations.get(sid) is None:
-            self._by_ip = {str(self.agent.plan.slot(rec.slot).sandbox_ip): s
-                           for s, rec in self.agent.allocations.items()}
-            sid = self._by_ip.get(ip)
-        return sid
 
     def _on_readable(self) -> None:
         assert self.sock is not None
@@ -56,25 +48,24 @@ class DeniedFlowLog:
                 log.warning("denied-flow log: %s", exc)
                 break
             for pkt in nflog.parse_messages(data):
-                self._record(pkt)
+                self._note(pkt)
         if self._pending and self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
-    def _record(self, pkt: nflog.DeniedPacket) -> None:
-        sid = self._sandbox_of(pkt.source)
+    def _note(self, pkt: nflog.DeniedPacket) -> None:
+        sid = self.sandbox_of(pkt.source)
         if sid is None:
             return
         self.seen += 1
-        data = {"reason": pkt.reason, "destination": pkt.destination, "protocol": pkt.protocol, "port": pkt.port}
-        for_sandbox(log, sid, **data).info("denied %s %s:%d (%s)", pkt.protocol, pkt.destination, pkt.port,
-                                           pkt.reason)
-        self._pending.append((sid, data))
+        for_sandbox(log, sid, reason=pkt.reason, destination=pkt.destination, protocol=pkt.protocol,
+                    port=pkt.port).info("denied %s %s:%d (%s)", pkt.protocol, pkt.destination, pkt.port, pkt.reason)
+        self._pending.append(DeniedFlow(sid, pkt.reason, pkt.destination, pkt.protocol, pkt.port))
 
     async def _flush(self) -> None:
         try:
             await asyncio.sleep(BATCH_S)
             batch, self._pending = self._pending, []
-            await self.agent.record_denied(batch)
+            await self.record(batch)
         except Exception:
             log.exception("could not store denied-flow events")
         finally:

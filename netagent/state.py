@@ -10,10 +10,23 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from .core.allocation import Allocation
+from .core.rows import (
+    AllocationAdded,
+    AllocationDeleted,
+    PolicySet,
+    PortAdded,
+    PortDeleted,
+    ReachabilitySet,
+    Row,
+    SlotDeleted,
+    SlotSet,
+)
 from .models import AllocateSpec, EgressPolicy, ExposedPort, Protocol, SlotState
+from .policy import compile_policy
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
@@ -55,19 +68,9 @@ CREATE TABLE IF NOT EXISTS events (
 
 
 @dataclass
-class AllocationRecord:
-    sandbox_id: str
-    slot: int
-    spec: AllocateSpec
-    created_at: float
-    policy: EgressPolicy = EgressPolicy()
-    ports: dict[tuple[int, Protocol], ExposedPort] = field(default_factory=dict)
-
-
-@dataclass
 class Snapshot:
     slots: dict[int, SlotState]
-    allocations: dict[str, AllocationRecord]
+    allocations: dict[str, Allocation]
 
 
 class StateStore:
@@ -83,6 +86,10 @@ class StateStore:
     def close(self) -> None:
         self.db.close()
 
+    def tx(self) -> Tx:
+        """Writes into the transaction the caller has begun."""
+        return Tx(self.db)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
         self.db.execute("BEGIN IMMEDIATE")
@@ -95,16 +102,17 @@ class StateStore:
 
     def load(self) -> Snapshot:
         slots = {idx: SlotState(s) for idx, s in self.db.execute("SELECT idx, state FROM slots")}
-        allocations = {
-            sid: AllocationRecord(sid, idx, AllocateSpec.model_validate_json(spec), created,
-                                  EgressPolicy.model_validate_json(policy))
-            for sid, idx, spec, policy, created in self.db.execute(
-                "SELECT sandbox_id, slot_idx, spec, policy, created_at FROM allocations")
-        }
+        ports: dict[str, dict[tuple[int, Protocol], ExposedPort]] = {}
         for sid, gport, proto, hport in self.db.execute(
                 "SELECT sandbox_id, guest_port, protocol, host_port FROM ports"):
             p = ExposedPort(guest_port=gport, protocol=Protocol(proto), host_port=hport)
-            allocations[sid].ports[(gport, p.protocol)] = p
+            ports.setdefault(sid, {})[(gport, p.protocol)] = p
+        allocations = {}
+        for sid, idx, spec, policy_json, created in self.db.execute(
+                "SELECT sandbox_id, slot_idx, spec, policy, created_at FROM allocations"):
+            policy = EgressPolicy.model_validate_json(policy_json)
+            allocations[sid] = Allocation(sid, idx, AllocateSpec.model_validate_json(spec), created, policy,
+                                          compile_policy(policy), ports.get(sid, {}))
         return Snapshot(slots, allocations)
 
     def load_reachability(self) -> dict[tuple[str, int], tuple[bool, float]]:
@@ -135,6 +143,26 @@ class Tx:
     def __init__(self, db: sqlite3.Connection):
         self.db = db
 
+    def write(self, row: Row) -> None:
+        """One row of a planned change."""
+        match row:
+            case SlotSet(slot, state):
+                self.set_slot(slot, state)
+            case SlotDeleted(slot):
+                self.delete_slot(slot)
+            case AllocationAdded(rec):
+                self.add_allocation(rec)
+            case AllocationDeleted(rec):
+                self.delete_allocation(rec.sandbox_id)
+            case PolicySet(sid, policy, _):
+                self.set_policy(sid, policy)
+            case PortAdded(sid, port):
+                self.add_port(sid, port)
+            case PortDeleted(sid, port):
+                self.delete_port(sid, port)
+            case ReachabilitySet(sid, guest_port, reachable, changed_at):
+                self.set_reachability(sid, guest_port, reachable, changed_at)
+
     def set_slot(self, idx: int, state: SlotState) -> None:
         self.db.execute("INSERT INTO slots(idx, state, updated_at) VALUES (?, ?, ?) "
                         "ON CONFLICT(idx) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
@@ -143,7 +171,7 @@ class Tx:
     def delete_slot(self, idx: int) -> None:
         self.db.execute("DELETE FROM slots WHERE idx=?", (idx,))
 
-    def add_allocation(self, rec: AllocationRecord) -> None:
+    def add_allocation(self, rec: Allocation) -> None:
         self.db.execute("INSERT INTO allocations(sandbox_id, slot_idx, spec, policy, created_at) "
                         "VALUES (?, ?, ?, ?, ?)", (rec.sandbox_id, rec.slot, rec.spec.model_dump_json(),
                                                    rec.policy.model_dump_json(), rec.created_at))

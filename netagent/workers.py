@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import netns
-from .firewall.nft import Nft
 
 T = TypeVar("T")
 
@@ -33,12 +32,15 @@ class _Executor:
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def nft(self) -> Nft:
-        """This worker thread's nft context (host netns); call only from inside it."""
-        ctx = getattr(self._local, "nft", None)
-        if ctx is None:
-            ctx = self._local.nft = Nft()
-        return ctx
+    def local(self, name: str, make: Callable[[], T]) -> T:
+        """This worker thread's own `name` (made on first use, in the host netns:
+        nft contexts and sockets are per netns and not thread-safe); call only
+        from inside the thread."""
+        obj = getattr(self._local, name, None)
+        if obj is None:
+            obj = make()
+            setattr(self._local, name, obj)
+        return obj  # type: ignore[no-any-return]
 
 
 class HostWorker(_Executor):

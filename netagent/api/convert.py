@@ -1,16 +1,17 @@
-"""Proto <-> core models. Requests become pydantic models before anything runs."""
+"""Proto <-> core. The API boundary: each request becomes a typed, validated
+operation (core/ops.py) before anything runs; replies become proto messages."""
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from ..core import ops
 from ..errors import InvalidArgument
-from ..models import EgressPolicy, ExposedPort, Network, Protocol, validate_port, validate_sandbox_id
+from ..models import EgressPolicy, ExposedPort, Network, Protocol, validate_sandbox_id
 from . import netagent_pb2 as pb
 
 SandboxId = Annotated[str, AfterValidator(validate_sandbox_id)]
-Port = Annotated[int, AfterValidator(lambda p: validate_port(p))]
 
 PROTO_TO_PROTOCOL = {pb.PROTOCOL_UNSPECIFIED: Protocol.TCP, pb.PROTOCOL_TCP: Protocol.TCP,
                      pb.PROTOCOL_UDP: Protocol.UDP}
@@ -21,30 +22,33 @@ EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_R
                "flow_denied": pb.EVENT_TYPE_FLOW_DENIED}
 
 
+def allocate_op(r: pb.AllocateRequest) -> ops.Allocate:
+    return ops.Allocate.of(r.sandbox_id, {"policy": policy_from_proto(r.policy), "labels": dict(r.labels)})
+
+
+def release_op(r: pb.ReleaseRequest) -> ops.Release:
+    return ops.Release.of(r.sandbox_id)
+
+
+def update_policy_op(r: pb.UpdatePolicyRequest) -> ops.UpdatePolicy:
+    return ops.UpdatePolicy.of(r.sandbox_id, policy_from_proto(r.policy))
+
+
+def expose_op(r: pb.ExposePortRequest, host_port_range: tuple[int, int]) -> ops.Expose:
+    return ops.Expose.of(r.sandbox_id, r.guest_port, protocol_from_proto(r.protocol), r.host_port or None,
+                         host_port_range)
+
+
+def unexpose_op(r: pb.UnexposePortRequest) -> ops.Unexpose:
+    return ops.Unexpose.of(r.sandbox_id, r.guest_port, protocol_from_proto(r.protocol))
+
+
+def sandbox_id(value: str) -> str:
+    return validate_sandbox_id(value)
+
+
 class _Req(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AllocateReq(_Req):
-    sandbox_id: SandboxId
-    policy: EgressPolicy
-    labels: dict[str, str]
-
-
-class SandboxReq(_Req):
-    sandbox_id: SandboxId
-
-
-class PolicyReq(_Req):
-    sandbox_id: SandboxId
-    policy: EgressPolicy
-
-
-class ExposeReq(_Req):
-    sandbox_id: SandboxId
-    guest_port: Port
-    protocol: Protocol
-    host_port: Port | None = None
 
 
 class ListReq(_Req):

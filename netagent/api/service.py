@@ -48,22 +48,18 @@ class NetAgentService(pb_grpc.NetAgentServicer):
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
         async def run() -> pb.AllocateResponse:
-            req = cv.parse(cv.AllocateReq, sandbox_id=request.sandbox_id,
-                           policy=cv.policy_from_proto(request.policy), labels=dict(request.labels))
-            net = await self.agent.allocate(req.sandbox_id, {"policy": req.policy, "labels": req.labels})
+            net = await self.agent.run_allocate(cv.allocate_op(request))
             return pb.AllocateResponse(sandbox=cv.sandbox_to_proto(net))
         return await self._call("allocate", context, run)
 
     async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
         async def run() -> pb.ReleaseResponse:
-            req = cv.parse(cv.SandboxReq, sandbox_id=request.sandbox_id)
-            return pb.ReleaseResponse(released=await self.agent.release(req.sandbox_id))
+            return pb.ReleaseResponse(released=await self.agent.run_release(cv.release_op(request)))
         return await self._call("release", context, run)
 
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.Sandbox:
         async def run() -> pb.Sandbox:
-            req = cv.parse(cv.SandboxReq, sandbox_id=request.sandbox_id)
-            return cv.sandbox_to_proto(await self.agent.get(req.sandbox_id))
+            return cv.sandbox_to_proto(await self.agent.get(cv.sandbox_id(request.sandbox_id)))
         return await self._call("get", context, run)
 
     async def List(self, request: pb.ListRequest, context: Any) -> pb.ListResponse:
@@ -78,25 +74,20 @@ class NetAgentService(pb_grpc.NetAgentServicer):
 
     async def UpdatePolicy(self, request: pb.UpdatePolicyRequest, context: Any) -> pb.Sandbox:
         async def run() -> pb.Sandbox:
-            req = cv.parse(cv.PolicyReq, sandbox_id=request.sandbox_id, policy=cv.policy_from_proto(request.policy))
-            return cv.sandbox_to_proto(await self.agent.update_policy(req.sandbox_id, req.policy))
+            return cv.sandbox_to_proto(await self.agent.run_update_policy(cv.update_policy_op(request)))
         return await self._call("update_policy", context, run)
 
     async def ExposePort(self, request: pb.ExposePortRequest, context: Any) -> pb.ExposePortResponse:
         async def run() -> pb.ExposePortResponse:
-            req = cv.parse(cv.ExposeReq, sandbox_id=request.sandbox_id, guest_port=request.guest_port,
-                           protocol=cv.protocol_from_proto(request.protocol), host_port=request.host_port or None)
-            host_port = await self.agent.expose(req.sandbox_id, req.guest_port, req.protocol.value, req.host_port)
-            return pb.ExposePortResponse(port=pb.ExposedPort(guest_port=req.guest_port, host_port=host_port,
-                                                             protocol=cv.PROTOCOL_TO_PROTO[req.protocol]))
+            op = cv.expose_op(request, self.agent.config.host_port_range)
+            port = await self.agent.run_expose(op)
+            return pb.ExposePortResponse(port=pb.ExposedPort(guest_port=op.guest_port, host_port=port.host_port,
+                                                             protocol=cv.PROTOCOL_TO_PROTO[op.protocol]))
         return await self._call("expose", context, run)
 
     async def UnexposePort(self, request: pb.UnexposePortRequest, context: Any) -> pb.UnexposePortResponse:
         async def run() -> pb.UnexposePortResponse:
-            req = cv.parse(cv.ExposeReq, sandbox_id=request.sandbox_id, guest_port=request.guest_port,
-                           protocol=cv.protocol_from_proto(request.protocol))
-            removed = await self.agent.unexpose(req.sandbox_id, req.guest_port, req.protocol.value)
-            return pb.UnexposePortResponse(removed=removed)
+            return pb.UnexposePortResponse(removed=await self.agent.run_unexpose(cv.unexpose_op(request)))
         return await self._call("unexpose", context, run)
 
     async def GetHostInfo(self, request: pb.GetHostInfoRequest, context: Any) -> pb.HostInfo:

@@ -14,7 +14,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import netns
 from ..addressing import AddressPlan, SlotAddresses
 from ..config import Config
-from ..firewall.nft import Nft
+from ..firewall.nft import connect
 from ..firewall.ruleset import fingerprint, slot_script
 from .devconf import route_devices
 from .tap import create_persistent_tap
@@ -64,7 +64,7 @@ class SlotBuilder:
             ipr.addr("add", index=veth, address=str(slot.sandbox_ip), prefixlen=31)
             ipr.link("set", index=veth, state="up")
             ipr.route("add", dst="0.0.0.0/0", gateway=str(slot.host_ip), oif=veth, flags=4)  # RTNH_F_ONLINK
-        Nft().run(slot_script(self.config, self.slot_source, str(slot.host_ip)))
+        connect().run(slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
     def rules_fingerprint(self) -> str:
         """Changes when rules/slot.nft or what it is rendered with changes."""
@@ -77,7 +77,7 @@ class SlotBuilder:
         replace = ("table ip netagent_slot {}\ndelete table ip netagent_slot\n"
                    "table netdev netagent_guard {}\ndelete table netdev netagent_guard\n")
         with netns.entered(netns.path_of(slot.netns)):
-            Nft().run(replace + slot_script(self.config, self.slot_source, str(slot.host_ip)))
+            connect().run(replace + slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
     def _build_host_side(self, slot: SlotAddresses) -> None:
         ipr = self.host_ipr()

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..addressing import SlotAddresses
 from ..policy import CompiledPolicy
+from . import names
 
 Key = str | int | tuple[str | int, ...]
 
@@ -30,15 +31,15 @@ class Op:
 def slot_elements(slot: SlotAddresses) -> list[Element]:
     """Elements that exist for as long as the slot's kernel objects do."""
     return [
-        Element("sbx_ifaces", slot.host_veth),
-        Element("sbx_src", (slot.host_veth, str(slot.sandbox_ip))),
-        Element("slot_mark", str(slot.sandbox_ip), slot.ct_mark),
-        Element("slot_mark_in", str(slot.sandbox_ip), slot.ct_mark_in),
+        Element(names.SBX_IFACES, slot.host_veth),
+        Element(names.SBX_SRC, (slot.host_veth, str(slot.sandbox_ip))),
+        Element(names.SLOT_MARK, str(slot.sandbox_ip), slot.ct_mark),
+        Element(names.SLOT_MARK_IN, str(slot.sandbox_ip), slot.ct_mark_in),
     ]
 
 
 def egress_element(slot: SlotAddresses, internet: bool) -> Element:
-    return Element("egress_mode", str(slot.sandbox_ip), "jump mode_open" if internet else "jump mode_blocked")
+    return Element(names.EGRESS_MODE, str(slot.sandbox_ip), names.MODE_OPEN if internet else names.MODE_BLOCKED)
 
 
 def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element]:
@@ -47,19 +48,20 @@ def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element
     out = [egress_element(slot, policy.internet)]
     ip = str(slot.sandbox_ip)
     if policy.domains:
-        out.append(Element("dns_locked", ip))
-    for kind, entries in (("allow", policy.allow), ("deny", policy.deny)):
+        out.append(Element(names.DNS_LOCKED, ip))
+    for net_set, port_set, entries in ((names.ALLOW_NET, names.ALLOW_PORT, policy.allow),
+                                       (names.DENY_NET, names.DENY_PORT, policy.deny)):
         for np in entries:
             net = str(np.net) if np.net.prefixlen < 32 else str(np.net.network_address)
             if np.port is None:
-                out.append(Element(f"{kind}_net", (ip, net)))
+                out.append(Element(net_set, (ip, net)))
             else:
-                out += [Element(f"{kind}_port", (ip, net, proto, np.port)) for proto in ("tcp", "udp")]
+                out += [Element(port_set, (ip, net, proto, np.port)) for proto in ("tcp", "udp")]
     return out
 
 
 def port_element(slot: SlotAddresses, protocol: str, host_port: int, guest_port: int) -> Element:
-    return Element("port_dnat", (protocol, host_port), (str(slot.sandbox_ip), guest_port))
+    return Element(names.PORT_DNAT, (protocol, host_port), (str(slot.sandbox_ip), guest_port))
 
 
 def add(elements: list[Element]) -> list[Op]:
@@ -100,6 +102,39 @@ def to_json(table: str, ops: list[Op]) -> dict[str, Any]:
         cmds.append({op.verb: {"element": {"family": "inet", "table": table, "name": e.set, "elem": [item]}}})
         last = (op.verb, e.set)
     return {"nftables": cmds}
+
+
+def from_json_value(v: Any) -> Key:
+    """A key or value as libnftables lists it, back in Element form."""
+    if isinstance(v, dict) and "concat" in v:
+        return tuple(from_json_value(x) for x in v["concat"])  # type: ignore[misc]
+    if isinstance(v, dict) and "prefix" in v:
+        return f"{v['prefix']['addr']}/{v['prefix']['len']}"
+    if isinstance(v, dict) and "range" in v:
+        return f"{v['range'][0]}-{v['range'][1]}"
+    if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in ("jump", "goto"):
+        verb = next(iter(v))
+        return f"{verb} {v[verb]['target']}"
+    return v  # type: ignore[no-any-return]
+
+
+def from_json_item(set_name: str, item: Any) -> Element:
+    """One listed element (`{"elem": {"val": ...}}` when it has a timeout)."""
+    if isinstance(item, dict) and "elem" in item:
+        item = item["elem"]["val"]
+    if isinstance(item, list):
+        return Element(set_name, from_json_value(item[0]), from_json_value(item[1]))
+    return Element(set_name, from_json_value(item))
+
+
+def timed_json(table: str, set_name: str, keys: list[tuple[Key, int]]) -> dict[str, Any]:
+    """Add with timeouts; add-delete-add restarts the timeout of elements already there."""
+    target = {"family": "inet", "table": table, "name": set_name}
+    items = [{"elem": {"val": _json_value(k), "timeout": ttl}} for k, ttl in keys]
+    plain = [_json_value(k) for k, _ in keys]
+    return {"nftables": [{"add": {"element": {**target, "elem": items}}},
+                         {"delete": {"element": {**target, "elem": plain}}},
+                         {"add": {"element": {**target, "elem": items}}}]}
 
 
 def _text_value(v: Key) -> str:

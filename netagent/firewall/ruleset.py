@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from ..config import Config
+from . import names
 from .elements import Element, to_text
 
 RULES_DIR = Path(__file__).resolve().parent.parent.parent / "rules"
@@ -38,17 +39,21 @@ def _sub_once(pattern: str, replacement: str, text: str) -> str:
 
 def config_elements(config: Config, uplink: str, host_addrs: list[str]) -> list[Element]:
     deny = [str(n) for n in config.always_deny] + [str(config.transit_cidr)] + [f"{a}/32" for a in host_addrs]
-    elements = [Element("uplinks", uplink)]
-    elements += [Element("always_deny", _interval(c)) for c in _merge(deny)]
-    elements += [Element("always_allow", _interval(c)) for c in _merge([str(n) for n in config.always_allow])]
+    elements = [Element(names.UPLINKS, uplink)]
+    elements += [Element(names.ALWAYS_DENY, _interval(c)) for c in _merge(deny)]
+    elements += [Element(names.ALWAYS_ALLOW, _interval(c)) for c in _merge([str(n) for n in config.always_allow])]
     return elements
 
 
 def full_load_script(config: Config, source: str, fixed: list[Element], dynamic: list[Element]) -> str:
     """Replace the table atomically: create-if-missing, delete, define, fill."""
-    t = config.prefix
-    return (f"table inet {t} {{}}\ndelete table inet {t}\n" + host_table_text(config, source)
-            + to_text(t, fixed) + to_text(t, dynamic))
+    return replace_table_script(config.prefix, host_table_text(config, source), fixed, dynamic)
+
+
+def replace_table_script(table: str, rules_text: str, fixed: list[Element], dynamic: list[Element]) -> str:
+    """`rules_text` (the rendered table) in place of the table, filled, in one transaction."""
+    return (f"table inet {table} {{}}\ndelete table inet {table}\n" + rules_text
+            + to_text(table, fixed) + to_text(table, dynamic))
 
 
 def fingerprint(text: str) -> str:

@@ -14,7 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from ..api import netagent_pb2 as pb
 from ..client import Client
 from ..config import Config
-from . import hostcheck, kernel, probewords, registrycheck
+from . import hostcheck, kernel, probe_outcome, registrycheck
 from .ages import ago, from_ms
 from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, emit, fail, pairs, table
 
@@ -207,12 +207,12 @@ def probe(args: argparse.Namespace, config: Config, c: Client) -> int:
     port = next((p for p in sbx["ports"] if int(p["guestPort"]) == args.port
                  and registrycheck.protocol(p) == "tcp"), None)
     timeout_ms = args.timeout_ms or round(config.probe_timeout_s * 1000)
-    head = f"{args.sandbox} port {args.port}: " + probewords.outcome(res.outcome, res.rtt_ms, args.port, timeout_ms)
-    exposure = probewords.exposure(args.sandbox, args.port, res.host_port)
+    head = f"{args.sandbox} port {args.port}: " + probe_outcome.outcome(res.outcome, res.rtt_ms, args.port, timeout_ms)
+    exposure = probe_outcome.exposure(args.sandbox, args.port, res.host_port)
     lines = [f"{head}, {exposure}"] if res.reachable else [head, exposure]
     if port:
-        lines.append(probewords.stored_view(port, bool(c.host_info().registry), time.time()))
-        if note := probewords.lag_note(res.reachable, port, config.probe_interval_s):
+        lines.append(probe_outcome.stored_view(port, bool(c.host_info().registry), time.time()))
+        if note := probe_outcome.lag_note(res.reachable, port, config.probe_interval_s):
             lines.append(note)
     view = {k: port.get(k) for k in ("reachable", "changedUnixMs", "checkedUnixMs")} if port else None
     emit({"sandboxId": args.sandbox, "guestPort": args.port, "reachable": res.reachable, "outcome": res.outcome,
@@ -269,7 +269,7 @@ def resync(args: argparse.Namespace, config: Config, c: Client) -> int:
 
 
 def gc(args: argparse.Namespace, config: Config, c: Client) -> int:
-    from . import tracetable
+    from .trace import table as tracetable
     traces = kernel.in_netns(config.host_netns, lambda: tracetable.stale(config.prefix))
     objects = hostcheck.leaked(config) + traces
     if args.apply and objects:

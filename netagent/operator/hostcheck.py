@@ -74,9 +74,9 @@ def _tun() -> tuple[str, str, str, str]:
 
 def _nftables(config: Config) -> tuple[str, str, str, str]:
     try:
-        from ..firewall.nft import Nft
-        nft = Nft()
-        version = nft.ctx.cmd("list tables")[0] == 0
+        from ..firewall.nft import connect
+        nft = connect()
+        version = nft.works()
         loaded = nft.table_fingerprint(config.prefix) is not None
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return ("nf_tables", "fail", str(exc), "apt-get install nftables python3-nftables; modprobe nf_tables")
@@ -107,12 +107,8 @@ def _uplink(config: Config) -> tuple[str, str, str, str]:
 
 
 def _conflicting_firewall() -> tuple[str, str, str, str]:
-    from ..firewall.nft import Nft
-    nft = Nft()
-    nft.ctx.set_json_output(True)
-    rc, out, _ = nft.ctx.cmd("list chains")
-    import json
-    chains = [o["chain"] for o in json.loads(out)["nftables"] if "chain" in o] if rc == 0 else []
+    from ..firewall.nft import connect
+    chains = connect().chains()
     problems = [f"{c['family']} {c['table']} {c['name']} policy drop" for c in chains
                 if c.get("hook") == "forward" and c.get("policy") == "drop"]
     problems += [f"{c['family']} {c['table']} DOCKER chains" for c in chains if c["name"] == "DOCKER"][:1]

@@ -11,7 +11,7 @@ from typing import Any
 from .. import netns
 from ..config import Config
 from ..firewall import elements as el
-from ..firewall.nft import Nft
+from ..firewall.nft import connect
 from ..models import EgressPolicy
 from ..policy import compile_policy
 
@@ -43,7 +43,7 @@ def link_exists(name: str) -> bool:
 
 
 def table_loaded(config: Config) -> bool:
-    return in_netns(config.host_netns, lambda: Nft().table_fingerprint(config.prefix) is not None)
+    return in_netns(config.host_netns, lambda: connect().table_fingerprint(config.prefix) is not None)
 
 
 def expected_elements(sandbox: dict[str, Any]) -> list[el.Element]:
@@ -66,7 +66,7 @@ def sandbox_drift(config: Config, sandbox: dict[str, Any]) -> list[dict[str, str
     wanted = expected_elements(sandbox)
 
     def host_side() -> list[dict[str, str]]:
-        nft = Nft()
+        nft = connect()
         missing = [] if link_exists(net["hostVeth"]) else [f"link {net['hostVeth']}"]
         missing += [f"element {e.set} {{ {el.key_text(e)} }}" for e in wanted
                     if not nft.has_element(config.prefix, e.set, el.key_text(e))]

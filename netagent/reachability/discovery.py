@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any
 
+from ..addressing import SlotAddresses
+from ..core.allocation import Allocation
 from ..errors import NetagentError
 from ..models import Protocol
 from ..workers import cancel_task
 from .prober import Prober
 from .tcp_syn import ProbeResult
 
-if TYPE_CHECKING:
-    from ..agent import Agent
-
 log = logging.getLogger("netagent.discovery")
 TICK_S = 0.01
 
 
 class Discovery:
-    def __init__(self, agent: Agent, prober: Prober, port_range: tuple[int, int], rate: int):
-        self.agent = agent
+    def __init__(self, allocations: Callable[[], Mapping[str, Allocation]], slot: Callable[[int], SlotAddresses],
+                 expose: Callable[[str, int], Awaitable[int]], spawn: Callable[[Coroutine[Any, Any, None]], None],
+                 prober: Prober, port_range: tuple[int, int], rate: int):
+        self.allocations = allocations
+        self.slot = slot
+        self.expose = expose
+        self.spawn = spawn
         self.prober = prober
         self.ports = range(port_range[0], port_range[1] + 1)
         self.rate = rate
@@ -43,15 +48,16 @@ class Discovery:
         per_tick = max(1, round(self.rate * TICK_S))
         sent = 0
         while True:
-            if not self.agent.allocations:
+            if not self.allocations():
                 await asyncio.sleep(1.0)
                 continue
-            for rec in list(self.agent.allocations.values()):
-                slot = self.agent.plan.slot(rec.slot)
+            for rec in list(self.allocations().values()):
+                slot = self.slot(rec.slot)
                 for port in self.ports:
-                    if self.agent.allocations.get(rec.sandbox_id) is not rec:
-                        break
-                    if (port, Protocol.TCP) in rec.ports:
+                    now = self.allocations().get(rec.sandbox_id)
+                    if now is None or now.slot != rec.slot or now.created_at != rec.created_at:
+                        break  # released (and maybe allocated again) meanwhile
+                    if (port, Protocol.TCP) in now.ports:
                         continue
                     fut = self.prober.syn.start(str(slot.host_ip), str(slot.sandbox_ip), port,
                                                 self.prober.schedule.timeout_s)
@@ -65,11 +71,11 @@ class Discovery:
 
     def _answered(self, sandbox_id: str, port: int, result: ProbeResult) -> None:
         if result.reachable:
-            self.agent._spawn(self._expose(sandbox_id, port))
+            self.spawn(self._expose(sandbox_id, port))
 
     async def _expose(self, sandbox_id: str, port: int) -> None:
         try:
-            host_port = await self.agent.expose(sandbox_id, port, "tcp")
+            host_port = await self.expose(sandbox_id, port)
             self.found += 1
             log.info("discovered a listener on %s port %d: exposed on host port %d", sandbox_id, port, host_port)
         except NetagentError as exc:

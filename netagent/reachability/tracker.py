@@ -1,17 +1,26 @@
 """Wires the prober and the registry publisher to the agent's allocations.
 
-The agent calls the `on_*` hooks after each committed change. Reachability
+The agent hands every committed burst's rows to `on_committed`. Reachability
 changes go back through the agent's committer (stored with their event in one
-SQLite transaction), then to the registry.
+SQLite transaction), then to the registry. What this needs from the agent is
+the small `AgentLink`, not the agent.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .. import __version__
+from ..addressing import SlotAddresses
+from ..config import Config
+from ..core import ops
+from ..core.allocation import Allocation
+from ..core.rows import AllocationAdded, AllocationDeleted, PortAdded, PortDeleted, Row
+from ..metrics import Metrics
 from ..models import ExposedPort, Protocol
 from ..registry import NodeRecord, PortRecord, SandboxRecord, open_registry
 from ..registry.publisher import RegistryPublisher
@@ -20,17 +29,28 @@ from .prober import Prober
 from .schedule import PortProbe, ProbeKey, ProbeSchedule
 from .tcp_syn import ProbeResult, SynProber
 
-if TYPE_CHECKING:
-    from ..agent import Agent
-    from ..state import AllocationRecord
-
 log = logging.getLogger("netagent.reachability")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class AgentLink:
+    """What reachability needs from the agent."""
+    allocations: Callable[[], Mapping[str, Allocation]]
+    slot: Callable[[int], SlotAddresses]
+    uplink_addresses: Callable[[], list[str]]
+    on_host: Callable[[Callable[[], Any]], Awaitable[Any]]      # run on the host-netns worker
+    record: Callable[[list[ops.Reachability]], Awaitable[None]]  # through the committer
+    expose: Callable[[str, int], Awaitable[int]]                 # discovery: expose a TCP port
+    spawn: Callable[[Coroutine[Any, Any, None]], None]           # a background task the agent waits for
+    known: Callable[[], dict[tuple[str, int], tuple[bool, float]]]  # stored reachability
 
 
 class Reachability:
-    def __init__(self, agent: Agent):
-        self.agent = agent
-        c = agent.config
+    def __init__(self, config: Config, link: AgentLink, metrics: Metrics):
+        self.config = config
+        self.link = link
+        c = config
         self.schedule = ProbeSchedule(c.probe_interval_s, c.probe_fast_interval_s, c.probe_fast_period_s,
                                       c.probe_timeout_s, c.probe_down_after)
         self.prober: Prober | None = None
@@ -39,26 +59,26 @@ class Reachability:
         self._changes: dict[ProbeKey, PortProbe] = {}
         self._flushing = False
         self.changes = 0
-        agent.metrics.watch_reachability(self.status)
+        metrics.watch_reachability(self.status)
 
     async def start(self) -> None:
-        syn = await self.agent.host.call(SynProber)   # its raw socket lives in the host netns
+        syn = await self.link.on_host(SynProber)   # its raw socket lives in the host netns
         self.prober = Prober(syn, self.schedule, self._on_change)
-        known = self.agent.store.load_reachability()
-        for rec in self.agent.allocations.values():
+        known = self.link.known()
+        for rec in self.link.allocations().values():
             for port in rec.ports.values():
                 self._track(rec, port, known.get((rec.sandbox_id, port.guest_port)))
         self.prober.start()
-        url = self.agent.config.registry()
+        c = self.config
+        url = c.registry()
         if url:
-            c = self.agent.config
             self.publisher = RegistryPublisher(open_registry(url), self.node_record, self.record,
-                                               lambda: list(self.agent.allocations), c.registry_ttl_s,
+                                               lambda: list(self.link.allocations()), c.registry_ttl_s,
                                                c.registry_heartbeat_s)
             self.publisher.start()
-        if self.agent.config.discovery_port_range:
-            self.discovery = Discovery(self.agent, self.prober, self.agent.config.discovery_port_range,
-                                       self.agent.config.discovery_rate)
+        if c.discovery_port_range:
+            self.discovery = Discovery(self.link.allocations, self.link.slot, self.link.expose, self.link.spawn,
+                                       self.prober, c.discovery_port_range, c.discovery_rate)
             self.discovery.start()
 
     async def stop(self) -> None:
@@ -69,20 +89,28 @@ class Reachability:
         if self.publisher:
             await self.publisher.stop()
 
-    # ---- hooks called by the agent after a commit ------------------------
+    # ---- called by the agent after each commit ---------------------------
 
-    def on_allocated(self, rec: AllocationRecord) -> None:
-        self._mark(rec.sandbox_id)
+    def on_committed(self, rows: Sequence[Row]) -> None:
+        for row in rows:
+            match row:
+                case AllocationAdded(rec):
+                    self._mark(rec.sandbox_id)
+                case AllocationDeleted(rec):
+                    self.on_released(rec.sandbox_id)
+                case PortAdded(sid, port):
+                    rec = self.link.allocations().get(sid)
+                    if rec is not None:
+                        self._track(rec, port, None)
+                    self._mark(sid)
+                case PortDeleted(sid, port):
+                    self.on_unexposed(sid, port)
 
     def on_released(self, sandbox_id: str) -> None:
         if self.prober:
             self.prober.remove_sandbox(sandbox_id)
         self._changes = {k: v for k, v in self._changes.items() if k[0] != sandbox_id}
         self._mark(sandbox_id)
-
-    def on_exposed(self, rec: AllocationRecord, port: ExposedPort) -> None:
-        self._track(rec, port, None)
-        self._mark(rec.sandbox_id)
 
     def on_unexposed(self, sandbox_id: str, port: ExposedPort) -> None:
         if self.prober and port.protocol == Protocol.TCP:
@@ -104,22 +132,22 @@ class Reachability:
                                        "checked_at": probe.checked_at})
 
     async def probe_now(self, sandbox_id: str, guest_port: int, timeout: float | None = None) -> ProbeResult:
-        rec = self.agent.allocations[sandbox_id]
-        slot = self.agent.plan.slot(rec.slot)
+        rec = self.link.allocations()[sandbox_id]
+        slot = self.link.slot(rec.slot)
         assert self.prober is not None
         return await self.prober.probe_now(str(slot.host_ip), str(slot.sandbox_ip), guest_port, timeout)
 
     def node_address(self) -> str:
-        info = self.agent.host_info
-        addr = self.agent.config.node_address or (info.uplink_addresses[0] if info and info.uplink_addresses else "")
+        uplink = self.link.uplink_addresses()
+        addr = self.config.node_address or (uplink[0] if uplink else "")
         return addr.split("/")[0]
 
     def node_record(self) -> NodeRecord:
-        return NodeRecord(self.agent.config.node_id, self.node_address(), time.time(), __version__,
-                          len(self.agent.allocations))
+        return NodeRecord(self.config.node_id, self.node_address(), time.time(), __version__,
+                          len(self.link.allocations()))
 
     def record(self, sandbox_id: str, seq: int) -> SandboxRecord | None:
-        rec = self.agent.allocations.get(sandbox_id)
+        rec = self.link.allocations().get(sandbox_id)
         if rec is None:
             return None
         ports = []
@@ -127,7 +155,7 @@ class Reachability:
             v = self.port_view(sandbox_id, p)
             ports.append(PortRecord(p.guest_port, p.protocol.value, p.host_port, v.reachable,
                                     v.changed_at, v.checked_at))
-        return SandboxRecord(sandbox_id, self.agent.config.node_id, self.node_address(), seq, time.time(),
+        return SandboxRecord(sandbox_id, self.config.node_id, self.node_address(), seq, time.time(),
                              tuple(ports))
 
     def status(self) -> dict[str, Any]:
@@ -144,10 +172,10 @@ class Reachability:
 
     # ---- internals -----------------------------------------------------------
 
-    def _track(self, rec: AllocationRecord, port: ExposedPort, known: tuple[bool, float] | None) -> None:
+    def _track(self, rec: Allocation, port: ExposedPort, known: tuple[bool, float] | None) -> None:
         if self.prober is None or port.protocol != Protocol.TCP:
             return
-        slot = self.agent.plan.slot(rec.slot)
+        slot = self.link.slot(rec.slot)
         probe = PortProbe(rec.sandbox_id, port.guest_port, str(slot.host_ip), str(slot.sandbox_ip))
         if known:
             probe.reachable, probe.changed_at = known
@@ -165,14 +193,15 @@ class Reachability:
     def _schedule_flush(self) -> None:
         if not self._flushing:
             self._flushing = True
-            self.agent._spawn(self._flush())
+            self.link.spawn(self._flush())
 
     async def _flush(self) -> None:
         """Store the changes (and their events) through the committer, then publish."""
         try:
             while self._changes:
                 batch, self._changes = list(self._changes.values()), {}
-                await self.agent.record_reachability(batch)
+                await self.link.record([ops.Reachability(p.sandbox_id, p.guest_port, bool(p.reachable), p.changed_at)
+                                        for p in batch if p.reachable is not None])
                 for port in batch:
                     log.info("sandbox %s port %d is now %s", port.sandbox_id, port.guest_port,
                              "reachable" if port.reachable else "unreachable")

@@ -115,7 +115,7 @@ def test_trace_verdicts_and_no_packet_leaves_the_uplink(bed, daemon):
 
 def test_trace_words_from_kernel_lines():
     """The words, from lines `nft monitor` printed (no root needed)."""
-    from netagent.operator import tracewords
+    from netagent.operator.trace import explain as tracewords
     lines = [
         'trace id 1a inet na_trace_7 trace_on packet: iif "nav1" ip saddr 10.12.0.3 ip daddr 203.0.113.9',
         'trace id 1a inet na_trace_7 trace_on rule iifname "nav1" ip id 9 meta nftrace set 1 (verdict continue)',

@@ -11,7 +11,7 @@ import time
 
 from pyroute2 import IPRoute
 
-from .tracetable import Probe
+from .table import Probe
 
 
 def link_mac(ifname: str) -> str:

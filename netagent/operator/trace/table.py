@@ -5,13 +5,12 @@ before conntrack confirms; input 500: before any socket sees it), so it never
 leaves the host, reaches a guest or leaves a conntrack entry behind."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..firewall.nft import Nft
+from ...firewall.nft import Nft, connect
 
 COMMENT = "netagent trace"
 
@@ -66,29 +65,21 @@ def ruleset(table: str, probe: Probe, veth: str | None = None) -> str:
 
 def create(table: str, probe: Probe, veth: str | None = None) -> None:
     """In the calling thread's netns."""
-    Nft().run(ruleset(table, probe, veth))
+    connect().run(ruleset(table, probe, veth))
 
 
 def delete(table: str) -> None:
-    nft = Nft()
-    if nft.ctx.cmd(f"list table inet {table}")[0] == 0:
-        nft.run(f"delete table inet {table}")
+    connect().delete_table(table)
 
 
 def stale(prefix: str) -> list[dict[str, Any]]:
     """Trace tables (and their veths) whose process is gone, in the calling
     thread's netns: [{"kind": "nft table"|"link", "name": ...}]."""
     pattern = re.compile(rf"^{re.escape(prefix)}_trace_(\d+)$")
-    nft = Nft()
-    nft.ctx.set_json_output(True)
-    try:
-        rc, out, _ = nft.ctx.cmd("list tables inet")
-    finally:
-        nft.ctx.set_json_output(False)
+    nft = connect()
     found: list[dict[str, Any]] = []
-    for obj in json.loads(out)["nftables"] if rc == 0 and out else []:
-        t = obj.get("table")
-        if not t or not (m := pattern.match(t["name"])) or _alive(int(m.group(1))):
+    for t in nft.tables("inet"):
+        if not (m := pattern.match(t["name"])) or _alive(int(m.group(1))):
             continue
         found.append({"kind": "nft table", "name": f"inet {t['name']}"})
         comment = t.get("comment", "")
@@ -106,8 +97,8 @@ def remove_tables(objects: list[dict[str, Any]]) -> None:
 
 
 def _comment(nft: Nft, table: str) -> str:
-    rc, out, _ = nft.ctx.cmd(f"list table inet {table}")
-    m = re.search(r'comment "([^"]*)"', out) if rc == 0 else None
+    out = nft.table_text(table)
+    m = re.search(r'comment "([^"]*)"', out) if out else None
     return m.group(1) if m else ""
 
 

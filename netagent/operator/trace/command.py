@@ -1,18 +1,17 @@
 """`netagent trace`: what happens to one packet, told by nftables' own tracer.
 
-1. add the table `inet <prefix>_trace_<pid>` (tracetable.py): trace on for the
+1. add the table `inet <prefix>_trace_<pid>` (table.py): trace on for the
    crafted packet only, and drop it after the agent's rules judged it;
 2. start `nft monitor` in the host netns, wait until it reports that table;
 3. inject the packet (inject.py), from the slot's veth or a temporary veth;
 4. read the trace, then remove the table (and the veth) whatever happened;
-5. put the path and the verdict in words (tracewords.py).
+5. put the path and the verdict in words (explain.py).
 """
 from __future__ import annotations
 
 import ipaddress
 import queue
 import random
-import re
 import signal
 import subprocess
 import threading
@@ -20,12 +19,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Config
-from ..firewall.nft import Nft
-from ..policy import NetPort, parse_entry
-from . import inject, tracetable, tracewords
-from .kernel import in_netns
-from .tracetable import Probe
+from ...config import Config
+from ...firewall import names
+from ...firewall.nft import connect
+from ...policy import NetPort, parse_entry
+from ..kernel import in_netns
+from . import explain, inject
+from . import table as tracetable
+from .table import Probe
 
 INGRESS_SOURCE = "203.0.113.254"   # TEST-NET-3: never a real client
 SEND_ATTEMPTS = 3
@@ -92,7 +93,7 @@ class Monitor:
 
 
 def run(config: Config, probe: Probe, prepare: Callable[[], Callable[[], None]],
-        veth: str | None = None) -> list[tracewords.Step]:
+        veth: str | None = None) -> list[explain.Step]:
     """Trace one packet; the table (and veth) are removed whatever happens.
     `prepare` makes what the packet needs and returns the function that sends it."""
     host = config.host_netns
@@ -119,7 +120,7 @@ def run(config: Config, probe: Probe, prepare: Callable[[], Callable[[], None]],
         if veth:
             in_netns(host, lambda: inject.delete_link(veth))
         in_netns(host, lambda: tracetable.delete(table))
-    return tracewords.ours(tracewords.parse(lines), table)
+    return explain.ours(explain.parse(lines), table)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -130,7 +131,7 @@ def _synchronise(monitor: Monitor, host: str | None, table: str) -> None:
     """Wait until the monitor is subscribed: add marker sets to our table until
     it reports one (a trace sent before that would go unseen)."""
     for i in range(25):
-        in_netns(host, lambda i=i: Nft().run(f"add set inet {table} sync{i} {{ type ipv4_addr; }}"))
+        in_netns(host, lambda i=i: connect().run(f"add set inet {table} sync{i} {{ type ipv4_addr; }}"))
         if monitor.wait_for(lambda line: f"inet {table} sync" in line, 0.2):
             return
     raise RuntimeError("nft monitor reported nothing from the host netns within 5 s")
@@ -193,19 +194,19 @@ def from_internet(config: Config, sandboxes: list[dict[str, Any]], host_port: in
     return result
 
 
-def _result(what: str, probe: Probe, steps: list[tracewords.Step], facts: tracewords.Facts) -> dict[str, Any]:
-    outcome = tracewords.explain(steps, facts)
+def _result(what: str, probe: Probe, steps: list[explain.Step], facts: explain.Facts) -> dict[str, Any]:
+    outcome = explain.explain(steps, facts)
     return {"trace": what, "probe": probe.to_dict(), "verdict": outcome.verdict, "words": outcome.words,
-            "outInterface": outcome.out_interface, "path": tracewords.path(steps),
+            "outInterface": outcome.out_interface, "path": explain.path(steps),
             "steps": [s.to_dict() for s in steps]}
 
 
-def _facts(config: Config, probe: Probe, uplinks: list[str]) -> tracewords.Facts:
+def _facts(config: Config, probe: Probe, uplinks: list[str]) -> explain.Facts:
     def lookup() -> tuple[str | None, str | None]:
-        return (_interval(config.prefix, "always_deny", probe.daddr),
-                _interval(config.prefix, "always_allow", probe.daddr))
+        return (_interval(config.prefix, names.ALWAYS_DENY, probe.daddr),
+                _interval(config.prefix, names.ALWAYS_ALLOW, probe.daddr))
     deny, allow = in_netns(config.host_netns, lookup)
-    return tracewords.Facts(table=config.prefix, trace_table=tracetable.name(config.prefix), daddr=probe.daddr,
+    return explain.Facts(table=config.prefix, trace_table=tracetable.name(config.prefix), daddr=probe.daddr,
                             proto=probe.proto, port=probe.dport, always_deny=deny, always_allow=allow,
                             uplink_addresses=uplinks)
 
@@ -213,9 +214,7 @@ def _facts(config: Config, probe: Probe, uplinks: list[str]) -> tracewords.Facts
 def _interval(table: str, set_name: str, addr: str) -> str | None:
     """The element of an interval set that holds addr, as the kernel lists it
     (a CIDR or a range). `get element` answers in text whatever the output mode."""
-    rc, out, _ = Nft().ctx.cmd(f"get element inet {table} {set_name} {{ {addr} }}")
-    m = re.search(r"elements = \{ ([^}]*?) \}", out) if rc == 0 else None
-    return m.group(1) if m else None
+    return connect().lookup_interval(table, set_name, addr)
 
 
 def _matching_entry(entries: list[str], addr: str, proto: str, port: int | None) -> str | None:

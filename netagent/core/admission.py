@@ -1,0 +1,56 @@
+"""DNS admission: which sandbox may resolve which names, and the fqdn_ips
+elements that let it reach the answers for their TTL. The DNS proxy calls
+`domains_of` and `admit` (injected callables); releases and narrowing policy
+changes call `forget` on the cleaner thread."""
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from ..addressing import AddressPlan
+from ..firewall import elements as el
+from ..firewall import names
+from ..firewall.driver import FirewallDriver
+from .inventory import Inventory
+
+
+class DnsAdmission:
+    def __init__(self, addresses: AddressPlan, inventory: Callable[[], Inventory],
+                 on_host: Callable[[Callable[[FirewallDriver], None]], Awaitable[None]]):
+        self.addresses = addresses
+        self.inventory = inventory
+        self.on_host = on_host   # runs fn(driver) on the host worker
+        self._admitted: dict[tuple[str, str], float] = {}  # (sandbox IP, address) -> expiry (monotonic)
+
+    def domains_of(self, sandbox_ip: str) -> tuple[str, ...] | None:
+        """The domain allowlist of the sandbox using this address (None: none)."""
+        try:
+            idx = self.addresses.index_of_sandbox_ip(sandbox_ip)
+        except ValueError:
+            return None
+        rec = self.inventory().owner_of_slot(idx)
+        return rec.compiled.domains if rec else None
+
+    async def admit(self, sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
+        """Let the sandbox reach these answered addresses for their TTL (fresh
+        timeout even if already admitted). An address whose admission still has
+        at least half of the new TTL to run is left as it is: no transaction."""
+        now = time.monotonic()
+        fresh = [(a, ttl) for a, ttl in addresses if self._admitted.get((sandbox_ip, a), 0.0) < now + ttl / 2]
+        if not fresh:
+            return
+        for a, ttl in fresh:
+            self._admitted[(sandbox_ip, a)] = now + ttl
+        keys: list[tuple[el.Key, int]] = [((sandbox_ip, a), ttl) for a, ttl in fresh]
+        await self.on_host(lambda fw: fw.admit(names.FQDN_IPS, keys))
+
+    def forget(self, fw: FirewallDriver, sandbox_ip: str) -> None:
+        """Worker thread: end every admission of this sandbox."""
+        for key in [k for k in list(self._admitted) if k[0] == sandbox_ip]:
+            self._admitted.pop(key, None)
+        gone = [e for e in fw.elements(names.FQDN_IPS) if isinstance(e.key, tuple) and e.key[0] == sandbox_ip]
+        fw.apply(el.delete(gone))
+
+    def clear(self) -> None:
+        """The table was reloaded: it holds no admissions any more."""
+        self._admitted.clear()

@@ -1,0 +1,23 @@
+"""One sandbox's allocation, as the inventory and the state store hold it."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..models import AllocateSpec, EgressPolicy, ExposedPort, Protocol
+from ..policy import CompiledPolicy
+
+PortKey = tuple[int, Protocol]   # (guest port, protocol)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Immutable: a change makes a new one. `policy` has the host default
+    frozen in (internet is never None); `compiled` is its compiled form."""
+    sandbox_id: str
+    slot: int
+    spec: AllocateSpec
+    created_at: float
+    policy: EgressPolicy
+    compiled: CompiledPolicy
+    ports: Mapping[PortKey, ExposedPort] = field(default_factory=dict)

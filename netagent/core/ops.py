@@ -1,0 +1,146 @@
+"""Typed operations: one small frozen dataclass per thing the core can do.
+
+Values are validated once, where a request enters (the gRPC servicer through
+api/convert.py, or the in-process Agent methods), by the constructors below;
+from there on they travel typed. The planner never re-checks them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidArgument
+from ..models import AllocateSpec, EgressPolicy, Protocol, validate_port, validate_protocol, validate_sandbox_id
+from ..policy import CompiledPolicy, compile_policy
+
+
+@dataclass(frozen=True)
+class Policy:
+    """An egress policy and its compiled form (compiled once, here). `internet`
+    may still be None: the planner freezes the host default in."""
+    model: EgressPolicy
+    compiled: CompiledPolicy
+
+    @classmethod
+    def of(cls, data: EgressPolicy | dict[str, Any] | None) -> Policy:
+        model = EgressPolicy.parse(data)
+        return cls(model, compile_policy(model))
+
+
+@dataclass(frozen=True)
+class Allocate:
+    sandbox_id: str
+    spec: AllocateSpec
+    policy: Policy
+    slot: int = -1       # the warm slot, chosen by the agent before planning
+    at: float = 0.0      # creation time (the planner reads no clock)
+
+    @classmethod
+    def of(cls, sandbox_id: object, spec: AllocateSpec | dict[str, Any] | None = None) -> Allocate:
+        sid = validate_sandbox_id(sandbox_id)
+        parsed = AllocateSpec.parse(spec)
+        return cls(sid, parsed, Policy.of(parsed.policy))
+
+
+@dataclass(frozen=True)
+class Release:
+    sandbox_id: str
+
+    @classmethod
+    def of(cls, sandbox_id: object) -> Release:
+        return cls(validate_sandbox_id(sandbox_id))
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    sandbox_id: str
+    policy: Policy
+
+    @classmethod
+    def of(cls, sandbox_id: object, policy: EgressPolicy | dict[str, Any] | None) -> UpdatePolicy:
+        return cls(validate_sandbox_id(sandbox_id), Policy.of(policy))
+
+
+@dataclass(frozen=True)
+class Expose:
+    sandbox_id: str
+    guest_port: int
+    protocol: Protocol
+    host_port: int | None = None   # None: the agent picks one
+
+    @classmethod
+    def of(cls, sandbox_id: object, guest_port: object, protocol: object = "tcp",
+           host_port: object = None, host_port_range: tuple[int, int] = (1, 65535)) -> Expose:
+        sid = validate_sandbox_id(sandbox_id)
+        port = validate_port(guest_port, "guest_port")
+        proto = validate_protocol(protocol)
+        if host_port is not None:
+            hp = validate_port(host_port, "host_port")
+            lo, hi = host_port_range
+            if not lo <= hp <= hi:
+                raise InvalidArgument(f"host_port {hp} is outside the configured range {lo}-{hi}")
+            return cls(sid, port, proto, hp)
+        return cls(sid, port, proto)
+
+
+@dataclass(frozen=True)
+class Unexpose:
+    sandbox_id: str
+    guest_port: int
+    protocol: Protocol
+
+    @classmethod
+    def of(cls, sandbox_id: object, guest_port: object, protocol: object = "tcp") -> Unexpose:
+        return cls(validate_sandbox_id(sandbox_id), validate_port(guest_port, "guest_port"),
+                   validate_protocol(protocol))
+
+
+@dataclass(frozen=True)
+class Reachability:
+    sandbox_id: str
+    guest_port: int
+    reachable: bool
+    changed_at: float
+
+
+@dataclass(frozen=True)
+class RecordReachability:
+    """Probe results that changed (from the prober): stored with their events."""
+    ports: tuple[Reachability, ...]
+
+
+@dataclass(frozen=True)
+class DeniedFlow:
+    sandbox_id: str
+    reason: str
+    destination: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RecordDenied:
+    flows: tuple[DeniedFlow, ...]
+
+
+@dataclass(frozen=True)
+class SlotReady:
+    """A slot was built: record it and add its per-slot elements."""
+    slot: int
+
+
+@dataclass(frozen=True)
+class SlotGone:
+    """A slot is about to be destroyed: intent first, its elements go."""
+    slot: int
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Reload the table if it drifted and re-add every element from state."""
+
+
+Operation = (Allocate | Release | UpdatePolicy | Expose | Unexpose | RecordReachability | RecordDenied
+             | SlotReady | SlotGone | Resync)
+# Operations a caller makes (they delay background refills and cleaning).
+CALLER_OPS = (Allocate, Release, UpdatePolicy, Expose, Unexpose)

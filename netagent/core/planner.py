@@ -1,0 +1,225 @@
+"""The pure planner: (inventory, operation) -> Change.
+
+No I/O, no clock, no mutation: every function reads the inventory (a draft
+during a burst) and returns what should change — state rows, nft element ops,
+events and the caller's reply. The committer applies it (core/committer.py).
+Errors are raised as NetagentError before anything is returned, so a refused
+operation changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..addressing import AddressPlan, SlotAddresses
+from ..config import GuestPlan
+from ..errors import Conflict, NotFound, Unavailable
+from ..firewall import elements as el
+from ..models import ExposedPort, Network, Protocol, SlotState
+from ..policy import narrows
+from . import ops
+from .allocation import Allocation
+from .inventory import Inventory
+from .rows import (
+    AllocationAdded,
+    AllocationDeleted,
+    Change,
+    Event,
+    PolicySet,
+    PortAdded,
+    PortDeleted,
+    ReachabilitySet,
+    SlotSet,
+)
+from .views import PortView, network_of, plain_port
+
+LIVE_SLOT_STATES = (SlotState.READY, SlotState.ALLOCATED, SlotState.DIRTY)
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """The host facts a plan depends on (from the config in effect)."""
+    addresses: AddressPlan
+    guest: GuestPlan
+    default_internet: bool
+    port_view: PortView = plain_port
+
+    def network(self, rec: Allocation) -> Network:
+        return network_of(self.addresses, self.guest, rec, self.port_view)
+
+
+def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
+    match op:
+        case ops.Allocate():
+            return plan_allocate(inv, op, ctx)
+        case ops.Release():
+            return plan_release(inv, op, ctx)
+        case ops.UpdatePolicy():
+            return plan_update_policy(inv, op, ctx)
+        case ops.Expose():
+            return plan_expose(inv, op, ctx)
+        case ops.Unexpose():
+            return plan_unexpose(inv, op, ctx)
+        case ops.RecordReachability():
+            return plan_reachability(inv, op, ctx)
+        case ops.RecordDenied():
+            return plan_denied(inv, op)
+        case ops.SlotReady():
+            return plan_slot_ready(op, ctx)
+        case ops.SlotGone():
+            return plan_slot_gone(op, ctx)
+        case ops.Resync():
+            return Change(full_sync=True)
+    raise TypeError(f"not an operation: {op!r}")
+
+
+def require(inv: Inventory, sandbox_id: str) -> Allocation:
+    rec = inv.allocations.get(sandbox_id)
+    if rec is None:
+        raise NotFound(f"sandbox {sandbox_id!r} is not allocated on this host")
+    return rec
+
+
+def resolve(policy: ops.Policy, default_internet: bool) -> ops.Policy:
+    """Freeze the host default into the policy, so a later change of the
+    default does not silently change running sandboxes."""
+    if policy.model.internet is not None:
+        return policy
+    return ops.Policy(policy.model.model_copy(update={"internet": default_internet}),
+                      replace(policy.compiled, internet=default_internet))
+
+
+def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
+    if op.sandbox_id in inv.allocations:
+        raise Conflict(f"sandbox {op.sandbox_id!r} was allocated concurrently")
+    if inv.slots.get(op.slot) != SlotState.READY or op.slot in inv.slot_owner:
+        raise Unavailable(f"slot {op.slot} is not a ready slot")
+    policy = resolve(op.policy, ctx.default_internet)
+    rec = Allocation(op.sandbox_id, op.slot, op.spec, op.at, policy.model, policy.compiled)
+    net = ctx.network(rec)
+    return Change(
+        reply=net,
+        rows=(SlotSet(op.slot, SlotState.ALLOCATED), AllocationAdded(rec)),
+        nft=tuple(el.add(el.policy_elements(ctx.addresses.slot(op.slot), policy.compiled))),
+        events=(Event("allocated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),))
+
+
+def allocation_elements(slot: SlotAddresses, rec: Allocation) -> list[el.Element]:
+    """Every element an allocation owns: its policy and its exposed ports."""
+    return el.policy_elements(slot, rec.compiled) + [
+        el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
+
+
+def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
+    rec = inv.allocations.get(op.sandbox_id)
+    if rec is None:
+        return Change(reply=False)
+    return Change(
+        reply=True,
+        rows=(AllocationDeleted(rec), SlotSet(rec.slot, SlotState.DIRTY)),
+        nft=tuple(el.delete(allocation_elements(ctx.addresses.slot(rec.slot), rec))),
+        events=(Event("released", rec.sandbox_id, {}),),
+        clean_slots=(rec.slot,))
+
+
+def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -> Change:
+    """Replace the policy in one transaction; when it narrows, flows it no
+    longer allows are flushed (and DNS admissions of dropped domains end)."""
+    rec = require(inv, op.sandbox_id)
+    new = resolve(op.policy, ctx.default_internet)
+    slot = ctx.addresses.slot(rec.slot)
+    old_c, new_c = rec.compiled, new.compiled
+    nft: list[el.Op] = []
+    if old_c != new_c:
+        nft = el.delete(el.policy_elements(slot, old_c)) + el.add(el.policy_elements(slot, new_c))
+    flush_marks: tuple[int, ...] = ()
+    drop_fqdn: tuple[str, ...] = ()
+    if narrows(old_c, new_c):
+        flush_marks = (slot.ct_mark,)  # only flows the sandbox started
+        if set(old_c.domains) - set(new_c.domains):
+            drop_fqdn = (str(slot.sandbox_ip),)
+    net = ctx.network(replace(rec, policy=new.model, compiled=new_c))
+    return Change(
+        reply=net, rows=(PolicySet(rec.sandbox_id, new.model, new_c),), nft=tuple(nft),
+        events=(Event("policy_updated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),),
+        flush_marks=flush_marks, drop_fqdn=drop_fqdn)
+
+
+def existing_port(inv: Inventory, op: ops.Expose) -> ExposedPort | None:
+    """The port if it is already exposed as asked (idempotent retry); Conflict
+    if it is exposed on another host port than the one asked for."""
+    rec = require(inv, op.sandbox_id)
+    port = rec.ports.get((op.guest_port, op.protocol))
+    if port is not None and op.host_port not in (None, port.host_port):
+        raise Conflict(f"{op.protocol.value}/{op.guest_port} of {op.sandbox_id} is already exposed on "
+                       f"host port {port.host_port}")
+    return port
+
+
+def plan_expose(inv: Inventory, op: ops.Expose, ctx: PlanContext) -> Change:
+    existing = existing_port(inv, op)
+    if existing is not None:
+        return Change(reply=existing)
+    rec = require(inv, op.sandbox_id)
+    host_port = inv.pick_host_port(op.protocol, op.host_port)
+    port = ExposedPort(guest_port=op.guest_port, protocol=op.protocol, host_port=host_port)
+    slot = ctx.addresses.slot(rec.slot)
+    return Change(
+        reply=port, rows=(PortAdded(rec.sandbox_id, port),),
+        nft=tuple(el.add([el.port_element(slot, op.protocol.value, host_port, op.guest_port)])),
+        events=(Event("port_exposed", rec.sandbox_id, {"port": port.model_dump(mode="json")}),),
+        port_cursor=None if op.host_port is not None else (op.protocol, inv.next_cursor(host_port)))
+
+
+def plan_unexpose(inv: Inventory, op: ops.Unexpose, ctx: PlanContext) -> Change:
+    rec = require(inv, op.sandbox_id)
+    port = rec.ports.get((op.guest_port, op.protocol))
+    if port is None:
+        return Change(reply=False)
+    slot = ctx.addresses.slot(rec.slot)
+    return Change(
+        reply=True, rows=(PortDeleted(rec.sandbox_id, port),),
+        nft=tuple(el.delete([el.port_element(slot, port.protocol.value, port.host_port, port.guest_port)])),
+        events=(Event("port_unexposed", rec.sandbox_id, {"port": port.model_dump(mode="json")}),))
+
+
+def plan_reachability(inv: Inventory, op: ops.RecordReachability, ctx: PlanContext) -> Change:
+    rows: list[ReachabilitySet] = []
+    events: list[Event] = []
+    for r in op.ports:
+        rec = inv.allocations.get(r.sandbox_id)
+        port = rec.ports.get((r.guest_port, Protocol.TCP)) if rec else None
+        if port is None:
+            continue  # released or unexposed meanwhile
+        rows.append(ReachabilitySet(r.sandbox_id, r.guest_port, r.reachable, r.changed_at))
+        view = ctx.port_view(r.sandbox_id, port)
+        events.append(Event("port_reachability", r.sandbox_id,
+                            {"port": view.model_dump(mode="json"), "reachable": r.reachable}))
+    return Change(rows=tuple(rows), events=tuple(events))
+
+
+def plan_denied(inv: Inventory, op: ops.RecordDenied) -> Change:
+    return Change(events=tuple(
+        Event("flow_denied", f.sandbox_id, {"denied": {"reason": f.reason, "destination": f.destination,
+                                                       "protocol": f.protocol, "port": f.port}})
+        for f in op.flows if f.sandbox_id in inv.allocations))
+
+
+def plan_slot_ready(op: ops.SlotReady, ctx: PlanContext) -> Change:
+    return Change(rows=(SlotSet(op.slot, SlotState.READY),),
+                  nft=tuple(el.add(el.slot_elements(ctx.addresses.slot(op.slot)))))
+
+
+def plan_slot_gone(op: ops.SlotGone, ctx: PlanContext) -> Change:
+    return Change(rows=(SlotSet(op.slot, SlotState.DESTROYING),),
+                  nft=tuple(el.delete(el.slot_elements(ctx.addresses.slot(op.slot)))))
+
+
+def desired_elements(inv: Inventory, addresses: AddressPlan) -> list[el.Element]:
+    """Every per-slot and per-allocation element the state calls for."""
+    out: list[el.Element] = []
+    for idx, state in sorted(inv.slots.items()):
+        if state in LIVE_SLOT_STATES:
+            out += el.slot_elements(addresses.slot(idx))
+    for rec in inv.allocations.values():
+        out += allocation_elements(addresses.slot(rec.slot), rec)
+    return out

@@ -1,0 +1,245 @@
+"""The warm pool and slot cleaning.
+
+Slots are built ahead of demand (netns, veth, tap, in-slot rules) so that an
+allocate only takes one and adds its elements. A released slot is cleaned in
+the background (conntrack flushed, leftovers removed) and then either goes
+back to the pool or is torn down. A DIRTY slot is never handed out.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import Exhausted, NetagentError, Unavailable
+from ..models import SlotState
+from ..state import StateStore
+from . import ops
+from .inventory import Inventory
+from .rows import Row, SlotDeleted, SlotSet
+
+log = logging.getLogger("netagent.pool")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    size: int
+    build_concurrency: int
+    refill_delay_s: float   # background work waits this long after the last API call
+
+
+@dataclass(frozen=True)
+class PoolWork:
+    """The kernel work the pool needs (each runs on a worker thread)."""
+    build: Callable[[int], Awaitable[None]]
+    destroy: Callable[[int], Awaitable[None]]
+    clean: Callable[[int], Awaitable[None]]   # flush conntrack, drop leftovers
+
+
+class WarmPool:
+    def __init__(self, store: StateStore, db_lock: asyncio.Lock, inventory: Callable[[], Inventory],
+                 capacity: int, where: str, settings: Callable[[], PoolSettings], work: PoolWork,
+                 submit: Callable[[ops.Operation], Awaitable[Any]], last_call: Callable[[], float],
+                 observe_build: Callable[[float], None] = lambda s: None):
+        self.store = store
+        self.db_lock = db_lock
+        self.inventory = inventory
+        self.capacity = capacity
+        self.where = where   # for errors: "of 10.12.0.0/16"
+        self.settings = settings
+        self.work = work
+        self.submit = submit
+        self.last_call = last_call
+        self.observe_build = observe_build
+        self.ready: deque[int] = deque()
+        self.building = 0
+        self._wake = asyncio.Event()
+        self._built = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._background)
+
+    async def drain(self) -> None:
+        while self._background:
+            await asyncio.wait(set(self._background), timeout=30)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write(self, row: Row) -> None:
+        """A slot-state row outside a burst: SQLite first, then memory."""
+        async with self.db_lock:
+            with self.store.transaction() as tx:
+                tx.write(row)
+            self.inventory().apply(row)
+
+    # ---- taking and returning slots ------------------------------------------
+
+    async def take(self) -> int:
+        """A warm slot; else build one now; else wait for a build in flight."""
+        self._wake.set()
+        while True:
+            if self.ready:
+                return self.ready.popleft()
+            if self._free_index() is not None:
+                return await self.build(for_caller=True)
+            if not self.building:
+                raise Exhausted(f"all {self.capacity} slots {self.where} are in use")
+            self._built.clear()
+            await self._built.wait()
+
+    def give_back(self, idx: int) -> None:
+        if self.inventory().slots.get(idx) == SlotState.READY:
+            self.ready.appendleft(idx)
+
+    def _free_index(self) -> int | None:
+        slots = self.inventory().slots
+        for idx in range(self.capacity):
+            if idx not in slots:
+                return idx
+        return None
+
+    # ---- building and destroying ---------------------------------------------
+
+    async def build(self, for_caller: bool = False) -> int:
+        async with self.db_lock:
+            idx = self._free_index()
+            if idx is None:
+                raise Exhausted(f"all {self.capacity} slots {self.where} are in use")
+            with self.store.transaction() as tx:
+                tx.write(SlotSet(idx, SlotState.BUILDING))
+            self.inventory().apply(SlotSet(idx, SlotState.BUILDING))
+        self.building += 1
+        try:
+            return await self._finish_build(idx, for_caller)
+        finally:
+            self.building -= 1
+            self._built.set()
+
+    async def _finish_build(self, idx: int, for_caller: bool) -> int:
+        t0 = time.perf_counter()
+        try:
+            await self.work.build(idx)
+        except Exception as exc:
+            await self._write(SlotDeleted(idx))
+            raise Unavailable(f"building slot {idx} failed: {exc}") from exc
+        self.observe_build(time.perf_counter() - t0)
+        try:
+            await self.submit(ops.SlotReady(idx))
+        except NetagentError:
+            await self.work.destroy(idx)
+            await self._write(SlotDeleted(idx))
+            raise
+        if not for_caller:
+            self.ready.append(idx)
+        return idx
+
+    async def destroy(self, idx: int) -> None:
+        """Tear a slot down: intent first, then elements, kernel objects, row."""
+        await self.submit(ops.SlotGone(idx))
+        await self.work.destroy(idx)
+        await self._write(SlotDeleted(idx))
+
+    async def _destroy_quietly(self, idx: int) -> None:
+        try:
+            await self.destroy(idx)
+        except Exception:
+            log.exception("destroying slot %d failed; reconcile will retry", idx)
+
+    # ---- cleaning released slots -----------------------------------------------
+
+    async def clean(self, slots: list[int]) -> None:
+        """After release, in the background: flush each slot's conntrack (host by
+        ct mark, slot netns fully), check for leftover elements, then return it
+        to the pool or tear it down. A host flush walks the kernel's whole
+        conntrack hash (~13 ms here), so release does not wait for it, and each
+        walk waits for a quiet moment."""
+        for idx in slots:
+            await self.wait_quiet()
+            try:
+                await self.work.clean(idx)
+            except Exception:
+                log.exception("cleaning slot %d failed; retrying in 1 s (it stays dirty)", idx)
+                await asyncio.sleep(1.0)
+                self.spawn(self.clean([idx]))
+                continue
+            if len(self.ready) >= self.settings().size:
+                self.spawn(self._destroy_quietly(idx))
+                continue
+            await self._write(SlotSet(idx, SlotState.READY))
+            self.ready.append(idx)
+
+    async def wait_quiet(self) -> None:
+        """Background work (refill builds, conntrack walks) competes with API
+        calls for the CPU and the GIL: let a burst of calls pass first, unless
+        the pool runs low."""
+        s = self.settings()
+        low = max(1, s.size // 4)
+        while len(self.ready) >= low and time.monotonic() - self.last_call() < s.refill_delay_s:
+            await asyncio.sleep(s.refill_delay_s)
+
+    async def fill(self) -> None:
+        """Keep `size` warm slots (forever; cancel to stop)."""
+        backoff = 0.0
+        while True:
+            s = self.settings()
+            missing = min(s.size - len(self.ready) - self.building, self.capacity - len(self.inventory().slots))
+            if missing <= 0:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self.wait_quiet()
+            n = min(missing, s.build_concurrency)
+            results = await asyncio.gather(*(self.build() for _ in range(n)), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                log.warning("pool refill: %d build(s) failed: %s; retrying in %.1fs", len(errors), errors[0], backoff)
+                await asyncio.sleep(backoff)
+            else:
+                backoff = 0.0
+
+    async def wait_ready(self, want: int, free: Callable[[], int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ready) < min(want, free()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pool has {len(self.ready)} of {want} slots")
+            await asyncio.sleep(0.02)
+
+
+class Inflight:
+    """One run per key at a time: a concurrent retry of the same call waits for
+    the first one's result instead of doing the work twice."""
+
+    def __init__(self) -> None:
+        self._futures: dict[tuple[str, str], asyncio.Future[Any]] = {}
+
+    def pending(self, key: tuple[str, str]) -> asyncio.Future[Any] | None:
+        return self._futures.get(key)
+
+    async def run(self, key: tuple[str, str], work: Callable[[], Awaitable[Any]]) -> Any:
+        if key in self._futures:
+            return await asyncio.shield(self._futures[key])
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[key] = future
+        try:
+            result = await work()
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            self._futures.pop(key, None)

@@ -1,0 +1,89 @@
+"""The firewall driver: everything the agent does to its host table.
+
+`FirewallDriver` is the interface (element transactions, full syncs, lookups);
+`HostTable` implements it over libnftables for one table, and
+`firewall/fake.py` implements it in memory for unit tests. The agent picks one
+in one place (`Agent.__init__` takes a factory). Set names come from
+`firewall/names.py`; nft syntax stays in this package.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from . import elements as el
+from . import names, ruleset
+from .nft import Nft, connect
+
+
+class FirewallDriver(Protocol):
+    table: str
+    last_duration_s: float   # of the last transaction
+
+    def apply(self, ops: Sequence[el.Op]) -> None:
+        """One transaction of element adds/deletes: all or nothing."""
+
+    def refill(self, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
+        """One transaction: flush every state set and map, add these."""
+
+    def reload(self, rules_text: str, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
+        """One transaction: replace the whole table with this ruleset and these elements."""
+
+    def fingerprint(self) -> str | None:
+        """Of the table's rules (None: no table)."""
+
+    def has(self, element: el.Element) -> bool: ...
+
+    def elements(self, set_name: str) -> list[el.Element]: ...
+
+    def admit(self, set_name: str, keys: Sequence[tuple[el.Key, int]]) -> None:
+        """Add elements with these timeouts (s), restarting the timeout of any
+        already there, in one transaction."""
+
+    def counters(self) -> dict[str, int]: ...
+
+    def delete_table(self) -> bool: ...
+
+
+class HostTable:
+    """FirewallDriver over libnftables, for `inet <table>` in the calling thread's netns."""
+
+    def __init__(self, table: str, nft: Nft | None = None):
+        self.table = table
+        self.nft = nft or connect()
+
+    @property
+    def last_duration_s(self) -> float:
+        return self.nft.last_duration_s
+
+    def apply(self, ops: Sequence[el.Op]) -> None:
+        if ops:
+            self.nft.run_json(el.to_json(self.table, list(ops)))
+
+    def refill(self, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
+        t = self.table
+        flush = "".join(f"flush set inet {t} {s}\n" for s in names.STATE_SETS)
+        flush += "".join(f"flush map inet {t} {m}\n" for m in names.STATE_MAPS)
+        self.nft.run(flush + el.to_text(t, list(fixed)) + el.to_text(t, list(dynamic)))
+
+    def reload(self, rules_text: str, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
+        self.nft.run(ruleset.replace_table_script(self.table, rules_text, list(fixed), list(dynamic)))
+
+    def fingerprint(self) -> str | None:
+        return self.nft.table_fingerprint(self.table)
+
+    def has(self, element: el.Element) -> bool:
+        return self.nft.has_element(self.table, element.set, el.key_text(element))
+
+    def elements(self, set_name: str) -> list[el.Element]:
+        return [el.from_json_item(set_name, item) for item in self.nft.list_set(self.table, set_name)]
+
+    def admit(self, set_name: str, keys: Sequence[tuple[el.Key, int]]) -> None:
+        # add, delete, add again: the only way to restart an element's timeout
+        self.nft.run_json(el.timed_json(self.table, set_name, list(keys)))
+
+    def counters(self) -> dict[str, int]:
+        return self.nft.counters(self.table)
+
+    def delete_table(self) -> bool:
+        return self.nft.delete_table(self.table)

@@ -1,0 +1,241 @@
+"""The pure planner and the committer, without root: typed operations in,
+changes out, applied to a real SQLite store and the in-memory fake firewall."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from netagent.addressing import AddressPlan
+from netagent.config import Config
+from netagent.core import ops
+from netagent.core.committer import Burst, Committer
+from netagent.core.inventory import Inventory, Overlay
+from netagent.core.planner import PlanContext, desired_elements, plan
+from netagent.core.rows import Change
+from netagent.errors import Conflict, Exhausted, InvalidArgument, NotFound, Unavailable
+from netagent.events import EventLog
+from netagent.firewall import elements as el
+from netagent.firewall import names
+from netagent.firewall.fake import FakeFirewall
+from netagent.models import Protocol, SlotState
+from netagent.state import StateStore
+
+CONFIG = Config(state_dir="/tmp/unused", transit_cidr="10.12.0.0/24", host_port_range=(20000, 20002))
+ADDR = AddressPlan(CONFIG)
+CTX = PlanContext(ADDR, CONFIG.guest, default_internet=True)
+
+
+def inventory(ready: int = 3) -> Inventory:
+    return Inventory(CONFIG.host_port_range, {i: SlotState.READY for i in range(ready)})
+
+
+def apply(inv: Inventory, op: ops.Operation) -> Change:
+    change = plan(inv, op, CTX)
+    inv.apply_change(change)
+    return change
+
+
+def alloc(sid: str, slot: int, spec: dict | None = None) -> ops.Allocate:
+    return ops.Allocate(**{**ops.Allocate.of(sid, spec).__dict__, "slot": slot, "at": 1.0})
+
+
+# ---- the planner: pure ------------------------------------------------------------
+
+
+def test_allocate_plans_rows_elements_event_and_reply_without_touching_the_inventory():
+    inv = inventory()
+    change = plan(inv, alloc("a", 0), CTX)
+    assert inv.allocations == {} and inv.slots[0] == SlotState.READY  # nothing mutated
+    assert change.reply.sandbox_id == "a" and change.reply.sandbox_ip == "10.12.0.1"
+    assert [type(r).__name__ for r in change.rows] == ["SlotSet", "AllocationAdded"]
+    assert change.nft == tuple(el.add([el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN)]))
+    assert [e.type for e in change.events] == ["allocated"]
+    assert change.rows[1].allocation.policy.internet is True   # host default frozen in
+
+
+def test_allocate_errors_change_nothing():
+    inv = inventory()
+    apply(inv, alloc("a", 0))
+    with pytest.raises(Conflict):
+        plan(inv, alloc("a", 1), CTX)
+    with pytest.raises(Unavailable, match="not a ready slot"):
+        plan(inv, alloc("b", 0), CTX)      # slot 0 is taken
+    with pytest.raises(Unavailable, match="not a ready slot"):
+        plan(inv, alloc("b", 9), CTX)      # never built
+    assert set(inv.allocations) == {"a"}
+
+
+def test_bad_input_is_refused_at_the_boundary():
+    for bad in ("", "UPPER", "x" * 58, None, 7):
+        with pytest.raises(InvalidArgument):
+            ops.Allocate.of(bad)
+    with pytest.raises(InvalidArgument):
+        ops.Allocate.of("a", {"bogus": 1})
+    with pytest.raises(InvalidArgument):
+        ops.UpdatePolicy.of("a", {"deny_out": ["203.0.113.0/33"]})
+    with pytest.raises(InvalidArgument):
+        ops.UpdatePolicy.of("a", {"deny_out": ["example.test"]})  # domains are allow-only
+    for port, proto in ((0, "tcp"), (70000, "tcp"), (80, "sctp"), ("80", "tcp")):
+        with pytest.raises(InvalidArgument):
+            ops.Expose.of("a", port, proto)
+    with pytest.raises(InvalidArgument, match="outside"):
+        ops.Expose.of("a", 80, "tcp", 22, (20000, 20002))
+    assert ops.Expose.of("a", 80, "UDP").protocol is Protocol.UDP
+
+
+def test_release_removes_every_element_it_owns_and_marks_the_slot_dirty():
+    inv = inventory()
+    apply(inv, alloc("a", 0, {"policy": {"allow_out": ["203.0.113.0/24:443"], "internet": False}}))
+    apply(inv, ops.Expose.of("a", 80))
+    change = plan(inv, ops.Release.of("a"), CTX)
+    deleted = {o.element for o in change.nft if o.verb == "delete"}
+    assert {e.set for e in deleted} == {names.EGRESS_MODE, names.ALLOW_PORT, names.PORT_DNAT}
+    assert change.reply is True and change.clean_slots == (0,)
+    inv.apply_change(change)
+    assert inv.allocations == {} and inv.slots[0] == SlotState.DIRTY and not inv.host_ports[Protocol.TCP]
+    assert plan(inv, ops.Release.of("a"), CTX) == Change(reply=False)   # idempotent: nothing to do
+
+
+def test_expose_picks_free_host_ports_refuses_conflicts_and_exhausts():
+    inv = inventory()
+    apply(inv, alloc("a", 0))
+    apply(inv, alloc("b", 1))
+    p1 = apply(inv, ops.Expose.of("a", 80)).reply
+    assert p1.host_port == 20000
+    assert plan(inv, ops.Expose.of("a", 80), CTX) == Change(reply=p1)   # retry: same port, no change
+    with pytest.raises(Conflict, match="already exposed"):
+        plan(inv, ops.Expose.of("a", 80, "tcp", 20001, CONFIG.host_port_range), CTX)
+    with pytest.raises(Conflict, match="already used"):
+        plan(inv, ops.Expose.of("b", 81, "tcp", 20000, CONFIG.host_port_range), CTX)
+    assert apply(inv, ops.Expose.of("b", 81)).reply.host_port == 20001
+    assert apply(inv, ops.Expose.of("b", 82)).reply.host_port == 20002
+    with pytest.raises(Exhausted, match="host port"):
+        plan(inv, ops.Expose.of("b", 83), CTX)
+    assert apply(inv, ops.Expose.of("b", 83, "udp")).reply.host_port == 20000  # UDP has its own ports
+    with pytest.raises(NotFound):
+        plan(inv, ops.Expose.of("nobody", 80), CTX)
+
+
+def test_unexpose_frees_the_host_port_and_the_cursor_moves_on():
+    inv = inventory()
+    apply(inv, alloc("a", 0))
+    apply(inv, ops.Expose.of("a", 80))
+    change = apply(inv, ops.Unexpose.of("a", 80))
+    assert change.reply is True and change.nft == tuple(el.delete([el.port_element(ADDR.slot(0), "tcp", 20000, 80)]))
+    assert plan(inv, ops.Unexpose.of("a", 80), CTX).reply is False
+    assert apply(inv, ops.Expose.of("a", 81)).reply.host_port == 20001  # not the port just freed
+    with pytest.raises(NotFound):
+        plan(inv, ops.Unexpose.of("nobody", 80), CTX)
+
+
+def test_policy_change_swaps_elements_and_flushes_only_when_it_narrows():
+    inv = inventory()
+    apply(inv, alloc("a", 0, {"policy": {"allow_out": ["allowed.test"], "internet": False}}))
+    widen = apply(inv, ops.UpdatePolicy.of("a", {"allow_out": ["allowed.test", "203.0.113.7"], "internet": False}))
+    assert widen.flush_marks == () and widen.drop_fqdn == ()
+    assert el.Op("add", el.Element(names.ALLOW_NET, ("10.12.0.1", "203.0.113.7"))) in widen.nft
+    narrow = apply(inv, ops.UpdatePolicy.of("a", {"internet": False}))
+    assert narrow.flush_marks == (ADDR.slot(0).ct_mark,) and narrow.drop_fqdn == ("10.12.0.1",)
+    assert inv.allocations["a"].compiled.domains == ()
+    same = plan(inv, ops.UpdatePolicy.of("a", {"internet": False}), CTX)
+    assert same.nft == () and [e.type for e in same.events] == ["policy_updated"]
+    with pytest.raises(NotFound):
+        plan(inv, ops.UpdatePolicy.of("nobody", {}), CTX)
+
+
+def test_a_burst_plans_against_its_own_earlier_changes_on_a_draft():
+    inv = inventory()
+    draft = inv.fork()
+    apply(draft, alloc("a", 0))
+    apply(draft, ops.Expose.of("a", 80))
+    assert apply(draft, ops.Expose.of("a", 81)).reply.host_port == 20001
+    assert inv.allocations == {} and inv.slots[0] == SlotState.READY and not inv.host_ports[Protocol.TCP]
+    assert len(draft.allocations) == 1 and len(draft.slots) == 3
+
+
+def test_overlay_reads_through_and_hides_deletions():
+    base = {1: "a", 2: "b"}
+    over = Overlay(base)
+    over[3] = "c"
+    del over[1]
+    assert dict(over) == {2: "b", 3: "c"} and len(over) == 2 and 1 not in over
+    assert base == {1: "a", 2: "b"}
+    with pytest.raises(KeyError):
+        del over[1]
+
+
+def test_desired_elements_cover_live_slots_and_allocations():
+    inv = inventory(2)
+    inv.apply_change(plan(inv, ops.SlotGone(1), CTX))
+    apply(inv, alloc("a", 0))
+    apply(inv, ops.Expose.of("a", 80))
+    want = set(desired_elements(inv, ADDR))
+    assert want == set(el.slot_elements(ADDR.slot(0))) | {
+        el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN), el.port_element(ADDR.slot(0), "tcp", 20000, 80)}
+
+
+# ---- the committer: SQLite + fake firewall -----------------------------------------
+
+
+class Harness:
+    def __init__(self, tmp_path):
+        self.store = StateStore(tmp_path)
+        self.fw = FakeFirewall("na")
+        self.fw.reload("table inet na {}", [], [])
+        self.inv = inventory()
+        with self.store.transaction() as tx:
+            for idx, state in self.inv.slots.items():
+                tx.set_slot(idx, state)
+        self.committer = Committer(self.store, EventLog(self.store), asyncio.Lock(), lambda: self.inv,
+                                   lambda: CTX, self.apply, self.after)
+        self.committed: list[type] = []
+
+    async def apply(self, burst: Burst) -> None:
+        self.fw.apply(burst.nft)
+
+    async def after(self, done) -> None:
+        self.committed += [type(op) for op, _ in done]
+
+    def rows(self) -> tuple:
+        db = self.store.db
+        return (list(db.execute("SELECT idx, state FROM slots ORDER BY idx")),
+                list(db.execute("SELECT sandbox_id, slot_idx FROM allocations")),
+                list(db.execute("SELECT sandbox_id, guest_port, host_port FROM ports")))
+
+
+async def run_burst(h: Harness, *op_list: ops.Operation) -> list:
+    task = asyncio.create_task(h.committer.run())
+    try:
+        return await asyncio.gather(*(h.committer.submit(op) for op in op_list), return_exceptions=True)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_burst_is_one_sqlite_and_one_nft_transaction(tmp_path):
+    h = Harness(tmp_path)
+    before = h.fw.transactions
+    results = await run_burst(h, alloc("a", 0), alloc("b", 1), ops.Expose.of("a", 80), alloc("a", 2))
+    assert isinstance(results[3], Conflict)           # a refused op fails alone
+    assert [r.sandbox_id for r in results[:2]] == ["a", "b"] and results[2].host_port == 20000
+    assert h.committer.commits == 1 and h.fw.transactions - before == 1
+    assert h.rows() == ([(0, "allocated"), (1, "allocated"), (2, "ready")], [("a", 0), ("b", 1)], [("a", 80, 20000)])
+    assert set(h.inv.allocations) == {"a", "b"} and h.fw.has(el.port_element(ADDR.slot(0), "tcp", 20000, 80))
+    assert h.committed == [ops.Allocate, ops.Allocate, ops.Expose]
+    assert [e[2] for e in h.store.events_after(0)] == ["allocated", "allocated", "port_exposed"]
+
+
+async def test_a_failed_nft_transaction_rolls_back_sqlite_and_leaves_the_inventory(tmp_path):
+    h = Harness(tmp_path)
+    await run_burst(h, alloc("a", 0))
+    state, content, events = h.rows(), h.fw.content(), h.store.events_after(0)
+    h.fw.fail_next = "injected"
+    results = await run_burst(h, ops.Expose.of("a", 80), alloc("b", 1), ops.Release.of("a"))
+    assert all(isinstance(r, Unavailable) for r in results), results
+    assert h.rows() == state and h.fw.content() == content and h.store.events_after(0) == events
+    assert set(h.inv.allocations) == {"a"} and not h.inv.allocations["a"].ports
+    assert h.inv.slots[1] == SlotState.READY and not h.inv.host_ports[Protocol.TCP]
+    assert h.committed == [ops.Allocate]               # no hooks ran for the failed burst
+    assert (await run_burst(h, ops.Expose.of("a", 80)))[0].host_port == 20000  # and it is usable again
+
