@@ -265,7 +265,7 @@ class GetHostInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("node_id", "version", "capacity", "allocations", "free_slots", "ready_slots", "uplink", "uplink_addresses", "transit_cidr", "prefix", "registry", "registry_healthy", "registry_error", "registry_last_success_unix_ms", "probed_ports", "node_address")
+    __slots__ = ("node_id", "version", "capacity", "allocations", "free_slots", "ready_slots", "uplink", "uplink_addresses", "transit_cidr", "prefix", "registry", "registry_healthy", "registry_error", "registry_last_success_unix_ms", "probed_ports", "node_address", "host_netns", "host_port_low", "host_port_high", "probe_interval_s", "probe_timeout_s", "state_dir")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +282,12 @@ class HostInfo(_message.Message):
     REGISTRY_LAST_SUCCESS_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     PROBED_PORTS_FIELD_NUMBER: _ClassVar[int]
     NODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_NETNS_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_LOW_FIELD_NUMBER: _ClassVar[int]
+    HOST_PORT_HIGH_FIELD_NUMBER: _ClassVar[int]
+    PROBE_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    PROBE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIR_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     version: str
     capacity: int
@@ -298,7 +304,13 @@ class HostInfo(_message.Message):
     registry_last_success_unix_ms: int
     probed_ports: int
     node_address: str
-    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., allocations: _Optional[int] = ..., free_slots: _Optional[int] = ..., ready_slots: _Optional[int] = ..., uplink: _Optional[str] = ..., uplink_addresses: _Optional[_Iterable[str]] = ..., transit_cidr: _Optional[str] = ..., prefix: _Optional[str] = ..., registry: _Optional[str] = ..., registry_healthy: _Optional[bool] = ..., registry_error: _Optional[str] = ..., registry_last_success_unix_ms: _Optional[int] = ..., probed_ports: _Optional[int] = ..., node_address: _Optional[str] = ...) -> None: ...
+    host_netns: str
+    host_port_low: int
+    host_port_high: int
+    probe_interval_s: float
+    probe_timeout_s: float
+    state_dir: str
+    def __init__(self, node_id: _Optional[str] = ..., version: _Optional[str] = ..., capacity: _Optional[int] = ..., allocations: _Optional[int] = ..., free_slots: _Optional[int] = ..., ready_slots: _Optional[int] = ..., uplink: _Optional[str] = ..., uplink_addresses: _Optional[_Iterable[str]] = ..., transit_cidr: _Optional[str] = ..., prefix: _Optional[str] = ..., registry: _Optional[str] = ..., registry_healthy: _Optional[bool] = ..., registry_error: _Optional[str] = ..., registry_last_success_unix_ms: _Optional[int] = ..., probed_ports: _Optional[int] = ..., node_address: _Optional[str] = ..., host_netns: _Optional[str] = ..., host_port_low: _Optional[int] = ..., host_port_high: _Optional[int] = ..., probe_interval_s: _Optional[float] = ..., probe_timeout_s: _Optional[float] = ..., state_dir: _Optional[str] = ...) -> None: ...
 
 class ResyncRequest(_message.Message):
     __slots__ = ()

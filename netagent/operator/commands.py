@@ -14,7 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from ..api import netagent_pb2 as pb
 from ..client import Client
 from ..config import Config
-from . import hostcheck, kernel, probe_outcome, registrycheck
+from . import agent_facts, hostcheck, kernel, probe_outcome, registrycheck
 from .ages import ago, from_ms
 from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, emit, fail, pairs, table
 
@@ -63,6 +63,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--apply", action="store_true")
     cmd("resync", "repair drift: re-add every nft element from state (reload the table if edited), "
                   "rewrite every registry record", resync)
+    p = cmd("teardown", "remove every slot, the host table and the state (stop the agent first)", teardown)
+    p.add_argument("--force", action="store_true", help="even while sandboxes are allocated")
     cmd("doctor", "check the host's prerequisites and the registry, and explain each failure", doctor)
     p = cmd("policy", "show or replace a sandbox's egress policy", policy)
     p.add_argument("action", choices=["show", "set"])
@@ -97,7 +99,7 @@ def guarded(fn: Callable[[argparse.Namespace, Config, Client], int], args: argpa
     """Run a command; turn gRPC failures into plain messages and exit codes."""
     with Client(socket_path=str(config.api_socket), timeout=10) as client:
         try:
-            return fn(args, config, client)
+            return fn(args, agent_facts.effective(config, client), client)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
@@ -279,6 +281,26 @@ def gc(args: argparse.Namespace, config: Config, c: Client) -> int:
     if objects:
         human += "\n\n" + ("removed." if args.apply else "run again with --apply to remove them.")
     emit({"leaked": objects, "removed": bool(args.apply and objects)}, args.json, human)
+    return EXIT_OK
+
+
+def teardown(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import teardown as td
+    try:
+        c.host_info()
+        return fail(f"the agent is running (it answers on {config.api_socket}) and would rebuild what teardown "
+                    "removes: stop it first (`systemctl stop netagent`).")
+    except grpc.RpcError:
+        pass
+    try:
+        done = td.teardown(config, args.force)
+    except td.Refused as exc:
+        return fail(str(exc))
+    human = (f"removed {done['netns']} netns, {done['links']} links, "
+             f"{'the' if done['table'] else 'no'} table inet {config.prefix}, "
+             f"{len(done['state_files'])} state file(s)" + (f" ({done['allocations']} allocation(s) forced)"
+                                                            if done["allocations"] else ""))
+    emit(done, args.json, human)
     return EXIT_OK
 
 

@@ -25,8 +25,12 @@ def known_slots(config: Config) -> set[int]:
 
 def leaked(config: Config) -> list[dict[str, Any]]:
     """netns and host links with our prefix that no slot in state owns."""
+    return ours(config, known_slots(config))
+
+
+def ours(config: Config, known: set[int] = frozenset()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+    """netns and host links with our prefix, except those of slots in `known`."""
     plan = AddressPlan(config)
-    known = known_slots(config)
     found = [{"kind": "netns", "name": n} for n in netns.list_names(f"{plan.prefix}-")
              if (i := plan.index_of_netns(n)) is not None and i not in known]
 
