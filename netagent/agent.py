@@ -29,11 +29,14 @@ from .core.hostsync import HostTableKeeper
 from .core.inventory import Inventory
 from .core.planner import PlanContext, desired_elements, existing_port, require
 from .core.pool import Inflight, PoolSettings, WarmPool
+from .core.repair import Fix, Repairs
 from .core.rows import Change
+from .core.self_repair import RepairWork, SelfRepair
 from .core.views import network_of
 from .datapath import conntrack
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
+from .datapath.slot_repair import SlotRepairIO
 from .datapath.slot_work import SlotWork
 from .denied_flows import DeniedFlowLog
 from .dns.proxy import DnsProxy, UpstreamClient, bind_sockets, query_tcp_blocking, upstream_socket
@@ -91,6 +94,10 @@ class Agent:
             uplink_addresses=lambda: self.host_info.uplink_addresses if self.host_info else [],
             on_host=self.host.call, record=self.record_reachability, expose=self._discovered,
             spawn=self.pool.spawn, known=self.store.load_reachability), self.metrics)
+        self.repair_io = SlotRepairIO(self.plan, config.guest, self.builder, self.builds, self.host)
+        self.self_repair = SelfRepair(config.prefix, lambda: self.inventory.slots, RepairWork(
+            self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
+            config.self_repair_sweep_slots_per_s)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
         self.dns: DnsProxy | None = None
         self._dns_servers: Any = None
@@ -137,6 +144,9 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.keeper.watch(
             lambda: self.config.ruleset_check_interval_s, lambda: self.host.call(lambda: self._host_fw().fingerprint()),
             self.resync, self.metrics.ruleset_restored), name="netagent-ruleset-watch"))
+        if self.config.self_repair:
+            await self.repair_io.listen(self.self_repair.on_notices, self.self_repair.overflowed)
+            self._tasks.append(asyncio.create_task(self.self_repair.run(), name="netagent-self-repair"))
         if fill_pool:
             self._tasks.append(asyncio.create_task(self.pool.fill(), name="netagent-pool"))
 
@@ -202,6 +212,7 @@ class Agent:
         for server in self._dns_servers or ():
             server.close()
         await asyncio.gather(*others, return_exceptions=True)
+        self.repair_io.stop()
         await self.reachability.stop()
         await self.denied.stop()
         while not self.committer.idle or self.pool.busy:  # let queued work finish
@@ -320,10 +331,18 @@ class Agent:
                 "elements": len(desired_elements(self.inventory, self.plan))}
 
     async def repair(self) -> dict[str, Any]:
-        """Operator repair (Resync RPC): the host table and elements, and every registry record."""
+        """Operator repair (Resync RPC): the host table and elements, every slot's
+        kernel objects, and every registry record."""
         result = await self.resync()
+        repairs = await self.self_repair.check_all()
         self.reachability.republish()
-        return result
+        return {**result, "slots_repaired": len(repairs.fixes), "slots_quarantined": len(repairs.quarantine)}
+
+    async def _report_incidents(self, repairs: Repairs, done: Mapping[int, frozenset[Fix]]) -> None:
+        await self._submit(ops.SlotIncidents(tuple((i, tuple(sorted(f))) for i, f in done.items()),
+                                             repairs.tap_lost, repairs.quarantine))
+        self.metrics.slot_incidents([f for fixes in done.values() for f in fixes], len(repairs.tap_lost),
+                                    len(repairs.quarantine))
 
     # ---- the committer's collaborators -----------------------------------------
 

@@ -79,6 +79,8 @@ class Config(BaseModel):
     always_allow: list[ipaddress.IPv4Network] = Field(default_factory=list)
     ct_mark_base: int = Field(0x4E410000, ge=0, le=0x7FFF0000)
     ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
+    self_repair: bool = True                   # continuous reconcile of slots' kernel objects
+    self_repair_sweep_slots_per_s: float = Field(4.0, ge=0, le=1000)  # backstop to kernel notices
     default_internet: bool = True
     dns_proxy_port: int = Field(10053, ge=1, le=65535)     # in host_netns; slots DNAT gateway:53 here
     dns_upstreams: list[ipaddress.IPv4Address] = Field(default_factory=list)  # empty: the host's resolv.conf

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 # 0.1 ms .. 10 s: warm allocates are sub-millisecond, cold builds and reconciles take seconds.
 DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-SLOT_STATES = ("building", "ready", "allocated", "dirty", "destroying")
+SLOT_STATES = ("building", "ready", "allocated", "dirty", "destroying", "quarantined")
 
 
 @dataclass
@@ -182,6 +182,12 @@ class Metrics:
                                 registry=r)
         self._restores = Counter("netagent_ruleset_restores",
                                  "Times the host nft table was found flushed or edited and restored.", registry=r)
+        self._slot_repairs = Counter("netagent_slot_repairs", "Kernel objects of slots repaired while running, "
+                                     "by what was fixed.", ["fix"], registry=r)
+        self._taps_lost = Counter("netagent_taps_lost", "Allocated slots found without their tap "
+                                  "(not repairable: the VMM holds the old one).", registry=r)
+        self._quarantined = Counter("netagent_slots_quarantined", "Slots found without their netns and "
+                                    "quarantined.", registry=r)
         for path in ("warm", "cold"):
             self._allocate.labels(path=path)
         for state in SLOT_STATES:
@@ -223,6 +229,14 @@ class Metrics:
 
     def ruleset_restored(self) -> None:
         self._restores.inc()
+
+    def slot_incidents(self, fixed: list[str], taps_lost: int, quarantined: int) -> None:
+        for fix in fixed:
+            self._slot_repairs.labels(fix=fix).inc()
+        if taps_lost:
+            self._taps_lost.inc(taps_lost)
+        if quarantined:
+            self._quarantined.inc(quarantined)
 
     def set_state(self, slots_by_state: Mapping[Any, int], ready: int, allocations: int, capacity: int) -> None:
         """slots_by_state: state -> count; keys may be SlotState members. Missing states are 0."""

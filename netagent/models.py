@@ -24,6 +24,7 @@ class SlotState(StrEnum):
     ALLOCATED = "allocated"
     DIRTY = "dirty"            # released, conntrack/elements being cleaned
     DESTROYING = "destroying"  # intent to remove kernel objects
+    QUARANTINED = "quarantined"  # its netns vanished under it: never handed out again
 
 
 def validate_sandbox_id(sandbox_id: object) -> str:

@@ -65,6 +65,8 @@ async def reconcile(store: StateStore, addresses: AddressPlan, kernel: KernelOps
                 rebuild.append(idx)
         elif state in (SlotState.READY, SlotState.DIRTY) and idx in intact:
             keep[idx] = state
+        elif state == SlotState.QUARANTINED:
+            keep[idx] = state       # its netns vanished while running: never reused
         else:
             doomed.append(idx)
     orphans = sorted((with_netns | with_veth) - set(snap.slots))

@@ -19,7 +19,8 @@ PROTOCOL_TO_PROTO = {Protocol.TCP: pb.PROTOCOL_TCP, Protocol.UDP: pb.PROTOCOL_UD
 EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_RELEASED,
                "policy_updated": pb.EVENT_TYPE_POLICY_UPDATED, "port_exposed": pb.EVENT_TYPE_PORT_EXPOSED,
                "port_unexposed": pb.EVENT_TYPE_PORT_UNEXPOSED, "port_reachability": pb.EVENT_TYPE_PORT_REACHABILITY,
-               "flow_denied": pb.EVENT_TYPE_FLOW_DENIED}
+               "flow_denied": pb.EVENT_TYPE_FLOW_DENIED, "slot_repaired": pb.EVENT_TYPE_SLOT_REPAIRED,
+               "tap_lost": pb.EVENT_TYPE_TAP_LOST, "slot_quarantined": pb.EVENT_TYPE_SLOT_QUARANTINED}
 
 
 def allocate_op(r: pb.AllocateRequest) -> ops.Allocate:

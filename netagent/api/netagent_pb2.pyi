@@ -23,6 +23,9 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_PORT_UNEXPOSED: _ClassVar[EventType]
     EVENT_TYPE_PORT_REACHABILITY: _ClassVar[EventType]
     EVENT_TYPE_FLOW_DENIED: _ClassVar[EventType]
+    EVENT_TYPE_SLOT_REPAIRED: _ClassVar[EventType]
+    EVENT_TYPE_TAP_LOST: _ClassVar[EventType]
+    EVENT_TYPE_SLOT_QUARANTINED: _ClassVar[EventType]
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
@@ -34,6 +37,9 @@ EVENT_TYPE_PORT_EXPOSED: EventType
 EVENT_TYPE_PORT_UNEXPOSED: EventType
 EVENT_TYPE_PORT_REACHABILITY: EventType
 EVENT_TYPE_FLOW_DENIED: EventType
+EVENT_TYPE_SLOT_REPAIRED: EventType
+EVENT_TYPE_TAP_LOST: EventType
+EVENT_TYPE_SLOT_QUARANTINED: EventType
 
 class EgressPolicy(_message.Message):
     __slots__ = ("internet", "allow_out", "deny_out")
@@ -241,7 +247,7 @@ class DeniedFlow(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., destination: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied")
+    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +256,7 @@ class Event(_message.Message):
     PORT_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     DENIED_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     time_unix_ms: int
     type: EventType
@@ -258,7 +265,16 @@ class Event(_message.Message):
     port: ExposedPort
     reachable: bool
     denied: DeniedFlow
-    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ...) -> None: ...
+    slot: SlotIncident
+    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ...) -> None: ...
+
+class SlotIncident(_message.Message):
+    __slots__ = ("index", "fixed")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FIXED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    fixed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[int] = ..., fixed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetHostInfoRequest(_message.Message):
     __slots__ = ()
@@ -317,12 +333,16 @@ class ResyncRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ResyncResponse(_message.Message):
-    __slots__ = ("ruleset_reloaded", "elements")
+    __slots__ = ("ruleset_reloaded", "elements", "slots_repaired", "slots_quarantined")
     RULESET_RELOADED_FIELD_NUMBER: _ClassVar[int]
     ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     ruleset_reloaded: bool
     elements: int
-    def __init__(self, ruleset_reloaded: _Optional[bool] = ..., elements: _Optional[int] = ...) -> None: ...
+    slots_repaired: int
+    slots_quarantined: int
+    def __init__(self, ruleset_reloaded: _Optional[bool] = ..., elements: _Optional[int] = ..., slots_repaired: _Optional[int] = ..., slots_quarantined: _Optional[int] = ...) -> None: ...
 
 class ProbePortRequest(_message.Message):
     __slots__ = ("sandbox_id", "guest_port", "timeout_ms")

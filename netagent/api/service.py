@@ -110,7 +110,9 @@ class NetAgentService(pb_grpc.NetAgentServicer):
     async def Resync(self, request: pb.ResyncRequest, context: Any) -> pb.ResyncResponse:
         async def run() -> pb.ResyncResponse:
             res = await self.agent.repair()
-            return pb.ResyncResponse(ruleset_reloaded=res["ruleset_reloaded"], elements=res["elements"])
+            return pb.ResyncResponse(ruleset_reloaded=res["ruleset_reloaded"], elements=res["elements"],
+                                     slots_repaired=res.get("slots_repaired", 0),
+                                     slots_quarantined=res.get("slots_quarantined", 0))
         return await self._call("resync", context, run)
 
     async def ProbePort(self, request: pb.ProbePortRequest, context: Any) -> pb.ProbePortResponse:
@@ -133,6 +135,8 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                     msg.port.CopyFrom(cv.port_to_proto(ev.data["port"]))
                 if "denied" in ev.data:
                     msg.denied.CopyFrom(pb.DeniedFlow(**ev.data["denied"]))
+                if "slot" in ev.data:
+                    msg.slot.CopyFrom(pb.SlotIncident(**ev.data["slot"]))
                 yield msg
         except NetagentError as exc:
             self.on_error("watch_events", exc.code)

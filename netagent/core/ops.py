@@ -136,11 +136,20 @@ class SlotGone:
 
 
 @dataclass(frozen=True)
+class SlotIncidents:
+    """What continuous reconcile found: slots repaired (with what), allocated
+    slots whose tap is gone, slots whose netns is gone (quarantined)."""
+    repaired: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    tap_lost: tuple[int, ...] = ()
+    quarantined: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Resync:
     """Reload the table if it drifted and re-add every element from state."""
 
 
 Operation = (Allocate | Release | UpdatePolicy | Expose | Unexpose | RecordReachability | RecordDenied
-             | SlotReady | SlotGone | Resync)
+             | SlotReady | SlotGone | SlotIncidents | Resync)
 # Operations a caller makes (they delay background refills and cleaning).
 CALLER_OPS = (Allocate, Release, UpdatePolicy, Expose, Unexpose)

@@ -67,6 +67,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_slot_ready(op, ctx)
         case ops.SlotGone():
             return plan_slot_gone(op, ctx)
+        case ops.SlotIncidents():
+            return plan_incidents(inv, op)
         case ops.Resync():
             return Change(full_sync=True)
     raise TypeError(f"not an operation: {op!r}")
@@ -113,12 +115,13 @@ def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
     rec = inv.allocations.get(op.sandbox_id)
     if rec is None:
         return Change(reply=False)
+    quarantined = inv.slots.get(rec.slot) == SlotState.QUARANTINED   # stays so: nothing to clean
     return Change(
         reply=True,
-        rows=(AllocationDeleted(rec), SlotSet(rec.slot, SlotState.DIRTY)),
+        rows=(AllocationDeleted(rec),) + (() if quarantined else (SlotSet(rec.slot, SlotState.DIRTY),)),
         nft=tuple(el.delete(allocation_elements(ctx.addresses.slot(rec.slot), rec))),
         events=(Event("released", rec.sandbox_id, {}),),
-        clean_slots=(rec.slot,))
+        clean_slots=() if quarantined else (rec.slot,))
 
 
 def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -> Change:
@@ -212,6 +215,18 @@ def plan_slot_ready(op: ops.SlotReady, ctx: PlanContext) -> Change:
 def plan_slot_gone(op: ops.SlotGone, ctx: PlanContext) -> Change:
     return Change(rows=(SlotSet(op.slot, SlotState.DESTROYING),),
                   nft=tuple(el.delete(el.slot_elements(ctx.addresses.slot(op.slot)))))
+
+
+def plan_incidents(inv: Inventory, op: ops.SlotIncidents) -> Change:
+    """Events for what continuous reconcile found; a slot without its netns is
+    quarantined (never handed out again, even after release)."""
+    def owner(idx: int) -> str:
+        return inv.slot_owner.get(idx, "")
+    events = [Event("slot_repaired", owner(i), {"slot": {"index": i, "fixed": list(f)}}) for i, f in op.repaired]
+    events += [Event("tap_lost", owner(i), {"slot": {"index": i, "fixed": []}}) for i in op.tap_lost]
+    quarantine = [i for i in op.quarantined if inv.slots.get(i) in (SlotState.READY, SlotState.ALLOCATED)]
+    events += [Event("slot_quarantined", owner(i), {"slot": {"index": i, "fixed": []}}) for i in quarantine]
+    return Change(rows=tuple(SlotSet(i, SlotState.QUARANTINED) for i in quarantine), events=tuple(events))
 
 
 def desired_elements(inv: Inventory, addresses: AddressPlan) -> list[el.Element]:

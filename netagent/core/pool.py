@@ -91,7 +91,10 @@ class WarmPool:
         self._wake.set()
         while True:
             if self.ready:
-                return self.ready.popleft()
+                idx = self.ready.popleft()
+                if self.inventory().slots.get(idx) == SlotState.READY:
+                    return idx
+                continue   # quarantined while it waited
             if self._free_index() is not None:
                 return await self.build(for_caller=True)
             if not self.building:

@@ -66,6 +66,10 @@ class SlotBuilder:
             ipr.route("add", dst="0.0.0.0/0", gateway=str(slot.host_ip), oif=veth, flags=4)  # RTNH_F_ONLINK
         connect().run(slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
+    def rules_text(self, index: int) -> str:
+        """The in-slot ruleset of this slot, as loaded."""
+        return slot_script(self.config, self.slot_source, str(self.plan.slot(index).host_ip))
+
     def rules_fingerprint(self) -> str:
         """Changes when rules/slot.nft or what it is rendered with changes."""
         return fingerprint(slot_script(self.config, self.slot_source, "0.0.0.0"))

@@ -79,6 +79,10 @@ class Nft:
         """[{"name": ..., "comment": ...}, ...] of one family."""
         return [o["table"] for o in self._list_json(f"tables {family}") if "table" in o]
 
+    def all_tables(self) -> set[tuple[str, str]]:
+        """(family, name) of every table in this netns."""
+        return {(t["family"], t["name"]) for o in self._list_json("tables") if (t := o.get("table"))}
+
     def chains(self) -> list[dict[str, Any]]:
         """Every chain of every table (family, table, name, hook, policy...)."""
         return [o["chain"] for o in self._list_json("chains") if "chain" in o]
