@@ -69,12 +69,12 @@ class Agent:
         self.builder = SlotBuilder(config, self.plan, ruleset.read_rules(ruleset.SLOT_RULES, rules_dir))
         self.store = StateStore(config.state_dir)
         self.host = HostWorker(config.host_netns)
-        self.builds = BuildPool(config.host_netns, config.pool_build_concurrency)
+        self.builds = BuildPool(config.host_netns, config.pool.build_concurrency)
         self.cleaner = Cleaner(config.host_netns)
         self.dns_threads = DnsThreads(config.host_netns)
         self.host_info: HostInfo | None = None
         self.events = EventLog(self.store, config.events_retained)
-        self.metrics = Metrics(per_sandbox_labels=config.metrics_per_sandbox)
+        self.metrics = Metrics(per_sandbox_labels=config.metrics.per_sandbox)
         self.inventory = Inventory(config.host_port_range)
         self._db_lock = asyncio.Lock()
         self._last_call = 0.0
@@ -167,13 +167,13 @@ class Agent:
         self.metrics.observe_reconcile(result.summary["duration_s"])
 
     async def _start_dns_proxy(self) -> None:
-        upstreams = [str(u) for u in self.config.dns_upstreams] or resolv_conf_nameservers()
+        upstreams = [str(u) for u in self.config.dns.upstreams] or resolv_conf_nameservers()
         upstream = UpstreamClient(lambda q, up, t: self.dns_threads.call(query_tcp_blocking, q, up, t))
         sock = await self.host.call(upstream_socket)  # the socket keeps the host netns
         upstream_transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: upstream, sock=sock)
         self.dns = DnsProxy(self.admission.domains_of, self.admission.admit, upstream.query, upstreams,
-                            self.config.dns_ttl_floor_s, self.config.dns_ttl_cap_s)
-        udp, tcp = await self.host.call(bind_sockets, self.config.dns_proxy_port)
+                            self.config.dns.ttl_floor_s, self.config.dns.ttl_cap_s)
+        udp, tcp = await self.host.call(bind_sockets, self.config.dns.proxy_port)
         self._dns_servers = (*await serve_dns(self.dns, udp, tcp), upstream_transport)
 
     def _host_setup(self) -> HostInfo:
@@ -181,7 +181,7 @@ class Agent:
         return discover(self.builder.host_ipr(), self.config.uplink)
 
     async def wait_pool_ready(self, timeout: float = 60.0, at_least: int | None = None) -> None:
-        want = self.config.pool_size if at_least is None else at_least
+        want = self.config.pool.size if at_least is None else at_least
         await self.pool.wait_ready(want, lambda: self.plan.capacity - len(self.inventory.allocations), timeout)
 
     async def refresh_metrics(self) -> None:
@@ -196,8 +196,11 @@ class Agent:
         drops = await self.cleaner.call(lambda: self._cleaner_fw().counters())
         self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
 
-    def pool_changed(self) -> None:
-        """The pool size changed (SIGHUP): refill, or let releases shrink it."""
+    def reconfigure(self, config: Config) -> None:
+        """Swap in a new config (SIGHUP). Read where it is used, so the pool
+        size and the policy default apply at once; the pool refills, or
+        releases shrink it."""
+        self.config = config
         self.pool.wake()
 
     def healthy(self) -> bool:
@@ -402,7 +405,7 @@ class Agent:
 
     def _pool_settings(self) -> PoolSettings:
         c = self.config
-        return PoolSettings(c.pool_size, c.pool_build_concurrency, c.pool_refill_delay_s)
+        return PoolSettings(c.pool.size, c.pool.build_concurrency, c.pool.refill_delay_s)
 
     def _sandbox_of_ip(self, ip: str) -> str | None:
         try:

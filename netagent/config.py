@@ -61,18 +61,115 @@ class GuestPlan(BaseModel):
         return self
 
 
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolConfig(_Section):
+    size: int = Field(16, ge=0, le=65536)
+    build_concurrency: int = Field(2, ge=1, le=64)
+    refill_delay_s: float = Field(0.05, ge=0, le=10)   # refill/clean after this long without API calls
+    ready_min_slots: int = Field(8, ge=0)    # READY=1 once this many warm slots exist (capped at size)
+
+
+class DnsConfig(_Section):
+    proxy_port: int = Field(10053, ge=1, le=65535)     # in host_netns; slots DNAT gateway:53 here
+    upstreams: list[ipaddress.IPv4Address] = Field(default_factory=list)  # empty: the host's resolv.conf
+    ttl_floor_s: int = Field(5, ge=1, le=3600)
+    ttl_cap_s: int = Field(300, ge=1, le=86400)
+
+
+class ProbeConfig(_Section):
+    """Reachability probes (SYN probes of exposed TCP ports; see docs/reachability.md)."""
+    interval_s: float = Field(0.7, ge=0.05, le=60)      # when stable
+    fast_interval_s: float = Field(0.1, ge=0.01, le=10)  # after an expose or a change...
+    fast_period_s: float = Field(5.0, ge=0, le=600)      # ...for this long
+    timeout_s: float = Field(0.5, ge=0.01, le=10)
+    down_after: int = Field(2, ge=1, le=10)              # failed probes in a row before "unreachable"
+    discovery_port_range: tuple[int, int] | None = None  # auto-expose guest listeners in this range
+    discovery_rate: int = Field(200, ge=1, le=100_000)   # discovery probes per second, whole host
+
+    @field_validator("discovery_port_range")
+    @classmethod
+    def _discovery(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not (1 <= v[0] <= v[1] <= 65535):
+            raise ValueError("must be [low, high] with 1 <= low <= high <= 65535")
+        return v
+
+
+class RegistryConfig(_Section):
+    # "sqlite:///path", "redis://host:port/db", "" (off). None: sqlite in state_dir.
+    url: str | None = None
+    ttl_s: float = Field(10.0, ge=1, le=3600)
+    heartbeat_s: float = Field(3.0, ge=0.2, le=1200)
+    node_address: str | None = None          # where host ports answer; None: the uplink's first address
+
+    @model_validator(mode="after")
+    def _check(self) -> RegistryConfig:
+        if self.heartbeat_s * 2 > self.ttl_s:
+            raise ValueError("registry heartbeat_s must be at most half of ttl_s")
+        if self.url and not self.url.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
+            raise ValueError("registry url must be sqlite:///path, redis://host:port/db or empty (off)")
+        return self
+
+
+class ApiConfig(_Section):
+    socket: Path = Path("/run/netagent/netagent.sock")
+    socket_group: str | None = None
+    tcp_address: str | None = None      # "host:port"; requires tls_cert, tls_key and tls_ca (mTLS)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls(self) -> ApiConfig:
+        if self.tcp_address:
+            missing = [k for k in ("tls_cert", "tls_key", "tls_ca") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"api tcp_address needs mutual TLS: set {', '.join(missing)}")
+            host, _, port = self.tcp_address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"api tcp_address must be host:port, got {self.tcp_address!r}")
+        return self
+
+
+class MetricsConfig(_Section):
+    address: str | None = "127.0.0.1:9464"   # host:port in host_netns; empty/None disables
+    per_sandbox: bool = False        # sandbox_id labels on traffic metrics (cardinality!)
+    refresh_s: float = Field(5.0, gt=0)
+
+
+# Flat keys of the 0.x config (TOML and NETAGENT_*), still accepted: key -> (section, field).
+LEGACY_KEYS: dict[str, tuple[str, str]] = {
+    "pool_size": ("pool", "size"), "pool_build_concurrency": ("pool", "build_concurrency"),
+    "pool_refill_delay_s": ("pool", "refill_delay_s"), "ready_min_slots": ("pool", "ready_min_slots"),
+    "dns_proxy_port": ("dns", "proxy_port"), "dns_upstreams": ("dns", "upstreams"),
+    "dns_ttl_floor_s": ("dns", "ttl_floor_s"), "dns_ttl_cap_s": ("dns", "ttl_cap_s"),
+    "probe_interval_s": ("probe", "interval_s"), "probe_fast_interval_s": ("probe", "fast_interval_s"),
+    "probe_fast_period_s": ("probe", "fast_period_s"), "probe_timeout_s": ("probe", "timeout_s"),
+    "probe_down_after": ("probe", "down_after"), "discovery_port_range": ("probe", "discovery_port_range"),
+    "discovery_rate": ("probe", "discovery_rate"),
+    "registry_url": ("registry", "url"), "registry_ttl_s": ("registry", "ttl_s"),
+    "registry_heartbeat_s": ("registry", "heartbeat_s"), "node_address": ("registry", "node_address"),
+    "api_socket": ("api", "socket"), "api_socket_group": ("api", "socket_group"),
+    "api_tcp_address": ("api", "tcp_address"), "tls_cert": ("api", "tls_cert"), "tls_key": ("api", "tls_key"),
+    "tls_ca": ("api", "tls_ca"),
+    "metrics_address": ("metrics", "address"), "metrics_per_sandbox": ("metrics", "per_sandbox"),
+    "metrics_refresh_s": ("metrics", "refresh_s"),
+}
+SECTION_KEYS = {v: k for k, v in LEGACY_KEYS.items()}
+
+
 class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Immutable: a reload builds a new one (daemon.reload) and the agent swaps it in."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     prefix: str = "na"
     host_netns: str | None = None
     uplink: str | None = None
     transit_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.12.0.0/16")
-    guest: GuestPlan = GuestPlan()
-    pool_size: int = Field(16, ge=0, le=65536)
-    pool_build_concurrency: int = Field(2, ge=1, le=64)
-    pool_refill_delay_s: float = Field(0.05, ge=0, le=10)   # refill/clean after this long without API calls
     state_dir: Path = Path("/var/lib/netagent")
+    node_id: str = Field(default_factory=lambda: __import__("socket").gethostname())
     host_port_range: tuple[int, int] = (20000, 29999)
     always_deny: list[ipaddress.IPv4Network] = Field(
         default_factory=lambda: [ipaddress.IPv4Network(c) for c in DEFAULT_ALWAYS_DENY])
@@ -82,41 +179,49 @@ class Config(BaseModel):
     self_repair: bool = True                   # continuous reconcile of slots' kernel objects
     self_repair_sweep_slots_per_s: float = Field(4.0, ge=0, le=1000)  # backstop to kernel notices
     default_internet: bool = True
-    dns_proxy_port: int = Field(10053, ge=1, le=65535)     # in host_netns; slots DNAT gateway:53 here
-    dns_upstreams: list[ipaddress.IPv4Address] = Field(default_factory=list)  # empty: the host's resolv.conf
-    dns_ttl_floor_s: int = Field(5, ge=1, le=3600)
-    dns_ttl_cap_s: int = Field(300, ge=1, le=86400)
     conn_limit: int = Field(4096, ge=1, le=1_000_000)          # concurrent connections per sandbox
     new_conn_rate: int = Field(200, ge=1, le=1_000_000)        # new connections per second per sandbox
     new_conn_burst: int = Field(400, ge=1, le=1_000_000)
-    node_id: str = Field(default_factory=lambda: __import__("socket").gethostname())
-    api_socket: Path = Path("/run/netagent/netagent.sock")
-    api_socket_group: str | None = None
-    api_tcp_address: str | None = None      # "host:port"; requires tls_cert, tls_key and tls_ca (mTLS)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    metrics_address: str | None = "127.0.0.1:9464"   # host:port in host_netns; empty/None disables
-    metrics_per_sandbox: bool = False        # sandbox_id labels on traffic metrics (cardinality!)
-    metrics_refresh_s: float = Field(5.0, gt=0)
-    log_json: bool = False
-    ready_min_slots: int = Field(8, ge=0)    # READY=1 once this many warm slots exist (capped at pool_size)
     events_retained: int = Field(100_000, ge=100)
-    log_level: str = "INFO"
     denied_flow_events: bool = True          # FLOW_DENIED events + log lines from nflog (5/s per sandbox)
-    # Reachability probes (SYN probes of exposed TCP ports; see docs/reachability.md).
-    probe_interval_s: float = Field(0.7, ge=0.05, le=60)      # when stable
-    probe_fast_interval_s: float = Field(0.1, ge=0.01, le=10)  # after an expose or a change...
-    probe_fast_period_s: float = Field(5.0, ge=0, le=600)      # ...for this long
-    probe_timeout_s: float = Field(0.5, ge=0.01, le=10)
-    probe_down_after: int = Field(2, ge=1, le=10)              # failed probes in a row before "unreachable"
-    discovery_port_range: tuple[int, int] | None = None        # auto-expose guest listeners in this range
-    discovery_rate: int = Field(200, ge=1, le=100_000)         # discovery probes per second, whole host
-    # The routing registry: "sqlite:///path", "redis://host:port/db", "" (off). None: sqlite in state_dir.
-    registry_url: str | None = None
-    registry_ttl_s: float = Field(10.0, ge=1, le=3600)
-    registry_heartbeat_s: float = Field(3.0, ge=0.2, le=1200)
-    node_address: str | None = None          # where host ports answer; None: the uplink's first address
+    log_json: bool = False
+    log_level: str = "INFO"
+    guest: GuestPlan = GuestPlan()
+    pool: PoolConfig = PoolConfig()
+    dns: DnsConfig = DnsConfig()
+    probe: ProbeConfig = ProbeConfig()
+    registry: RegistryConfig = RegistryConfig()
+    api: ApiConfig = ApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        """Fold the flat keys of older configs into their sections (a flat key
+        wins over the same field in its section: NETAGENT_POOL_SIZE overrides
+        [pool] size in a file)."""
+        if not isinstance(data, dict) or not any(k in LEGACY_KEYS for k in data):
+            return data
+        data = dict(data)
+        for key in [k for k in data if k in LEGACY_KEYS]:
+            section, name = LEGACY_KEYS[key]
+            current = data.get(section)
+            body = dict(current) if isinstance(current, dict) else (
+                current.model_dump() if isinstance(current, BaseModel) else {})
+            body[name] = data.pop(key)
+            data[section] = body
+        return data
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with these changes (flat or section keys)."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if key in LEGACY_KEYS:
+                section, name = LEGACY_KEYS[key]
+                data[section] = {**data[section], name: value}
+            else:
+                data[key] = value
+        return Config.model_validate(data)
 
     @field_validator("prefix")
     @classmethod
@@ -160,42 +265,25 @@ class Config(BaseModel):
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
         return v
 
-    @model_validator(mode="after")
-    def _tls(self) -> Config:
-        if self.api_tcp_address:
-            missing = [k for k in ("tls_cert", "tls_key", "tls_ca") if getattr(self, k) is None]
-            if missing:
-                raise ValueError(f"api_tcp_address needs mutual TLS: set {', '.join(missing)}")
-            host, _, port = self.api_tcp_address.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"api_tcp_address must be host:port, got {self.api_tcp_address!r}")
-        return self
-
-    @field_validator("discovery_port_range")
-    @classmethod
-    def _discovery(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and not (1 <= v[0] <= v[1] <= 65535):
-            raise ValueError("must be [low, high] with 1 <= low <= high <= 65535")
-        return v
-
-    @model_validator(mode="after")
-    def _registry(self) -> Config:
-        if self.registry_heartbeat_s * 2 > self.registry_ttl_s:
-            raise ValueError("registry_heartbeat_s must be at most half of registry_ttl_s")
-        if self.registry_url and not self.registry_url.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
-            raise ValueError("registry_url must be sqlite:///path, redis://host:port/db or empty (off)")
-        return self
-
-    def registry(self) -> str:
+    def registry_in_effect(self) -> str:
         """The registry URL in effect ("" when off)."""
-        if self.registry_url is None:
+        if self.registry.url is None:
             return f"sqlite://{(self.state_dir / 'registry.db').absolute()}"
-        return self.registry_url
+        return self.registry.url
 
     @model_validator(mode="after")
     def _names_fit(self) -> Config:
         check_names_fit(self.prefix, self.transit_cidr, self.guest.guest_ip)
         return self
+
+
+def _legacy_property(section: str, name: str) -> property:
+    return property(lambda self: getattr(getattr(self, section), name),
+                    doc=f"Read-only alias of {section}.{name} (the 0.x flat key).")
+
+
+for _key, (_section, _name) in LEGACY_KEYS.items():
+    setattr(Config, _key, _legacy_property(_section, _name))
 
 
 def _coerce_env(value: str) -> Any:
@@ -257,5 +345,7 @@ def describe(exc: ValidationError) -> str:
     lines = ["invalid config:"]
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(config)"
+        if legacy := SECTION_KEYS.get(tuple(str(p) for p in err["loc"][:2])):  # type: ignore[arg-type]
+            field += f" ({legacy})"
         lines.append(f"  {field}: {err['msg']}")
     return "\n".join(lines)

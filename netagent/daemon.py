@@ -20,7 +20,8 @@ from .logs import set_level
 from .sdnotify import notify, watchdog_loop
 
 log = logging.getLogger("netagent")
-LIVE_FIELDS = ("log_level", "pool_size", "default_internet")
+# What a reload changes in the running agent; other changes wait for a restart.
+LIVE_KEYS = ("log_level", "pool.size", "default_internet")
 
 
 async def serve(config: Config, config_path: str | None = None) -> None:
@@ -37,7 +38,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     await api.start()
     metrics_port = start_metrics(agent)
     refresher = asyncio.create_task(refresh_metrics(agent))
-    want = min(config.pool_size, config.ready_min_slots)
+    want = min(config.pool.size, config.pool.ready_min_slots)
     try:
         await agent.wait_pool_ready(timeout=300, at_least=want)
     except TimeoutError as exc:
@@ -48,7 +49,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
     log.info("netagent ready: uplink=%s slots=%d ready=%d allocations=%d",
              agent.host_info.uplink if agent.host_info else "?", len(agent.slots), len(agent.ready),
              len(agent.allocations))
-    print(f"netagent ready prefix={config.prefix} socket={config.api_socket} ready_slots={len(agent.ready)} "
+    print(f"netagent ready prefix={config.prefix} socket={config.api.socket} ready_slots={len(agent.ready)} "
           f"metrics_port={metrics_port or 0}", flush=True)
 
     await stop.wait()
@@ -61,27 +62,37 @@ async def serve(config: Config, config_path: str | None = None) -> None:
 
 
 def reload(agent: Agent, config_path: str | None) -> None:
-    """SIGHUP: apply log level, pool size and policy defaults; report the rest."""
+    """SIGHUP: build a new config; swap in one with its live keys (log level,
+    pool size, policy default) and report the rest as needing a restart."""
     try:
         new = config_mod.load(config_path)
     except ConfigError as exc:
         log.error("reload refused, keeping the running config: %s", exc)
         return
     old = agent.config
-    changed = {k for k in type(old).model_fields if getattr(old, k) != getattr(new, k)}
-    for key in changed & set(LIVE_FIELDS):
-        setattr(old, key, getattr(new, key))
-    set_level(old.log_level)
-    agent.pool_changed()
-    if rest := sorted(changed - set(LIVE_FIELDS)):
+    changed = sorted(k for k, v in flat(new).items() if flat(old).get(k) != v)
+    live = [k for k in changed if k in LIVE_KEYS]
+    agent.reconfigure(old.replace(log_level=new.log_level, pool_size=new.pool.size,
+                                  default_internet=new.default_internet))
+    set_level(agent.config.log_level)
+    if rest := [k for k in changed if k not in LIVE_KEYS]:
         log.warning("reload: %s change only on restart", ", ".join(rest))
-    log.info("reloaded: %s", ", ".join(sorted(changed & set(LIVE_FIELDS))) or "nothing changed")
+    log.info("reloaded: %s", ", ".join(live) or "nothing changed")
 
 
+def flat(config: Config) -> dict[str, object]:
+    """section.key -> value, for comparing two configs."""
+    out: dict[str, object] = {}
+    for key, value in config.model_dump().items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 def start_metrics(agent: Agent) -> int | None:
-    address = agent.config.metrics_address
+    address = agent.config.metrics.address
     if not address:
         return None
     host, _, port = address.rpartition(":")
@@ -96,4 +107,4 @@ async def refresh_metrics(agent: Agent) -> None:
             await agent.refresh_metrics()
         except Exception:
             log.exception("metrics refresh failed")
-        await asyncio.sleep(agent.config.metrics_refresh_s)
+        await asyncio.sleep(agent.config.metrics.refresh_s)

@@ -38,20 +38,20 @@ class ApiServer:
         self.tcp_port: int | None = None
 
     async def start(self) -> None:
-        path = str(self.config.api_socket)
+        path = str(self.config.api.socket)
         _claim_socket_path(path)
         self.server.add_insecure_port(f"unix:{path}")
-        if self.config.api_tcp_address:
-            self.tcp_port = self.server.add_secure_port(self.config.api_tcp_address, _mtls_credentials(self.config))
+        if self.config.api.tcp_address:
+            self.tcp_port = self.server.add_secure_port(self.config.api.tcp_address, _mtls_credentials(self.config))
         await self.set_serving(False)
         await self.server.start()
         os.chmod(path, SOCKET_MODE)
-        if self.config.api_socket_group:
+        if self.config.api.socket_group:
             try:
-                os.chown(path, -1, grp.getgrnam(self.config.api_socket_group).gr_gid)
+                os.chown(path, -1, grp.getgrnam(self.config.api.socket_group).gr_gid)
             except KeyError:
-                raise ConfigError(f"api_socket_group: no group named {self.config.api_socket_group!r}") from None
-        log.info("API on unix:%s%s", path, f" and {self.config.api_tcp_address} (mTLS)" if self.tcp_port else "")
+                raise ConfigError(f"api_socket_group: no group named {self.config.api.socket_group!r}") from None
+        log.info("API on unix:%s%s", path, f" and {self.config.api.tcp_address} (mTLS)" if self.tcp_port else "")
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -64,7 +64,7 @@ class ApiServer:
         self.service.accepting = False
         await self.server.stop(grace_s)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.config.api_socket)
+            os.unlink(self.config.api.socket)
 
 
 def _claim_socket_path(path: str) -> None:
@@ -82,9 +82,9 @@ def _claim_socket_path(path: str) -> None:
 
 
 def _mtls_credentials(config: Config) -> grpc.ServerCredentials:
-    assert config.tls_cert and config.tls_key and config.tls_ca
+    assert config.api.tls_cert and config.api.tls_key and config.api.tls_ca
     try:
-        key, cert, ca = (p.read_bytes() for p in (config.tls_key, config.tls_cert, config.tls_ca))
+        key, cert, ca = (p.read_bytes() for p in (config.api.tls_key, config.api.tls_cert, config.api.tls_ca))
     except OSError as exc:
         raise ConfigError(f"tls: {exc}") from None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)

@@ -104,8 +104,8 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                            registry_last_success_unix_ms=int(r["registry_last_success"] * 1000),
                            probed_ports=r["probed_ports"], node_address=a.reachability.node_address(),
                            host_netns=a.config.host_netns or "", host_port_low=a.config.host_port_range[0],
-                           host_port_high=a.config.host_port_range[1], probe_interval_s=a.config.probe_interval_s,
-                           probe_timeout_s=a.config.probe_timeout_s, state_dir=str(a.config.state_dir.absolute()))
+                           host_port_high=a.config.host_port_range[1], probe_interval_s=a.config.probe.interval_s,
+                           probe_timeout_s=a.config.probe.timeout_s, state_dir=str(a.config.state_dir.absolute()))
 
     async def Resync(self, request: pb.ResyncRequest, context: Any) -> pb.ResyncResponse:
         async def run() -> pb.ResyncResponse:

@@ -25,7 +25,7 @@ def host_table_text(config: Config, source: str) -> str:
     the config (nft takes no variables in these spots)."""
     text = _sub_once(r"^table inet netagent \{", f"table inet {config.prefix} {{", source)
     text = _sub_once(r"ct count over \d+", f"ct count over {config.conn_limit}", text)
-    text = _sub_once(r"th dport 10053 accept", f"th dport {config.dns_proxy_port} accept", text)
+    text = _sub_once(r"th dport 10053 accept", f"th dport {config.dns.proxy_port} accept", text)
     return _sub_once(r"limit rate over \d+/second burst \d+ packets",
                      f"limit rate over {config.new_conn_rate}/second burst {config.new_conn_burst} packets", text)
 
@@ -65,7 +65,7 @@ def slot_script(config: Config, source: str, host_ip: str) -> str:
     defines = (f'define tap = "{g.tap_name}"\ndefine veth = "{g.veth_name}"\n'
                f"define guest_ip = {g.guest_ip}\ndefine guest_mac = {g.guest_mac}\n"
                f"define gateway_ip = {g.gateway_ip}\ndefine dns_ip = {host_ip}\n"
-               f"define dns_port = {config.dns_proxy_port}\n")
+               f"define dns_port = {config.dns.proxy_port}\n")
     return defines + source
 
 

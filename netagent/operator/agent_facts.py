@@ -24,11 +24,10 @@ def from_agent(config: Config, info: Any) -> Config:
     if info.probe_interval_s:
         update |= {"probe_interval_s": info.probe_interval_s, "probe_timeout_s": info.probe_timeout_s}
     if info.state_dir:
-        from pathlib import Path
-        update["state_dir"] = Path(info.state_dir)
-    own = config.registry()
+        update["state_dir"] = info.state_dir
+    own = config.registry_in_effect()
     update["registry_url"] = own if shown_url(own) == info.registry else info.registry
-    return config.model_copy(update=update)
+    return config.replace(**update)
 
 
 def effective(config: Config, client: Any) -> Config:

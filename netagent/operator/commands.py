@@ -97,13 +97,13 @@ def _policy_args(p: argparse.ArgumentParser) -> None:
 def guarded(fn: Callable[[argparse.Namespace, Config, Client], int], args: argparse.Namespace,
             config: Config) -> int:
     """Run a command; turn gRPC failures into plain messages and exit codes."""
-    with Client(socket_path=str(config.api_socket), timeout=10) as client:
+    with Client(socket_path=str(config.api.socket), timeout=10) as client:
         try:
             return fn(args, agent_facts.effective(config, client), client)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
-                return fail(f"the agent is not running (nothing answers on {config.api_socket}).\n"
+                return fail(f"the agent is not running (nothing answers on {config.api.socket}).\n"
                             "Start it with `systemctl start netagent` (or `make run` from a checkout).")
             if code == grpc.StatusCode.NOT_FOUND:
                 return fail(exc.details() or "not found", EXIT_NOT_FOUND)
@@ -208,13 +208,13 @@ def probe(args: argparse.Namespace, config: Config, c: Client) -> int:
     sbx = to_dict(c.get(args.sandbox))
     port = next((p for p in sbx["ports"] if int(p["guestPort"]) == args.port
                  and registrycheck.protocol(p) == "tcp"), None)
-    timeout_ms = args.timeout_ms or round(config.probe_timeout_s * 1000)
+    timeout_ms = args.timeout_ms or round(config.probe.timeout_s * 1000)
     head = f"{args.sandbox} port {args.port}: " + probe_outcome.outcome(res.outcome, res.rtt_ms, args.port, timeout_ms)
     exposure = probe_outcome.exposure(args.sandbox, args.port, res.host_port)
     lines = [f"{head}, {exposure}"] if res.reachable else [head, exposure]
     if port:
         lines.append(probe_outcome.stored_view(port, bool(c.host_info().registry), time.time()))
-        if note := probe_outcome.lag_note(res.reachable, port, config.probe_interval_s):
+        if note := probe_outcome.lag_note(res.reachable, port, config.probe.interval_s):
             lines.append(note)
     view = {k: port.get(k) for k in ("reachable", "changedUnixMs", "checkedUnixMs")} if port else None
     emit({"sandboxId": args.sandbox, "guestPort": args.port, "reachable": res.reachable, "outcome": res.outcome,
@@ -288,7 +288,7 @@ def teardown(args: argparse.Namespace, config: Config, c: Client) -> int:
     from . import teardown as td
     try:
         c.host_info()
-        return fail(f"the agent is running (it answers on {config.api_socket}) and would rebuild what teardown "
+        return fail(f"the agent is running (it answers on {config.api.socket}) and would rebuild what teardown "
                     "removes: stop it first (`systemctl stop netagent`).")
     except grpc.RpcError:
         pass

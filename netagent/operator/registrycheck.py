@@ -51,7 +51,7 @@ def shown_url(url: str) -> str:
 
 def read_sandbox(config: Config, sandbox_id: str) -> RegistryRead:
     """The sandbox's live record as an edge would read it."""
-    url = config.registry()
+    url = config.registry_in_effect()
     if not url:
         return RegistryRead("", "off")
     if missing := _missing_sqlite_file(url):
@@ -141,7 +141,7 @@ def protocol(port: dict[str, Any]) -> str:
 
 def doctor(config: Config) -> list[Check]:
     """Registry connectivity (connect + a read of our node record) and clock skew."""
-    url = config.registry()
+    url = config.registry_in_effect()
     if not url:
         return [("registry", "ok", 'off (registry_url = ""): nothing is published, so no edge routes to '
                                    "this host's sandboxes", "")]

@@ -51,8 +51,8 @@ class Reachability:
         self.config = config
         self.link = link
         c = config
-        self.schedule = ProbeSchedule(c.probe_interval_s, c.probe_fast_interval_s, c.probe_fast_period_s,
-                                      c.probe_timeout_s, c.probe_down_after)
+        self.schedule = ProbeSchedule(c.probe.interval_s, c.probe.fast_interval_s, c.probe.fast_period_s,
+                                      c.probe.timeout_s, c.probe.down_after)
         self.prober: Prober | None = None
         self.publisher: RegistryPublisher | None = None
         self.discovery: Discovery | None = None
@@ -70,15 +70,15 @@ class Reachability:
                 self._track(rec, port, known.get((rec.sandbox_id, port.guest_port)))
         self.prober.start()
         c = self.config
-        url = c.registry()
+        url = c.registry_in_effect()
         if url:
             self.publisher = RegistryPublisher(open_registry(url), self.node_record, self.record,
-                                               lambda: list(self.link.allocations()), c.registry_ttl_s,
-                                               c.registry_heartbeat_s)
+                                               lambda: list(self.link.allocations()), c.registry.ttl_s,
+                                               c.registry.heartbeat_s)
             self.publisher.start()
-        if c.discovery_port_range:
+        if c.probe.discovery_port_range:
             self.discovery = Discovery(self.link.allocations, self.link.slot, self.link.expose, self.link.spawn,
-                                       self.prober, c.discovery_port_range, c.discovery_rate)
+                                       self.prober, c.probe.discovery_port_range, c.probe.discovery_rate)
             self.discovery.start()
 
     async def stop(self) -> None:
@@ -139,7 +139,7 @@ class Reachability:
 
     def node_address(self) -> str:
         uplink = self.link.uplink_addresses()
-        addr = self.config.node_address or (uplink[0] if uplink else "")
+        addr = self.config.registry.node_address or (uplink[0] if uplink else "")
         return addr.split("/")[0]
 
     def node_record(self) -> NodeRecord:

@@ -61,7 +61,8 @@ async def run(sandboxes: int, seconds: float, runs: int) -> dict:
             for i in range(0, sandboxes, 100):
                 nets += await asyncio.gather(*(agent.allocate(f"fw-{j}", {"policy": POLICY})
                                                for j in range(i, min(i + 100, sandboxes))))
-            agent.config.pool_size = 0  # no refill builds competing for the CPU during the measurement
+            # no refill builds competing for the CPU during the measurement
+            agent.reconfigure(agent.config.replace(pool_size=0))
             while agent._building:
                 await asyncio.sleep(0.05)
             netns = nets[-1].netns

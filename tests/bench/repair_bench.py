@@ -35,7 +35,7 @@ async def run(bed: Testbed, slots: int, idle_s: float, state: Path) -> dict:
         await agent.wait_pool_ready(timeout=1800)
         for chunk in range(0, slots, 100):
             await asyncio.gather(*(agent.allocate(f"rb-{i}") for i in range(chunk, min(slots, chunk + 100))))
-        agent.config.pool_size = 0
+        agent.reconfigure(agent.config.replace(pool_size=0))
         while agent._building or any(s == SlotState.DIRTY for s in agent.slots.values()):
             await asyncio.sleep(0.1)
         await asyncio.sleep(2)

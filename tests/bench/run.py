@@ -71,7 +71,7 @@ async def fill(agent: Agent, n: int) -> None:
 async def settle(agent: Agent) -> None:
     """A steady host: the warm slots it has are its pool (no mass refill after
     the fill), builds in flight done, dirty slots cleaned."""
-    agent.config.pool_size = len(agent.ready)
+    agent.reconfigure(agent.config.replace(pool_size=len(agent.ready)))
     while agent._building or any(s.value == "dirty" for s in agent.slots.values()):
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)
@@ -139,7 +139,7 @@ async def grpc_round_trip(agent: Agent, state: Path, samples: int) -> dict:
     """Allocate over gRPC (client in another process, unix socket) against the
     in-process call, same agent, same moment."""
     from netagent.api.server import ApiServer
-    agent.config.api_socket = state / "bench.sock"
+    agent.reconfigure(agent.config.replace(api_socket=state / "bench.sock"))
     api = ApiServer(agent, agent.config)
     await api.start()
     try:
