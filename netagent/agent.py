@@ -39,8 +39,8 @@ from .datapath.slot_builder import SlotBuilder
 from .datapath.slot_repair import SlotRepairIO
 from .datapath.slot_work import SlotWork
 from .denied_flows import DeniedFlowLog
-from .dns.proxy import DnsProxy, UpstreamClient, bind_sockets, query_tcp_blocking, upstream_socket
-from .dns.proxy import serve as serve_dns
+from .dns.proxy import DnsProxy
+from .dns.startup import start_proxy
 from .errors import Conflict, InvalidArgument
 from .events import EventLog
 from .firewall import elements as el
@@ -48,7 +48,7 @@ from .firewall import nflog, ruleset
 from .firewall.driver import FirewallDriver, HostTable
 from .logs import for_sandbox
 from .metrics import Metrics
-from .models import AllocateSpec, EgressPolicy, Network, Protocol, SlotState, validate_port, validate_sandbox_id
+from .models import AllocateSpec, EgressPolicy, Network, SlotState, validate_port, validate_sandbox_id
 from .reachability.tracker import AgentLink, Reachability
 from .reconcile import KernelOps, reconcile
 from .state import StateStore
@@ -167,14 +167,8 @@ class Agent:
         self.metrics.observe_reconcile(result.summary["duration_s"])
 
     async def _start_dns_proxy(self) -> None:
-        upstreams = [str(u) for u in self.config.dns.upstreams] or resolv_conf_nameservers()
-        upstream = UpstreamClient(lambda q, up, t: self.dns_threads.call(query_tcp_blocking, q, up, t))
-        sock = await self.host.call(upstream_socket)  # the socket keeps the host netns
-        upstream_transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: upstream, sock=sock)
-        self.dns = DnsProxy(self.admission.domains_of, self.admission.admit, upstream.query, upstreams,
-                            self.config.dns.ttl_floor_s, self.config.dns.ttl_cap_s)
-        udp, tcp = await self.host.call(bind_sockets, self.config.dns.proxy_port)
-        self._dns_servers = (*await serve_dns(self.dns, udp, tcp), upstream_transport)
+        self.dns, self._dns_servers = await start_proxy(self.config, self.host.call, self.dns_threads.call,
+                                                        self.admission.domains_of, self.admission.admit)
 
     def _host_setup(self) -> HostInfo:
         apply_sysctls()
@@ -313,11 +307,7 @@ class Agent:
         validate_port(guest_port, "guest_port")
         if timeout is not None and not 0 < timeout <= 10:
             raise InvalidArgument("timeout must be in (0, 10] seconds")
-        rec = require(self.inventory, sandbox_id)
-        result = await self.reachability.probe_now(sandbox_id, guest_port, timeout)
-        exposed = rec.ports.get((guest_port, Protocol.TCP))
-        return {"reachable": result.reachable, "outcome": result.outcome, "rtt_s": result.rtt_s,
-                "host_port": exposed.host_port if exposed else 0}
+        return await self.reachability.probe_now(require(self.inventory, sandbox_id), guest_port, timeout)
 
     async def record_reachability(self, ports: list[ops.Reachability]) -> None:
         """Store reachability changes with their events (called by the prober's tracker)."""
@@ -421,11 +411,3 @@ class Agent:
             raise Conflict(f"sandbox {rec.sandbox_id!r} is already allocated with a different spec")
         return self._network(rec)
 
-
-def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
-    try:
-        lines = open(path).read().splitlines()
-    except OSError:
-        return []
-    return [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1
-            and ":" not in ln.split()[1]]

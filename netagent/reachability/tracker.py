@@ -27,7 +27,7 @@ from ..registry.publisher import RegistryPublisher
 from .discovery import Discovery
 from .prober import Prober
 from .schedule import PortProbe, ProbeKey, ProbeSchedule
-from .tcp_syn import ProbeResult, SynProber
+from .tcp_syn import SynProber
 
 log = logging.getLogger("netagent.reachability")
 T = TypeVar("T")
@@ -131,11 +131,14 @@ class Reachability:
         return port.model_copy(update={"reachable": probe.reachable, "changed_at": probe.changed_at,
                                        "checked_at": probe.checked_at})
 
-    async def probe_now(self, sandbox_id: str, guest_port: int, timeout: float | None = None) -> ProbeResult:
-        rec = self.link.allocations()[sandbox_id]
+    async def probe_now(self, rec: Allocation, guest_port: int, timeout: float | None = None) -> dict[str, Any]:
+        """One probe now (exposed or not), nothing stored; with the port's host port if exposed."""
         slot = self.link.slot(rec.slot)
         assert self.prober is not None
-        return await self.prober.probe_now(str(slot.host_ip), str(slot.sandbox_ip), guest_port, timeout)
+        result = await self.prober.probe_now(str(slot.host_ip), str(slot.sandbox_ip), guest_port, timeout)
+        exposed = rec.ports.get((guest_port, Protocol.TCP))
+        return {"reachable": result.reachable, "outcome": result.outcome, "rtt_s": result.rtt_s,
+                "host_port": exposed.host_port if exposed else 0}
 
     def node_address(self) -> str:
         uplink = self.link.uplink_addresses()
