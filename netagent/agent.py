@@ -334,6 +334,7 @@ class Agent:
     async def _report_incidents(self, repairs: Repairs, done: Mapping[int, frozenset[Fix]]) -> None:
         await self._submit(ops.SlotIncidents(tuple((i, tuple(sorted(f))) for i, f in done.items()),
                                              repairs.tap_lost, repairs.quarantine))
+        self.pool.forget(repairs.quarantine)
         self.metrics.slot_incidents([f for fixes in done.values() for f in fixes], len(repairs.tap_lost),
                                     len(repairs.quarantine))
 

@@ -102,6 +102,14 @@ class WarmPool:
             self._built.clear()
             await self._built.wait()
 
+    def forget(self, slots: tuple[int, ...]) -> None:
+        """These warm slots are gone (quarantined): the pool refills without them."""
+        for idx in slots:
+            if idx in self.ready:
+                self.ready.remove(idx)
+        if slots:
+            self._wake.set()
+
     def give_back(self, idx: int) -> None:
         if self.inventory().slots.get(idx) == SlotState.READY:
             self.ready.appendleft(idx)

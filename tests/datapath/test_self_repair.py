@@ -94,3 +94,14 @@ async def test_a_deleted_slot_netns_quarantines_the_slot_for_good(bed, agent):
     assert agent.slots[net.slot] == SlotState.QUARANTINED and net.slot not in agent.ready
     others = [await agent.allocate(f"fix-4-{i}") for i in range(4)]
     assert net.slot not in {n.slot for n in others}
+
+
+async def test_a_warm_slot_without_its_netns_leaves_the_pool_and_the_pool_refills(bed, agent):
+    await agent.wait_pool_ready(timeout=30)
+    warm = agent.ready[0]
+    sh.ip("netns", "del", agent.plan.netns(warm))
+    assert await eventually(lambda: agent.slots.get(warm) == SlotState.QUARANTINED, timeout=5)
+    assert warm not in agent.ready
+    assert await eventually(lambda: len(agent.ready) >= agent.config.pool.size, timeout=10)
+    net = await agent.allocate("fix-5")
+    assert net.slot != warm
