@@ -82,7 +82,7 @@ class Agent:
                                    self._plan_context, self._apply_burst, self._after_commit)
         self.admission = DnsAdmission(self.plan, lambda: self.inventory, self._on_host_fw)
         self.slot_work = SlotWork(self.plan, self.builder, self.host, self.builds, self.cleaner, self._cleaner_fw,
-                                  self.admission.forget)
+                                  self.admission.forget, lambda *ids: self.self_repair.learn(*ids))
         self.pool = WarmPool(self.store, self._db_lock, lambda: self.inventory, self.plan.capacity,
                              f"of {config.transit_cidr}", self._pool_settings,
                              pool_mod.PoolWork(self.slot_work.build, self.slot_work.destroy, self.slot_work.clean),

@@ -19,14 +19,13 @@ from .repair import WATCHED, Fix, Repairs, SlotFacts, plan_repairs
 
 log = logging.getLogger("netagent.repair")
 SETTLE_S = 0.05       # collect a burst of notices (one change makes several) before looking
-REMAP_S = 2.0         # at most one host link listing (netns id -> slot) per this long
 
 
 @dataclass(frozen=True)
 class RepairWork:
     """The I/O behind continuous reconcile (each runs on a worker thread)."""
     gather: Callable[[list[int]], Awaitable[dict[int, SlotFacts]]]
-    repair: Callable[[int, frozenset[Fix]], Awaitable[None]]
+    repair: Callable[[int, frozenset[Fix]], Awaitable[tuple[int | None, int | None]]]  # -> host veth ids
     host_links: Callable[[], Awaitable[list[tuple[str, int, int | None]]]]   # (name, index, link netns id)
     report: Callable[[Repairs, Mapping[int, frozenset[Fix]]], Awaitable[None]]  # events, quarantine rows
 
@@ -41,9 +40,7 @@ class SelfRepair:
         self._by_nsid: dict[int, int] = {}
         self._by_index: dict[int, int] = {}
         self._suspects: set[int] = set()
-        self._unmapped: set[int] = set()   # netns ids heard from but not yet mapped to a slot
-        self._remap = True
-        self._remapped_at = -REMAP_S
+        self._remap = True    # list host links once (slots adopted at start), then learn each build
         self._wake = asyncio.Event()
         self._sweep_at = 0
         self.reported_taps: set[int] = set()
@@ -55,10 +52,7 @@ class SelfRepair:
     def on_notices(self, notices: Iterable[Notice]) -> None:
         for n in notices:
             if n.nsid is not None:
-                slot = self._by_nsid.get(n.nsid)
-                if slot is None:         # a slot built since the last listing (or not ours)
-                    self._unmapped.add(n.nsid)
-                    self._wake.set()
+                slot = self._by_nsid.get(n.nsid)   # None: a slot being built, or not ours
             elif not n.rtnetlink:
                 continue                 # the host table: the ruleset watcher's job
             else:
@@ -104,11 +98,8 @@ class SelfRepair:
 
     async def check(self, slots: Iterable[int]) -> Repairs:
         t0 = time.process_time()
-        if (self._remap or self._unmapped) and time.monotonic() - self._remapped_at >= REMAP_S:
+        if self._remap:
             await self._refresh_map()
-            found = {self._by_nsid[n] for n in self._unmapped if n in self._by_nsid}
-            self._unmapped = set()
-            slots = set(slots) | {i for i in found if self.states().get(i) in WATCHED}
         wanted = sorted(set(slots))
         if not wanted:
             return Repairs()
@@ -117,14 +108,12 @@ class SelfRepair:
         done: dict[int, frozenset[Fix]] = {}
         for idx, fixes in repairs.fixes.items():
             try:
-                await self.work.repair(idx, fixes)
+                self.learn(idx, *await self.work.repair(idx, fixes))
                 done[idx] = fixes
                 log.warning("slot %d: repaired %s", idx, ", ".join(sorted(fixes)))
             except Exception:
                 log.exception("slot %d: repairing %s failed; will retry", idx, ", ".join(sorted(fixes)))
                 self._suspects.add(idx)
-        if any(Fix.VETH in f for f in done.values()):
-            self._remap = True        # the new host veth has a new index
         self.reported_taps = {i for i in self.reported_taps if i not in facts or facts[i].tap is not True}
         self.reported_taps.update(repairs.tap_lost)
         if repairs:
@@ -133,9 +122,16 @@ class SelfRepair:
         self.pass_seconds += time.process_time() - t0
         return repairs
 
+    def learn(self, slot: int, index: int | None, nsid: int | None) -> None:
+        """A slot's host veth index and netns id, from its build or its repair
+        (so notices name it without listing every host link)."""
+        if index is not None:
+            self._by_index[index] = slot
+        if nsid is not None:
+            self._by_nsid[nsid] = slot
+
     async def _refresh_map(self) -> None:
         self._remap = False
-        self._remapped_at = time.monotonic()
         by_nsid, by_index = {}, {}
         for name, index, nsid in await self.work.host_links():
             if m := self._veth.match(name):

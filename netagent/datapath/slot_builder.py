@@ -66,6 +66,15 @@ class SlotBuilder:
             ipr.route("add", dst="0.0.0.0/0", gateway=str(slot.host_ip), oif=veth, flags=4)  # RTNH_F_ONLINK
         connect().run(slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
+    def host_link_ids(self, index: int) -> tuple[int | None, int | None]:
+        """(ifindex, link netns id) of the slot's host veth: how kernel notices name the slot."""
+        try:
+            ifindex = socket.if_nametoindex(self.plan.host_veth(index))
+        except OSError:
+            return None, None
+        link = self.host_ipr().get_links(ifindex)[0]
+        return ifindex, link.get_attr("IFLA_LINK_NETNSID")
+
     def rules_text(self, index: int) -> str:
         """The in-slot ruleset of this slot, as loaded."""
         return slot_script(self.config, self.slot_source, str(self.plan.slot(index).host_ip))

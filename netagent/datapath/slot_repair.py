@@ -166,9 +166,12 @@ class SlotRepairIO:
     async def gather(self, slots: list[int]) -> dict[int, SlotFacts]:
         return await self.builds.call(lambda: gather(self.addresses, self.guest, slots))
 
-    async def repair(self, idx: int, fixes: frozenset[Fix]) -> None:
-        await self.builds.call(lambda: repair(self.addresses, self.guest, self.builder.host_ipr(), idx, fixes,
-                                              self.builder.rules_text(idx)))
+    async def repair(self, idx: int, fixes: frozenset[Fix]) -> tuple[int | None, int | None]:
+        """Fix the slot; its host veth's (index, netns id) afterwards (new if the pair was recreated)."""
+        def work() -> tuple[int | None, int | None]:
+            repair(self.addresses, self.guest, self.builder.host_ipr(), idx, fixes, self.builder.rules_text(idx))
+            return self.builder.host_link_ids(idx)
+        return await self.builds.call(work)
 
     async def host_links(self) -> list[tuple[str, int, int | None]]:
         def links() -> list[tuple[str, int, int | None]]:

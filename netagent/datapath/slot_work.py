@@ -21,7 +21,8 @@ log = logging.getLogger("netagent.slots")
 class SlotWork:
     def __init__(self, addresses: AddressPlan, builder: SlotBuilder, host: HostWorker, builds: BuildPool,
                  cleaner: Cleaner, cleaner_fw: Callable[[], FirewallDriver],
-                 forget_admissions: Callable[[FirewallDriver, str], None]):
+                 forget_admissions: Callable[[FirewallDriver, str], None],
+                 on_built: Callable[[int, int | None, int | None], None] = lambda i, x, n: None):
         self.addresses = addresses
         self.builder = builder
         self.host = host
@@ -29,9 +30,13 @@ class SlotWork:
         self.cleaner = cleaner
         self.cleaner_fw = cleaner_fw
         self.forget_admissions = forget_admissions
+        self.on_built = on_built   # (slot, host veth ifindex, netns id), on the event loop
 
     async def build(self, idx: int) -> None:
-        await self.builds.call(self.builder.build, idx)
+        def work() -> tuple[int | None, int | None]:
+            self.builder.build(idx)
+            return self.builder.host_link_ids(idx)
+        self.on_built(idx, *await self.builds.call(work))
 
     async def destroy(self, idx: int) -> None:
         await self.builds.call(self.builder.destroy, idx)
