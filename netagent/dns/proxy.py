@@ -39,6 +39,7 @@ Lookup = Callable[[str], ResolverPolicy | None]           # sandbox IP -> its po
 # client's query id.
 Upstream = Callable[[bytes, str, float], Awaitable[bytes]]
 Admit = Callable[[str, list[tuple[str, int]]], Awaitable[None]]  # sandbox IP, [(address, ttl)]
+UPSTREAM_PER_SANDBOX = 8  # queries one sandbox may have upstream at once; its others wait their turn
 MAX_TCP_QUERY = 4096      # bytes; a real query is a few hundred at most
 TCP_IDLE_S = 10.0         # an idle TCP client is closed
 UDP_RCVBUF = 8 << 20
@@ -58,6 +59,7 @@ class DnsProxy:
         self.timeout = timeout
         self.cache = AnswerCache() if cache is None else cache
         self.clock = clock
+        self._upstream_slots: dict[str, tuple[asyncio.Semaphore, int]] = {}  # sandbox IP -> (slots, users)
         self.stats = {"queries": 0, "refused": 0, "answered": 0, "failed": 0, "malformed": 0,
                       "cache_hits": 0, "cache_misses": 0}
 
@@ -88,7 +90,7 @@ class DnsProxy:
             self.stats["refused"] += 1
             return reply(dns.rcode.REFUSED)
         try:
-            raw = await self._cached_or_resolved(wire)
+            raw = await self._cached_or_resolved(wire, client_ip)
             addresses = _a_records(raw) if verdict.admit else []
         except (dns.exception.DNSException, OSError) as exc:
             self.stats["failed"] += 1
@@ -101,15 +103,30 @@ class DnsProxy:
             return reply(dns.rcode.NOERROR)
         return raw  # as the upstream sent it: no re-encoding
 
-    async def _cached_or_resolved(self, wire: bytes) -> bytes:
+    async def _cached_or_resolved(self, wire: bytes, client_ip: str) -> bytes:
         hit = self.cache.get(wire, self.clock())
         if hit is not None:
             self.stats["cache_hits"] += 1
             return hit
         self.stats["cache_misses"] += 1
-        raw = await self._resolve(wire)
+        raw = await self._resolve_fairly(wire, client_ip)
         self.cache.put(wire, raw, self.clock())
         return raw
+
+    async def _resolve_fairly(self, wire: bytes, client_ip: str) -> bytes:
+        """Upstream is shared: a sandbox with many misses at once (a flood)
+        queues behind its own, never ahead of the other sandboxes' queries."""
+        slots, users = self._upstream_slots.get(client_ip) or (asyncio.Semaphore(UPSTREAM_PER_SANDBOX), 0)
+        self._upstream_slots[client_ip] = (slots, users + 1)
+        try:
+            async with slots:
+                return await self._resolve(wire)
+        finally:
+            slots, users = self._upstream_slots[client_ip]
+            if users == 1:
+                del self._upstream_slots[client_ip]
+            else:
+                self._upstream_slots[client_ip] = (slots, users - 1)
 
     async def _resolve(self, wire: bytes) -> bytes:
         last: Exception | None = None

@@ -19,7 +19,7 @@ from tests.testbed import dns_server
 OPEN, LISTED, OPEN_LISTED, CLOSED = "10.12.0.1", "10.12.0.3", "10.12.0.5", "10.12.0.7"
 POLICIES = {
     OPEN: compile_policy(EgressPolicy(internet=True)),
-    LISTED: compile_policy(EgressPolicy(internet=False, allow_out=["public.test", "allowed.test"])),
+    LISTED: compile_policy(EgressPolicy(internet=False, allow_out=["public.test", "allowed.test", "o.cdn.test"])),
     OPEN_LISTED: compile_policy(EgressPolicy(internet=True, deny_out=["203.0.113.0/24"],
                                              allow_out=["public.test"])),
     CLOSED: compile_policy(EgressPolicy(internet=False)),
@@ -130,3 +130,30 @@ def test_bad_queries_get_an_error_answer_or_nothing():
         assert asyncio.run(h.proxy.answer(junk, OPEN)) is None
     assert h.upstream_queries == [] and h.proxy.stats["malformed"] == 2 + 4
     assert addresses(h.ask(OPEN, "public.test")) == ["203.0.113.10"]
+
+
+def test_a_sandbox_with_many_misses_waits_behind_its_own_never_ahead_of_others():
+    async def scenario() -> list[str]:
+        release = asyncio.Event()
+        order: list[str] = []
+
+        async def slow_upstream(wire: bytes, upstream: str, timeout: float) -> bytes:
+            order.append(dns.message.from_wire(wire).question[0].name.to_text())
+            await release.wait()
+            return dns_server.answer(wire)
+
+        async def no_admit(sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
+            pass
+
+        proxy = DnsProxy(POLICIES.get, no_admit, slow_upstream, ["192.0.2.53"], 1, 300)
+        flood = [asyncio.create_task(proxy.answer(dns.message.make_query(f"f{i}.cdn.test", "A").to_wire(), OPEN))
+                 for i in range(50)]
+        await asyncio.sleep(0)
+        other = asyncio.create_task(proxy.answer(dns.message.make_query("o.cdn.test", "A").to_wire(), LISTED))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(*flood, other)
+        return order
+
+    order = asyncio.run(scenario())
+    assert order.index("o.cdn.test.") <= 8 and len(order) == 51
