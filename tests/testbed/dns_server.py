@@ -21,7 +21,8 @@ ZONE = {
     "*.cdn.test.": [("A", "203.0.113.11", 60)],
     "denied.test.": [("A", "192.0.2.20", 60)],
     "public.test.": [("A", "203.0.113.10", 30), ("AAAA", "2001:db8::10", 30), ("TXT", '"hello"', 30),
-                     ("MX", "10 mail.public.test.", 30)],
+                     ("MX", "10 mail.public.test.", 30), ("HTTPS", "1 . alpn=h2 ipv4hint=203.0.113.10", 30)],
+    "_http._tcp.public.test.": [("SRV", "0 5 80 public.test.", 30)],
     "other.test.": [("A", "203.0.113.11", 30)],
 }
 SOA = ("test.", 5, "ns.test. hostmaster.test. 1 3600 600 86400 5")

@@ -96,6 +96,10 @@ def test_other_types_pass_through_for_internet_on_and_for_listed_names_only():
     for sandbox in (OPEN, LISTED):
         assert h.ask(sandbox, "public.test", "TXT").answer[0].to_text() == 'public.test. 30 IN TXT "hello"'
         assert h.ask(sandbox, "public.test", "MX").answer[0].rdtype == dns.rdatatype.MX
+        assert h.ask(sandbox, "public.test", "HTTPS").answer[0].rdtype == dns.rdatatype.HTTPS
+    assert h.ask(OPEN, "_http._tcp.public.test", "SRV").answer[0].rdtype == dns.rdatatype.SRV
+    assert h.ask(LISTED, "_http._tcp.public.test", "SRV").rcode() == dns.rcode.REFUSED   # not a listed name
+    assert h.admitted == []          # only A records are admitted, never an HTTPS record's ipv4hint
     assert h.ask(LISTED, "other.test", "TXT").rcode() == dns.rcode.REFUSED
     assert h.ask(OPEN, "other.test", "TXT").rcode() == dns.rcode.NOERROR
 
