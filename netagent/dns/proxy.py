@@ -189,11 +189,12 @@ class _Udp(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
 
-async def _tcp_client(proxy: DnsProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _tcp_client(proxy: DnsProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      idle_s: float) -> None:
     peer = writer.get_extra_info("peername")[0]
     try:
         while True:
-            async with asyncio.timeout(TCP_IDLE_S):
+            async with asyncio.timeout(idle_s):
                 size = struct.unpack("!H", await reader.readexactly(2))[0]
                 if size > MAX_TCP_QUERY:
                     proxy.stats["malformed"] += 1
@@ -225,11 +226,11 @@ def bind_sockets(port: int) -> tuple[socket.socket, socket.socket]:
     return udp, tcp
 
 
-async def serve(proxy: DnsProxy, udp: socket.socket,
-                tcp: socket.socket) -> tuple[asyncio.BaseTransport, asyncio.Server]:
+async def serve(proxy: DnsProxy, udp: socket.socket, tcp: socket.socket,
+                tcp_idle_s: float = TCP_IDLE_S) -> tuple[asyncio.BaseTransport, asyncio.Server]:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(proxy), sock=udp)
-    server = await asyncio.start_server(lambda r, w: _tcp_client(proxy, r, w), sock=tcp)
+    server = await asyncio.start_server(lambda r, w: _tcp_client(proxy, r, w, tcp_idle_s), sock=tcp)
     return transport, server
 
 

@@ -4,6 +4,8 @@ upstream is the test bed's zone as a function."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import dns.flags
 import dns.message
@@ -11,7 +13,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from netagent.dns.proxy import DnsProxy
+from netagent.dns.proxy import DnsProxy, serve
 from netagent.models import EgressPolicy
 from netagent.policy import compile_policy
 from tests.testbed import dns_server
@@ -161,3 +163,42 @@ def test_a_sandbox_with_many_misses_waits_behind_its_own_never_ahead_of_others()
 
     order = asyncio.run(scenario())
     assert order.index("o.cdn.test.") <= 8 and len(order) == 51
+
+
+def test_tcp_framing_oversized_queries_and_idle_clients_on_loopback():
+    """The TCP side of the proxy, on 127.0.0.1 only: a query is answered, a
+    length over 4 KiB closes the connection unread, an idle client is closed."""
+    async def scenario() -> None:
+        h = Harness()
+        h.proxy.lookup = {"127.0.0.1": POLICIES[OPEN]}.get      # the client is 127.0.0.1 here
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        for s in (udp, tcp):
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        tcp.listen(8)
+        transport, server = await serve(h.proxy, udp, tcp, tcp_idle_s=0.3)
+        port = tcp.getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            wire = dns.message.make_query("public.test", "A").to_wire()
+            writer.write(struct.pack("!H", len(wire)) + wire)
+            size = struct.unpack("!H", await reader.readexactly(2))[0]
+            assert addresses(dns.message.from_wire(await reader.readexactly(size))) == ["203.0.113.10"]
+            async with asyncio.timeout(2):
+                assert await reader.read() == b""          # idle for 0.3 s: closed
+            writer.close()
+            # A well-formed query padded to 60 KB (an EDNS option): closed, never answered.
+            plain = dns.message.make_query("public.test", "A", use_edns=0).to_wire()[:-11]   # minus its OPT
+            big = plain + b"\0" + struct.pack("!HHIHHH", 41, 1232, 0, 60004, 65001, 60000) + b"\0" * 60000
+            assert dns.message.from_wire(big).question[0].name.to_text() == "public.test."
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(struct.pack("!H", len(big)) + big)
+            async with asyncio.timeout(2):
+                assert await reader.read() == b""
+            writer.close()
+        finally:
+            server.close()
+            transport.close()
+
+    asyncio.run(scenario())
