@@ -117,6 +117,7 @@ async def test_a_flood_from_one_sandbox_leaves_the_others_p99_under_5_ms(bed, ag
     scheduling delay and cap the flood's rate."""
     nets = [await agent.allocate(f"flood-{i}") for i in range(3)]
     flooder, others = nets[0], nets[1:]
+    await agent.wait_pool_ready()   # no slot builds in the background while measuring
 
     def proxy_of(net) -> str:
         return f"{ipaddress.IPv4Address(str(net.sandbox_ip)) - 1}:{agent.config.dns_proxy_port}"
