@@ -38,6 +38,6 @@ def insert_router(bed: Testbed, mtu: int) -> str:
     sh.ip("route", "add", "default", "via", INET_IP, ns=bed.host)
     sh.ip("route", "add", "default", "via", ROUTER_WAN_IP, ns=bed.inet)
     sh.ip("route", "add", "default", "via", INET_ROUTER_SIDE_IP, ns=router)
-    sh.run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=router)
+    sh.run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward", ns=router)   # no procps needed
     sh.run("nft", "-f", "-", ns=router, input=DROP_FRAG_NEEDED)
     return router
