@@ -168,7 +168,7 @@ class Agent:
 
     async def _start_dns_proxy(self) -> None:
         self.dns, self._dns_servers = await start_proxy(self.config, self.host.call, self.dns_threads.call,
-                                                        self.admission.domains_of, self.admission.admit)
+                                                        self.admission.policy_of, self.admission.admit)
 
     def _host_setup(self) -> HostInfo:
         apply_sysctls()

@@ -77,6 +77,8 @@ class DnsConfig(_Section):
     upstreams: list[ipaddress.IPv4Address] = Field(default_factory=list)  # empty: the host's resolv.conf
     ttl_floor_s: int = Field(5, ge=1, le=3600)
     ttl_cap_s: int = Field(300, ge=1, le=86400)
+    query_rate: int = Field(200, ge=1, le=1_000_000)       # packets per second per sandbox to the resolver
+    query_burst: int = Field(50, ge=1, le=1_000_000)
 
 
 class ProbeConfig(_Section):
@@ -145,6 +147,7 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "pool_refill_delay_s": ("pool", "refill_delay_s"), "ready_min_slots": ("pool", "ready_min_slots"),
     "dns_proxy_port": ("dns", "proxy_port"), "dns_upstreams": ("dns", "upstreams"),
     "dns_ttl_floor_s": ("dns", "ttl_floor_s"), "dns_ttl_cap_s": ("dns", "ttl_cap_s"),
+    "dns_query_rate": ("dns", "query_rate"), "dns_query_burst": ("dns", "query_burst"),
     "probe_interval_s": ("probe", "interval_s"), "probe_fast_interval_s": ("probe", "fast_interval_s"),
     "probe_fast_period_s": ("probe", "fast_period_s"), "probe_timeout_s": ("probe", "timeout_s"),
     "probe_down_after": ("probe", "down_after"), "discovery_port_range": ("probe", "discovery_port_range"),

@@ -1,6 +1,6 @@
 """DNS admission: which sandbox may resolve which names, and the fqdn_ips
 elements that let it reach the answers for their TTL. The DNS proxy calls
-`domains_of` and `admit` (injected callables); releases and narrowing policy
+`policy_of` and `admit` (injected callables); releases and narrowing policy
 changes call `forget` on the cleaner thread."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ..addressing import AddressPlan
 from ..firewall import elements as el
 from ..firewall import names
 from ..firewall.driver import FirewallDriver
+from ..policy import CompiledPolicy
 from .inventory import Inventory
 
 
@@ -22,14 +23,15 @@ class DnsAdmission:
         self.on_host = on_host   # runs fn(driver) on the host worker
         self._admitted: dict[tuple[str, str], float] = {}  # (sandbox IP, address) -> expiry (monotonic)
 
-    def domains_of(self, sandbox_ip: str) -> tuple[str, ...] | None:
-        """The domain allowlist of the sandbox using this address (None: none)."""
+    def policy_of(self, sandbox_ip: str) -> CompiledPolicy | None:
+        """The policy of the sandbox using this address, for its resolver (None:
+        no sandbox). Compiled once, at allocate, with the host default frozen in."""
         try:
             idx = self.addresses.index_of_sandbox_ip(sandbox_ip)
         except ValueError:
             return None
         rec = self.inventory().owner_of_slot(idx)
-        return rec.compiled.domains if rec else None
+        return rec.compiled if rec else None
 
     async def admit(self, sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
         """Let the sandbox reach these answered addresses for their TTL (fresh
