@@ -180,7 +180,7 @@ class Config(BaseModel):
     ct_mark_base: int = Field(0x4E410000, ge=0, le=0x7FFF0000)
     ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
     self_repair: bool = True                   # continuous reconcile of slots' kernel objects
-    self_repair_sweep_slots_per_s: float = Field(4.0, ge=0, le=1000)  # backstop to kernel notices
+    self_repair_sweep_slots_per_s: float = Field(2.0, ge=0, le=1000)  # backstop to kernel notices
     default_internet: bool = True
     conn_limit: int = Field(4096, ge=1, le=1_000_000)          # concurrent connections per sandbox
     new_conn_rate: int = Field(200, ge=1, le=1_000_000)        # new connections per second per sandbox
