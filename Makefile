@@ -33,6 +33,7 @@ bench: deps
 	$(PY) -m tests.bench.forward_bench | tee bench-results/forward.json
 	$(PY) -m tests.bench.edge_bench | tee bench-results/edge.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
+	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests

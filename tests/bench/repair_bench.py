@@ -55,7 +55,7 @@ async def run(bed: Testbed, slots: int, idle_s: float, state: Path) -> dict:
         repairs = await agent.self_repair.check_all()
         out["full_pass"] = {"wall_s": round(time.perf_counter() - t0, 3),
                             "cpu_s": round(time.process_time() - c0, 3), "repairs": len(repairs.fixes)}
-        net = await agent.get("rb-7")
+        net = await agent.get(f"rb-{min(7, slots - 1)}")
         sh.ip("route", "del", "default", ns=net.netns)
         t0 = time.perf_counter()
         await agent.self_repair.check([net.slot])
