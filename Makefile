@@ -30,6 +30,7 @@ test-microvm: deps guest-image
 bench: deps
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
 	$(PY) -m tests.bench.dns_bench | tee bench-results/dns.json
+	$(PY) -m tests.bench.dns_flood_bench | tee bench-results/dns_flood.json
 	$(PY) -m tests.bench.forward_bench | tee bench-results/forward.json
 	$(PY) -m tests.bench.edge_bench | tee bench-results/edge.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
