@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from tests.testbed import sh
 from tests.testbed.bed import (
@@ -117,17 +118,26 @@ async def test_policy_narrowing_kills_open_egress_flows_but_not_ingress(bed, age
     guest = LightGuest.attach(bed, net, "a")
     bed.start_server(guest.name, "--http", "8080")
     port = await agent.expose("narrow-1", 8080)
-    egress = sh.popen(sh.PYTHON, "-c", _HOLD_OPEN, WEB_IP, str(ECHO_PORT), ns=guest.name)
-    ingress = sh.popen(sh.PYTHON, "-c", _HOLD_OPEN, UPLINK_IP, str(port), "http", ns=bed.inet)
-    for proc in (egress, ingress):
-        assert proc.stdout.readline().strip() == "connected"
+    egress = sh.popen(sh.PYTHON, "-c", _HOLD_OPEN, WEB_IP, str(ECHO_PORT), "8", ns=guest.name)
+    ingress = sh.popen(sh.PYTHON, "-c", _HOLD_OPEN, UPLINK_IP, str(port), "4", "http", ns=bed.inet)
+    try:
+        for proc in (egress, ingress):
+            assert proc.stdout.readline().strip() == "connected"
+        assert egress.poll() is None and ingress.poll() is None
 
-    updated = await agent.update_policy("narrow-1", {"internet": False})
-    assert updated.internet is False and updated.policy.internet is False
-    out, _ = egress.communicate(timeout=15)
-    assert "dead" in out, f"egress flow survived narrowing: {out}"
-    assert ingress.poll() is None, "the exposed-port connection must survive"
-    ingress.kill()
+        updated = await agent.update_policy("narrow-1", {"internet": False})
+        returned = time.monotonic()  # CLOCK_MONOTONIC: the same clock in the child processes
+        assert updated.internet is False and updated.policy.internet is False
+        verdict = egress.stdout.readline().split()
+        assert verdict[0] == "dead", f"the egress flow survived narrowing: {verdict}"
+        late = float(verdict[1]) - returned
+        assert late < 1.5, f"the egress flow died {late:.2f} s after update_policy returned"
+        out, err = ingress.communicate(timeout=15)
+        assert out.split()[0] == "survived", f"the exposed-port connection died: {out} {err}"
+    finally:
+        for proc in (egress, ingress):
+            proc.kill()
+            proc.wait(5)
     ok, _ = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/", timeout=1)
     assert not ok
     await agent.update_policy("narrow-1", {"internet": True})
@@ -135,22 +145,23 @@ async def test_policy_narrowing_kills_open_egress_flows_but_not_ingress(bed, age
     assert ok, body
 
 
-# Keep a TCP connection open, sending every 100 ms; print "dead" when it stops working.
+# Keep a TCP connection busy for SECONDS, a round trip every 100 ms. Prints
+# "survived" if every round trip worked, else "dead <monotonic time>" as soon as
+# one fails (no answer within 0.5 s: echo answers take milliseconds here).
 _HOLD_OPEN = r"""
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
 print("connected", flush=True)
-s.settimeout(1.0)
+s.settimeout(0.5)
+end = time.monotonic() + float(sys.argv[3])
 try:
-    for _ in range(100):
-        if len(sys.argv) > 3:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        else:
-            s.sendall(b"x")
+    while time.monotonic() < end:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" if len(sys.argv) > 4 else b"x")
         if not s.recv(4096):
-            break
+            raise OSError("closed")
         time.sleep(0.1)
 except OSError:
-    pass
-print("dead", flush=True)
+    print("dead", time.monotonic(), flush=True)
+    sys.exit(1)
+print("survived", flush=True)
 """
