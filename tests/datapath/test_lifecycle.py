@@ -1,8 +1,11 @@
 """Allocation lifecycle on a real kernel: release, repair, scale."""
 from __future__ import annotations
 
+import _posixsubprocess
 import asyncio
+import contextlib
 import json
+import os
 import subprocess
 import time
 
@@ -176,12 +179,53 @@ async def test_200_slots_allocate_and_release_cleanly(bed, tmp_path):
         await agent.stop()
 
 
-def test_no_subprocess_on_the_slot_path(monkeypatch):
-    """Slots are built with netlink and libnftables only: `ip`/`nft` are never run."""
-    calls = []
-    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
-    import netagent.datapath.slot_builder as sb
-    assert "subprocess" not in sb.__dict__ and not calls
+_PROCESS_MAKERS = [(subprocess.Popen, "_execute_child"), (_posixsubprocess, "fork_exec"), (os, "fork"),
+                   (os, "forkpty"), (os, "posix_spawn"), (os, "posix_spawnp"), (os, "system"), (os, "execv"),
+                   (os, "execve")]
+
+
+@contextlib.contextmanager
+def no_new_processes():
+    """Every way Python makes a process raises (and is recorded, in case a
+    caller swallows the error) until the block ends."""
+    calls: list[str] = []
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _PROCESS_MAKERS]
+
+    def refuse(name: str):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(f"{name}{args[:2]!r}")
+            raise AssertionError(f"{name} called on the slot path")
+        return call
+    for owner, name, _ in saved:
+        setattr(owner, name, refuse(name))
+    try:
+        yield calls
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+async def test_no_subprocess_on_the_slot_path(bed, tmp_path):
+    """Slots are built and destroyed with netlink and libnftables only: no
+    `ip`/`nft` process, no fork, while a real slot is built, allocated,
+    released and torn down."""
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=0))
+    await agent.start()
+    try:
+        with no_new_processes() as calls:
+            net = await agent.allocate("nofork-1")  # an empty pool: the slot is built for this call
+            assert os.path.exists(f"/run/netns/{net.netns}")
+            await agent.release("nofork-1")         # pool_size 0: the slot is destroyed
+            gone = await eventually(lambda: not os.path.exists(f"/run/netns/{net.netns}") and not agent.slots,
+                                    timeout=10)
+        assert not calls, calls
+        assert gone, "the slot was not destroyed"
+        # Control: the guard does catch a process made the usual way.
+        with no_new_processes() as calls, pytest.raises(AssertionError):
+            subprocess.run(["true"])
+        assert calls
+    finally:
+        await agent.stop()
 
 
 async def test_a_leftover_element_is_removed_before_the_slot_is_reused(bed, tmp_path):
