@@ -192,3 +192,44 @@ def test_kill9_at_random_points_of_churn_always_reconciles(bed, tmp_path):
         assert again.call("release", sandbox_id=sid) is True
     assert_state_matches_kernel(bed, again)
     again.kill9()
+
+
+async def test_reconcile_rebuilds_a_vanished_allocated_slot_and_removes_leftovers(bed, tmp_path):
+    from netagent.agent import Agent
+    state = tmp_path / "state"
+    first = Agent(agent_config(bed, state, pool_size=1))
+    await first.start()
+    net = await first.allocate("rb-1")
+    port = await first.expose("rb-1", 8080)
+    await first.stop()
+    t = bed.agent_prefix
+    # The sandbox's kernel objects vanish (a netns deleted by hand, a host reboot) ...
+    sh.ip("netns", "del", net.netns)
+    assert net.host_veth not in sh.links(bed.host)  # gone with its peer
+    # ... and objects with our prefix that no state names are left behind.
+    sh.ip("netns", "add", f"{t}-77")
+    sh.ip("link", "add", f"{t}v77", "type", "veth", "peer", "name", "veth0", "netns", f"{t}-77", ns=bed.host)
+    sh.run("nft", "add", "element", "inet", t, "sbx_ifaces", f"{{ {t}v77 }}", ns=bed.host)
+
+    second = Agent(agent_config(bed, state, pool_size=1))
+    await second.start()
+    try:
+        report = second.stats["last_reconcile"]
+        assert report["rebuilt"] == 1 and report["orphans"] == 1, report
+        again = await second.get("rb-1")
+        assert (again.slot, again.sandbox_ip, again.netns) == (net.slot, net.sandbox_ip, net.netns)
+        assert net.netns in sh.netns_list() and net.host_veth in sh.links(bed.host), "not rebuilt"
+        assert f"{t}-77" not in sh.netns_list()
+        assert f"{t}v77" not in sh.links(bed.host)
+        assert f"{t}v77" not in elements(bed.host, t, "sbx_ifaces")
+        # The rebuilt slot carries traffic both ways, with the same addresses.
+        guest = LightGuest.attach(bed, again, "a")
+        ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+        assert ok, body
+        assert json.loads(body)["client"] == UPLINK_IP
+        bed.start_server(guest.name, "--http", "8080")
+        ok, body = bed.fetch(bed.inet, f"http://{UPLINK_IP}:{port}/")
+        assert ok, body
+        assert json.loads(body)["server"] == net.guest_ip
+    finally:
+        await second.stop()
