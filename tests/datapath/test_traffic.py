@@ -175,12 +175,12 @@ async def test_policy_narrowing_kills_open_egress_flows_but_not_ingress(bed, age
 
 # Keep a TCP connection busy for SECONDS, a round trip every 100 ms. Prints
 # "survived" if every round trip worked, else "dead <monotonic time>" as soon as
-# one fails (no answer within 0.5 s: echo answers take milliseconds here).
+# one fails (no answer within 0.8 s: echo answers take milliseconds here).
 _HOLD_OPEN = r"""
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
 print("connected", flush=True)
-s.settimeout(0.5)
+s.settimeout(0.8)
 end = time.monotonic() + float(sys.argv[3])
 try:
     while time.monotonic() < end:
