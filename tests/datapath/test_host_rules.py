@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import time
 from collections import Counter
 
 from netagent.agent import Agent
@@ -64,24 +66,24 @@ async def test_always_allow_opens_a_denied_range_subject_to_the_egress_mode(bed,
         await agent.stop()
 
 
-# Count UDP datagrams to ADDR:PORT for SECONDS; with GROUP IFNAME..., also join
-# that multicast group on those interfaces.
+# Count UDP datagrams to ADDR:PORT until stdin closes; with GROUP IFNAME...,
+# also join that multicast group on those interfaces.
 _UDP_COUNT = r"""
-import socket, struct, sys, time
+import select, socket, struct, sys
 s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
-for ifname in sys.argv[5:]:
+for ifname in sys.argv[4:]:
     ifindex = socket.if_nametoindex(ifname)
-    mreqn = socket.inet_aton(sys.argv[4]) + socket.inet_aton("0.0.0.0") + struct.pack("=i", ifindex)
+    mreqn = socket.inet_aton(sys.argv[3]) + socket.inet_aton("0.0.0.0") + struct.pack("=i", ifindex)
     s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
 print("ready", flush=True)
-s.settimeout(0.1)
-n, end = 0, time.monotonic() + float(sys.argv[3])
-while time.monotonic() < end:
-    try:
+n = 0
+while True:
+    readable, _, _ = select.select([s, sys.stdin], [], [])
+    if s in readable:
         s.recv(2048); n += 1
-    except socket.timeout:
-        pass
+    elif not sys.stdin.read(1):
+        break
 print(n, flush=True)
 """
 
@@ -101,10 +103,15 @@ V6_HOST, V6_INET, V6_SANDBOX, V6_PORT = "2001:db8:64::2", "2001:db8:64::1", "200
 @contextlib.contextmanager
 def udp_counter(ns: str, *args: str):  # type: ignore[no-untyped-def]
     """A _UDP_COUNT listener in ns; yields a call that waits for its count."""
-    proc = sh.popen(sh.PYTHON, "-c", _UDP_COUNT, *args, ns=ns)
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sh.PYTHON, "-c", _UDP_COUNT, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+    def count() -> int:
+        time.sleep(0.3)  # the senders have returned: let their last frames land
+        return int(proc.communicate(timeout=15)[0].split()[-1])  # closes stdin: the listener stops
     try:
         assert proc.stdout.readline().strip() == "ready"
-        yield lambda: int(proc.communicate(timeout=15)[0].split()[-1])
+        yield count
     finally:
         proc.kill()
         proc.wait(5)
@@ -122,7 +129,7 @@ async def test_the_host_drops_ipv6_from_a_slot_itself(bed, agent):
     sh.ip("addr", "add", f"{V6_INET}/64", "dev", "wan0", "nodad", ns=bed.inet)
     sh.ip("route", "add", "2001:db8:65::/64", "via", V6_HOST, ns=bed.inet)
     net = await agent.allocate("v6-host")
-    with udp_counter(bed.inet, V6_INET, str(V6_PORT), "3") as received:
+    with udp_counter(bed.inet, V6_INET, str(V6_PORT)) as received:
         # Control: the host forwards and the listener counts IPv6 datagrams.
         sh.run(sh.PYTHON, "-c", "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); "
                f"[s.sendto(b'c', ('{V6_INET}', {V6_PORT})) for _ in range(2)]", ns=bed.host)
@@ -154,7 +161,7 @@ async def test_a_slot_cannot_reach_host_loopback_or_multicast_listeners(bed, age
                ns=net.netns)
         sh.run(sh.PYTHON, "-c", _SEND_UDP, "eth0", net.guest_mac, guest_dst_mac, net.guest_ip, dst, str(LOCAL_PORT),
                ns=guest.name)
-    with udp_counter(bed.host, "0.0.0.0", str(LOCAL_PORT), "6", GROUP, net.host_veth, "up0") as received:
+    with udp_counter(bed.host, "0.0.0.0", str(LOCAL_PORT), GROUP, net.host_veth, "up0") as received:
         before = counter_packets(bed.host, bed.agent_prefix, "drop_to_host")
         # Multicast. Control: the group, sent from the internet side of the uplink.
         sh.run(sh.PYTHON, "-c", send + f"s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, "

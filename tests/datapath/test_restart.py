@@ -10,7 +10,7 @@ import time
 from tests.conftest import agent_config
 from tests.datapath.helpers import elements
 from tests.testbed import sh
-from tests.testbed.bed import HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest
+from tests.testbed.bed import HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest, eventually
 from tests.testbed.flows import STREAM_READER
 
 
@@ -205,7 +205,8 @@ async def test_reconcile_rebuilds_a_vanished_allocated_slot_and_removes_leftover
     t = bed.agent_prefix
     # The sandbox's kernel objects vanish (a netns deleted by hand, a host reboot) ...
     sh.ip("netns", "del", net.netns)
-    assert net.host_veth not in sh.links(bed.host)  # gone with its peer
+    # The veth goes with its peer once the kernel has cleaned the netns up (a workqueue).
+    assert await eventually(lambda: net.host_veth not in sh.links(bed.host), timeout=5)
     # ... and objects with our prefix that no state names are left behind.
     sh.ip("netns", "add", f"{t}-77")
     sh.ip("link", "add", f"{t}v77", "type", "veth", "peer", "name", "veth0", "netns", f"{t}-77", ns=bed.host)
