@@ -51,10 +51,12 @@ async def test_exposed_port_reachability_is_probed_stored_and_published(bed, tmp
             await asyncio.sleep(0.05)
 
         events = []
-        async for ev in agent.events.watch(0, {"web-1"}):
-            events.append(ev)
-            if ev.type == "port_reachability" and ev.data["reachable"] is False and len(events) > 3:
-                break
+        # Every event is already in the log: a missing one must fail, not hang.
+        async with asyncio.timeout(5):
+            async for ev in agent.events.watch(0, {"web-1"}):
+                events.append(ev)
+                if ev.type == "port_reachability" and ev.data["reachable"] is False and len(events) > 3:
+                    break
         flips = [e.data["reachable"] for e in events if e.type == "port_reachability"]
         assert flips == [False, True, False]
 
