@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal as signals
 import subprocess
 import threading
@@ -75,6 +76,16 @@ class Daemon:
         import tomllib
         sock = tomllib.loads(self.config.read_text())["api_socket"]
         return Client(socket_path=sock, **kw)
+
+    def metrics(self, netns: str) -> dict[str, float]:
+        """One scrape of the daemon's /metrics (served in `netns`, the host netns):
+        'name{"label": "value"}' -> value."""
+        from prometheus_client.parser import text_string_to_metric_families
+        port = int(re.search(r"metrics_port=(\d+)", "".join(self.log)).group(1))
+        code = "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+        text = sh.run(sh.PYTHON, "-c", code, f"http://127.0.0.1:{port}/metrics", ns=netns).stdout
+        return {sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
 
     def signal(self, sig: int) -> None:
         assert self.proc

@@ -105,9 +105,36 @@ def test_health_serving_and_reflection_lists_the_service(daemon):
         assert {"netagent.v1.NetAgent", "grpc.health.v1.Health"} <= names
 
 
-def test_deadline_is_honoured(daemon):
+def test_deadline_is_honoured_by_the_server(bed, daemon):
+    """ProbePort on a sandbox with no guest waits out its probe timeout (2 s).
+    With a 0.5 s deadline the server must answer DEADLINE_EXCEEDED at the
+    deadline. The client channel sends the deadline but does not enforce it
+    (grpc.enable_deadline_checking=0), so that answer can only come from the
+    server; its own message and error metric say so too."""
+    import time
+
+    from netagent.api import netagent_pb2 as pb
+    from netagent.api import netagent_pb2_grpc as pb_grpc
+
+    probe = pb.ProbePortRequest(sandbox_id="deadline-1", guest_port=3000, timeout_ms=2000)
     with daemon.client() as c:
-        with pytest.raises(grpc.RpcError) as exc:
-            c.allocate("deadline-1", timeout=0.000001)
+        c.allocate("deadline-1")
+        started = time.monotonic()   # control: with no deadline the server really takes the 2 s
+        assert c.probe("deadline-1", 3000, timeout_ms=2000).outcome == "timeout"
+        assert time.monotonic() - started >= 1.9
+        before = daemon.metrics(bed.host)
+        # An armed client deadline would expire first and say "Deadline Exceeded", proving nothing.
+        channel = grpc.insecure_channel(c.target, options=[("grpc.enable_deadline_checking", 0)])
+        try:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as exc:
+                pb_grpc.NetAgentStub(channel).ProbePort(probe, timeout=0.5)
+            took = time.monotonic() - started
+        finally:
+            channel.close()
         assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert c.allocate("deadline-1").sandbox_id == "deadline-1"  # the retry succeeds
+        assert exc.value.details().startswith("probe did not finish within the deadline"), exc.value.details()
+        assert 0.45 <= took < 1.0, took   # at the deadline, not at the end of the 2 s probe
+        errors = 'netagent_errors_total{"code": "DEADLINE_EXCEEDED", "operation": "probe"}'
+        assert daemon.metrics(bed.host)[errors] == before.get(errors, 0) + 1
+        assert c.get("deadline-1").sandbox_id == "deadline-1"  # the agent carries on

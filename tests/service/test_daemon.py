@@ -9,7 +9,6 @@ import time
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
@@ -54,22 +53,9 @@ def test_sigterm_and_sigkill_restarts_lose_nothing(bed, tmp_path):
         daemon.stop()
 
 
-def _fetch_in(ns: str, url: str) -> str:
-    code = "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-    return sh.run(sh.PYTHON, "-c", code, url, ns=ns).stdout
-
-
 def test_metrics_parse_and_move(bed, daemon):
-    port = int(re.search(r"metrics_port=(\d+)", "".join(daemon.log)).group(1))
-    url = f"http://127.0.0.1:{port}/metrics"
-
     def scrape() -> dict[str, float]:
-        out = {}
-        for family in text_string_to_metric_families(_fetch_in(bed.host, url)):
-            for sample in family.samples:
-                key = sample.name + json.dumps(sample.labels, sort_keys=True)
-                out[key] = sample.value
-        return out
+        return daemon.metrics(bed.host)
 
     before = scrape()
     with daemon.client() as c:
