@@ -3,8 +3,11 @@ plus what only one of them has: redis outages, sqlite writer/reader sharing."""
 from __future__ import annotations
 
 import asyncio
-import random
+import itertools
+import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -87,12 +90,66 @@ async def test_put_many_applies_the_seq_rule_to_each_record(registry: Registry) 
     assert {r.seq for r in [await registry.get_sandbox("sbx-1"), await registry.get_sandbox("sbx-3")]} == {5, 1}
 
 
-async def test_concurrent_writes_keep_the_highest_seq(registry: Registry) -> None:
-    seqs = list(range(1, 41))
-    random.Random(7).shuffle(seqs)
-    await asyncio.gather(*(registry.put_sandbox(sandbox(seq=s, host_port=30000 + s), LONG_TTL) for s in seqs))
-    stored = await registry.get_sandbox("sbx-1")
-    assert stored is not None and stored.seq == 40 and stored.ports[0].host_port == 30040
+# One writer process: its own registry object and connection. Once told to go,
+# it writes the same sandbox for `seconds`, each write with seq = microseconds
+# since `base` * writers + index: the writers' seqs interleave in time, so they
+# collide all along. Prints what it attempted and which seqs got stored.
+WRITER = r"""
+import asyncio, json, sys, time
+from netagent.registry import PortRecord, SandboxRecord, open_registry
+url, (index, writers, base), seconds = sys.argv[1], map(int, sys.argv[2:5]), float(sys.argv[5])
+async def main():
+    reg = open_registry(url)
+    await reg.connect()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    stored, seq, attempts, end = [], index, 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        seq = max(seq + writers, (time.time_ns() - base) // 1000 * writers + index)
+        port = PortRecord(8080, "tcp", 20000 + seq % 40000, True, 1000.0, 1001.0)
+        attempts += 1
+        if await reg.put_sandbox(SandboxRecord("sbx-1", f"node-{index}", "10.0.0.1", seq, time.time(), (port,)), 30):
+            stored.append(seq)
+    await reg.close()
+    print(json.dumps({"attempts": attempts, "last": seq, "stored": stored}))
+asyncio.run(main())
+"""
+
+
+async def test_concurrent_writers_in_separate_processes_keep_the_highest_seq(registry: Registry) -> None:
+    writers, seconds = 4, 1.0
+    args = [registry.url, str(writers), str(time.time_ns()), str(seconds)]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, args[0], str(i), *args[1:]], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(writers)]
+    seen: list[int] = []   # what a reader sees meanwhile: the stored seq never goes back
+    try:
+        for p in procs:    # all connected, then all go
+            assert await asyncio.to_thread(p.stdout.readline) == "ready\n", p.stderr.read()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        while any(p.poll() is None for p in procs):
+            if (rec := await registry.get_sandbox("sbx-1")) is not None:
+                seen.append(rec.seq)
+            await asyncio.sleep(0.001)
+        outputs = [p.communicate(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    results = [json.loads(out) for out, _ in outputs]
+    top = max(r["last"] for r in results)   # the highest seq anyone wrote
+    final = await registry.get_sandbox("sbx-1")
+    assert final is not None and final.seq == top, (final, top)
+    assert final.node_id == f"node-{top % writers}" and final.ports[0].host_port == 20000 + top % 40000
+    assert len(seen) > 10 and seen == sorted(seen), seen
+    # The writers really wrote at the same time: in the order of the stored
+    # seqs, the lead passed from one writer to another many times.
+    order = sorted(seq for r in results for seq in r["stored"])
+    lead_changes = sum(a % writers != b % writers for a, b in itertools.pairwise(order))
+    assert lead_changes >= 10, [(r["attempts"], len(r["stored"])) for r in results]
 
 
 async def test_tombstone_hides_record_and_blocks_older_writes(registry: Registry) -> None:
