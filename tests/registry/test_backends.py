@@ -28,6 +28,10 @@ from netagent.registry.sqlite import SqliteRegistry, path_from_url
 
 LONG_TTL = 30.0
 SHORT_TTL = 0.3
+# A record is absent once its TTL has run (docs/registry.md): the tests allow
+# this much past the TTL for the 10 ms polling, one registry call and
+# scheduling on a shared 2-core host.
+EXPIRY_MARGIN = 0.1
 
 
 def sandbox(sandbox_id: str = "sbx-1", seq: int = 1, node_id: str = "node-a", address: str = "10.0.0.1",
@@ -50,6 +54,22 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.
             pytest.fail(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.02)
     return time.monotonic() - start
+
+
+async def expiry(write: Awaitable[object], gone: Callable[[], Awaitable[bool]], ttl_s: float) -> float:
+    """Runs `write` (which stores with `ttl_s`) and polls until `gone`. Asserts
+    it was there for the whole TTL and gone within EXPIRY_MARGIN after it;
+    returns the seconds from the write to its absence."""
+    before = time.monotonic()
+    await write
+    after = time.monotonic()
+    assert not await gone()
+    while not await gone():
+        assert time.monotonic() - after <= ttl_s + EXPIRY_MARGIN, f"still there {ttl_s} s + margin after its write"
+        await asyncio.sleep(0.01)
+    gone_at = time.monotonic()
+    assert gone_at - before >= ttl_s - 0.005, f"gone {gone_at - before:.3f} s after a write with a {ttl_s} s TTL"
+    return gone_at - before
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -174,14 +194,10 @@ async def test_stale_tombstone_is_refused(registry: Registry) -> None:
 
 
 async def test_record_expires_after_ttl(registry: Registry) -> None:
-    assert await registry.put_sandbox(sandbox(seq=9), SHORT_TTL)
-    assert await registry.get_sandbox("sbx-1") is not None
-
     async def gone() -> bool:
         return await registry.get_sandbox("sbx-1") is None
 
-    took = await wait_until(gone, timeout_s=3)
-    assert took >= SHORT_TTL - 0.1
+    await expiry(registry.put_sandbox(sandbox(seq=9), SHORT_TTL), gone, SHORT_TTL)
     assert await registry.node_sandboxes("node-a") == []
     # An expired record is absent: it no longer blocks a lower seq.
     assert await registry.put_sandbox(sandbox(seq=1), LONG_TTL) is True
@@ -200,7 +216,9 @@ async def test_refresh_extends_only_the_nodes_own_live_records(registry: Registr
     async def others_gone() -> bool:
         return await registry.get_sandbox("other") is None and await registry.get_sandbox("moved") is None
 
-    await wait_until(others_gone, timeout_s=3)
+    # Not extended: gone when the TTL of their own writes (just before the refresh) runs out.
+    assert not await others_gone()
+    await wait_until(others_gone, timeout_s=SHORT_TTL + EXPIRY_MARGIN)
     assert await registry.get_sandbox("own") is not None
     assert await registry.get_sandbox("never-written") is None
     # The tombstone was not extended either: once it expired, an old seq is accepted again.
@@ -211,13 +229,15 @@ async def test_refresh_extends_only_the_nodes_own_live_records(registry: Registr
 async def test_node_record_and_its_expiry(registry: Registry) -> None:
     me = node("node-a")
     assert await registry.get_node("node-a") is None
-    await registry.refresh(me, [], SHORT_TTL)
-    assert await registry.get_node("node-a") == me
 
     async def gone() -> bool:
         return await registry.get_node("node-a") is None
 
-    assert await wait_until(gone, timeout_s=3) >= SHORT_TTL - 0.1
+    async def refresh_and_read() -> None:
+        await registry.refresh(me, [], SHORT_TTL)
+        assert await registry.get_node("node-a") == me
+
+    await expiry(refresh_and_read(), gone, SHORT_TTL)
     await registry.refresh(me, [], LONG_TTL)
     assert await registry.get_node("node-a") == me
 
