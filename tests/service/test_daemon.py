@@ -57,13 +57,25 @@ def test_sigterm_and_sigkill_restarts_lose_nothing(bed, tmp_path):
         daemon.stop()
 
 
+SEND_SPOOFED = r"""
+import sys
+from scapy.all import IP, TCP, Ether, conf, sendp
+conf.verb = 0
+sendp(Ether(dst=sys.argv[1]) / IP(src="192.0.2.99", dst=sys.argv[2]) / TCP(dport=80, flags="S"), iface="veth0", count=5)
+"""
+
+
 def test_metrics_parse_and_move(bed, daemon):
     def scrape() -> dict[str, float]:
         return daemon.metrics(bed.host)
 
     before = scrape()
     with daemon.client() as c:
-        c.allocate("m-1")
+        net = c.allocate("m-1").network
+        # 5 frames with a source that is not the slot's sandbox IP, sent from the slot netns out its veth:
+        # the host's anti-spoofing rule drops them and the spoof drop counter must count them.
+        host_mac = json.loads(sh.run("ip", "-j", "link", "show", net.host_veth, ns=bed.host).stdout)[0]["address"]
+        sh.run(sh.PYTHON, "-c", SEND_SPOOFED, host_mac, WEB_IP, ns=net.netns)
         c.expose("m-1", 3000)   # no guest: probed, unreachable, written to the default sqlite registry
         assert wait_until(lambda: c.get("m-1").ports[0].HasField("reachable"), timeout=5), "never probed"
         assert c.get("m-1").ports[0].reachable is False
@@ -72,8 +84,9 @@ def test_metrics_parse_and_move(bed, daemon):
             c.get("nobody")
     # Registry writes happen in the background, gauges refresh every metrics_refresh_s: poll.
     release, writes = "netagent_release_duration_seconds_count{}", "netagent_registry_writes_total{}"
-    assert wait_until(lambda: (m := scrape()).get(release, 0) > before.get(release, 0) and m[writes] > before[writes],
-                      timeout=5)
+    spoof = 'netagent_dropped_packets_total{"reason": "spoof"}'
+    assert wait_until(lambda: (m := scrape()).get(release, 0) > before.get(release, 0) and m[writes] > before[writes]
+                      and m[spoof] > before[spoof], timeout=5)
     after = scrape()
     warm = 'netagent_allocate_duration_seconds_count{"path": "warm"}'
     assert after[warm] == before.get(warm, 0) + 1
@@ -84,7 +97,7 @@ def test_metrics_parse_and_move(bed, daemon):
     assert after["netagent_reconcile_duration_seconds_count{}"] == 1
     assert after['netagent_slots{"state": "ready"}'] >= 1
     assert after["netagent_slot_capacity{}"] == 32768
-    assert 'netagent_dropped_packets_total{"reason": "spoof"}' in after
+    assert after[spoof] == before[spoof] + 5
     assert after["netagent_probes_total{}"] > before["netagent_probes_total{}"]
     assert after["netagent_reachability_changes_total{}"] >= 1   # unknown -> unreachable
     assert after["netagent_registry_up{}"] == 1
