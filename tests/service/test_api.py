@@ -180,3 +180,41 @@ def test_watch_events_cursors_survive_an_agent_crash_and_restart(bed, tmp_path):
         assert resumed[0].sandbox.policy.internet is False
     finally:
         daemon.stop()
+
+
+def pb_policy_request(sandbox_id: str, internet: bool):
+    from netagent.api import netagent_pb2 as pb
+    return pb.UpdatePolicyRequest(sandbox_id=sandbox_id, policy=pb.EgressPolicy(internet=internet))
+
+
+def test_concurrent_policy_updates_of_one_sandbox_all_succeed_and_the_kernel_matches_the_last(bed, daemon):
+    """Many UpdatePolicy calls on one sandbox in flight at once (they land in
+    one burst) all succeed, do not fail the other calls of the burst, and
+    leave the kernel with exactly the elements of the policy that was stored."""
+    from netagent.api import netagent_pb2 as pb
+    from tests.datapath.helpers import sandbox_elements
+    open_deny = pb.EgressPolicy(internet=True, deny_out=["192.0.2.0/25"])
+    closed_allow = pb.EgressPolicy(internet=False, allow_out=["203.0.113.0/24", "198.51.100.7:443"])
+    with daemon.client() as c:
+        ip = c.allocate("pol-1").network.sandbox_ip
+        updates = [c.stub.UpdatePolicy.future(pb.UpdatePolicyRequest(
+            sandbox_id="pol-1", policy=open_deny if k % 2 else closed_allow), timeout=30) for k in range(200)]
+        others = [c.stub.Allocate.future(pb.AllocateRequest(sandbox_id=f"pol-other-{k}"), timeout=30)
+                  for k in range(3)]
+        errors = []
+        for f in updates + others:
+            try:
+                f.result()
+            except grpc.RpcError as exc:
+                errors.append(f"{exc.code()}: {exc.details()[:200]}")
+        assert errors == []
+        final = c.get("pol-1").policy
+        assert final in (open_deny, closed_allow)
+    got = {name: len(elems) for name, elems in sandbox_elements(bed.host, bed.agent_prefix, ip).items()}
+    mode = sandbox_elements(bed.host, bed.agent_prefix, ip)["egress_mode"]
+    if final == open_deny:
+        assert got == {"egress_mode": 1, "allow_net": 0, "allow_port": 0, "deny_net": 1, "deny_port": 0}
+        assert "mode_open" in mode[0]
+    else:
+        assert got == {"egress_mode": 1, "allow_net": 1, "allow_port": 2, "deny_net": 0, "deny_port": 0}
+        assert "mode_blocked" in mode[0]
