@@ -182,6 +182,52 @@ def test_watch_events_cursors_survive_an_agent_crash_and_restart(bed, tmp_path):
         daemon.stop()
 
 
+def test_a_consumer_too_slow_for_live_events_is_dropped_with_failed_precondition_and_resumes(bed, tmp_path):
+    """docs/api.md: a WatchEvents consumer that falls 10,000 events behind live
+    is dropped with FAILED_PRECONDITION and resumes from its last cursor."""
+    from netagent.api import netagent_pb2 as pb
+    from netagent.api import netagent_pb2_grpc as pb_grpc
+    from netagent.events import QUEUE_LIMIT
+    sandboxes, extra = 50, 500
+    daemon = Daemon(write_config(bed, tmp_path, pool_size=sandboxes, ruleset_check_interval_s=60)).start()
+    # A consumer that stops reading: no automatic window growth, a small window, so
+    # HTTP/2 flow control holds the agent's stream back after a few dozen events.
+    channel = grpc.insecure_channel(f"unix://{tmp_path / 'api.sock'}",
+                                    options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)])
+    try:
+        with daemon.client() as c:
+            for k in range(sandboxes):
+                c.allocate(f"slow-{k}")
+            stream = pb_grpc.NetAgentStub(channel).WatchEvents(pb.WatchEventsRequest(after_cursor=0), timeout=90)
+            got = [next(stream)]   # the stream is open; from here this consumer reads nothing
+            # The limit and then some in POLICY_UPDATED events (an unchanged policy: no nft, no
+            # conntrack walk, so they come fast), 200 calls in flight over 50 sandboxes.
+            in_flight = []
+            for k in range(QUEUE_LIMIT + extra):
+                in_flight.append(c.stub.UpdatePolicy.future(
+                    pb_policy_request(f"slow-{k % sandboxes}", internet=True), timeout=60))
+                if len(in_flight) == 200:
+                    [f.result() for f in in_flight]
+                    in_flight.clear()
+            [f.result() for f in in_flight]
+            with pytest.raises(grpc.RpcError) as exc:
+                for ev in stream:
+                    got.append(ev)
+            assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.value.details()
+            assert "too slow" in exc.value.details()
+            cursors = [e.cursor for e in got]
+            assert cursors == list(range(1, len(cursors) + 1))   # nothing skipped before the drop
+            assert len(cursors) < extra   # it fell the whole queue behind
+            # It resumes from its last cursor with the very next event, and catches up.
+            resumed = c.watch_events(after_cursor=cursors[-1], timeout=30)
+            tail = [next(resumed).cursor for _ in range(sandboxes + QUEUE_LIMIT + extra - len(cursors))]
+            resumed.cancel()
+            assert tail == list(range(cursors[-1] + 1, sandboxes + QUEUE_LIMIT + extra + 1))
+    finally:
+        channel.close()
+        daemon.stop()
+
+
 def pb_policy_request(sandbox_id: str, internet: bool):
     from netagent.api import netagent_pb2 as pb
     return pb.UpdatePolicyRequest(sandbox_id=sandbox_id, policy=pb.EgressPolicy(internet=internet))
