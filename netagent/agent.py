@@ -151,19 +151,19 @@ class Agent:
         upstream = UpstreamClient(lambda q, up, t: self.dns_threads.call(query_tcp_blocking, q, up, t))
         sock = await self.host.call(upstream_socket)  # the socket keeps the host netns
         upstream_transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: upstream, sock=sock)
-        self.dns = DnsProxy(self.domains_of, self.admit_fqdn, upstream.query, upstreams,
+        self.dns = DnsProxy(self.resolver_policy_of, self.admit_fqdn, upstream.query, upstreams,
                             self.config.dns_ttl_floor_s, self.config.dns_ttl_cap_s)
         udp, tcp = await self.host.call(bind_sockets, self.config.dns_proxy_port)
         self._dns_servers = (*await serve_dns(self.dns, udp, tcp), upstream_transport)
 
-    def domains_of(self, sandbox_ip: str) -> tuple[str, ...] | None:
-        """The domain allowlist of the sandbox using this address (None: none)."""
+    def resolver_policy_of(self, sandbox_ip: str) -> CompiledPolicy | None:
+        """The policy of the sandbox using this address, for its resolver (None: none)."""
         try:
             sid = self.slot_owner.get(self.plan.index_of_sandbox_ip(sandbox_ip))
         except ValueError:
             return None
         rec = self.allocations.get(sid) if sid else None
-        return compile_policy(rec.policy).domains if rec else None
+        return compile_policy(rec.policy, self.config.default_internet) if rec else None
 
     async def admit_fqdn(self, sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
         """Let the sandbox reach these answered addresses for their TTL (fresh
