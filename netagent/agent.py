@@ -60,6 +60,25 @@ class _Op:
     result: Any = None
 
 
+def one_op_per_sandbox(queued: list[_Op]) -> tuple[list[_Op], list[_Op]]:
+    """Splits the queue into this burst and the rest: at most one op per
+    sandbox in a burst. Two ops on one sandbox in one nft transaction delete
+    and re-add the same elements, which the kernel refuses (EBUSY/ENOENT),
+    failing the whole burst. A sandbox's later ops wait, in order."""
+    burst: list[_Op] = []
+    later: list[_Op] = []
+    touched: set[str] = set()
+    for op in queued:
+        sid = op.args.get("sandbox_id")
+        if sid is not None and sid in touched:
+            later.append(op)
+            continue
+        burst.append(op)
+        if sid is not None:
+            touched.add(sid)
+    return burst, later
+
+
 @dataclass
 class _Plan:
     """What one burst does: nft ops, undo steps for memory, work after commit."""
@@ -425,7 +444,9 @@ class Agent:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
+            batch, self._pending = one_op_per_sandbox(self._pending)
+            if self._pending:
+                self._wake.set()
             if batch:
                 self._committing = True
                 try:
