@@ -34,6 +34,25 @@ class _Queued:
     future: asyncio.Future[Any]
 
 
+def one_op_per_sandbox(queued: list[_Queued]) -> tuple[list[_Queued], list[_Queued]]:
+    """This burst and the rest: at most one operation per sandbox in a burst.
+    Two on one sandbox in one nft transaction delete and re-add the same
+    elements, which the kernel refuses (EBUSY/ENOENT), failing the whole
+    burst; a sandbox's later operations wait for the next burst, in order."""
+    burst: list[_Queued] = []
+    later: list[_Queued] = []
+    touched: set[str] = set()
+    for q in queued:
+        sid = q.op.sandbox_id if isinstance(q.op, ops.CALLER_OPS) else None
+        if sid is not None and sid in touched:
+            later.append(q)
+            continue
+        burst.append(q)
+        if sid is not None:
+            touched.add(sid)
+    return burst, later
+
+
 @dataclass
 class Burst:
     """What the committer applies for one burst."""
@@ -81,7 +100,9 @@ class Committer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._queue = self._queue, []
+            batch, self._queue = one_op_per_sandbox(self._queue)
+            if self._queue:
+                self._wake.set()
             if not batch:
                 continue
             self.busy = True

@@ -216,14 +216,25 @@ async def run_burst(h: Harness, *op_list: ops.Operation) -> list:
 async def test_a_burst_is_one_sqlite_and_one_nft_transaction(tmp_path):
     h = Harness(tmp_path)
     before = h.fw.transactions
-    results = await run_burst(h, alloc("a", 0), alloc("b", 1), ops.Expose.of("a", 80), alloc("a", 2))
-    assert isinstance(results[3], Conflict)           # a refused op fails alone
-    assert [r.sandbox_id for r in results[:2]] == ["a", "b"] and results[2].host_port == 20000
+    results = await run_burst(h, alloc("a", 0), alloc("b", 1), alloc("c", 9))
+    assert isinstance(results[2], Unavailable)        # a refused op fails alone (slot 9 was never built)
+    assert [r.sandbox_id for r in results[:2]] == ["a", "b"]
     assert h.committer.commits == 1 and h.fw.transactions - before == 1
-    assert h.rows() == ([(0, "allocated"), (1, "allocated"), (2, "ready")], [("a", 0), ("b", 1)], [("a", 80, 20000)])
-    assert set(h.inv.allocations) == {"a", "b"} and h.fw.has(el.port_element(ADDR.slot(0), "tcp", 20000, 80))
-    assert h.committed == [ops.Allocate, ops.Allocate, ops.Expose]
-    assert [e[2] for e in h.store.events_after(0)] == ["allocated", "allocated", "port_exposed"]
+    assert h.rows() == ([(0, "allocated"), (1, "allocated"), (2, "ready")], [("a", 0), ("b", 1)], [])
+    assert set(h.inv.allocations) == {"a", "b"} and h.committed == [ops.Allocate, ops.Allocate]
+    assert [e[2] for e in h.store.events_after(0)] == ["allocated", "allocated"]
+
+
+async def test_a_sandboxs_second_operation_waits_for_the_next_burst_in_order(tmp_path):
+    """Two ops on one sandbox in one nft transaction would delete and re-add its
+    elements, which the kernel refuses: they go in consecutive bursts."""
+    h = Harness(tmp_path)
+    results = await run_burst(h, alloc("a", 0), ops.Expose.of("a", 80), alloc("b", 1), ops.Expose.of("a", 81),
+                              ops.Unexpose.of("a", 80))
+    assert [type(r).__name__ for r in results] == ["Network", "ExposedPort", "Network", "ExposedPort", "bool"]
+    assert h.committer.commits == 4          # [a, b], [expose 80], [expose 81], [unexpose 80]
+    assert h.committed == [ops.Allocate, ops.Allocate, ops.Expose, ops.Expose, ops.Unexpose]
+    assert h.rows()[2] == [("a", 81, 20001)] and h.fw.has(el.port_element(ADDR.slot(0), "tcp", 20001, 81))
 
 
 async def test_a_failed_nft_transaction_rolls_back_sqlite_and_leaves_the_inventory(tmp_path):
@@ -231,11 +242,11 @@ async def test_a_failed_nft_transaction_rolls_back_sqlite_and_leaves_the_invento
     await run_burst(h, alloc("a", 0))
     state, content, events = h.rows(), h.fw.content(), h.store.events_after(0)
     h.fw.fail_next = "injected"
-    results = await run_burst(h, ops.Expose.of("a", 80), alloc("b", 1), ops.Release.of("a"))
+    results = await run_burst(h, ops.Expose.of("a", 80), alloc("b", 1), alloc("c", 2))
     assert all(isinstance(r, Unavailable) for r in results), results
     assert h.rows() == state and h.fw.content() == content and h.store.events_after(0) == events
     assert set(h.inv.allocations) == {"a"} and not h.inv.allocations["a"].ports
-    assert h.inv.slots[1] == SlotState.READY and not h.inv.host_ports[Protocol.TCP]
+    assert h.inv.slots[1] == h.inv.slots[2] == SlotState.READY and not h.inv.host_ports[Protocol.TCP]
     assert h.committed == [ops.Allocate]               # no hooks ran for the failed burst
     assert (await run_burst(h, ops.Expose.of("a", 80)))[0].host_port == 20000  # and it is usable again
 

@@ -121,8 +121,9 @@ def test_ruleset_rendering_and_config_elements():
     assert 'define tap = "tap0"' in slot and "define guest_ip = 169.254.0.21" in slot
 
 
-def test_host_ruleset_has_a_fixed_rule_count():
-    """Per-sandbox state never becomes rules: no sandbox address appears in the file."""
+def test_host_rules_file_names_no_sandbox_address():
+    """No sandbox address appears in the file (the real rule count is
+    tests/datapath/test_host_rules.py::test_host_ruleset_has_a_fixed_rule_count)."""
     source = ruleset.read_rules(ruleset.HOST_RULES)
     assert not any(ipaddress.IPv4Network("10.12.0.0/16").overlaps(ipaddress.IPv4Network(tok, strict=False))
                    for tok in source.split() if tok.count(".") == 3 and tok[0].isdigit())
