@@ -25,25 +25,6 @@ def host(sandbox_id: str = "abc", port: int = 3000) -> str:
 
 
 @pytest.fixture
-async def upstream():
-    server = await UpstreamServer().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def registry(tmp_path):
-    reg = SqliteRegistry(f"sqlite:///{tmp_path}/registry.db")
-    await reg.connect()
-    try:
-        yield reg
-    finally:
-        await reg.close()
-
-
-@pytest.fixture
 async def edge(registry, upstream):
     """The edge's port; sandbox `abc` has guest port 3000 on the upstream server."""
     await registry.put_sandbox(sandbox("abc", {3000: (upstream.port, True)}), ttl_s=300)
