@@ -33,6 +33,7 @@ class EdgeSettings:
     token_cookie: str = "netagent-access-token"
     trust_forwarded: bool = False
     connect_timeout_s: float = 3.0
+    request_timeout_s: float = 10.0       # a request head must arrive within this (slowloris)
     shards: int = DEFAULT_SHARDS
     threads: int = 2
     maxconn: int = 20000
@@ -58,8 +59,9 @@ class EdgeSettings:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not an HTTP token")
         if not 1 <= self.shards <= 1024:
             raise ValueError("shards must be 1..1024")
-        if not 0 < self.connect_timeout_s <= 60:
-            raise ValueError("connect_timeout_s must be in (0, 60]")
+        for name in ("connect_timeout_s", "request_timeout_s"):
+            if not 0 < getattr(self, name) <= 60:
+                raise ValueError(f"{name} must be in (0, 60]")
 
 
 def shard_map(map_dir: str, shard: int) -> str:
@@ -132,7 +134,8 @@ def render(s: EdgeSettings) -> str:
     not_open = "port %[var(txn.port)] is not open"
     return template.substitute(
         admin_socket=s.admin_socket, threads=s.threads, maxconn=s.maxconn, log_target=s.log_target,
-        log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
+        log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms",
+        request_timeout=f"{int(s.request_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
         map_dir=s.map_dir, binds=_binds(s), domain=s.domain, shards=s.shards,
         domain_suffix_regex="\\." + s.domain.replace(".", "\\.") + "$",
         redirect=_redirect(s), answer_400=_answer_400(s), lookups=_lookups(s),
