@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import netns
+from .access import PortAccess
 from .addressing import CT_MARK_INGRESS, AddressPlan
 from .config import Config
 from .datapath import conntrack
@@ -319,6 +320,20 @@ class Agent:
         port = await self._submit("expose", future, sandbox_id=sandbox_id, guest_port=guest_port,
                                   protocol=proto, host_port=host_port)
         return port.host_port
+
+    async def set_port_access(self, sandbox_id: str, guest_port: int, *, public: bool | None = None,
+                              access_token: str | None = None, host_mask: str | None = None) -> PortAccess:
+        """Edge access of a guest port (exposed or not yet): public, or private with a token
+        (only its SHA-256 is kept), and the Host the guest sees. None leaves a field as it is."""
+        validate_sandbox_id(sandbox_id)
+        validate_port(guest_port, "guest_port")
+        self._require(sandbox_id)
+        current = self.reachability.access.get((sandbox_id, guest_port), PortAccess())
+        access = current.updated(public, access_token, host_mask)
+        async with self._db_lock:
+            self.store.set_port_access(sandbox_id, guest_port, access)
+        self.reachability.on_access_changed(sandbox_id, guest_port, access)
+        return access
 
     async def unexpose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp") -> bool:
         validate_sandbox_id(sandbox_id)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .access import PortAccess
 from .models import AllocateSpec, EgressPolicy, ExposedPort, Protocol, SlotState
 
 SCHEMA = """
@@ -41,6 +42,14 @@ CREATE TABLE IF NOT EXISTS reachability (
     guest_port INTEGER NOT NULL,
     reachable INTEGER NOT NULL,
     changed_at REAL NOT NULL,
+    PRIMARY KEY (sandbox_id, guest_port)
+);
+CREATE TABLE IF NOT EXISTS port_access (
+    sandbox_id TEXT NOT NULL REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    guest_port INTEGER NOT NULL,
+    public INTEGER NOT NULL,
+    token_sha256 TEXT NOT NULL,
+    host_mask TEXT NOT NULL,
     PRIMARY KEY (sandbox_id, guest_port)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -111,6 +120,14 @@ class StateStore:
         """The last known reachability of each probed (TCP) port."""
         return {(sid, port): (bool(r), changed) for sid, port, r, changed in self.db.execute(
             "SELECT sandbox_id, guest_port, reachable, changed_at FROM reachability")}
+
+    def load_port_access(self) -> dict[tuple[str, int], PortAccess]:
+        return {(sid, port): PortAccess(bool(public), sha, mask) for sid, port, public, sha, mask in self.db.execute(
+            "SELECT sandbox_id, guest_port, public, token_sha256, host_mask FROM port_access")}
+
+    def set_port_access(self, sandbox_id: str, guest_port: int, access: PortAccess) -> None:
+        self.db.execute("INSERT OR REPLACE INTO port_access VALUES (?, ?, ?, ?, ?)",
+                        (sandbox_id, guest_port, int(access.public), access.token_sha256, access.host_mask))
 
     def events_after(self, cursor: int, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
         return list(self.db.execute("SELECT cursor, ts, type, sandbox_id, data FROM events WHERE cursor > ? "

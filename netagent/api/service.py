@@ -86,6 +86,9 @@ class NetAgentService(pb_grpc.NetAgentServicer):
         async def run() -> pb.ExposePortResponse:
             req = cv.parse(cv.ExposeReq, sandbox_id=request.sandbox_id, guest_port=request.guest_port,
                            protocol=cv.protocol_from_proto(request.protocol), host_port=request.host_port or None)
+            access = {f: getattr(request, f) for f in ("public", "access_token", "host_mask") if request.HasField(f)}
+            if access:   # before the port is exposed, so it is never published without them
+                await self.agent.set_port_access(req.sandbox_id, req.guest_port, **access)
             host_port = await self.agent.expose(req.sandbox_id, req.guest_port, req.protocol.value, req.host_port)
             return pb.ExposePortResponse(port=pb.ExposedPort(guest_port=req.guest_port, host_port=host_port,
                                                              protocol=cv.PROTOCOL_TO_PROTO[req.protocol]))

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..access import PortAccess
 from ..models import ExposedPort, Protocol
 from ..registry import NodeRecord, PortRecord, SandboxRecord, open_registry
 from ..registry.publisher import RegistryPublisher
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("netagent.reachability")
 
 
+PUBLIC = PortAccess()
+
+
 class Reachability:
     def __init__(self, agent: Agent):
         self.agent = agent
@@ -37,6 +41,7 @@ class Reachability:
         self.publisher: RegistryPublisher | None = None
         self.discovery: Discovery | None = None
         self._changes: dict[ProbeKey, PortProbe] = {}
+        self.access: dict[tuple[str, int], PortAccess] = agent.store.load_port_access()   # edge access per port
         self._flushing = False
         self.changes = 0
         agent.metrics.watch_reachability(self.status)
@@ -78,6 +83,7 @@ class Reachability:
         if self.prober:
             self.prober.remove_sandbox(sandbox_id)
         self._changes = {k: v for k, v in self._changes.items() if k[0] != sandbox_id}
+        self.access = {k: v for k, v in self.access.items() if k[0] != sandbox_id}   # the rows cascade
         self._mark(sandbox_id)
 
     def on_exposed(self, rec: AllocationRecord, port: ExposedPort) -> None:
@@ -87,6 +93,10 @@ class Reachability:
     def on_unexposed(self, sandbox_id: str, port: ExposedPort) -> None:
         if self.prober and port.protocol == Protocol.TCP:
             self.prober.remove((sandbox_id, port.guest_port))
+        self._mark(sandbox_id)
+
+    def on_access_changed(self, sandbox_id: str, guest_port: int, access: PortAccess) -> None:
+        self.access[(sandbox_id, guest_port)] = access
         self._mark(sandbox_id)
 
     def republish(self) -> None:
@@ -125,8 +135,10 @@ class Reachability:
         ports = []
         for p in sorted(rec.ports.values(), key=lambda p: (p.guest_port, p.protocol.value)):
             v = self.port_view(sandbox_id, p)
+            access = self.access.get((sandbox_id, p.guest_port), PUBLIC)
             ports.append(PortRecord(p.guest_port, p.protocol.value, p.host_port, v.reachable,
-                                    v.changed_at, v.checked_at))
+                                    v.changed_at, v.checked_at, access.public, access.token_sha256,
+                                    access.host_mask))
         return SandboxRecord(sandbox_id, self.agent.config.node_id, self.node_address(), seq, time.time(),
                              tuple(ports))
 
