@@ -32,6 +32,7 @@ bench: deps
 	$(PY) -m tests.bench.dns_bench | tee bench-results/dns.json
 	$(PY) -m tests.bench.forward_bench | tee bench-results/forward.json
 	$(PY) -m tests.bench.edge_bench | tee bench-results/edge.json
+	$(PY) -m tests.bench.haproxy_bench | tee bench-results/haproxy.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 
 lint: deps

@@ -30,15 +30,7 @@ class Feed(Protocol):
 
 
 def ops_for(mirror: MapMirror, changes: list[Change]) -> list[MapOp]:
-    ops: list[MapOp] = []
-    for change in changes:
-        if change.record is not None:
-            ops += mirror.update(change.record)
-        elif change.unreadable:
-            ops += mirror.unreadable(change.sandbox_id)
-        else:
-            ops += mirror.remove(change.sandbox_id)
-    return ops
+    return [op for change in changes for op in mirror.replace(change.sandbox_id, change.entries)]
 
 
 class EdgeControl:
@@ -71,8 +63,7 @@ class EdgeControl:
         snapshot = await self.feed.snapshot()
         await self.runtime.connect()
         self._haproxy_pid = (await self.runtime.info()).get("Pid", "")
-        shards = self.mirror.reset([c.record for c in snapshot if c.record],
-                                   [c.sandbox_id for c in snapshot if c.unreadable])
+        shards = self.mirror.reset({c.sandbox_id: c.entries for c in snapshot})
         await self.runtime.load_all(shards)
         self.full_syncs += 1
         self._next_pid_check = time.monotonic() + PID_CHECK_S

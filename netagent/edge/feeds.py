@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from ..registry import RegistryError, SandboxRecord
+from ..registry import RegistryError
 from ..registry.redis import RedisRegistry
 from ..registry.sqlite import SqliteRegistry
+from .maps import Entries, entries_from_json
 
 
 class FeedLost(Exception):
@@ -28,18 +29,11 @@ class FeedLost(Exception):
 @dataclass(frozen=True)
 class Change:
     sandbox_id: str
-    record: SandboxRecord | None     # None: gone (tombstone, expired) or unreadable
-    unreadable: bool = False         # a record the edge cannot read (v != 1): every port 502s
+    entries: Entries     # what the maps must now hold for it ({}: nothing, the sandbox is gone)
 
 
 def decode_change(sandbox_id: str, raw: str | None) -> Change:
-    if raw is None:
-        return Change(sandbox_id, None)
-    try:
-        record = SandboxRecord.from_json(raw)
-    except ValueError:
-        return Change(sandbox_id, None, unreadable=True)
-    return Change(sandbox_id, None if record.deleted else record)
+    return Change(sandbox_id, entries_from_json(sandbox_id, raw))
 
 
 class SqliteFeed:
@@ -56,9 +50,9 @@ class SqliteFeed:
         latest: dict[str, Change] = {}
         for change in await self._read_all():
             latest[change.sandbox_id] = change
-            (self._live.add if change.record or change.unreadable else self._live.discard)(change.sandbox_id)
+            (self._live.add if change.entries else self._live.discard)(change.sandbox_id)
         self._next_expiry_check = time.monotonic() + self.expiry_check_s
-        return [c for c in latest.values() if c.record or c.unreadable]
+        return [c for c in latest.values() if c.entries]
 
     async def _read_all(self) -> list[Change]:
         out = []
@@ -81,16 +75,18 @@ class SqliteFeed:
         """The changes since the last call; none (after one poll interval) if nothing changed."""
         changes = await self._read_all()
         for change in changes:
-            (self._live.add if change.record or change.unreadable else self._live.discard)(change.sandbox_id)
+            (self._live.add if change.entries else self._live.discard)(change.sandbox_id)
         if time.monotonic() >= self._next_expiry_check:
             self._next_expiry_check = time.monotonic() + self.expiry_check_s
             try:
-                live = await self.registry.live_ids()
+                expired, live_count = await self.registry.expiry_scan()
+                expired &= self._live
+                if len(self._live) - len(expired) != live_count:    # some expired rows were purged already
+                    expired = self._live - await self.registry.live_ids()
             except RegistryError as exc:
                 raise FeedLost(str(exc)) from exc
-            expired = self._live - live
             self._live -= expired
-            changes += [Change(sid, None) for sid in sorted(expired)]
+            changes += [Change(sid, {}) for sid in sorted(expired)]
         if not changes:
             await asyncio.sleep(self.poll_s)
         return changes
@@ -119,7 +115,7 @@ class RedisFeed:
         now = time.monotonic()
         changes = [decode_change(sid, raw) for sid, raw, _ in rows]
         self._deadlines = {sid: now + ttl / 1000 for sid, _, ttl in rows if ttl > 0}
-        return [c for c in changes if c.record or c.unreadable]
+        return [c for c in changes if c.entries]
 
     async def changes(self) -> list[Change]:
         assert self._pubsub is not None, "snapshot() first"
@@ -138,7 +134,7 @@ class RedisFeed:
         ttl_text, _, raw = data.partition("\n")
         sid = _sandbox_id_of(raw)
         change = decode_change(sid, raw)
-        if change.record is None and not change.unreadable:
+        if not change.entries:
             self._deadlines.pop(sid, None)
         elif ttl_text.isdigit():
             self._deadlines[sid] = time.monotonic() + int(ttl_text) / 1000
@@ -157,7 +153,7 @@ class RedisFeed:
                 self._deadlines[sid] = now + ttl / 1000
             else:
                 del self._deadlines[sid]
-                out.append(Change(sid, None))
+                out.append(Change(sid, {}))
         return out
 
     async def close(self) -> None:

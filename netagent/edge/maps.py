@@ -13,12 +13,14 @@ Entries of a shard (docs/edge.md):
 """
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..registry import SandboxRecord
+from ..registry.records import SCHEMA_VERSION
 
 DEFAULT_SHARDS = 64
 # What the HAProxy config accepts as a host label's sandbox id (routing.py: DNS_ID).
@@ -38,25 +40,58 @@ def port_value(ip: str, host_port: int | str, token_sha256: str, host_mask: str)
     return f"{ip}|{host_port}|{token_sha256}|{host_mask}"
 
 
+# One port as the maps need it: guest_port, protocol, host_port, reachable, public, token_sha256, host_mask.
+PortFields = tuple[int, str, int, bool, bool, str, str]
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 def record_entries(record: SandboxRecord) -> Entries:
-    """The map entries for one live record; none for a tombstone or an id the
-    host form cannot name (upper case, '_', '.': too long for a label)."""
-    sid = record.sandbox_id
-    if record.deleted or not _host_form(sid):
+    """The map entries for one record; none for a tombstone or an id the host form
+    cannot name (upper case, '_', '.', too long for a label)."""
+    if record.deleted:
+        return {}
+    return _entries(record.sandbox_id, record.node_address, [
+        (p.guest_port, p.protocol, p.host_port, p.reachable is True, p.public, p.token_sha256, p.host_mask)
+        for p in record.ports])
+
+
+def entries_from_json(sandbox_id: str, raw: str | None) -> Entries:
+    """record_entries straight from a stored record's JSON (a full sync reads 50,000 of
+    them: this skips building the record objects). None (absent) or a tombstone: {};
+    a record this edge cannot read (not schema v1, malformed): unreadable_entries."""
+    if raw is None:
+        return {}
+    try:
+        doc = json.loads(raw)
+        if doc["v"] != SCHEMA_VERSION or doc["sandbox_id"] != sandbox_id:
+            raise ValueError("not a v1 record of this sandbox")
+        if doc["deleted"] is True:
+            return {}
+        ports = [(int(p["guest_port"]), str(p["protocol"]), int(p["host_port"]), p["reachable"] is True,
+                  p.get("public", True) is not False, str(p.get("token_sha256", "")), str(p.get("host_mask", "")))
+                 for p in doc["ports"].values()]
+        address = str(doc["node_address"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return unreadable_entries(sandbox_id)
+    return _entries(sandbox_id, address, ports)
+
+
+def _entries(sid: str, node_address: str, ports: Iterable[PortFields]) -> Entries:
+    if not _host_form(sid):
         return {}
     entries = {sid: "1"}
-    for port in record.ports:
-        if port.protocol != "tcp":
+    address_ok = bool(node_address) and bool(_VALUE_SAFE.fullmatch(node_address))
+    for guest_port, protocol, host_port, reachable, public, token_sha256, host_mask in ports:
+        if protocol != "tcp":
             continue
-        mask = port.host_mask.replace("{port}", str(port.guest_port))
-        token = port.token_sha256.lower() if not port.public else ""
-        if not port.public and not re.fullmatch(r"[0-9a-f]{64}", token):
+        mask = host_mask.replace("{port}", str(guest_port))
+        token = "" if public else token_sha256.lower()
+        if not public and not _SHA256_HEX.fullmatch(token):
             token = "!"   # private without a usable hash: no token can match
         if not _VALUE_SAFE.fullmatch(mask):
             mask = ""      # refused by the API already; never let it break the map line
-        reachable = port.reachable is True and bool(record.node_address)
-        entries[f"{sid}/{port.guest_port}"] = port_value(
-            record.node_address if reachable else "", port.host_port if reachable else "", token, mask)
+        up = reachable and address_ok
+        entries[f"{sid}/{guest_port}"] = port_value(node_address if up else "", host_port if up else "", token, mask)
     return entries
 
 
@@ -104,31 +139,16 @@ class MapMirror:
         self.shards = shards
         self.by_sandbox: dict[str, Entries] = {}
 
-    def reset(self, records: Iterable[SandboxRecord], unreadable: Iterable[str] = ()) -> ShardedEntries:
-        """For a full sync: the mirror holds exactly `records` (and the ids whose
-        record could not be read); returns every shard's contents."""
-        self.by_sandbox = {}
-        for sid in unreadable:
-            if entries := unreadable_entries(sid):
-                self.by_sandbox[sid] = entries
-        for record in records:
-            if entries := record_entries(record):
-                self.by_sandbox[record.sandbox_id] = entries
+    def reset(self, by_sandbox: Mapping[str, Entries]) -> ShardedEntries:
+        """For a full sync: the mirror holds exactly these entries; returns every shard's contents."""
+        self.by_sandbox = {sid: entries for sid, entries in by_sandbox.items() if entries}
         out: ShardedEntries = {i: {} for i in range(self.shards)}
         for sid, entries in self.by_sandbox.items():
             out[shard_of(sid, self.shards)].update(entries)
         return out
 
-    def update(self, record: SandboxRecord) -> list[MapOp]:
-        return self._replace(record.sandbox_id, record_entries(record))
-
-    def unreadable(self, sandbox_id: str) -> list[MapOp]:
-        return self._replace(sandbox_id, unreadable_entries(sandbox_id))
-
-    def remove(self, sandbox_id: str) -> list[MapOp]:
-        return self._replace(sandbox_id, {})
-
-    def _replace(self, sandbox_id: str, new: Entries) -> list[MapOp]:
+    def replace(self, sandbox_id: str, new: Entries) -> list[MapOp]:
+        """The ops that turn what HAProxy has for the sandbox into `new` ({}: remove it)."""
         old = self.by_sandbox.get(sandbox_id, {})
         ops = diff_sandbox(sandbox_id, old, new, self.shards)
         if new:

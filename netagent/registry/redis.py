@@ -96,6 +96,17 @@ return live
 """
 
 
+# KEYS: sandbox keys.  Returns value, PTTL, value, PTTL, ... (a missing key: nil, -2).
+GET_WITH_TTL_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[2 * i - 1] = redis.call('GET', key)
+  out[2 * i] = redis.call('PTTL', key)
+end
+return out
+"""
+
+
 def split_url(url: str) -> tuple[str, str, str]:
     """-> (URL for redis-py without our `prefix` option, key prefix, URL safe to log)."""
     parts = urlsplit(url)
@@ -143,6 +154,7 @@ class RedisRegistry(Registry):
             self._put_script = client.register_script(PUT_SANDBOX_LUA)
             self._refresh_script = client.register_script(REFRESH_LUA)
             self._node_sandboxes_script = client.register_script(NODE_SANDBOXES_LUA)
+            self._get_with_ttl_script = client.register_script(GET_WITH_TTL_LUA)
             self._client = client
         return self._client
 
@@ -209,19 +221,16 @@ class RedisRegistry(Registry):
 
     async def raw_records(self, batch: int = 1000) -> list[tuple[str, str, int]]:
         """(sandbox id, record JSON, remaining TTL in ms) of every sandbox key, tombstones
-        too, undecoded (SCAN + pipelined GET/PTTL)."""
+        too, undecoded (SCAN, then one script call per batch for values and TTLs)."""
         async def run(client: aioredis.Redis) -> list[tuple[str, str, int]]:
             out = []
             keys: list[str] = []
             async for key in client.scan_iter(match=self.sandbox_key("*"), count=batch):
                 keys.append(key)
             for start in range(0, len(keys), batch):
-                async with client.pipeline(transaction=False) as pipe:
-                    for key in keys[start:start + batch]:
-                        pipe.get(key)
-                        pipe.pttl(key)
-                    replies = await pipe.execute()
-                for key, raw, ttl in zip(keys[start:start + batch], replies[::2], replies[1::2], strict=True):
+                chunk = keys[start:start + batch]
+                replies = await self._get_with_ttl_script(keys=chunk, client=client)
+                for key, raw, ttl in zip(chunk, replies[::2], replies[1::2], strict=True):
                     if raw is not None and ttl != -2:
                         out.append((key[len(self.sandbox_key("")):], raw, ttl))
             return out

@@ -215,10 +215,22 @@ class SqliteRegistry(Registry):
         return list(rows)
 
     async def live_ids(self) -> set[str]:
-        """Ids of every live record (to notice records that expired without a write)."""
+        """Ids of every live record."""
         rows = await self._run(lambda db: db.execute(
             "SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND expires_at > ?", (time.time(),)).fetchall())
         return {r[0] for r in rows}
+
+    async def expiry_scan(self) -> tuple[set[str], int]:
+        """(ids of records that expired without a write and are not purged yet, how many
+        records are live): cheaper than live_ids for noticing expiries in a big table."""
+        def scan(db: sqlite3.Connection) -> tuple[set[str], int]:
+            now = time.time()
+            expired = {r[0] for r in db.execute(
+                "SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND expires_at <= ?", (now,))}
+            live = db.execute("SELECT COUNT(*) FROM sandboxes WHERE deleted = 0 AND expires_at > ?",
+                              (now,)).fetchone()[0]
+            return expired, live
+        return await self._run(scan)
 
 
 class transaction:

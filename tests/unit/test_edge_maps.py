@@ -1,13 +1,14 @@
 """Pure parts of the HAProxy edge: registry records -> map entries -> ops, and the config renderer."""
 from __future__ import annotations
 
+import json
 import re
 import zlib
 
 import pytest
 
 from netagent.edge.haconfig import EdgeSettings, render, shard_map
-from netagent.edge.maps import MapMirror, MapOp, record_entries, shard_of
+from netagent.edge.maps import MapMirror, MapOp, entries_from_json, record_entries, shard_of
 from netagent.registry import PortRecord, SandboxRecord
 
 SHA = "ab" * 32
@@ -52,29 +53,42 @@ def test_shard_matches_haproxys_crc32() -> None:
     assert zlib.crc32(b"abc") == 891568578 and shard_of("abc", 64) == 891568578 % 64
 
 
+def test_entries_from_json_match_the_record_and_refuse_what_they_cannot_read() -> None:
+    r = rec("abc", port(3000, 30001), port(9000, 30003, public=False, token_sha256=SHA, host_mask="h:{port}"))
+    assert entries_from_json("abc", r.to_json()) == record_entries(r)
+    assert entries_from_json("abc", None) == {}
+    assert entries_from_json("abc", SandboxRecord.tombstone("abc", "n1", 2, 0.0).to_json()) == {}
+    newer = json.dumps({**json.loads(r.to_json()), "v": 2})
+    for raw in (newer, "not json", "[]", '{"v": 1}', r.to_json().replace('"abc"', '"xyz"')):
+        assert entries_from_json("abc", raw) == {"abc": "1"}       # known, every port 502
+    assert entries_from_json("abc", rec("abc", port(), address="1.2.3.4 evil").to_json())["abc/3000"] == "|||"
+
+
 def test_mirror_turns_changes_into_few_ops_in_a_safe_order() -> None:
     mirror = MapMirror(shards=4)
     s = shard_of("abc", 4)
-    mirror.reset([])
-    assert mirror.update(rec("abc", port())) == [MapOp("add", s, "abc", "1"),
-                                                  MapOp("add", s, "abc/3000", "10.0.0.7|30001||")]
-    assert mirror.update(rec("abc", port(), seq=2)) == []                     # a heartbeat changes nothing
-    assert mirror.update(rec("abc", port(reachable=False), port(4000), seq=3)) == [
+    mirror.reset({})
+
+    def update(r: SandboxRecord) -> list[MapOp]:
+        return mirror.replace(r.sandbox_id, record_entries(r))
+    assert update(rec("abc", port())) == [MapOp("add", s, "abc", "1"), MapOp("add", s, "abc/3000", "10.0.0.7|30001||")]
+    assert update(rec("abc", port(), seq=2)) == []                     # a heartbeat changes nothing
+    assert update(rec("abc", port(reachable=False), port(4000), seq=3)) == [
         MapOp("set", s, "abc/3000", "|||"), MapOp("add", s, "abc/4000", "10.0.0.7|30001||")]
-    assert mirror.remove("abc") == [MapOp("del", s, "abc/3000"), MapOp("del", s, "abc/4000"),
-                                    MapOp("del", s, "abc")]                   # the sandbox entry last
-    assert mirror.remove("abc") == []
+    assert mirror.replace("abc", {}) == [MapOp("del", s, "abc/3000"), MapOp("del", s, "abc/4000"),
+                                         MapOp("del", s, "abc")]      # the sandbox entry last
+    assert mirror.replace("abc", {}) == []
 
 
 def test_reset_puts_every_entry_in_its_shard() -> None:
     mirror = MapMirror(shards=8)
-    records = [rec(f"s{i}", port()) for i in range(100)]
-    shards = mirror.reset(records, unreadable=["newer"])
+    by_sandbox = {f"s{i}": record_entries(rec(f"s{i}", port())) for i in range(100)}
+    shards = mirror.reset({**by_sandbox, "newer": {"newer": "1"}, "Upper": {}})
     assert sorted(shards) == list(range(8))
     assert sum(len(e) for e in shards.values()) == 201
     assert shards[shard_of("s7", 8)]["s7/3000"] == "10.0.0.7|30001||"
-    assert shards[shard_of("newer", 8)]["newer"] == "1" and "newer/3000" not in shards[shard_of("newer", 8)]
-    assert mirror.update(rec("s7", port(), seq=9)) == []
+    assert shards[shard_of("newer", 8)]["newer"] == "1"
+    assert mirror.replace("s7", record_entries(rec("s7", port(), seq=9))) == []
 
 
 def settings(**kw: object) -> EdgeSettings:
