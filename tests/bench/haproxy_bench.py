@@ -100,7 +100,7 @@ async def throughput(seconds: float, connections: int, workdir: Path) -> dict:
     _, pem = wildcard_pem(workdir / "pki", DOMAIN)
     https = loopback_port()
     haproxy = HAProxy.for_test(workdir / "edge", DOMAIN, https_listen=(f"127.0.0.1:{https}",), tls_pem=str(pem),
-                               redirect_to_https=False, threads=1)
+                               redirect_to_https=False, threads=2)
     python_port = loopback_port()
     python_edge = subprocess.Popen([sys.executable, "-m", "netagent", "edge", "--registry", registry.url,
                                     "--domain", DOMAIN, "--listen", f"{LOOPBACK}:{python_port}",
@@ -114,7 +114,7 @@ async def throughput(seconds: float, connections: int, workdir: Path) -> dict:
         await wait_listening(python_port, python_edge)
         out: dict = {"setup": {"seconds": seconds, "connections": connections, "cpus": os.cpu_count(),
                                "body_bytes": len(BODY), "tool": "h2load -m 1 (one request in flight per "
-                               "connection)", "haproxy_threads": 1}}
+                               "connection)", "haproxy_threads": 2}}
         paths = {
             "direct": (f"http://{LOOPBACK}:{guest_port}/", f"{LOOPBACK}:{guest_port}", False),
             "haproxy_http": (f"http://{HOST}/", f"{LOOPBACK}:{haproxy.http_port}", False),

@@ -222,3 +222,28 @@ def _write_raw_row(path: str, sandbox_id: str, raw: str) -> None:
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO sandboxes VALUES (?, 'node-x', ?, 0, ?, ?, 1000000)",
                    (sandbox_id, int(time.time() * 1e6), time.time() + 300, raw))
+
+
+async def test_trust_forwarded_keeps_a_trusted_proxys_headers(tmp_path, registry, upstream) -> None:
+    await registry.put_sandbox(sandbox("abc", {3000: (upstream.port, True)}), ttl_s=300)
+    sent = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "front.example", "X-Forwarded-Proto": "https"}
+    async with running_edge(tmp_path / "trusting", registry, trust_forwarded=True) as (haproxy, _):
+        async with await RawClient.open(haproxy.http_port) as client:
+            headers = (await client.request("GET", "/", host(), sent)).json()["headers"]
+    # HAProxy appends its own X-Forwarded-For line after the trusted proxy's.
+    assert [v for k, v in headers if k == "x-forwarded-for"] == ["6.6.6.6", LOOPBACK]
+    got = dict(headers)
+    assert got["x-forwarded-host"] == "front.example" and got["x-forwarded-proto"] == "https"
+
+
+async def test_every_edge_answer_is_no_store(edge: int, registry: SqliteRegistry, upstream: UpstreamServer) -> None:
+    await registry.put_sandbox(private("priv", 3000, upstream.port), ttl_s=300)
+    await eventually(lambda: _is(edge, host("priv"), 401))
+    async with await RawClient.open(edge) as client:
+        for name, status in ((host("priv"), 401), (host("nope"), 404), (host(port=4000), 502),
+                             ("bad.sbx.edge.test", 400)):
+            for accept in (JSON, BROWSER):
+                resp = await client.request("GET", "/", name, accept)
+                assert (resp.status, resp.header("cache-control")) == (status, "no-store"), (name, accept)
+        resp = await client.request("GET", "/", host())                      # the guest's own answer
+        assert resp.status == 200 and resp.header("cache-control") is None
