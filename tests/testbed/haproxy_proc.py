@@ -50,14 +50,17 @@ class HAProxy:
     def https_port(self) -> int:
         return int(self.settings.https_listen[0].rsplit(":", 1)[1])
 
-    def start(self, timeout_s: float = 10.0) -> None:
+    def start(self, timeout_s: float = 10.0, netns: str | None = None) -> None:
+        """Start haproxy (inside `netns` if given: its listeners live there; the admin
+        socket is a file, reachable from anywhere)."""
         exe = HAPROXY if os.path.exists(HAPROXY) else shutil.which("haproxy")
         if exe is None:
             pytest.fail("haproxy is not installed (apt-get install haproxy)", pytrace=False)
         write_haproxy_files(self.settings, self.config_path)
         Path(self.settings.admin_socket).unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([exe, "-db", "-f", str(self.config_path)],
+            prefix = ["ip", "netns", "exec", netns] if netns else []
+            self.proc = subprocess.Popen([*prefix, exe, "-db", "-f", str(self.config_path)],
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while not self.answers():
