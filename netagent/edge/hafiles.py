@@ -1,0 +1,28 @@
+"""Write what HAProxy needs before it starts: its config, the (empty) shard
+maps it loads, and the 504 error file. The control plane fills the maps."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .haconfig import EdgeSettings, error_504, render, shard_map
+
+
+def write_haproxy_files(settings: EdgeSettings, config_path: str | Path) -> Path:
+    text = render(settings)                       # validates before anything is written
+    os.makedirs(settings.map_dir, exist_ok=True)
+    os.makedirs(settings.errors_dir, exist_ok=True)
+    for shard in range(settings.shards):
+        path = Path(shard_map(settings.map_dir, shard))
+        if not path.exists():
+            path.touch()
+    _write(Path(settings.errors_dir) / "504.http", error_504())
+    config_path = Path(config_path)
+    _write(config_path, text)
+    return config_path
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
