@@ -21,6 +21,21 @@ DEFAULT_ALWAYS_DENY = [
 ]
 
 
+def edge_pair(text: str) -> tuple[ipaddress.IPv4Address, int]:
+    """'198.51.100.2:443' -> (address, port); anything else is refused."""
+    host, sep, port = str(text).strip().rpartition(":")
+    try:
+        addr = ipaddress.IPv4Address(host)
+        number = int(port) if sep and port.isdigit() else 0
+    except ValueError:
+        addr, number = None, 0
+    if addr is None or not 1 <= number <= 65535:
+        raise ValueError(f"not an IPv4 ip:port: {text!r}")
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+        raise ValueError(f"an edge address must be a unicast, non-loopback address: {text!r}")
+    return addr, number
+
+
 class GuestPlan(BaseModel):
     """What every slot looks like from inside the guest (identical in all slots)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -177,6 +192,9 @@ class Config(BaseModel):
     always_deny: list[ipaddress.IPv4Network] = Field(
         default_factory=lambda: [ipaddress.IPv4Network(c) for c in DEFAULT_ALWAYS_DENY])
     always_allow: list[ipaddress.IPv4Network] = Field(default_factory=list)
+    # "ip:port" where this host's or a peer's edge listens (TCP): the one host
+    # destination internet-on (or DNS-admitted) sandboxes may reach (hairpin).
+    edge_addresses: list[str] = Field(default_factory=list)
     ct_mark_base: int = Field(0x4E410000, ge=0, le=0x7FFF0000)
     ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
     self_repair: bool = True                   # continuous reconcile of slots' kernel objects
@@ -242,6 +260,14 @@ class Config(BaseModel):
         if not os.path.exists(path):
             raise ValueError(f"netns {path} does not exist")
         return path
+
+    @field_validator("edge_addresses")
+    @classmethod
+    def _edges(cls, v: list[str]) -> list[str]:
+        return sorted({"{}:{}".format(*edge_pair(item)) for item in v})
+
+    def edge_pairs(self) -> list[tuple[ipaddress.IPv4Address, int]]:
+        return [edge_pair(item) for item in self.edge_addresses]
 
     @field_validator("transit_cidr")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 UPLINKS = "uplinks"
 ALWAYS_DENY = "always_deny"
 ALWAYS_ALLOW = "always_allow"
+EDGE_ADDRESSES = "edge_addresses"     # hairpin: edge ip . port pairs sandboxes may reach
 # Per slot, for as long as its kernel objects exist.
 SBX_IFACES = "sbx_ifaces"
 SBX_SRC = "sbx_src"
@@ -28,7 +29,7 @@ FQDN_IPS = "fqdn_ips"
 MAPS = (EGRESS_MODE, PORT_DNAT, SLOT_MARK, SLOT_MARK_IN)
 # Sets and maps whose whole content is derived from config + state (a full
 # sync flushes and refills exactly these).
-STATE_SETS = (UPLINKS, ALWAYS_DENY, ALWAYS_ALLOW, SBX_IFACES, SBX_SRC,
+STATE_SETS = (UPLINKS, ALWAYS_DENY, ALWAYS_ALLOW, EDGE_ADDRESSES, SBX_IFACES, SBX_SRC,
               ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED)
 STATE_MAPS = MAPS
 ALL = STATE_SETS + STATE_MAPS + (FQDN_IPS,)

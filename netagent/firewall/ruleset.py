@@ -25,7 +25,7 @@ def host_table_text(config: Config, source: str) -> str:
     the config (nft takes no variables in these spots)."""
     text = _sub_once(r"^table inet netagent \{", f"table inet {config.prefix} {{", source)
     text = _sub_once(r"ct count over \d+", f"ct count over {config.conn_limit}", text)
-    text = _sub_once(r"th dport 10053 jump", f"th dport {config.dns.proxy_port} jump", text)
+    text = _sub_once(r"th dport 10053 fib", f"th dport {config.dns.proxy_port} fib", text)
     text = _sub_once(r"@dns_rate \{ ip saddr limit rate over \d+/second burst \d+ packets",
                      f"@dns_rate {{ ip saddr limit rate over {config.dns.query_rate}/second "
                      f"burst {config.dns.query_burst} packets", text)
@@ -46,6 +46,7 @@ def config_elements(config: Config, uplink: str, host_addrs: list[str]) -> list[
     elements = [Element(names.UPLINKS, uplink)]
     elements += [Element(names.ALWAYS_DENY, _interval(c)) for c in _merge(deny)]
     elements += [Element(names.ALWAYS_ALLOW, _interval(c)) for c in _merge([str(n) for n in config.always_allow])]
+    elements += [Element(names.EDGE_ADDRESSES, (str(addr), port)) for addr, port in config.edge_pairs()]
     return elements
 
 

@@ -18,11 +18,11 @@ DOMAIN = "sbx.edge.test"
 
 
 @contextlib.asynccontextmanager
-async def running_edge(workdir: Path, registry: Registry, **settings: object) -> AsyncIterator[tuple[HAProxy,
-                                                                                                     EdgeControl]]:
+async def running_edge(workdir: Path, registry: Registry, netns: str | None = None,
+                       **settings: object) -> AsyncIterator[tuple[HAProxy, EdgeControl]]:
     """haproxy started, its maps synced from `registry` by a running EdgeControl."""
     haproxy = HAProxy.for_test(workdir, DOMAIN, **settings)
-    haproxy.start()
+    haproxy.start(netns=netns)
     runtime = HAProxyRuntime(haproxy.settings.admin_socket, haproxy.settings.map_dir)
     feed = open_feed(registry)  # type: ignore[arg-type]
     control = EdgeControl(feed, runtime, haproxy.settings.shards)

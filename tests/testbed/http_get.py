@@ -15,11 +15,15 @@ def main() -> None:
     ap.add_argument("--host")
     ap.add_argument("--accept", default="*/*")
     ap.add_argument("--timeout", type=float, default=5.0)
+    ap.add_argument("--token", help="a private port's access token (X-Access-Token)")
     args = ap.parse_args()
     host, port = args.address.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=args.timeout)
     try:
-        conn.request("GET", args.path, headers={"Host": args.host or args.address, "Accept": args.accept})
+        headers = {"Host": args.host or args.address, "Accept": args.accept}
+        if args.token:
+            headers["X-Access-Token"] = args.token
+        conn.request("GET", args.path, headers=headers)
         resp = conn.getresponse()
         out = {"status": resp.status, "content_type": resp.getheader("Content-Type", ""),
                "body": resp.read().decode(errors="replace")}

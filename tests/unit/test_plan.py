@@ -150,4 +150,4 @@ def test_per_sandbox_caps_from_the_config_land_in_their_own_rules():
     text = ruleset.host_table_text(c, ruleset.read_rules(ruleset.HOST_RULES))
     assert "@conn_rate { ip saddr limit rate over 7/second burst 8 packets }" in text
     assert "@dns_rate { ip saddr limit rate over 9/second burst 10 packets }" in text
-    assert "th dport 5353 jump dns_from_sandbox" in text and "10053" not in text
+    assert "th dport 5353 fib daddr . iif type local jump dns_from_sandbox" in text and "10053" not in text
