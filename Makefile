@@ -36,6 +36,7 @@ bench: deps
 	$(PY) -m tests.bench.haproxy_bench | tee bench-results/haproxy.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
+	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json $(CLI_BENCH_ARGS)
 
 lint: deps
 	$(PY) -m ruff check netagent tests

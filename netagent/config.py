@@ -4,13 +4,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import configfile
 from .addressing import check_names_fit
+from .configfile import DEFAULT_PATH, default_path, env_overrides  # noqa: F401 - the config API
 from .errors import ConfigError
 
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
@@ -315,55 +316,9 @@ for _key, (_section, _name) in LEGACY_KEYS.items():
     setattr(Config, _key, _legacy_property(_section, _name))
 
 
-def _coerce_env(value: str) -> Any:
-    if value.startswith(("[", "{")):
-        import json
-        return json.loads(value)
-    return value
-
-
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """NETAGENT_POOL_SIZE=8 -> {"pool_size": "8"}; NETAGENT_GUEST__MTU -> nested."""
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith("NETAGENT_") or key in ("NETAGENT_CONFIG",):
-            continue
-        path = key[len("NETAGENT_"):].lower().split("__")
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = _coerce_env(value)
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for k, v in over.items():
-        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
-    return merged
-
-
-DEFAULT_PATH = Path("/etc/netagent/netagent.toml")
-
-
-def default_path() -> str | None:
-    """$NETAGENT_CONFIG, else /etc/netagent/netagent.toml if it exists, else none
-    (embedded defaults)."""
-    if env := os.environ.get("NETAGENT_CONFIG"):
-        return env
-    return str(DEFAULT_PATH) if DEFAULT_PATH.exists() else None
-
-
 def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
     """Read TOML (if given), apply NETAGENT_* overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    data = _merge(data, env_overrides(environ))
+    data = configfile.read(path, environ)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

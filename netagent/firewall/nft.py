@@ -13,7 +13,8 @@ from typing import Any
 import nftables
 
 from ..errors import Unavailable
-from . import names, ruleset
+from . import names
+from .fingerprint import fingerprint
 
 # The sets and maps whose content is derived from config + state (names.py holds the names).
 SETS = names.STATE_SETS
@@ -101,7 +102,7 @@ class Nft:
         finally:
             self._ctx.set_terse_output(False)
             self._ctx.set_stateless_output(False)
-        return ruleset.fingerprint(out) if rc == 0 else None
+        return fingerprint(out) if rc == 0 else None
 
     def counters(self, table: str) -> dict[str, int]:
         """Packets of every named counter of the table."""

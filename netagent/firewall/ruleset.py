@@ -1,7 +1,6 @@
 """Render the rulesets in rules/ for loading. Pure: text in, text out."""
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 from ..config import Config
 from . import names
 from .elements import Element, to_text
+from .fingerprint import fingerprint  # noqa: F401 - callers use ruleset.fingerprint
 
 RULES_DIR = Path(__file__).resolve().parent.parent.parent / "rules"
 HOST_RULES = "netagent.nft"
@@ -59,10 +59,6 @@ def replace_table_script(table: str, rules_text: str, fixed: list[Element], dyna
     """`rules_text` (the rendered table) in place of the table, filled, in one transaction."""
     return (f"table inet {table} {{}}\ndelete table inet {table}\n" + rules_text
             + to_text(table, fixed) + to_text(table, dynamic))
-
-
-def fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def slot_script(config: Config, source: str, host_ip: str) -> str:

@@ -6,16 +6,23 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
 from ..api import netagent_pb2 as pb
 from ..client import Client
-from ..config import Config
-from . import agent_facts, hostcheck, kernel, probe_outcome, registrycheck
+from . import kernel, probe_outcome
 from .ages import ago, from_ms
+from .quick import ClientSettings
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from . import registrycheck
+# hostcheck (pyroute2), registrycheck (registry clients) and agent_facts (the
+# validated Config) are imported by the commands that use them: status and ls
+# stay light (tests/unit/test_cli_light.py).
 from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, emit, fail, pairs, table
 
 
@@ -23,97 +30,35 @@ def to_dict(msg: Any) -> dict[str, Any]:
     return MessageToDict(msg, always_print_fields_with_no_presence=True)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    def cmd(name: str, help: str, fn: Callable[..., int]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
-        p.add_argument("--config", help="the agent's TOML config (for the socket, prefix and host netns)")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(run=fn)
-        return p
-
-    cmd("status", "host summary", status)
-    p = cmd("ls", "one row per sandbox", ls)
-    p.add_argument("--label", action="append", default=[], metavar="K=V")
-    p.add_argument("--state", default="")
-    p.add_argument("--rates-interval", type=float, default=0.5, metavar="S",
-                   help="sample rx/tx rates over S seconds (0: no rate columns)")
-    p = cmd("show", "everything about one sandbox, with drift against the kernel and the registry", show)
-    p.add_argument("sandbox")
-    p = cmd("probe", "is a guest TCP port open right now (a half-open SYN probe from the host)", probe)
-    p.add_argument("sandbox")
-    p.add_argument("port", type=int)
-    p.add_argument("--timeout-ms", type=int, metavar="N", help="wait N ms for an answer (default: the agent's "
-                   "probe_timeout_s)")
-    p = cmd("allocate", "allocate a sandbox network", allocate)
-    p.add_argument("sandbox")
-    _policy_args(p)
-    p.add_argument("--label", action="append", default=[], metavar="K=V")
-    p = cmd("release", "release a sandbox network", release)
-    p.add_argument("sandbox")
-    p = cmd("expose", "map a guest port to a host port", expose)
-    p.add_argument("sandbox")
-    p.add_argument("port", type=int)
-    p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
-    p.add_argument("--host-port", type=int, default=0)
-    p = cmd("unexpose", "remove a port mapping", unexpose)
-    p.add_argument("sandbox")
-    p.add_argument("port", type=int)
-    p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
-    p = cmd("gc", "find objects with our prefix that no slot owns; remove them with --apply", gc)
-    p.add_argument("--apply", action="store_true")
-    cmd("resync", "repair drift: re-add every nft element from state (reload the table if edited), "
-                  "rewrite every registry record", resync)
-    p = cmd("teardown", "remove every slot, the host table and the state (stop the agent first)", teardown)
-    p.add_argument("--force", action="store_true", help="even while sandboxes are allocated")
-    cmd("doctor", "check the host's prerequisites and the registry, and explain each failure", doctor)
-    p = cmd("policy", "show or replace a sandbox's egress policy", policy)
-    p.add_argument("action", choices=["show", "set"])
-    p.add_argument("sandbox")
-    _policy_args(p)
-    p = cmd("trace", "what the host's rules do to one packet from a sandbox (or from the internet)", trace)
-    p.add_argument("sandbox", nargs="?")
-    p.add_argument("--to", metavar="ADDR[:PORT]")
-    p.add_argument("--from-internet", type=int, metavar="HOST_PORT")
-    p.add_argument("--proto", choices=["tcp", "udp", "icmp"])
-    p = cmd("capture", "capture a sandbox's packets (pcap or one line per packet)", capture)
-    p.add_argument("sandbox")
-    p.add_argument("-w", dest="write", metavar="FILE.pcap")
-    p.add_argument("--count", type=int, default=0, help="stop after N packets (0: until Ctrl-C or --timeout)")
-    p.add_argument("--filter", metavar="BPF")
-    p.add_argument("--timeout", type=float, metavar="S")
-    p.add_argument("--iface", choices=["tap", "veth"], default="tap")
-    p = cmd("top", "live per-sandbox packets/s, bytes/s and new connections/s", top)
-    p.add_argument("--interval", type=float, default=1.0, metavar="S")
-    p.add_argument("--once", action="store_true", help="one sample, then exit")
-    p.add_argument("--count", type=int, metavar="N", help="N samples, then exit")
-
-
-def _policy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--internet", choices=["on", "off"])
-    p.add_argument("--allow", action="append", default=[], metavar="ENTRY")
-    p.add_argument("--deny", action="append", default=[], metavar="ENTRY")
-
-
-def guarded(fn: Callable[[argparse.Namespace, Config, Client], int], args: argparse.Namespace,
-            config: Config) -> int:
-    """Run a command; turn gRPC failures into plain messages and exit codes."""
-    with Client(socket_path=str(config.api.socket), timeout=10) as client:
+def guarded(fn: Callable[[argparse.Namespace, Any, Client], int], args: argparse.Namespace,
+            config: Config | ClientSettings) -> int:
+    """Run a command; turn gRPC failures into plain messages and exit codes. A
+    light command gets ClientSettings, the others the validated Config."""
+    socket_path = config.socket if isinstance(config, ClientSettings) else str(config.api.socket)
+    with Client(socket_path=socket_path, timeout=10) as client:
         try:
-            return fn(args, agent_facts.effective(config, client), client)
+            return fn(args, _effective(config, client), client)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
-                return fail(f"the agent is not running (nothing answers on {config.api.socket}).\n"
+                return fail(f"the agent is not running (nothing answers on {socket_path}).\n"
                             "Start it with `systemctl start netagent` (or `make run` from a checkout).")
             if code == grpc.StatusCode.NOT_FOUND:
                 return fail(exc.details() or "not found", EXIT_NOT_FOUND)
             return fail(f"{code.name}: {exc.details()}")
 
 
+def _effective(config: Config | ClientSettings, client: Client) -> Any:
+    if isinstance(config, ClientSettings):
+        return config.effective(client)
+    from . import agent_facts
+    return agent_facts.effective(config, client)
+
+
 REGISTRY_FIELDS = ("registry", "registryHealthy", "registryError", "registryLastSuccessUnixMs", "probedPorts")
 
 
-def status(args: argparse.Namespace, config: Config, c: Client) -> int:
+def status(args: argparse.Namespace, config: Config | ClientSettings, c: Client) -> int:
     info = to_dict(c.host_info())
     info["health"] = c.health()
     info["ruleset"] = "loaded" if kernel.table_loaded(config) else "MISSING"
@@ -133,7 +78,7 @@ def _registry_health(info: dict[str, Any]) -> str:
     return f"ERROR: {info['registryError'] or 'not connected yet'} (last successful write {last})"
 
 
-def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
+def ls(args: argparse.Namespace, config: Config | ClientSettings, c: Client) -> int:
     labels = dict(kv.split("=", 1) for kv in args.label)
     rows = []
     for s in c.list(labels=labels, state=args.state):
@@ -144,9 +89,11 @@ def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
                      "ports": ",".join(_port_cell(p) for p in s.ports) or "-",
                      "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", "_raw": d})
     cols = ["sandbox", "slot", "sandbox_ip", "internet", "allow", "deny", "ports", "labels"]
-    if args.rates_interval > 0 and rows:
+    # JSON is for pipelines: no half-second rate sample unless asked for.
+    interval = args.rates_interval if args.rates_interval is not None else (0.0 if args.json else 0.5)
+    if interval > 0 and rows:
         from . import top as top_mod
-        by_id = top_mod.rates(config, [r["_raw"] for r in rows], args.rates_interval, connections=False)
+        by_id = top_mod.rates(config, [r["_raw"] for r in rows], interval, connections=False)
         for r in rows:
             rate = by_id[r["sandbox"]]
             r["rx"], r["tx"] = top_mod.human_rate(rate.rx_bps), top_mod.human_rate(rate.tx_bps)
@@ -165,6 +112,7 @@ def _port_cell(p: Any) -> str:
 
 
 def show(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import registrycheck
     sbx = to_dict(c.get(args.sandbox))
     sbx["drift"] = kernel.sandbox_drift(config, sbx)
     info = c.host_info()
@@ -189,6 +137,7 @@ def show(args: argparse.Namespace, config: Config, c: Client) -> int:
 
 
 def _registry_section(read: registrycheck.RegistryRead, found: list[dict[str, str]], now: float) -> str:
+    from . import registrycheck
     if read.state == "off":
         return "registry: off (registry_url is empty: nothing is published)"
     if read.state == "unreachable":
@@ -200,6 +149,7 @@ def _registry_section(read: registrycheck.RegistryRead, found: list[dict[str, st
 
 
 def probe(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import registrycheck
     if not 1 <= args.port <= 65535:
         return fail("PORT must be 1-65535", EXIT_USAGE)
     if args.timeout_ms is not None and not 0 < args.timeout_ms <= 10_000:
@@ -271,6 +221,7 @@ def resync(args: argparse.Namespace, config: Config, c: Client) -> int:
 
 
 def gc(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import hostcheck
     from .trace import table as tracetable
     traces = kernel.in_netns(config.host_netns, lambda: tracetable.stale(config.prefix))
     objects = hostcheck.leaked(config) + traces
@@ -305,6 +256,7 @@ def teardown(args: argparse.Namespace, config: Config, c: Client) -> int:
 
 
 def doctor(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import hostcheck, registrycheck
     checks = hostcheck.doctor(config)
     checks += [{"check": name, "status": status, "detail": detail, "fix": fix}
                for name, status, detail, fix in registrycheck.doctor(config)]

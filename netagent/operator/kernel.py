@@ -6,14 +6,14 @@ import ipaddress
 import os
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import netns
-from ..config import Config
-from ..firewall import elements as el
 from ..firewall.nft import connect
-from ..models import EgressPolicy
-from ..policy import compile_policy
+
+if TYPE_CHECKING:   # element plans and the Config pull in pydantic: only show needs them
+    from ..config import Config
+    from ..firewall import elements as el
 
 
 def in_netns(path: str | None, fn: Any) -> Any:
@@ -42,12 +42,16 @@ def link_exists(name: str) -> bool:
         return False
 
 
-def table_loaded(config: Config) -> bool:
+def table_loaded(config: Any) -> bool:
+    """Is the agent's table there (`config`: a Config or quick.ClientSettings)."""
     return in_netns(config.host_netns, lambda: connect().table_fingerprint(config.prefix) is not None)
 
 
 def expected_elements(sandbox: dict[str, Any]) -> list[el.Element]:
     """The host elements the agent keeps for this sandbox (from its API record)."""
+    from ..firewall import elements as el
+    from ..models import EgressPolicy
+    from ..policy import compile_policy
     net = sandbox["network"]
     slot = _SlotView(net)
     p = sandbox.get("policy", {})
@@ -62,6 +66,7 @@ def expected_elements(sandbox: dict[str, Any]) -> list[el.Element]:
 
 def sandbox_drift(config: Config, sandbox: dict[str, Any]) -> list[dict[str, str]]:
     """Kernel objects and nft elements the sandbox should have but lacks."""
+    from ..firewall import elements as el
     net = sandbox["network"]
     wanted = expected_elements(sandbox)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Config
 from . import linkstats
 from .kernel import in_netns
 from .render import table
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 CLEAR_HOME = "\x1b[H\x1b[2J"
 COLUMNS = ["sandbox", "slot", "sandbox_ip", "rx_pps", "rx", "tx_pps", "tx", "new_conn_s"]

@@ -220,7 +220,7 @@ def test_top_and_ls_rates(bed, daemon):
             if rows["idle-1"]["rx_pps"] == 0 or time.monotonic() > deadline:
                 break
         code, human, _ = cli(daemon, "top", "--once", "--interval", "0.5")
-        listed = {s["sandboxId"]: s for s in cli_json(daemon, "ls")}
+        listed = {s["sandboxId"]: s for s in cli_json(daemon, "ls", "--rates-interval", "0.5")}
         code_ls, ls_human, _ = cli(daemon, "ls")
     finally:
         traffic.kill()
@@ -234,3 +234,4 @@ def test_top_and_ls_rates(bed, daemon):
     assert listed["busy-1"]["rates"]["rx_bps"] > 0 and listed["idle-1"]["rates"]["tx_bps"] == 0
     assert code_ls == 0 and ls_human.splitlines()[0].split()[3:5] == ["RX", "TX"]
     assert "RX" not in cli(daemon, "ls", "--rates-interval", "0")[1].splitlines()[0]
+    assert all("rates" not in s for s in cli_json(daemon, "ls"))   # --json samples no rates unless asked
