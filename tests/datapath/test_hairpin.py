@@ -12,7 +12,7 @@ from tests.conftest import agent_config
 from tests.datapath.helpers import counter_packets
 from tests.edge.hap import DOMAIN, running_edge
 from tests.testbed import sh
-from tests.testbed.bed import HOST_SERVICE_PORT, UPLINK_IP, LightGuest
+from tests.testbed.bed import ECHO_PORT, HOST_SERVICE_PORT, HTTP_PORT, RFC1918_IP, UPLINK_IP, LightGuest
 
 EDGE_PORT = 8443
 EDGE = f"{UPLINK_IP}:{EDGE_PORT}"
@@ -110,4 +110,31 @@ async def test_sandboxes_open_public_urls_through_the_same_host_edge(bed, tmp_pa
         for guest in guests:
             guest.stop()
         await registry.close()
+        await agent.stop()
+
+
+async def test_a_peer_edge_on_a_private_address_is_the_only_private_pair_opened(bed, tmp_path):
+    """A peer's edge on an always-denied (RFC1918) address: forward lets exactly
+    that pair through, masqueraded to the uplink address, for internet-on
+    sandboxes only; the same address's other ports stay denied."""
+    peer_edge = f"{RFC1918_IP}:{HTTP_PORT}"
+    agent = Agent(agent_config(bed, tmp_path / "state", edge_addresses=[peer_edge]))
+    await agent.start()
+    guests: list[LightGuest] = []
+    try:
+        on = LightGuest.attach(bed, await agent.allocate("peer-on"), "a")
+        guests.append(on)
+        off = LightGuest.attach(bed, await agent.allocate("peer-off", {"policy": {"internet": False}}), "b")
+        guests.append(off)
+        ok, body = await asyncio.to_thread(on.fetch, f"http://{peer_edge}/")
+        assert ok and json.loads(body)["client"] == UPLINK_IP, body
+        denied = counter_packets(bed.host, bed.agent_prefix, "drop_always_deny")
+        ok, body = await asyncio.to_thread(on.fetch, f"http://{RFC1918_IP}:{ECHO_PORT}/", 1)
+        assert not ok and "timed out" in body, body
+        assert counter_packets(bed.host, bed.agent_prefix, "drop_always_deny") > denied
+        ok, body = await asyncio.to_thread(off.fetch, f"http://{peer_edge}/", 1)
+        assert not ok and "timed out" in body, body
+    finally:
+        for guest in guests:
+            guest.stop()
         await agent.stop()
