@@ -44,7 +44,7 @@ def link_exists(name: str) -> bool:
 
 def table_loaded(config: Any) -> bool:
     """Is the agent's table there (`config`: a Config or quick.ClientSettings)."""
-    return in_netns(config.host_netns, lambda: connect().table_fingerprint(config.prefix) is not None)
+    return in_netns(config.host_netns, lambda: connect().has_table(config.prefix))
 
 
 def expected_elements(sandbox: dict[str, Any]) -> list[el.Element]:
