@@ -15,6 +15,10 @@ import nftables
 from ..errors import Unavailable
 from . import names, ruleset
 
+# The sets and maps whose content is derived from config + state (names.py holds the names).
+SETS = names.STATE_SETS
+MAPS = names.STATE_MAPS
+
 
 def connect() -> Nft:
     """A libnftables context in the calling thread's netns (the one constructor)."""
