@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
 	containernetworking-plugins qemu-system-x86 busybox-static \
-	iputils-ping openssl redis-server tcpdump haproxy curl nghttp2-client
+	iputils-ping openssl redis-server tcpdump procps haproxy curl nghttp2-client
 CONFIG ?=
 PYTEST_ARGS ?=
 
@@ -30,6 +30,7 @@ test-microvm: deps guest-image
 bench: deps
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
 	$(PY) -m tests.bench.dns_bench | tee bench-results/dns.json
+	$(PY) -m tests.bench.dns_flood_bench | tee bench-results/dns_flood.json
 	$(PY) -m tests.bench.forward_bench | tee bench-results/forward.json
 	$(PY) -m tests.bench.edge_bench | tee bench-results/edge.json
 	$(PY) -m tests.bench.haproxy_bench | tee bench-results/haproxy.json

@@ -61,6 +61,25 @@ class _Op:
     result: Any = None
 
 
+def one_op_per_sandbox(queued: list[_Op]) -> tuple[list[_Op], list[_Op]]:
+    """Splits the queue into this burst and the rest: at most one op per
+    sandbox in a burst. Two ops on one sandbox in one nft transaction delete
+    and re-add the same elements, which the kernel refuses (EBUSY/ENOENT),
+    failing the whole burst. A sandbox's later ops wait, in order."""
+    burst: list[_Op] = []
+    later: list[_Op] = []
+    touched: set[str] = set()
+    for op in queued:
+        sid = op.args.get("sandbox_id")
+        if sid is not None and sid in touched:
+            later.append(op)
+            continue
+        burst.append(op)
+        if sid is not None:
+            touched.add(sid)
+    return burst, later
+
+
 @dataclass
 class _Plan:
     """What one burst does: nft ops, undo steps for memory, work after commit."""
@@ -133,19 +152,19 @@ class Agent:
         upstream = UpstreamClient(lambda q, up, t: self.dns_threads.call(query_tcp_blocking, q, up, t))
         sock = await self.host.call(upstream_socket)  # the socket keeps the host netns
         upstream_transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: upstream, sock=sock)
-        self.dns = DnsProxy(self.domains_of, self.admit_fqdn, upstream.query, upstreams,
+        self.dns = DnsProxy(self.resolver_policy_of, self.admit_fqdn, upstream.query, upstreams,
                             self.config.dns_ttl_floor_s, self.config.dns_ttl_cap_s)
         udp, tcp = await self.host.call(bind_sockets, self.config.dns_proxy_port)
         self._dns_servers = (*await serve_dns(self.dns, udp, tcp), upstream_transport)
 
-    def domains_of(self, sandbox_ip: str) -> tuple[str, ...] | None:
-        """The domain allowlist of the sandbox using this address (None: none)."""
+    def resolver_policy_of(self, sandbox_ip: str) -> CompiledPolicy | None:
+        """The policy of the sandbox using this address, for its resolver (None: none)."""
         try:
             sid = self.slot_owner.get(self.plan.index_of_sandbox_ip(sandbox_ip))
         except ValueError:
             return None
         rec = self.allocations.get(sid) if sid else None
-        return compile_policy(rec.policy).domains if rec else None
+        return compile_policy(rec.policy, self.config.default_internet) if rec else None
 
     async def admit_fqdn(self, sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
         """Let the sandbox reach these answered addresses for their TTL (fresh
@@ -440,7 +459,9 @@ class Agent:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
+            batch, self._pending = one_op_per_sandbox(self._pending)
+            if self._pending:
+                self._wake.set()
             if batch:
                 self._committing = True
                 try:

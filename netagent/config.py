@@ -84,6 +84,8 @@ class Config(BaseModel):
     dns_upstreams: list[ipaddress.IPv4Address] = Field(default_factory=list)  # empty: the host's resolv.conf
     dns_ttl_floor_s: int = Field(5, ge=1, le=3600)
     dns_ttl_cap_s: int = Field(300, ge=1, le=86400)
+    dns_query_rate: int = Field(200, ge=1, le=1_000_000)       # packets per second per sandbox to the resolver
+    dns_query_burst: int = Field(50, ge=1, le=1_000_000)
     conn_limit: int = Field(4096, ge=1, le=1_000_000)          # concurrent connections per sandbox
     new_conn_rate: int = Field(200, ge=1, le=1_000_000)        # new connections per second per sandbox
     new_conn_burst: int = Field(400, ge=1, le=1_000_000)

@@ -24,9 +24,13 @@ def host_table_text(config: Config, source: str) -> str:
     the config (nft takes no variables in these spots)."""
     text = _sub_once(r"^table inet netagent \{", f"table inet {config.prefix} {{", source)
     text = _sub_once(r"ct count over \d+", f"ct count over {config.conn_limit}", text)
-    text = _sub_once(r"th dport 10053 accept", f"th dport {config.dns_proxy_port} accept", text)
-    return _sub_once(r"limit rate over \d+/second burst \d+ packets",
-                     f"limit rate over {config.new_conn_rate}/second burst {config.new_conn_burst} packets", text)
+    text = _sub_once(r"th dport 10053 jump", f"th dport {config.dns_proxy_port} jump", text)
+    text = _sub_once(r"@dns_rate \{ ip saddr limit rate over \d+/second burst \d+ packets",
+                     f"@dns_rate {{ ip saddr limit rate over {config.dns_query_rate}/second "
+                     f"burst {config.dns_query_burst} packets", text)
+    return _sub_once(r"@conn_rate \{ ip saddr limit rate over \d+/second burst \d+ packets",
+                     f"@conn_rate {{ ip saddr limit rate over {config.new_conn_rate}/second "
+                     f"burst {config.new_conn_burst} packets", text)
 
 
 def _sub_once(pattern: str, replacement: str, text: str) -> str:

@@ -20,6 +20,7 @@ DROP_REASONS = {
     "drop_sandbox": "another sandbox (sandbox-to-sandbox traffic is never forwarded)",
     "drop_smtp": "SMTP (tcp/25) is never allowed",
     "drop_dns_bypass": "DNS to a resolver other than the agent's proxy (the sandbox has a domain allowlist)",
+    "drop_dns_rate": "more DNS packets per second than the resolver takes from one sandbox (dns_query_rate)",
     "drop_unallocated": "the sandbox is not allocated",
     "drop_to_host": "to the host itself (only replies and the DNS proxy port are allowed)",
     "drop_to_sandbox": "to a sandbox without an exposed port or an established flow",

@@ -1,8 +1,10 @@
 """DNS load generator, run inside a guest netns by the benchmark.
 
-`python -m tests.bench.dns_load SERVER COUNT CONCURRENCY` sends COUNT A queries
-for names under cdn.test with at most CONCURRENCY in flight, and prints JSON:
-qps, latency percentiles (ms) and how many got an answer.
+`python -m tests.bench.dns_load SERVER COUNT CONCURRENCY [PREFIX [DISTINCT]]` sends
+COUNT A queries for names under cdn.test (`<PREFIX><i>.cdn.test`, i cycling
+over DISTINCT names if given: repeated names are cache hits in the proxy) with
+at most CONCURRENCY in flight, and prints JSON: qps, latency percentiles (ms)
+and how many got an answer.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ def query(qid: int, name: str) -> bytes:
 
 def main() -> None:
     server, count, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    prefix = sys.argv[4] if len(sys.argv) > 4 else "h"
+    distinct = int(sys.argv[5]) if len(sys.argv) > 5 else count
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     sent_at: dict[int, float] = {}
@@ -30,7 +34,7 @@ def main() -> None:
     while (next_id < count or sent_at) and time.monotonic() < deadline:
         while next_id < count and len(sent_at) < concurrency:
             qid = next_id & 0xFFFF
-            sock.sendto(query(qid, f"h{next_id}.cdn.test"), (server, 53))
+            sock.sendto(query(qid, f"{prefix}{next_id % distinct}.cdn.test"), (server, 53))
             sent_at[qid] = time.monotonic()
             next_id += 1
         if select.select([sock], [], [], 1.0)[0]:

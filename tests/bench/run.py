@@ -182,14 +182,15 @@ def main() -> None:
     na = result["netagent"]
     shell10 = result["baselines"]["shell"][f"N={points[0]}"]["setup_ms"]["p50"]
     result["cold_build_speedup_vs_shell_p50"] = round(shell10 / na["cold_slot_build_ms"]["p50"], 2)
+    n = args.existing   # the labels carry the N measured (docs/performance.md's targets are at N=2,000)
     result["targets"] = {
-        "warm_allocate_p99_le_5ms": na["warm_allocate_ms"][f"N={args.existing}"]["p99"] <= 5,
-        "warm_allocate_ratio_p50_le_1.3": na["warm_allocate_ratio_p50"] <= 1.3,
-        "concurrent_50_le_250ms": na["concurrent_50_allocates"]["total_ms"] <= 250,
+        f"warm_allocate_p99_at_N={n}_le_5ms": na["warm_allocate_ms"][f"N={n}"]["p99"] <= 5,
+        f"warm_allocate_ratio_p50_N={n}_vs_N=10_le_1.3": na["warm_allocate_ratio_p50"] <= 1.3,
+        f"concurrent_50_at_N={n}_le_250ms": na["concurrent_50_allocates"]["total_ms"] <= 250,
         "cold_build_p50_le_8ms": na["cold_slot_build_ms"]["p50"] <= 8,
         "cold_build_ge_3x_shell": result["cold_build_speedup_vs_shell_p50"] >= 3,
         "grpc_added_p50_le_1ms": na["grpc_allocate"]["added_p50_ms"] <= 1,
-        "update_policy_widening_p99_le_5ms": na["update_policy_ms"][f"N={args.existing}"]["widening"]["p99"] <= 5,
+        f"update_policy_widening_p99_at_N={n}_le_5ms": na["update_policy_ms"][f"N={n}"]["widening"]["p99"] <= 5,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

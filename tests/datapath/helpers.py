@@ -33,3 +33,20 @@ def counter_packets(ns: str, table: str, name: str) -> int:
 def conntrack_count(ns: str, *filters: str) -> int:
     res = sh.run("conntrack", "-L", *filters, ns=ns, check=False)
     return len([line for line in res.stdout.splitlines() if line.strip()])
+
+
+# Filled by the packet path (caps, the deny-log limiter) or by DNS answers
+# (fqdn_ips): not state, so no repair restores them. nft 1.0.6's JSON leaves
+# out the "dynamic" flag, hence names rather than flags.
+NOT_STATE = {"conn_count", "conn_rate", "deny_log_rate", "fqdn_ips"}
+
+
+def table_elements(ns: str, table: str) -> dict[str, list[str]]:
+    """Every set and map of the table (but NOT_STATE) with its elements."""
+    out = sh.run("nft", "-j", "list", "table", "inet", table, ns=ns).stdout
+    found = {}
+    for obj in json.loads(out)["nftables"]:
+        body = obj.get("set") or obj.get("map")
+        if body and body["name"] not in NOT_STATE:
+            found[body["name"]] = sorted(json.dumps(e, sort_keys=True) for e in body.get("elem", []))
+    return found

@@ -1,8 +1,11 @@
 """Allocation lifecycle on a real kernel: release, repair, scale."""
 from __future__ import annotations
 
+import _posixsubprocess
 import asyncio
+import contextlib
 import json
+import os
 import subprocess
 import time
 
@@ -10,10 +13,11 @@ import pytest
 
 from netagent.agent import Agent
 from netagent.errors import Conflict, Exhausted, InvalidArgument, NotFound
+from netagent.firewall import nft as nft_mod
 from tests.conftest import agent_config
-from tests.datapath.helpers import conntrack_count, elements
+from tests.datapath.helpers import conntrack_count, counter_packets, elements, table_elements
 from tests.testbed import sh
-from tests.testbed.bed import ECHO_PORT, HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest, eventually
+from tests.testbed.bed import ECHO_PORT, HTTP_PORT, METADATA_IP, UPLINK_IP, WEB_IP, LightGuest, eventually
 
 
 def slot_netns(bed) -> list[str]:
@@ -75,18 +79,39 @@ async def test_released_slot_is_clean_for_the_next_sandbox(bed, tmp_path):
 
 
 async def test_nft_flush_ruleset_is_repaired(bed, agent):
-    net = await agent.allocate("flush-1")
-    port = await agent.expose("flush-1", 8080)
+    policy = {"internet": True, "allow_out": [f"{WEB_IP}:{ECHO_PORT}", "allowed.test"], "deny_out": ["203.0.113.0/24"]}
+    net = await agent.allocate("flush-1", {"policy": policy})
+    await agent.expose("flush-1", 8080)
+    await agent.allocate("flush-2", {"policy": {"internet": False}})
     guest = LightGuest.attach(bed, net, "a")
+    await agent.wait_pool_ready()  # no slot build may change the sets after the snapshot
+    before = table_elements(bed.host, bed.agent_prefix)
+    for name in ("uplinks", "always_deny", "sbx_ifaces", "sbx_src", "slot_mark", "slot_mark_in", "egress_mode",
+                 "allow_port", "deny_net", "dns_locked", "port_dnat"):
+        assert before[name], f"{name} is empty: the snapshot would prove nothing about it"
+    assert set(before) >= set(nft_mod.SETS + nft_mod.MAPS)
+
     sh.run("nft", "flush", "ruleset", ns=bed.host)
-    started = time.monotonic()
-    assert await eventually(lambda: _table_exists(bed) and elements(bed.host, bed.agent_prefix, "port_dnat") != [],
-                            timeout=5)
-    assert time.monotonic() - started < 5
-    assert agent.stats["ruleset_restores"] >= 1
-    ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/")
+    flushed = time.monotonic()
+    restored = await eventually(lambda: _table_exists(bed) and table_elements(bed.host, bed.agent_prefix) == before,
+                                timeout=10, interval=0.05)
+    took = time.monotonic() - flushed
+    assert restored, f"not restored: {table_elements(bed.host, bed.agent_prefix)}"
+    bound = 3 * agent.config.ruleset_check_interval_s
+    assert took <= bound, f"restored after {took:.2f} s, more than 3 check intervals ({bound} s)"
+    # The counter is bumped once the resync call returns, just after the kernel has it all.
+    assert await eventually(lambda: agent.stats["ruleset_restores"] >= 1, timeout=1)
+
+    # The rules work again: metadata is blocked (a silent drop, counted), a
+    # deny_out entry bites, and allowed egress flows.
+    counted = counter_packets(bed.host, bed.agent_prefix, "drop_always_deny")
+    ok, body = guest.fetch(f"http://{METADATA_IP}:{HTTP_PORT}/", timeout=1)
+    assert not ok and "timed out" in body, body
+    assert counter_packets(bed.host, bed.agent_prefix, "drop_always_deny") > counted
+    ok, body = guest.fetch(f"http://{WEB_IP}:{HTTP_PORT}/", timeout=1)
+    assert not ok, f"deny_out was not restored: {body}"
+    ok, body = guest.fetch(f"tcp://{WEB_IP}:{ECHO_PORT}")
     assert ok, body
-    assert len(elements(bed.host, bed.agent_prefix, "port_dnat")) == 1 and port
 
 
 def _table_exists(bed) -> bool:
@@ -176,12 +201,53 @@ async def test_200_slots_allocate_and_release_cleanly(bed, tmp_path):
         await agent.stop()
 
 
-def test_no_subprocess_on_the_slot_path(monkeypatch):
-    """Slots are built with netlink and libnftables only: `ip`/`nft` are never run."""
-    calls = []
-    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
-    import netagent.datapath.slot_builder as sb
-    assert "subprocess" not in sb.__dict__ and not calls
+_PROCESS_MAKERS = [(subprocess.Popen, "_execute_child"), (_posixsubprocess, "fork_exec"), (os, "fork"),
+                   (os, "forkpty"), (os, "posix_spawn"), (os, "posix_spawnp"), (os, "system"), (os, "execv"),
+                   (os, "execve")]
+
+
+@contextlib.contextmanager
+def no_new_processes():
+    """Every way Python makes a process raises (and is recorded, in case a
+    caller swallows the error) until the block ends."""
+    calls: list[str] = []
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _PROCESS_MAKERS]
+
+    def refuse(name: str):  # type: ignore[no-untyped-def]
+        def call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(f"{name}{args[:2]!r}")
+            raise AssertionError(f"{name} called on the slot path")
+        return call
+    for owner, name, _ in saved:
+        setattr(owner, name, refuse(name))
+    try:
+        yield calls
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+async def test_no_subprocess_on_the_slot_path(bed, tmp_path):
+    """Slots are built and destroyed with netlink and libnftables only: no
+    `ip`/`nft` process, no fork, while a real slot is built, allocated,
+    released and torn down."""
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=0))
+    await agent.start()
+    try:
+        with no_new_processes() as calls:
+            net = await agent.allocate("nofork-1")  # an empty pool: the slot is built for this call
+            assert os.path.exists(f"/run/netns/{net.netns}")
+            await agent.release("nofork-1")         # pool_size 0: the slot is destroyed
+            gone = await eventually(lambda: not os.path.exists(f"/run/netns/{net.netns}") and not agent.slots,
+                                    timeout=10)
+        assert not calls, calls
+        assert gone, "the slot was not destroyed"
+        # Control: the guard does catch a process made the usual way.
+        with no_new_processes() as calls, pytest.raises(AssertionError):
+            subprocess.run(["true"])
+        assert calls
+    finally:
+        await agent.stop()
 
 
 async def test_a_leftover_element_is_removed_before_the_slot_is_reused(bed, tmp_path):

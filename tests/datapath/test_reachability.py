@@ -10,6 +10,8 @@ from netagent.registry import open_registry
 from tests.conftest import agent_config
 from tests.testbed.bed import LightGuest, eventually
 
+FAST_MARGIN_S = 0.2
+
 
 def _port(agent: Agent, sid: str, guest_port: int):
     return next(p for p in agent.allocations and agent._network(agent.allocations[sid]).ports
@@ -27,18 +29,20 @@ async def test_exposed_port_reachability_is_probed_stored_and_published(bed, tmp
         host_port = await agent.expose("web-1", 3000)
         assert await eventually(lambda: _port(agent, "web-1", 3000).reachable is False, 3)
 
-        started = time.monotonic()
         server = await asyncio.to_thread(bed.start_server, guest.name, "--http", "3000")
-        assert await eventually(lambda: _port(agent, "web-1", 3000).reachable is True, 3)
+        listening = time.monotonic()
         record = None
 
         async def published(want: bool) -> bool:
             nonlocal record
             record = await reader.get_sandbox("web-1")
             return bool(record and record.port(3000) and record.port(3000).reachable is want)
+        # docs/reachability.md: reachable 0.12 s after the listen in the fast period after an expose (+ a few
+        # ms to store and publish); the margin covers the 20 ms polling and a shared 2-core host.
         while not await published(True):
-            assert time.monotonic() - started < 3, record
-            await asyncio.sleep(0.05)
+            assert time.monotonic() - listening < 0.12 + FAST_MARGIN_S, record
+            await asyncio.sleep(0.02)
+        assert _port(agent, "web-1", 3000).reachable is True
         p = record.port(3000)
         assert (record.node_id, record.node_address, p.host_port) == (agent.config.node_id, "198.51.100.2", host_port)
         assert p.checked_at >= p.changed_at > 0
@@ -51,10 +55,12 @@ async def test_exposed_port_reachability_is_probed_stored_and_published(bed, tmp
             await asyncio.sleep(0.05)
 
         events = []
-        async for ev in agent.events.watch(0, {"web-1"}):
-            events.append(ev)
-            if ev.type == "port_reachability" and ev.data["reachable"] is False and len(events) > 3:
-                break
+        # Every event is already in the log: a missing one must fail, not hang.
+        async with asyncio.timeout(5):
+            async for ev in agent.events.watch(0, {"web-1"}):
+                events.append(ev)
+                if ev.type == "port_reachability" and ev.data["reachable"] is False and len(events) > 3:
+                    break
         flips = [e.data["reachable"] for e in events if e.type == "port_reachability"]
         assert flips == [False, True, False]
 

@@ -3,8 +3,11 @@ plus what only one of them has: redis outages, sqlite writer/reader sharing."""
 from __future__ import annotations
 
 import asyncio
-import random
+import itertools
+import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +28,10 @@ from netagent.registry.sqlite import SqliteRegistry, path_from_url
 
 LONG_TTL = 30.0
 SHORT_TTL = 0.3
+# A record is absent once its TTL has run (docs/registry.md): the tests allow
+# this much past the TTL for the 10 ms polling, one registry call and
+# scheduling on a shared 2-core host.
+EXPIRY_MARGIN = 0.1
 
 
 def sandbox(sandbox_id: str = "sbx-1", seq: int = 1, node_id: str = "node-a", address: str = "10.0.0.1",
@@ -47,6 +54,22 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.
             pytest.fail(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.02)
     return time.monotonic() - start
+
+
+async def expiry(write: Awaitable[object], gone: Callable[[], Awaitable[bool]], ttl_s: float) -> float:
+    """Runs `write` (which stores with `ttl_s`) and polls until `gone`. Asserts
+    it was there for the whole TTL and gone within EXPIRY_MARGIN after it;
+    returns the seconds from the write to its absence."""
+    before = time.monotonic()
+    await write
+    after = time.monotonic()
+    assert not await gone()
+    while not await gone():
+        assert time.monotonic() - after <= ttl_s + EXPIRY_MARGIN, f"still there {ttl_s} s + margin after its write"
+        await asyncio.sleep(0.01)
+    gone_at = time.monotonic()
+    assert gone_at - before >= ttl_s - 0.005, f"gone {gone_at - before:.3f} s after a write with a {ttl_s} s TTL"
+    return gone_at - before
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -87,12 +110,66 @@ async def test_put_many_applies_the_seq_rule_to_each_record(registry: Registry) 
     assert {r.seq for r in [await registry.get_sandbox("sbx-1"), await registry.get_sandbox("sbx-3")]} == {5, 1}
 
 
-async def test_concurrent_writes_keep_the_highest_seq(registry: Registry) -> None:
-    seqs = list(range(1, 41))
-    random.Random(7).shuffle(seqs)
-    await asyncio.gather(*(registry.put_sandbox(sandbox(seq=s, host_port=30000 + s), LONG_TTL) for s in seqs))
-    stored = await registry.get_sandbox("sbx-1")
-    assert stored is not None and stored.seq == 40 and stored.ports[0].host_port == 30040
+# One writer process: its own registry object and connection. Once told to go,
+# it writes the same sandbox for `seconds`, each write with seq = microseconds
+# since `base` * writers + index: the writers' seqs interleave in time, so they
+# collide all along. Prints what it attempted and which seqs got stored.
+WRITER = r"""
+import asyncio, json, sys, time
+from netagent.registry import PortRecord, SandboxRecord, open_registry
+url, (index, writers, base), seconds = sys.argv[1], map(int, sys.argv[2:5]), float(sys.argv[5])
+async def main():
+    reg = open_registry(url)
+    await reg.connect()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    stored, seq, attempts, end = [], index, 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        seq = max(seq + writers, (time.time_ns() - base) // 1000 * writers + index)
+        port = PortRecord(8080, "tcp", 20000 + seq % 40000, True, 1000.0, 1001.0)
+        attempts += 1
+        if await reg.put_sandbox(SandboxRecord("sbx-1", f"node-{index}", "10.0.0.1", seq, time.time(), (port,)), 30):
+            stored.append(seq)
+    await reg.close()
+    print(json.dumps({"attempts": attempts, "last": seq, "stored": stored}))
+asyncio.run(main())
+"""
+
+
+async def test_concurrent_writers_in_separate_processes_keep_the_highest_seq(registry: Registry) -> None:
+    writers, seconds = 4, 1.0
+    args = [registry.url, str(writers), str(time.time_ns()), str(seconds)]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, args[0], str(i), *args[1:]], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(writers)]
+    seen: list[int] = []   # what a reader sees meanwhile: the stored seq never goes back
+    try:
+        for p in procs:    # all connected, then all go
+            assert await asyncio.to_thread(p.stdout.readline) == "ready\n", p.stderr.read()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        while any(p.poll() is None for p in procs):
+            if (rec := await registry.get_sandbox("sbx-1")) is not None:
+                seen.append(rec.seq)
+            await asyncio.sleep(0.001)
+        outputs = [p.communicate(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    results = [json.loads(out) for out, _ in outputs]
+    top = max(r["last"] for r in results)   # the highest seq anyone wrote
+    final = await registry.get_sandbox("sbx-1")
+    assert final is not None and final.seq == top, (final, top)
+    assert final.node_id == f"node-{top % writers}" and final.ports[0].host_port == 20000 + top % 40000
+    assert len(seen) > 10 and seen == sorted(seen), seen
+    # The writers really wrote at the same time: in the order of the stored
+    # seqs, the lead passed from one writer to another many times.
+    order = sorted(seq for r in results for seq in r["stored"])
+    lead_changes = sum(a % writers != b % writers for a, b in itertools.pairwise(order))
+    assert lead_changes >= 10, [(r["attempts"], len(r["stored"])) for r in results]
 
 
 async def test_tombstone_hides_record_and_blocks_older_writes(registry: Registry) -> None:
@@ -117,14 +194,10 @@ async def test_stale_tombstone_is_refused(registry: Registry) -> None:
 
 
 async def test_record_expires_after_ttl(registry: Registry) -> None:
-    assert await registry.put_sandbox(sandbox(seq=9), SHORT_TTL)
-    assert await registry.get_sandbox("sbx-1") is not None
-
     async def gone() -> bool:
         return await registry.get_sandbox("sbx-1") is None
 
-    took = await wait_until(gone, timeout_s=3)
-    assert took >= SHORT_TTL - 0.1
+    await expiry(registry.put_sandbox(sandbox(seq=9), SHORT_TTL), gone, SHORT_TTL)
     assert await registry.node_sandboxes("node-a") == []
     # An expired record is absent: it no longer blocks a lower seq.
     assert await registry.put_sandbox(sandbox(seq=1), LONG_TTL) is True
@@ -144,7 +217,9 @@ async def test_refresh_extends_only_the_nodes_own_live_records(registry: Registr
     async def others_gone() -> bool:
         return await registry.get_sandbox("other") is None and await registry.get_sandbox("moved") is None
 
-    await wait_until(others_gone, timeout_s=3)
+    # Not extended: gone when the TTL of their own writes (just before the refresh) runs out.
+    assert not await others_gone()
+    await wait_until(others_gone, timeout_s=SHORT_TTL + EXPIRY_MARGIN)
     assert await registry.get_sandbox("own") is not None
     assert await registry.get_sandbox("never-written") is None
     # The tombstone was not extended either: once it expired, an old seq is accepted again.
@@ -157,13 +232,15 @@ async def test_refresh_extends_only_the_nodes_own_live_records(registry: Registr
 async def test_node_record_and_its_expiry(registry: Registry) -> None:
     me = node("node-a")
     assert await registry.get_node("node-a") is None
-    await registry.refresh(me, [], SHORT_TTL)
-    assert await registry.get_node("node-a") == me
 
     async def gone() -> bool:
         return await registry.get_node("node-a") is None
 
-    assert await wait_until(gone, timeout_s=3) >= SHORT_TTL - 0.1
+    async def refresh_and_read() -> None:
+        await registry.refresh(me, [], SHORT_TTL)
+        assert await registry.get_node("node-a") == me
+
+    await expiry(refresh_and_read(), gone, SHORT_TTL)
     await registry.refresh(me, [], LONG_TTL)
     assert await registry.get_node("node-a") == me
 

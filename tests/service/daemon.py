@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal as signals
 import subprocess
 import threading
@@ -40,32 +41,51 @@ class Daemon:
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
 
+    def command(self) -> list[str]:
+        return [sh.PYTHON, "-m", "netagent", "serve", "--config", str(self.config)]
+
     def start(self, timeout: float = 60) -> Daemon:
-        self.proc = subprocess.Popen([sh.PYTHON, "-m", "netagent", "serve", "--config", str(self.config)],
-                                     cwd=sh.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(self.env or {})})
+        """Waits for "netagent ready"; a daemon that exits first, or stays silent
+        past `timeout`, is killed and fails the test (never a hang)."""
+        self.proc = subprocess.Popen(self.command(), cwd=sh.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env={**os.environ, **(self.env or {})})
+        ready, self._reader_done = threading.Event(), threading.Event()
+        threading.Thread(target=self._read, args=(ready,), daemon=True).start()
         deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if line.startswith("netagent ready"):
-                break
+        while not ready.wait(0.05):
+            if self.proc.poll() is not None and not ready.is_set():
+                self._reader_done.wait(5)  # the last lines the daemon printed
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before ready:\n" + "".join(self.log))
             if time.monotonic() > deadline:
-                break
-        else:
-            raise AssertionError("daemon exited before ready:\n" + "".join(self.log))
-        threading.Thread(target=self._drain, daemon=True).start()
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"daemon not ready within {timeout} s:\n" + "".join(self.log))
         return self
 
-    def _drain(self) -> None:
+    def _read(self, ready: threading.Event) -> None:
         assert self.proc and self.proc.stdout
-        for line in self.proc.stdout:
-            self.log.append(line)
+        try:
+            for line in self.proc.stdout:
+                self.log.append(line)
+                if line.startswith("netagent ready"):
+                    ready.set()
+        finally:
+            self._reader_done.set()
 
     def client(self, **kw) -> Client:
         import tomllib
         sock = tomllib.loads(self.config.read_text())["api_socket"]
         return Client(socket_path=sock, **kw)
+
+    def metrics(self, netns: str) -> dict[str, float]:
+        """One scrape of the daemon's /metrics (served in `netns`, the host netns):
+        'name{"label": "value"}' -> value."""
+        from prometheus_client.parser import text_string_to_metric_families
+        port = int(re.search(r"metrics_port=(\d+)", "".join(self.log)).group(1))
+        code = "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+        text = sh.run(sh.PYTHON, "-c", code, f"http://127.0.0.1:{port}/metrics", ns=netns).stdout
+        return {sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
 
     def signal(self, sig: int) -> None:
         assert self.proc

@@ -4,15 +4,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import time
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
-from tests.testbed.bed import HTTP_PORT, WEB_IP, LightGuest
+from tests.testbed.bed import HTTP_PORT, WEB_IP, LightGuest, wait_until
 from tests.testbed.flows import STREAM_READER
 from tests.testbed.tls import issue, make_ca
 
@@ -28,11 +26,16 @@ def test_sigterm_and_sigkill_restarts_lose_nothing(bed, tmp_path):
     stream = sh.popen(sh.PYTHON, "-c", STREAM_READER, f"http://{WEB_IP}:{HTTP_PORT}/stream?seconds={seconds}",
                       ns=guest.name)
     ping = sh.popen("ping", "-i", "0.01", "-c", str(seconds * 100 - 200), "-W", "1", WEB_IP, ns=guest.name)
-    time.sleep(1.5)
+    # Both flows are up before the first stop: the download is established and a ping came back.
+    assert wait_until(lambda: sh.run("ss", "-Htn", "state", "established", "dst", f"{WEB_IP}:{HTTP_PORT}",
+                                     ns=guest.name).stdout.strip(), timeout=10), "the download never connected"
+    assert ping.stdout.readline().startswith("PING") and " bytes from " in ping.stdout.readline()
 
     assert daemon.stop(signal.SIGTERM) == 0
     daemon = Daemon(cfg).start()
-    time.sleep(1.5)
+    # SIGKILL once the restarted daemon is in its steady state: every sandbox adopted, the pool full.
+    with daemon.client() as c:
+        assert wait_until(lambda: (i := c.host_info()).allocations == 50 and i.ready_slots == 4, timeout=10)
     daemon.stop(signal.SIGKILL)
     daemon = Daemon(cfg).start()
     try:
@@ -54,32 +57,36 @@ def test_sigterm_and_sigkill_restarts_lose_nothing(bed, tmp_path):
         daemon.stop()
 
 
-def _fetch_in(ns: str, url: str) -> str:
-    code = "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-    return sh.run(sh.PYTHON, "-c", code, url, ns=ns).stdout
+SEND_SPOOFED = r"""
+import sys
+from scapy.all import IP, TCP, Ether, conf, sendp
+conf.verb = 0
+sendp(Ether(dst=sys.argv[1]) / IP(src="192.0.2.99", dst=sys.argv[2]) / TCP(dport=80, flags="S"), iface="veth0", count=5)
+"""
 
 
 def test_metrics_parse_and_move(bed, daemon):
-    port = int(re.search(r"metrics_port=(\d+)", "".join(daemon.log)).group(1))
-    url = f"http://127.0.0.1:{port}/metrics"
-
     def scrape() -> dict[str, float]:
-        out = {}
-        for family in text_string_to_metric_families(_fetch_in(bed.host, url)):
-            for sample in family.samples:
-                key = sample.name + json.dumps(sample.labels, sort_keys=True)
-                out[key] = sample.value
-        return out
+        return daemon.metrics(bed.host)
 
     before = scrape()
     with daemon.client() as c:
-        c.allocate("m-1")
+        net = c.allocate("m-1").network
+        # 5 frames with a source that is not the slot's sandbox IP, sent from the slot netns out its veth:
+        # the host's anti-spoofing rule drops them and the spoof drop counter must count them.
+        host_mac = json.loads(sh.run("ip", "-j", "link", "show", net.host_veth, ns=bed.host).stdout)[0]["address"]
+        sh.run(sh.PYTHON, "-c", SEND_SPOOFED, host_mac, WEB_IP, ns=net.netns)
         c.expose("m-1", 3000)   # no guest: probed, unreachable, written to the default sqlite registry
-        time.sleep(0.8)          # > probe_timeout_s: the first probe has timed out
+        assert wait_until(lambda: c.get("m-1").ports[0].HasField("reachable"), timeout=5), "never probed"
+        assert c.get("m-1").ports[0].reachable is False
         c.release("m-1")
         with pytest.raises(grpc.RpcError):
             c.get("nobody")
-    time.sleep(1.2)
+    # Registry writes happen in the background, gauges refresh every metrics_refresh_s: poll.
+    release, writes = "netagent_release_duration_seconds_count{}", "netagent_registry_writes_total{}"
+    spoof = 'netagent_dropped_packets_total{"reason": "spoof"}'
+    assert wait_until(lambda: (m := scrape()).get(release, 0) > before.get(release, 0) and m[writes] > before[writes]
+                      and m[spoof] > before[spoof], timeout=5)
     after = scrape()
     warm = 'netagent_allocate_duration_seconds_count{"path": "warm"}'
     assert after[warm] == before.get(warm, 0) + 1
@@ -90,7 +97,7 @@ def test_metrics_parse_and_move(bed, daemon):
     assert after["netagent_reconcile_duration_seconds_count{}"] == 1
     assert after['netagent_slots{"state": "ready"}'] >= 1
     assert after["netagent_slot_capacity{}"] == 32768
-    assert 'netagent_dropped_packets_total{"reason": "spoof"}' in after
+    assert after[spoof] == before[spoof] + 5
     assert after["netagent_probes_total{}"] > before["netagent_probes_total{}"]
     assert after["netagent_reachability_changes_total{}"] >= 1   # unknown -> unreachable
     assert after["netagent_registry_up{}"] == 1
@@ -145,10 +152,7 @@ def test_sighup_reloads_pool_size_and_defaults(bed, tmp_path):
             assert c.allocate("hup-1").policy.internet is True
             cfg.write_text(cfg.read_text().replace("pool_size = 2", "pool_size = 5") + "default_internet = false\n")
             daemon.signal(signal.SIGHUP)
-            deadline = time.monotonic() + 10
-            while c.host_info().ready_slots < 5 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert c.host_info().ready_slots == 5
+            assert wait_until(lambda: c.host_info().ready_slots == 5, timeout=10)
             assert c.allocate("hup-2").policy.internet is False
             assert c.get("hup-1").policy.internet is True  # running sandboxes keep their policy
     finally:

@@ -113,6 +113,16 @@ def test_stray_records_of_this_node_are_removed_when_the_agent_starts(bed, tmp_p
         daemon = Daemon(cfg).start()
         wait_for(lambda: read(url, "stray-1") is None, 5, "the stray record to be tombstoned")
         assert read(url, "gone-1") is not None
+
+        async def late_write() -> bool:   # the stray's own write, delayed: a tombstone refuses it
+            reg = open_registry(url)
+            try:
+                return await reg.put_sandbox(SandboxRecord("stray-1", rec.node_id, rec.node_address, rec.seq + 1,
+                                                           time.time()), 60)
+            finally:
+                await reg.close()
+        assert asyncio.run(late_write()) is False
+        assert read(url, "stray-1") is None
     finally:
         daemon.stop()
 

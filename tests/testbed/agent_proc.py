@@ -2,7 +2,9 @@
 
 `python -m tests.testbed.agent_proc '<config json>'` prints {"ready": ...} once
 started, then answers each {"op": "allocate", "args": {...}} line with
-{"ok": result} or {"error": code, "message": ...}. Tests kill -9 it at will.
+{"ok": result} or {"error": code, "message": ...}, one line at a time, in
+order. The op "slot_table" answers the agent's whole slot table
+({index: state}). Tests kill -9 it at will.
 """
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ async def main() -> None:
     while line := await loop.run_in_executor(None, sys.stdin.readline):
         req = json.loads(line)
         try:
-            result = await getattr(agent, req["op"])(**req.get("args", {}))
+            if req["op"] == "slot_table":
+                result = {str(i): str(state) for i, state in sorted(agent.slots.items())}
+            else:
+                result = await getattr(agent, req["op"])(**req.get("args", {}))
             if hasattr(result, "model_dump"):
                 result = result.model_dump(mode="json")
             elif isinstance(result, list):

@@ -4,10 +4,11 @@ servers the tests start themselves, and light guests wired to slot taps.
 Addresses (TEST-NET and friends, all inside namespaces made here):
   host uplink  up0   198.51.100.2/24      internet  wan0  198.51.100.1/24
   internet servers on lo: 203.0.113.10 (web), 192.0.2.20 (client side),
-  169.254.169.254 (fake metadata), 10.99.0.10 (an RFC1918 service) —
+  169.254.169.254 (fake metadata), 10.99.0.10 (an RFC1918 service),
+  100.64.0.10 (a CGNAT-range service) —
   all reachable from the host netns through its default route, so only the
   agent's rules keep sandboxes away from them.
-  a host service listens on 198.51.100.2:8081 in the host netns.
+  a host service listens on 0.0.0.0:8081 in the host netns (every host address).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ DNS_IP = "192.0.2.53"      # the test bed's DNS server (test zones only)
 CLIENT_IP = "192.0.2.20"
 METADATA_IP = "169.254.169.254"
 RFC1918_IP = "10.99.0.10"
+CGNAT_IP = "100.64.0.10"
 HTTP_PORT = 8000
 ECHO_PORT = 7000
 HOST_SERVICE_PORT = 8081
@@ -66,11 +68,11 @@ class Testbed:
         sh.ip("route", "add", "default", "via", INET_IP, ns=self.host)
         sh.ip("addr", "add", f"{INET_IP}/24", "dev", "wan0", ns=self.inet)
         sh.ip("link", "set", "wan0", "up", ns=self.inet)
-        for addr in (WEB_IP, WEB2_IP, CLIENT_IP, METADATA_IP, RFC1918_IP, DNS_IP):
+        for addr in (WEB_IP, WEB2_IP, CLIENT_IP, METADATA_IP, RFC1918_IP, CGNAT_IP, DNS_IP):
             sh.ip("addr", "add", f"{addr}/32", "dev", "lo", ns=self.inet)
         self.start_server(self.inet, "--http", str(HTTP_PORT), "--tcp-echo", str(ECHO_PORT),
                           "--tcp-echo", str(SMTP_PORT))
-        self.start_server(self.host, "--http", str(HOST_SERVICE_PORT), "--bind", UPLINK_IP)
+        self.start_server(self.host, "--http", str(HOST_SERVICE_PORT))
         self.start_module(self.inet, "tests.testbed.dns_server", DNS_IP)
         return self
 

@@ -1,19 +1,26 @@
 """Test servers run inside test namespaces (`python -m tests.testbed.servers`).
 
 HTTP on every address of the netns: GET / answers {"client": <peer ip>, "server": <local ip>};
-GET /stream?seconds=N sends a chunk every 50 ms for N seconds (long flows).
+GET /stream?seconds=N sends a chunk every 50 ms for N seconds (long flows);
+GET /bytes?n=N sends payload(N), N pseudo-random bytes (large downloads).
 `--tcp-echo PORT` adds a plain TCP echo server on that port.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import socketserver
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+
+def payload(n: int) -> bytes:
+    """The body of /bytes?n=N: the same N bytes every time, so a client can check them."""
+    return random.Random(n).randbytes(n)
 
 
 class QuietHTTPServer(ThreadingHTTPServer):
@@ -48,6 +55,13 @@ class Handler(BaseHTTPRequestHandler):
                 n += 1
                 time.sleep(0.05)
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if url.path == "/bytes":
+            data = payload(int(parse_qs(url.query).get("n", ["0"])[0]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
             return
         body = json.dumps({"client": self.client_address[0], "server": self.connection.getsockname()[0]}).encode()
         self.send_response(200)

@@ -120,8 +120,9 @@ def test_ruleset_rendering_and_config_elements():
     assert 'define tap = "tap0"' in slot and "define guest_ip = 169.254.0.21" in slot
 
 
-def test_host_ruleset_has_a_fixed_rule_count():
-    """Per-sandbox state never becomes rules: no sandbox address appears in the file."""
+def test_host_rules_file_names_no_sandbox_address():
+    """No sandbox address appears in the file (the real rule count is
+    tests/datapath/test_host_rules.py::test_host_ruleset_has_a_fixed_rule_count)."""
     source = ruleset.read_rules(ruleset.HOST_RULES)
     assert not any(ipaddress.IPv4Network("10.12.0.0/16").overlaps(ipaddress.IPv4Network(tok, strict=False))
                    for tok in source.split() if tok.count(".") == 3 and tok[0].isdigit())
@@ -135,3 +136,11 @@ def test_example_config_covers_every_field_and_validates():
                and f != "guest"]
     assert not missing, f"netagent.toml.example lacks {missing}"
     config_mod.load(example, environ={})
+
+
+def test_per_sandbox_caps_from_the_config_land_in_their_own_rules():
+    c = cfg(new_conn_rate=7, new_conn_burst=8, dns_query_rate=9, dns_query_burst=10, dns_proxy_port=5353)
+    text = ruleset.host_table_text(c, ruleset.read_rules(ruleset.HOST_RULES))
+    assert "@conn_rate { ip saddr limit rate over 7/second burst 8 packets }" in text
+    assert "@dns_rate { ip saddr limit rate over 9/second burst 10 packets }" in text
+    assert "th dport 5353 jump dns_from_sandbox" in text and "10053" not in text

@@ -43,6 +43,7 @@ async def test_publishes_changes_tombstones_releases_and_reports_refused_writes(
         await until(a_published)
         assert pub.healthy and pub.refused >= 1
         assert (await reader.get_sandbox("b")).node_id == "node-2"
+        live_seq = (await reader.get_sandbox("a")).seq
 
         del live["a"]            # released
         pub.mark("a")
@@ -50,6 +51,11 @@ async def test_publishes_changes_tombstones_releases_and_reports_refused_writes(
         async def a_gone() -> bool:
             return await reader.get_sandbox("a") is None
         await until(a_gone)
+        # Gone as a tombstone, not a delete: a late write from before the release is refused.
+        late = SandboxRecord("a", "node-1", "198.51.100.2", live_seq + 1, time.time(),
+                             (PortRecord(3000, "tcp", 20000, True, 1.0, 2.0),))
+        assert await reader.put_sandbox(late, 60) is False
+        assert await reader.get_sandbox("a") is None
     finally:
         await pub.stop()
         await reader.close()
