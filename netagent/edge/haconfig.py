@@ -74,13 +74,10 @@ def _binds(s: EdgeSettings) -> str:
     return "\n".join(lines)
 
 
-def _lookups(s: EdgeSettings) -> str:
-    lines = []
-    for i in range(s.shards):
-        path, cond = shard_map(s.map_dir, i), f"if {{ var(txn.shard) -m int {i} }}"
-        lines.append(f"    http-request set-var(txn.known) var(txn.sid),map({path}) {cond}")
-        lines.append(f"    http-request set-var(txn.route) var(txn.pkey),map({path}) {cond}")
-    return "\n".join(lines)
+def _shard_backends(s: EdgeSettings, answers: dict[str, str]) -> str:
+    template = Template(resources.files(__package__).joinpath("haproxy-shard.cfg.tmpl").read_text())
+    return "\n".join(template.substitute(shard=i, shards=s.shards, map=shard_map(s.map_dir, i), **answers)
+                     for i in range(s.shards))
 
 
 _JSON_IDS = '"sandboxId":"%[var(txn.sid)]","port":%[var(txn.port)]'
@@ -132,19 +129,20 @@ def render(s: EdgeSettings) -> str:
     s.validate()
     template = Template(resources.files(__package__).joinpath("haproxy.cfg.tmpl").read_text())
     not_open = "port %[var(txn.port)] is not open"
+    answers = {
+        "answer_401": "\n".join(_answer(401, "Unauthorized", "a valid access token is required", cond)
+                                for cond in ("private !token_ok", "presents_token !known", "presents_token !exposed")),
+        "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
+        "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
+    }
     return template.substitute(
         admin_socket=s.admin_socket, threads=s.threads, maxconn=s.maxconn, log_target=s.log_target,
         log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms",
         request_timeout=f"{int(s.request_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
         map_dir=s.map_dir, binds=_binds(s), domain=s.domain, shards=s.shards,
         domain_suffix_regex="\\." + s.domain.replace(".", "\\.") + "$",
-        redirect=_redirect(s), answer_400=_answer_400(s), lookups=_lookups(s),
-        token_header=s.token_header, token_cookie=s.token_cookie,
-        answer_401="\n".join(_answer(401, "Unauthorized", "a valid access token is required", cond)
-                             for cond in ("private !token_ok", "presents_token !known", "presents_token !exposed")),
-        answer_404=_answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
-        answer_502="\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
-        forwarded=_forwarded(s),
+        redirect=_redirect(s), answer_400=_answer_400(s), token_header=s.token_header,
+        token_cookie=s.token_cookie, forwarded=_forwarded(s), shard_backends=_shard_backends(s, answers),
     )
 
 

@@ -100,7 +100,8 @@ def settings(**kw: object) -> EdgeSettings:
 def test_render_names_every_shard_and_no_sandbox() -> None:
     text = render(settings(https_listen=("0.0.0.0:443",), tls_pem="/etc/e/edge.pem"))
     for i in range(4):
-        assert text.count(shard_map("/var/lib/e/maps", i)) == 2
+        assert text.count(f"map({shard_map('/var/lib/e/maps', i)})") == 2
+        assert f"backend shard{i}\n" in text
     assert "bind 0.0.0.0:443 ssl crt /etc/e/edge.pem alpn h2,http/1.1 strict-sni" in text
     assert "redirect location https://%[var(txn.host)]%[pathq] code 308" in text
     assert "\\.sbx\\.example\\.test$" in text
