@@ -122,7 +122,7 @@ def test_render_options() -> None:
 @pytest.mark.parametrize("bad", [
     {"domain": "Bad Domain"}, {"domain": "x.test; evil"}, {"map_dir": "relative"}, {"admin_socket": "/a b"},
     {"http_listen": ("8080",)}, {"https_listen": (":443",)}, {"token_header": "X Token"},
-    {"token_cookie": "a;b"}, {"shards": 0}, {"http_listen": (), "https_listen": ()},
+    {"token_cookie": "a;b"}, {"shards": 0}, {"url_signing_key": b"too short"}, {"http_listen": (), "https_listen": ()},
 ])
 def test_render_refuses_bad_settings(bad: dict) -> None:
     with pytest.raises(ValueError):
