@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 from ..logs import setup_logging
 from .haconfig import EdgeSettings
@@ -31,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-https-redirect", action="store_true", help="serve plain HTTP instead of 308 to HTTPS")
     g.add_argument("--token-header", default="X-Access-Token", help="header carrying a private port's token")
     g.add_argument("--token-cookie", default="netagent-access-token", help="cookie carrying the token")
+    g.add_argument("--url-signing-key-file", help="key (>= 32 bytes) for signed URLs to private ports; "
+                   "it is written into HAProxy's config, so keep that file private")
     g.add_argument("--threads", type=int, default=2, help="HAProxy threads")
 
 
@@ -42,7 +45,8 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         https_listen=tuple(args.https_listen), tls_pem=args.tls_pem,
         redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
-        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads)
+        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads,
+        url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 
 async def control(args: argparse.Namespace) -> None:

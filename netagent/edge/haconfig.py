@@ -5,6 +5,7 @@ module only fills in the listeners, the per-shard lookups and the answers.
 """
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,6 +33,7 @@ class EdgeSettings:
     token_header: str = "X-Access-Token"
     token_cookie: str = "netagent-access-token"
     trust_forwarded: bool = False
+    url_signing_key: bytes = b""          # HMAC-SHA256 key of signed URLs to private ports ("": off)
     connect_timeout_s: float = 3.0
     request_timeout_s: float = 10.0       # a request head must arrive within this (slowloris)
     shards: int = DEFAULT_SHARDS
@@ -57,6 +59,8 @@ class EdgeSettings:
         for name in ("token_header", "token_cookie"):
             if not _TOKEN.fullmatch(getattr(self, name)):
                 raise ValueError(f"{name} {getattr(self, name)!r} is not an HTTP token")
+        if self.url_signing_key and len(self.url_signing_key) < 32:
+            raise ValueError("url_signing_key must be at least 32 bytes")
         if not 1 <= self.shards <= 1024:
             raise ValueError("shards must be 1..1024")
         for name in ("connect_timeout_s", "request_timeout_s"):
@@ -74,13 +78,10 @@ def _binds(s: EdgeSettings) -> str:
     return "\n".join(lines)
 
 
-def _lookups(s: EdgeSettings) -> str:
-    lines = []
-    for i in range(s.shards):
-        path, cond = shard_map(s.map_dir, i), f"if {{ var(txn.shard) -m int {i} }}"
-        lines.append(f"    http-request set-var(txn.known) var(txn.sid),map({path}) {cond}")
-        lines.append(f"    http-request set-var(txn.route) var(txn.pkey),map({path}) {cond}")
-    return "\n".join(lines)
+def _shard_backends(s: EdgeSettings, answers: dict[str, str]) -> str:
+    template = Template(resources.files(__package__).joinpath("haproxy-shard.cfg.tmpl").read_text())
+    return "\n".join(template.substitute(shard=i, shards=s.shards, map=shard_map(s.map_dir, i), **answers)
+                     for i in range(s.shards))
 
 
 _JSON_IDS = '"sandboxId":"%[var(txn.sid)]","port":%[var(txn.port)]'
@@ -128,23 +129,49 @@ def _forwarded(s: EdgeSettings) -> str:
     ])
 
 
+SIGNED_URL_PARAMS = ("netagent-expires", "netagent-signature")
+
+
+def _signed_urls(s: EdgeSettings) -> str:
+    """A request to a private port may carry ?netagent-expires=UNIX&netagent-signature=HEX,
+    HEX = hmac_sha256(key, "{sandboxId}:{port}:{expires}") (docs/edge.md)."""
+    if not s.url_signing_key:
+        return "    # signed URLs are off (no url_signing_key)"
+    expires, signature = SIGNED_URL_PARAMS
+    key = base64.b64encode(s.url_signing_key).decode()
+    return "\n".join([
+        f"    http-request set-var(txn.sig_exp) url_param({expires}) "
+        f"if {{ url_param({expires}) -m reg ^[0-9]{{1,12}}$ }}",
+        "    http-request set-var(txn.now) date",
+        f"    http-request set-var(txn.sig_key) str({key}) if {{ var(txn.sig_exp) -m found }}",
+        "    http-request set-var(txn.sig_msg) var(txn.sid),concat(:,txn.port),concat(:,txn.sig_exp) "
+        "if { var(txn.sig_exp) -m found }",
+        "    http-request set-var(txn.sig_want) var(txn.sig_msg),hmac(sha256,txn.sig_key),hex,lower "
+        "if { var(txn.sig_exp) -m found }",
+        f"    http-request set-var(txn.sig_ok) bool(1) if {{ var(txn.sig_exp),sub(txn.now) -m int gt 0 }} "
+        f"{{ url_param({signature}),lower,strcmp(txn.sig_want) eq 0 }}",
+    ])
+
+
 def render(s: EdgeSettings) -> str:
     s.validate()
     template = Template(resources.files(__package__).joinpath("haproxy.cfg.tmpl").read_text())
     not_open = "port %[var(txn.port)] is not open"
+    answers = {
+        "answer_401": "\n".join(_answer(401, "Unauthorized", "a valid access token is required", cond) for cond in (
+            "private !token_ok !signed", "presents_token !known", "presents_token !exposed")),
+        "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
+        "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
+    }
     return template.substitute(
         admin_socket=s.admin_socket, threads=s.threads, maxconn=s.maxconn, log_target=s.log_target,
         log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms",
         request_timeout=f"{int(s.request_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
         map_dir=s.map_dir, binds=_binds(s), domain=s.domain, shards=s.shards,
         domain_suffix_regex="\\." + s.domain.replace(".", "\\.") + "$",
-        redirect=_redirect(s), answer_400=_answer_400(s), lookups=_lookups(s),
-        token_header=s.token_header, token_cookie=s.token_cookie,
-        answer_401="\n".join(_answer(401, "Unauthorized", "a valid access token is required", cond)
-                             for cond in ("private !token_ok", "presents_token !known", "presents_token !exposed")),
-        answer_404=_answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
-        answer_502="\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
-        forwarded=_forwarded(s),
+        redirect=_redirect(s), answer_400=_answer_400(s), token_header=s.token_header,
+        token_cookie=s.token_cookie, signed_urls=_signed_urls(s), forwarded=_forwarded(s),
+        shard_backends=_shard_backends(s, answers),
     )
 
 

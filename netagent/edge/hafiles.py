@@ -18,11 +18,14 @@ def write_haproxy_files(settings: EdgeSettings, config_path: str | Path) -> Path
             path.touch()
     _write(Path(settings.errors_dir) / "504.http", error_504())
     config_path = Path(config_path)
-    _write(config_path, text)
+    _write(config_path, text, private=bool(settings.url_signing_key))
     return config_path
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str, private: bool = False) -> None:
+    """Atomically; mode 0600 when the text holds a secret (the URL signing key)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     os.replace(tmp, path)

@@ -2,9 +2,9 @@
 
 The maps are sharded by sandbox id (crc32 mod N, computed the same way by
 HAProxy's `crc32,mod(N)`), because HAProxy 2.6 finds an entry to `set` or `del`
-by walking the map's list: ~10 ms per change in a 50,000-entry map, a 16th of
-that in a shard. Lookups stay one tree search in one shard; each shard costs
-every request two rule conditions, hence not more shards (docs/edge.md, Maps).
+by walking the map's list: ~10 ms per change in a 50,000-entry map, a 64th of
+that in a shard. Lookups stay one tree search: each shard is its own HAProxy
+backend, chosen by name, so a request never evaluates another shard's rules.
 
 Entries of a shard (docs/edge.md):
   {sandbox_id}          "1"                                    the sandbox is live (404 if absent)
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..registry import SandboxRecord
 from ..registry.records import SCHEMA_VERSION
 
-DEFAULT_SHARDS = 16
+DEFAULT_SHARDS = 64
 # What the HAProxy config accepts as a host label's sandbox id (routing.py: DNS_ID).
 HOST_FORM_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 # A map value is one token to the runtime API: no whitespace, and '|' separates fields.

@@ -33,11 +33,16 @@ async def running_edge(workdir: Path, registry: Registry, netns: str | None = No
         yield haproxy, control
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await feed.close()
-        await runtime.close()
-        haproxy.stop()
+        try:
+            (outcome,) = await asyncio.gather(task, return_exceptions=True)
+        finally:   # haproxy is stopped even if the control plane crashed
+            try:
+                await feed.close()
+                await runtime.close()
+            finally:
+                haproxy.stop()
+        if isinstance(outcome, Exception):
+            raise AssertionError("the control plane crashed") from outcome
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 3.0, every_s: float = 0.01) -> float:

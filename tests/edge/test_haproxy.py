@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
+import time
 
 import pytest
 
@@ -247,3 +249,31 @@ async def test_every_edge_answer_is_no_store(edge: int, registry: SqliteRegistry
                 assert (resp.status, resp.header("cache-control")) == (status, "no-store"), (name, accept)
         resp = await client.request("GET", "/", host())                      # the guest's own answer
         assert resp.status == 200 and resp.header("cache-control") is None
+
+
+SIGNING_KEY = b"k" * 32
+
+
+def signed(sandbox_id: str, port: int, expires: int, key: bytes = SIGNING_KEY) -> str:
+    sig = hmac.new(key, f"{sandbox_id}:{port}:{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"/?netagent-expires={expires}&netagent-signature={sig}"
+
+
+async def test_signed_urls_open_a_private_port_until_they_expire(tmp_path, registry, upstream) -> None:
+    await registry.put_sandbox(private("priv", 3000, upstream.port), ttl_s=300)
+    async with running_edge(tmp_path / "signing", registry, url_signing_key=SIGNING_KEY) as (haproxy, _):
+        port = haproxy.http_port
+        await eventually(lambda: _is(port, host("priv"), 401))
+        later, past = int(time.time()) + 60, int(time.time()) - 1
+        cases = [
+            ("priv", signed("priv", 3000, later), 200),
+            ("priv", signed("priv", 3000, past), 401),                          # expired
+            ("priv", signed("priv", 3000, later, b"x" * 32), 401),              # another key
+            ("priv", signed("priv", 3001, later), 401),                         # signed for another port
+            ("priv", signed("priv", 3000, later).replace(str(later), str(later + 1)), 401),  # expiry changed
+            ("gost", signed("gost", 3000, later), 401),    # a valid signature for an unknown sandbox: same 401
+        ]
+        async with await RawClient.open(port) as client:
+            for sid, target, status in cases:
+                resp = await client.request("GET", target, host(sid))
+                assert resp.status == status, (target, resp.status)

@@ -100,7 +100,8 @@ def settings(**kw: object) -> EdgeSettings:
 def test_render_names_every_shard_and_no_sandbox() -> None:
     text = render(settings(https_listen=("0.0.0.0:443",), tls_pem="/etc/e/edge.pem"))
     for i in range(4):
-        assert text.count(shard_map("/var/lib/e/maps", i)) == 2
+        assert text.count(f"map({shard_map('/var/lib/e/maps', i)})") == 2
+        assert f"backend shard{i}\n" in text
     assert "bind 0.0.0.0:443 ssl crt /etc/e/edge.pem alpn h2,http/1.1 strict-sni" in text
     assert "redirect location https://%[var(txn.host)]%[pathq] code 308" in text
     assert "\\.sbx\\.example\\.test$" in text
@@ -121,7 +122,7 @@ def test_render_options() -> None:
 @pytest.mark.parametrize("bad", [
     {"domain": "Bad Domain"}, {"domain": "x.test; evil"}, {"map_dir": "relative"}, {"admin_socket": "/a b"},
     {"http_listen": ("8080",)}, {"https_listen": (":443",)}, {"token_header": "X Token"},
-    {"token_cookie": "a;b"}, {"shards": 0}, {"http_listen": (), "https_listen": ()},
+    {"token_cookie": "a;b"}, {"shards": 0}, {"url_signing_key": b"too short"}, {"http_listen": (), "https_listen": ()},
 ])
 def test_render_refuses_bad_settings(bad: dict) -> None:
     with pytest.raises(ValueError):
