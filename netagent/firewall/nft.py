@@ -91,6 +91,9 @@ class Nft:
         """Every chain of every table (family, table, name, hook, policy...)."""
         return [o["chain"] for o in self._list_json("chains") if "chain" in o]
 
+    def chain_has_rules(self, family: str, table: str, chain: str) -> bool:
+        return any("rule" in o for o in self._list_json(f"chain {family} {table} {chain}"))
+
     def table_fingerprint(self, table: str) -> str | None:
         """Fingerprint of the table's rules, without elements or counters. Cheap at
         any number of sandboxes: terse listing omits set elements."""

@@ -1,0 +1,102 @@
+"""The first-payload check's queue reader: judges each queued packet with the
+pure gatherer and verdict, answers the kernel with a packet mark
+(rules/firstpayload.nft), and counts verdicts per destination. Refusals are
+logged by the kernel (nflog group, reasons `sni`/`host`), so they reach the
+denied-flow log like every other drop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ..firewall import nfqueue
+from ..policy import CompiledPolicy
+from .gather import Gatherer, Step
+from .verdict import REASON_HOST, REASON_SNI, decide
+
+log = logging.getLogger("netagent.firstpayload")
+
+# Packet marks the verdict chain of rules/firstpayload.nft acts on.
+MARK_PASS, MARK_ALLOW, MARK_DENY_SNI, MARK_DENY_HOST = 0x00010000, 0x00020000, 0x00030000, 0x00040000
+DENY_MARK = {REASON_SNI: MARK_DENY_SNI, REASON_HOST: MARK_DENY_HOST}
+
+
+@dataclass(frozen=True)
+class CheckLinks:
+    open_socket: Callable[[], Awaitable[socket.socket]]     # the bound queue, made in the host netns
+    policy_of: Callable[[str], CompiledPolicy | None]      # sandbox IP -> its policy
+    names_for: Callable[[str, str], frozenset[str]]        # (sandbox IP, address) -> names that admitted it
+    sandbox_of: Callable[[str], str | None]                # sandbox IP -> sandbox id
+
+
+class FirstPayloadCheck:
+    def __init__(self, queue: int, links: CheckLinks, clock: Callable[[], float] = time.monotonic):
+        self.queue = queue
+        self.links = links
+        self.clock = clock
+        self.gatherer = Gatherer()
+        self.sock: socket.socket | None = None
+        # (sandbox id, destination, reason, "allowed"/"denied") -> flows judged
+        self.verdicts: Counter[tuple[str, str, str, str]] = Counter()
+
+    async def start(self) -> None:
+        self.sock = await self.links.open_socket()
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
+
+    async def stop(self) -> None:
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def _on_readable(self) -> None:
+        assert self.sock is not None
+        for _ in range(64):
+            try:
+                data = self.sock.recv(1 << 17)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:   # ENOBUFS: the kernel dropped packets; TCP resends them
+                log.warning("first-payload queue: %s", exc)
+                return
+            for packet in nfqueue.parse_messages(data):
+                verdict, mark = self.judge(packet)
+                self.sock.send(nfqueue.verdict_message(self.queue, packet.packet_id, verdict, mark))
+
+    def judge(self, p: nfqueue.QueuedPacket) -> tuple[int, int | None]:
+        """The kernel verdict and packet mark for one queued packet."""
+        if not p.source:
+            return nfqueue.NF_DROP, None
+        key = (p.source, p.source_port, p.destination, p.destination_port)
+        now = self.clock()
+        out = self.gatherer.feed(key, p.seq, p.payload, now)
+        if out.step is Step.PASS:
+            return nfqueue.NF_ACCEPT, MARK_PASS
+        if out.step is Step.ALLOWED:
+            return nfqueue.NF_ACCEPT, MARK_ALLOW
+        if out.step in (Step.DROP, Step.DENIED):
+            return nfqueue.NF_DROP, None
+        reason = REASON_SNI if p.destination_port == 443 else REASON_HOST
+        if out.step is Step.FULL:
+            self._count(p, reason, False)
+            return nfqueue.NF_ACCEPT, DENY_MARK[reason]
+        assert out.result is not None
+        policy = self.links.policy_of(p.source)
+        domains = policy.domains if policy else ()
+        v = decide(out.result, domains, self.links.names_for(p.source, p.destination))
+        assert v is not None
+        self.gatherer.settle(key, v.allowed, now)
+        self._count(p, v.reason, v.allowed)
+        if v.allowed:
+            return nfqueue.NF_ACCEPT, MARK_ALLOW
+        log.info("refused %s:%d from %s (%s: %s, name %s)", p.destination, p.destination_port, p.source,
+                 v.reason, v.why, v.name)
+        return nfqueue.NF_ACCEPT, DENY_MARK[v.reason]    # the verdict chain resets and logs it
+
+    def _count(self, p: nfqueue.QueuedPacket, reason: str, allowed: bool) -> None:
+        sid = self.links.sandbox_of(p.source) or p.source
+        self.verdicts[(sid, p.destination, reason, "allowed" if allowed else "denied")] += 1

@@ -1,0 +1,92 @@
+"""A flow's first payload, segment by segment, until it can be judged. Pure.
+
+Segments that only extend a valid prefix are passed on (a server acts on
+neither part of a ClientHello nor a request head without its end); the
+segment that completes the message is held for the verdict. A segment that
+overlaps what was gathered, or leaves a gap, is dropped while the flow is
+undecided: otherwise a "retransmission" with other bytes could reach the
+server unchecked. Decided flows are remembered briefly so packets queued
+behind the deciding one get the same verdict.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .parse import MAX_FIRST_PAYLOAD, NeedMore, Result, parse
+
+FlowKey = tuple[str, int, str, int]      # source, source port, destination, destination port
+MAX_FLOWS = 16384                         # undecided flows held at once (bounds memory: ≤ 1 GiB worst case)
+UNDECIDED_TTL_S = 30.0
+DECIDED_TTL_S = 5.0
+
+
+class Step(Enum):
+    PASS = "pass"          # no payload, or a prefix: let it through, flow stays unchecked
+    DROP = "drop"          # overlap/gap while undecided: drop silently, TCP resends
+    JUDGE = "judge"        # the message is whole (or hopeless): judge `result`
+    ALLOWED = "allowed"    # already decided
+    DENIED = "denied"
+    FULL = "full"          # too many undecided flows: refuse
+
+
+@dataclass
+class _Flow:
+    base: int
+    data: bytearray = field(default_factory=bytearray)
+    seen: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    step: Step
+    result: Result | None = None
+
+
+class Gatherer:
+    def __init__(self, max_flows: int = MAX_FLOWS):
+        self.max_flows = max_flows
+        self._open: OrderedDict[FlowKey, _Flow] = OrderedDict()
+        self._decided: OrderedDict[FlowKey, tuple[bool, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def feed(self, key: FlowKey, seq: int, payload: bytes, now: float) -> Outcome:
+        self._expire(now)
+        decided = self._decided.get(key)
+        if decided is not None:
+            return Outcome(Step.ALLOWED if decided[0] else Step.DENIED)
+        if not payload:
+            return Outcome(Step.PASS)
+        flow = self._open.get(key)
+        if flow is None:
+            if len(self._open) >= self.max_flows:
+                return Outcome(Step.FULL)
+            flow = self._open[key] = _Flow(base=seq)
+        flow.seen = now
+        self._open.move_to_end(key)
+        if (seq - flow.base) & 0xFFFFFFFF != len(flow.data):
+            return Outcome(Step.DROP)
+        flow.data += payload[:MAX_FIRST_PAYLOAD + 1 - len(flow.data)]
+        result = parse(bytes(flow.data))
+        if isinstance(result, NeedMore):
+            return Outcome(Step.PASS)
+        return Outcome(Step.JUDGE, result)
+
+    def settle(self, key: FlowKey, allowed: bool, now: float) -> None:
+        self._open.pop(key, None)
+        self._decided[key] = (allowed, now + DECIDED_TTL_S)
+
+    def _expire(self, now: float) -> None:
+        while self._open:
+            key, flow = next(iter(self._open.items()))
+            if flow.seen + UNDECIDED_TTL_S > now:
+                break
+            del self._open[key]
+        while self._decided:
+            key, (_, until) = next(iter(self._decided.items()))
+            if until > now:
+                break
+            del self._decided[key]
