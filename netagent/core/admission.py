@@ -45,8 +45,8 @@ class DnsAdmission:
         if len(self._names) > 65536:   # bound the memory: drop expired names
             self._names = {k: v for k, v in self._names.items() if max(v.values()) > now}
         for a, ttl in addresses:
-            names = self._names.setdefault((sandbox_ip, a), {})
-            names[name] = max(names.get(name, 0.0), now + ttl)
+            asked = self._names.setdefault((sandbox_ip, a), {})
+            asked[name] = max(asked.get(name, 0.0), now + ttl)
         fresh = [(a, ttl) for a, ttl in addresses if self._admitted.get((sandbox_ip, a), 0.0) < now + ttl / 2]
         if not fresh:
             return
@@ -58,8 +58,8 @@ class DnsAdmission:
     def names_for(self, sandbox_ip: str, address: str) -> frozenset[str]:
         """The names whose unexpired answers admitted `address` for this sandbox."""
         now = time.monotonic()
-        names = self._names.get((sandbox_ip, address), {})
-        return frozenset(n for n, until in names.items() if until > now)
+        asked = self._names.get((sandbox_ip, address), {})
+        return frozenset(n for n, until in asked.items() if until > now)
 
     def forget(self, fw: FirewallDriver, sandbox_ip: str) -> None:
         """Worker thread: end every admission of this sandbox."""

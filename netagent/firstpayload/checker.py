@@ -42,6 +42,7 @@ class FirstPayloadCheck:
         self.sock: socket.socket | None = None
         # (sandbox id, destination, reason, "allowed"/"denied") -> flows judged
         self.verdicts: Counter[tuple[str, str, str, str]] = Counter()
+        self.packets = 0   # queued packets judged (only the first payloads of checked flows come here)
 
     async def start(self) -> None:
         self.sock = await self.links.open_socket()
@@ -69,6 +70,7 @@ class FirstPayloadCheck:
 
     def judge(self, p: nfqueue.QueuedPacket) -> tuple[int, int | None]:
         """The kernel verdict and packet mark for one queued packet."""
+        self.packets += 1
         if not p.source:
             return nfqueue.NF_DROP, None
         key = (p.source, p.source_port, p.destination, p.destination_port)

@@ -24,6 +24,8 @@ ZONE = {
                      ("MX", "10 mail.public.test.", 30), ("HTTPS", "1 . alpn=h2 ipv4hint=203.0.113.10", 30)],
     "_http._tcp.public.test.": [("SRV", "0 5 80 public.test.", 30)],
     "other.test.": [("A", "203.0.113.11", 30)],
+    # the first-payload check's many-flows test: its own address, a long TTL
+    "fast.test.": [("A", "203.0.113.12", 300)],
 }
 SOA = ("test.", 5, "ns.test. hostmaster.test. 1 3600 600 86400 5")
 
