@@ -35,6 +35,7 @@ bench: deps
 	$(PY) -m tests.bench.edge_bench | tee bench-results/edge.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
+	$(PY) -m tests.bench.first_payload_bench | tee bench-results/first_payload.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests
