@@ -148,6 +148,9 @@ class Agent:
         if self.config.first_payload.check:
             await self._ensure_first_payload()
             await self.first_payload.start()
+            self._tasks.append(asyncio.create_task(self.first_payload.publish(
+                lambda: self.config.first_payload.verdict_events_s, lambda: self.inventory.allocations,
+                lambda counts: self._submit(ops.RecordVerdicts(counts))), name="netagent-verdict-events"))
         if self.config.denied_flow_events:
             await self.denied.start()
         self._tasks.append(asyncio.create_task(self.keeper.watch(

@@ -86,6 +86,7 @@ class FirstPayloadConfig(_Section):
     check: bool = True          # TCP 80/443 to DNS-admitted addresses: the first payload must name an allowed domain
     block_quic: bool = True     # UDP 443 to admitted addresses is dropped, so clients fall back to TCP
     queue: int = Field(4243, ge=0, le=65535)   # the NFQUEUE number the agent reads
+    verdict_events_s: float = Field(5.0, gt=0, le=3600)   # FIRST_PAYLOAD_VERDICTS events at most this often
 
 
 class ProbeConfig(_Section):

@@ -10,9 +10,10 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
+from ..core.ops import DestinationVerdicts
 from ..firewall import nfqueue
 from ..policy import CompiledPolicy
 from .gather import Gatherer, Step
@@ -22,6 +23,7 @@ log = logging.getLogger("netagent.firstpayload")
 
 # Packet marks the verdict chain of rules/firstpayload.nft acts on.
 MARK_PASS, MARK_ALLOW, MARK_DENY_SNI, MARK_DENY_HOST = 0x00010000, 0x00020000, 0x00030000, 0x00040000
+TCP_RST = 0x04
 DENY_MARK = {REASON_SNI: MARK_DENY_SNI, REASON_HOST: MARK_DENY_HOST}
 
 
@@ -42,6 +44,7 @@ class FirstPayloadCheck:
         self.sock: socket.socket | None = None
         # (sandbox id, destination, reason, "allowed"/"denied") -> flows judged
         self.verdicts: Counter[tuple[str, str, str, str]] = Counter()
+        self._since_last: Counter[tuple[str, str, str, str]] = Counter()   # the same, since take_interval
         self.packets = 0   # queued packets judged (only the first payloads of checked flows come here)
 
     async def start(self) -> None:
@@ -75,12 +78,13 @@ class FirstPayloadCheck:
             return nfqueue.NF_DROP, None
         key = (p.source, p.source_port, p.destination, p.destination_port)
         now = self.clock()
+        if p.flags & TCP_RST:
+            self.gatherer.forget(key)
+            return nfqueue.NF_ACCEPT, MARK_PASS
         out = self.gatherer.feed(key, p.seq, p.payload, now)
         if out.step is Step.PASS:
             return nfqueue.NF_ACCEPT, MARK_PASS
-        if out.step is Step.ALLOWED:
-            return nfqueue.NF_ACCEPT, MARK_ALLOW
-        if out.step in (Step.DROP, Step.DENIED):
+        if out.step is Step.DROP:
             return nfqueue.NF_DROP, None
         reason = REASON_SNI if p.destination_port == 443 else REASON_HOST
         if out.step is Step.FULL:
@@ -91,7 +95,7 @@ class FirstPayloadCheck:
         domains = policy.domains if policy else ()
         v = decide(out.result, domains, self.links.names_for(p.source, p.destination))
         assert v is not None
-        self.gatherer.settle(key, v.allowed, now)
+        self.gatherer.forget(key)
         self._count(p, v.reason, v.allowed)
         if v.allowed:
             return nfqueue.NF_ACCEPT, MARK_ALLOW
@@ -101,4 +105,34 @@ class FirstPayloadCheck:
 
     def _count(self, p: nfqueue.QueuedPacket, reason: str, allowed: bool) -> None:
         sid = self.links.sandbox_of(p.source) or p.source
-        self.verdicts[(sid, p.destination, reason, "allowed" if allowed else "denied")] += 1
+        key = (sid, p.destination, reason, "allowed" if allowed else "denied")
+        self.verdicts[key] += 1
+        self._since_last[key] += 1
+
+    async def publish(self, interval: Callable[[], float], allocated: Callable[[], Collection[str]],
+                      record: Callable[[tuple[DestinationVerdicts, ...]], Awaitable[object]]) -> None:
+        """Each interval's verdicts go to `record` (FIRST_PAYLOAD_VERDICTS events);
+        released sandboxes' counts are dropped."""
+        while True:
+            await asyncio.sleep(interval())
+            for sid in {k[0] for k in self.verdicts} - set(allocated()):
+                self.forget(sid)
+            counts = self.take_interval()
+            if counts:
+                try:
+                    await record(counts)
+                except Exception:
+                    log.exception("could not store first-payload verdict events")
+
+    def take_interval(self) -> tuple[DestinationVerdicts, ...]:
+        """Verdicts per sandbox and destination since the last call (for events)."""
+        merged: dict[tuple[str, str, str], list[int]] = {}
+        for (sid, dst, reason, verdict), n in self._since_last.items():
+            merged.setdefault((sid, dst, reason), [0, 0])[verdict == "denied"] += n
+        self._since_last.clear()
+        return tuple(DestinationVerdicts(sid, dst, reason, a, d) for (sid, dst, reason), (a, d) in merged.items())
+
+    def forget(self, sandbox_id: str) -> None:
+        """A released sandbox: its counts go (they are per tenant)."""
+        for key in [k for k in self.verdicts if k[0] == sandbox_id]:
+            del self.verdicts[key]

@@ -5,8 +5,11 @@ neither part of a ClientHello nor a request head without its end); the
 segment that completes the message is held for the verdict. A segment that
 overlaps what was gathered, or leaves a gap, is dropped while the flow is
 undecided: otherwise a "retransmission" with other bytes could reach the
-server unchecked. Decided flows are remembered briefly so packets queued
-behind the deciding one get the same verdict.
+server unchecked. Decided flows are not remembered here: the verdict lives
+on the conntrack entry (labels 101 allowed, 102 refused; rules/firstpayload.nft),
+so a later flow reusing the same addresses and ports is judged afresh. A
+packet queued behind the deciding one finds no flow and a gap: it is dropped,
+and its retransmission meets the label in the kernel.
 """
 from __future__ import annotations
 
@@ -19,15 +22,12 @@ from .parse import MAX_FIRST_PAYLOAD, NeedMore, Result, parse
 FlowKey = tuple[str, int, str, int]      # source, source port, destination, destination port
 MAX_FLOWS = 16384                         # undecided flows held at once (bounds memory: ≤ 1 GiB worst case)
 UNDECIDED_TTL_S = 30.0
-DECIDED_TTL_S = 5.0
 
 
 class Step(Enum):
     PASS = "pass"          # no payload, or a prefix: let it through, flow stays unchecked
     DROP = "drop"          # overlap/gap while undecided: drop silently, TCP resends
     JUDGE = "judge"        # the message is whole (or hopeless): judge `result`
-    ALLOWED = "allowed"    # already decided
-    DENIED = "denied"
     FULL = "full"          # too many undecided flows: refuse
 
 
@@ -48,16 +48,12 @@ class Gatherer:
     def __init__(self, max_flows: int = MAX_FLOWS):
         self.max_flows = max_flows
         self._open: OrderedDict[FlowKey, _Flow] = OrderedDict()
-        self._decided: OrderedDict[FlowKey, tuple[bool, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._open)
 
     def feed(self, key: FlowKey, seq: int, payload: bytes, now: float) -> Outcome:
         self._expire(now)
-        decided = self._decided.get(key)
-        if decided is not None:
-            return Outcome(Step.ALLOWED if decided[0] else Step.DENIED)
         if not payload:
             return Outcome(Step.PASS)
         flow = self._open.get(key)
@@ -75,9 +71,9 @@ class Gatherer:
             return Outcome(Step.PASS)
         return Outcome(Step.JUDGE, result)
 
-    def settle(self, key: FlowKey, allowed: bool, now: float) -> None:
+    def forget(self, key: FlowKey) -> None:
+        """Judged, or ended by the guest (RST): the next flow on these ports starts afresh."""
         self._open.pop(key, None)
-        self._decided[key] = (allowed, now + DECIDED_TTL_S)
 
     def _expire(self, now: float) -> None:
         while self._open:
@@ -85,8 +81,3 @@ class Gatherer:
             if flow.seen + UNDECIDED_TTL_S > now:
                 break
             del self._open[key]
-        while self._decided:
-            key, (_, until) = next(iter(self._decided.items()))
-            if until > now:
-                break
-            del self._decided[key]

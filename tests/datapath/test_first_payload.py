@@ -36,7 +36,8 @@ def tls_servers(bed, tmp_path):
 @pytest.fixture
 async def fp_agent(tls_servers, tmp_path):
     a = Agent(agent_config(tls_servers, tmp_path / "state", new_conn_rate=5000, new_conn_burst=5000,
-                             dns_ttl_floor_s=60))   # allowed.test has TTL 2
+                             dns_ttl_floor_s=60,    # allowed.test has TTL 2
+                             first_payload={"verdict_events_s": 0.2}))
     await a.start()
     try:
         yield a
@@ -75,6 +76,16 @@ async def test_other_name_on_an_admitted_address_is_reset_by_sni_and_by_host(fp_
     counts = agent.first_payload.verdicts
     assert counts[("fp-a", WEB_IP, "sni", "allowed")] == 1 and counts[("fp-a", WEB_IP, "sni", "denied")] == 1
     assert counts[("fp-a", WEB_IP, "host", "allowed")] == 1 and counts[("fp-a", WEB_IP, "host", "denied")] == 1
+    # WatchEvents: per-destination verdict counts, summed over the interval events
+    totals: dict[tuple[str, str], list[int]] = {}
+    async with asyncio.timeout(5):
+        async for ev in agent.events.watch(0, {"fp-a"}):
+            if ev.type == "first_payload_verdicts":
+                for v in ev.data["verdicts"]:
+                    t = totals.setdefault((v["destination"], v["reason"]), [0, 0])
+                    t[0], t[1] = t[0] + v["allowed"], t[1] + v["denied"]
+            if totals == {(WEB_IP, "sni"): [1, 1], (WEB_IP, "host"): [1, 1]}:
+                break
     guest.stop()
 
 

@@ -170,8 +170,7 @@ def test_split_hello_passes_prefixes_and_judges_the_completing_segment():
         out = g.feed(KEY, seq, data[i:i + 1400], 0.0)
         seq += len(data[i:i + 1400])
     assert out.step is Step.JUDGE and out.result == Named("tls", "allowed.test")
-    g.settle(KEY, True, 0.0)
-    assert g.feed(KEY, 1000, data[:1400], 0.1).step is Step.ALLOWED
+    g.forget(KEY)
     assert len(g) == 0
 
 
@@ -184,13 +183,18 @@ def test_overlap_or_gap_is_dropped_while_undecided():
     assert g.feed(KEY, (0xFFFFFF00 + 1000) & 0xFFFFFFFF, data[1000:], 0.0).step is Step.JUDGE
 
 
-def test_denied_flows_stay_denied_and_undecided_ones_expire():
+def test_a_judged_flow_is_forgotten_so_a_new_flow_on_the_same_ports_is_judged_afresh():
+    g = Gatherer()
+    assert g.feed(KEY, 0, client_hello("allowed.test"), 0.0).step is Step.JUDGE
+    g.forget(KEY)
+    out = g.feed(KEY, 77, client_hello("other.test"), 0.5)
+    assert out.step is Step.JUDGE and out.result == Named("tls", "other.test")
+
+
+def test_undecided_flows_are_bounded_and_expire():
     g = Gatherer(max_flows=1)
     g.feed(KEY, 0, b"GET / HTTP/1.1\r\n", 0.0)
     assert g.feed(("10.12.0.1", 40001, "192.0.2.53", 80), 0, b"GET", 0.0).step is Step.FULL
-    g.settle(KEY, False, 0.0)
-    assert g.feed(KEY, 0, b"x", 1.0).step is Step.DENIED
-    g.feed(("10.12.0.1", 40002, "192.0.2.53", 80), 0, b"GET", 1.0)
     assert g.feed(("10.12.0.1", 40003, "192.0.2.53", 80), 0, b"GET", 100.0).step is Step.PASS
 
 
@@ -220,3 +224,29 @@ def test_queued_packet_parse_and_verdict_message():
 def test_xt_queue_batch_names_the_target():
     batch = xt_queue.queue_rule_batch("na_fp", "first_payload_queue", 4243)
     assert b"NFQUEUE\0" in batch and b"na_fp\0" in batch and struct.pack("=HHH", 4243, 1, 0) in batch
+
+
+# ---- verdict counts -----------------------------------------------------------------
+
+def test_verdict_counts_per_destination_become_one_event_per_sandbox():
+    from netagent.core import ops
+    from netagent.core.planner import plan_verdicts
+    from netagent.firewall import nfqueue as nq
+    from netagent.firstpayload.checker import CheckLinks, FirstPayloadCheck
+
+    check = FirstPayloadCheck(1, CheckLinks(None, lambda ip: None, lambda ip, dst: frozenset(),  # type: ignore[arg-type]
+                                            lambda ip: "sbx-1"))
+    for port, payload in ((443, client_hello("other.test")), (80, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")):
+        check.judge(nq.QueuedPacket(1, "10.12.0.1", 40000 + port, "192.0.2.53", port, 0, 0x18, payload))
+    counts = check.take_interval()
+    assert sorted(counts, key=lambda c: c.reason) == [ops.DestinationVerdicts("sbx-1", "192.0.2.53", "host", 0, 1),
+                                                      ops.DestinationVerdicts("sbx-1", "192.0.2.53", "sni", 0, 1)]
+    assert check.take_interval() == ()
+
+    class Inv:
+        allocations = {"sbx-1": object()}
+    change = plan_verdicts(Inv(), ops.RecordVerdicts(counts + (ops.DestinationVerdicts("gone", "x", "sni", 1, 0),)))
+    [event] = change.events
+    assert event.sandbox_id == "sbx-1" and event.data["verdicts"] == [
+        {"destination": "192.0.2.53", "reason": "host", "allowed": 0, "denied": 1},
+        {"destination": "192.0.2.53", "reason": "sni", "allowed": 0, "denied": 1}]
