@@ -9,6 +9,7 @@ same binary works from a light guest), so TLS is covered by the light-guest
 tests (tests/datapath/test_first_payload.py) and this test uses plain HTTP."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import grpc
@@ -18,6 +19,7 @@ from netagent.api import netagent_pb2 as pb
 from tests.datapath.test_first_payload import NAMES
 from tests.microvm.test_e2e import boot, wget
 from tests.service.daemon import Daemon, write_config
+from tests.testbed import sh
 from tests.testbed.bed import WEB_IP
 
 pytestmark = pytest.mark.microvm
@@ -51,7 +53,9 @@ def denied_reasons(client, sandbox_id: str, want: set[str]) -> set[str]:
 
 def test_a_guest_fetches_an_allowed_name_and_is_refused_for_another_on_the_same_address(tls_bed, tmp_path):
     bed = tls_bed
-    daemon = Daemon(write_config(bed, tmp_path, pool_size=0, dns_ttl_floor_s=60)).start()
+    cfg = write_config(bed, tmp_path, pool_size=0, dns_ttl_floor_s=60)
+    cfg.write_text(cfg.read_text() + "\n[first_payload]\nverdict_events_s = 0.2\n")
+    daemon = Daemon(cfg).start()
     vm = None
     try:
         with daemon.client() as c:
@@ -63,6 +67,12 @@ def test_a_guest_fetches_an_allowed_name_and_is_refused_for_another_on_the_same_
             res = wget(vm, "--header 'Host: other.test' http://allowed.test/")
             assert res.exit_code != 0 and "reset by peer" in res.output and "served" not in res.output, res.output
             assert "host" in denied_reasons(c, "fp-vm", {"host"})
+            # netagent top: the verdicts per destination (from FIRST_PAYLOAD_VERDICTS events)
+            top = json.loads(sh.run(sh.PYTHON, "-m", "netagent", "top", "--once", "--interval", "0.5", "--json",
+                                    "--config", str(cfg), timeout=60).stdout)
+            [row] = [r for r in top if r["sandbox"] == "fp-vm"]
+            assert row["firstPayloadVerdicts"] == [{"sandbox": "fp-vm", "destination": WEB_IP, "check": "host",
+                                                    "allowed": 1, "refused": 1}], row
     finally:
         if vm:
             vm.stop()

@@ -250,3 +250,15 @@ def test_verdict_counts_per_destination_become_one_event_per_sandbox():
     assert event.sandbox_id == "sbx-1" and event.data["verdicts"] == [
         {"destination": "192.0.2.53", "reason": "host", "allowed": 0, "denied": 1},
         {"destination": "192.0.2.53", "reason": "sni", "allowed": 0, "denied": 1}]
+
+
+def test_top_sums_verdict_events_per_destination():
+    from netagent.operator.top import add_verdicts, verdict_rows
+    totals: dict = {}
+    add_verdicts(totals, [{"sandbox": "a", "destination": "192.0.2.53", "reason": "sni", "allowed": 3, "denied": 1},
+                          {"sandbox": "b", "destination": "192.0.2.9", "reason": "host", "allowed": 1, "denied": 0}])
+    add_verdicts(totals, [{"sandbox": "a", "destination": "192.0.2.53", "reason": "sni", "allowed": 1, "denied": 2},
+                          {"sandbox": "gone", "destination": "192.0.2.9", "reason": "sni", "allowed": 0, "denied": 9}])
+    assert verdict_rows(totals, {"a", "b"}) == [
+        {"sandbox": "a", "destination": "192.0.2.53", "check": "sni", "allowed": 4, "refused": 3},
+        {"sandbox": "b", "destination": "192.0.2.9", "check": "host", "allowed": 1, "refused": 0}]
