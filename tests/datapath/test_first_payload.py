@@ -142,3 +142,13 @@ async def test_a_thousand_new_tls_flows_per_second_keep_working(fp_agent, tls_se
     out = json.loads(await guest_run(guest, "rate", FAST_IP, "other.test", "20", "1"))
     assert out["reset"] == 20, out
     guest.stop()
+
+
+async def test_an_address_the_policy_names_by_ip_is_not_checked(fp_agent, tls_servers):
+    bed, agent = tls_servers, fp_agent
+    guest = await allowlisted_guest(bed, agent, "fp-i", "allowed.test", f"{WEB_IP}:443")
+    assert await guest_run(guest, "resolve", "allowed.test") == WEB_IP      # admitted by DNS as well
+    assert await guest_run(guest, "get", WEB_IP, "443", "other.test", "other.test") == \
+        "ok served sni=other.test host=other.test"
+    assert await guest_run(guest, "get", WEB_IP, "80", "-", "other.test") == "reset"   # port 80 is not named
+    guest.stop()

@@ -262,3 +262,16 @@ def test_top_sums_verdict_events_per_destination():
     assert verdict_rows(totals, {"a", "b"}) == [
         {"sandbox": "a", "destination": "192.0.2.53", "check": "sni", "allowed": 4, "refused": 3},
         {"sandbox": "b", "destination": "192.0.2.9", "check": "host", "allowed": 1, "refused": 0}]
+
+
+def test_the_switches_leave_their_rules_out_of_the_host_table():
+    from netagent.config import Config
+    from netagent.firewall import ruleset
+    source = ruleset.read_rules(ruleset.HOST_RULES)
+    on = ruleset.host_table_text(Config(), source)
+    assert "jump deny_quic" in on and "ct label set 100" in on
+    off = ruleset.host_table_text(Config(first_payload={"check": False, "block_quic": False}), source)
+    assert "jump deny_quic" not in off and "ct label set 100" not in off
+    assert len(on.splitlines()) - len(off.splitlines()) == 2
+    assert ruleset.first_payload_text(Config(prefix="xy"), ruleset.read_rules(ruleset.FIRST_PAYLOAD_RULES)).count(
+        "table ip xy_fp {") == 1
