@@ -15,7 +15,8 @@ HOST_RULES = "netagent.nft"
 SLOT_RULES = "slot.nft"
 FIRST_PAYLOAD_RULES = "firstpayload.nft"
 _QUIC_RULE = r"^\s*ip saddr @sni_check udp dport 443 .*jump deny_quic\n"
-_LABEL_RULE = r"^\s*oifname @uplinks ip saddr @sni_check tcp dport .*ct label set 100 accept\n"
+_LABEL_RULE = (r"^\s*ip saddr @sni_check tcp dport .*tcp option fastopen exists .*drop\n"
+               r"\s*oifname @uplinks ip saddr @sni_check tcp dport .*ct label set 100 accept\n")
 
 
 

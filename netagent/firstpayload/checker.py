@@ -9,7 +9,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ log = logging.getLogger("netagent.firstpayload")
 # Packet marks the verdict chain of rules/firstpayload.nft acts on.
 MARK_PASS, MARK_ALLOW, MARK_DENY_SNI, MARK_DENY_HOST = 0x00010000, 0x00020000, 0x00030000, 0x00040000
 TCP_RST = 0x04
+COUNTED_MAX = 65536
 DENY_MARK = {REASON_SNI: MARK_DENY_SNI, REASON_HOST: MARK_DENY_HOST}
 
 
@@ -45,6 +46,9 @@ class FirstPayloadCheck:
         # (sandbox id, destination, reason, "allowed"/"denied") -> flows judged
         self.verdicts: Counter[tuple[str, str, str, str]] = Counter()
         self._since_last: Counter[tuple[str, str, str, str]] = Counter()   # the same, since take_interval
+        # (flow, first sequence number) of recent verdicts: a ClientHello resent
+        # before its flow was labelled is judged again but counted once
+        self._counted: OrderedDict[tuple[tuple[str, int, str, int], int], None] = OrderedDict()
         self.packets = 0   # queued packets judged (only the first payloads of checked flows come here)
 
     async def start(self) -> None:
@@ -95,8 +99,13 @@ class FirstPayloadCheck:
         domains = policy.domains if policy else ()
         v = decide(out.result, domains, self.links.names_for(p.source, p.destination))
         assert v is not None
+        base = self.gatherer.base_of(key)
         self.gatherer.forget(key)
-        self._count(p, v.reason, v.allowed)
+        if (key, base) not in self._counted:
+            self._counted[(key, base)] = None
+            if len(self._counted) > COUNTED_MAX:
+                self._counted.popitem(last=False)
+            self._count(p, v.reason, v.allowed)
         if v.allowed:
             return nfqueue.NF_ACCEPT, MARK_ALLOW
         log.info("refused %s:%d from %s (%s: %s, name %s)", p.destination, p.destination_port, p.source,

@@ -71,6 +71,11 @@ class Gatherer:
             return Outcome(Step.PASS)
         return Outcome(Step.JUDGE, result)
 
+    def base_of(self, key: FlowKey) -> int | None:
+        """The first sequence number of an undecided flow's payload."""
+        flow = self._open.get(key)
+        return flow.base if flow else None
+
     def forget(self, key: FlowKey) -> None:
         """Judged, or ended by the guest (RST): the next flow on these ports starts afresh."""
         self._open.pop(key, None)

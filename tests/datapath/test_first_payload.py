@@ -152,3 +152,24 @@ async def test_an_address_the_policy_names_by_ip_is_not_checked(fp_agent, tls_se
         "ok served sni=other.test host=other.test"
     assert await guest_run(guest, "get", WEB_IP, "80", "-", "other.test") == "reset"   # port 80 is not named
     guest.stop()
+
+
+TFO_SYN = r"""
+import sys
+from scapy.all import IP, TCP, conf, send
+conf.verb = 0
+request = b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n"
+for port in range(41000, 41005):   # TCP Fast Open: the request rides in the SYN
+    send(IP(src=sys.argv[1], dst=sys.argv[2]) / TCP(sport=port, dport=80, flags="S", seq=1000,
+                                                    options=[("TFO", b"12345678")]) / request)
+"""
+
+
+async def test_a_syn_carrying_data_by_tcp_fast_open_is_dropped(fp_agent, tls_servers):
+    bed, agent = tls_servers, fp_agent
+    guest = await allowlisted_guest(bed, agent, "fp-t", "allowed.test")
+    assert await guest_run(guest, "resolve", "allowed.test") == WEB_IP
+    before = counter_packets(bed.host, bed.agent_prefix, "drop_first_payload_unchecked")
+    await asyncio.to_thread(sh.run, sh.PYTHON, "-c", TFO_SYN, guest.guest_ip, WEB_IP, ns=guest.name)
+    assert counter_packets(bed.host, bed.agent_prefix, "drop_first_payload_unchecked") - before == 5
+    guest.stop()

@@ -238,6 +238,8 @@ def test_verdict_counts_per_destination_become_one_event_per_sandbox():
                                             lambda ip: "sbx-1"))
     for port, payload in ((443, client_hello("other.test")), (80, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")):
         check.judge(nq.QueuedPacket(1, "10.12.0.1", 40000 + port, "192.0.2.53", port, 0, 0x18, payload))
+    # the same ClientHello resent before the flow was labelled: judged again, counted once
+    check.judge(nq.QueuedPacket(2, "10.12.0.1", 40443, "192.0.2.53", 443, 0, 0x18, client_hello("other.test")))
     counts = check.take_interval()
     assert sorted(counts, key=lambda c: c.reason) == [ops.DestinationVerdicts("sbx-1", "192.0.2.53", "host", 0, 1),
                                                       ops.DestinationVerdicts("sbx-1", "192.0.2.53", "sni", 0, 1)]
@@ -272,6 +274,6 @@ def test_the_switches_leave_their_rules_out_of_the_host_table():
     assert "jump deny_quic" in on and "ct label set 100" in on
     off = ruleset.host_table_text(Config(first_payload={"check": False, "block_quic": False}), source)
     assert "jump deny_quic" not in off and "ct label set 100" not in off
-    assert len(on.splitlines()) - len(off.splitlines()) == 2
+    assert len(on.splitlines()) - len(off.splitlines()) == 3
     assert ruleset.first_payload_text(Config(prefix="xy"), ruleset.read_rules(ruleset.FIRST_PAYLOAD_RULES)).count(
         "table ip xy_fp {") == 1
