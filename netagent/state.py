@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .access import PortAccess
 from .core.allocation import Allocation
 from .core.rows import (
     AllocationAdded,
     AllocationDeleted,
     PolicySet,
+    PortAccessSet,
     PortAdded,
     PortDeleted,
     ReachabilitySet,
@@ -54,6 +56,14 @@ CREATE TABLE IF NOT EXISTS reachability (
     guest_port INTEGER NOT NULL,
     reachable INTEGER NOT NULL,
     changed_at REAL NOT NULL,
+    PRIMARY KEY (sandbox_id, guest_port)
+);
+CREATE TABLE IF NOT EXISTS port_access (
+    sandbox_id TEXT NOT NULL REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    guest_port INTEGER NOT NULL,
+    public INTEGER NOT NULL,
+    token_sha256 TEXT NOT NULL,
+    host_mask TEXT NOT NULL,
     PRIMARY KEY (sandbox_id, guest_port)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,18 +117,26 @@ class StateStore:
                 "SELECT sandbox_id, guest_port, protocol, host_port FROM ports"):
             p = ExposedPort(guest_port=gport, protocol=Protocol(proto), host_port=hport)
             ports.setdefault(sid, {})[(gport, p.protocol)] = p
+        access: dict[str, dict[int, PortAccess]] = {}
+        for (sid, port), a in self.load_port_access().items():
+            access.setdefault(sid, {})[port] = a
         allocations = {}
         for sid, idx, spec, policy_json, created in self.db.execute(
                 "SELECT sandbox_id, slot_idx, spec, policy, created_at FROM allocations"):
             policy = EgressPolicy.model_validate_json(policy_json)
             allocations[sid] = Allocation(sid, idx, AllocateSpec.model_validate_json(spec), created, policy,
-                                          compile_policy(policy), ports.get(sid, {}))
+                                          compile_policy(policy), ports.get(sid, {}), access.get(sid, {}))
         return Snapshot(slots, allocations)
 
     def load_reachability(self) -> dict[tuple[str, int], tuple[bool, float]]:
         """The last known reachability of each probed (TCP) port."""
         return {(sid, port): (bool(r), changed) for sid, port, r, changed in self.db.execute(
             "SELECT sandbox_id, guest_port, reachable, changed_at FROM reachability")}
+
+    def load_port_access(self) -> dict[tuple[str, int], PortAccess]:
+        return {(sid, port): PortAccess(bool(public), sha, mask) for sid, port, public, sha, mask in self.db.execute(
+            "SELECT sandbox_id, guest_port, public, token_sha256, host_mask FROM port_access")}
+
 
     def events_after(self, cursor: int, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
         return list(self.db.execute("SELECT cursor, ts, type, sandbox_id, data FROM events WHERE cursor > ? "
@@ -160,6 +178,9 @@ class Tx:
                 self.add_port(sid, port)
             case PortDeleted(sid, port):
                 self.delete_port(sid, port)
+            case PortAccessSet(sid, guest_port, access):
+                self.db.execute("INSERT OR REPLACE INTO port_access VALUES (?, ?, ?, ?, ?)",
+                                (sid, guest_port, int(access.public), access.token_sha256, access.host_mask))
             case ReachabilitySet(sid, guest_port, reachable, changed_at):
                 self.set_reachability(sid, guest_port, reachable, changed_at)
 

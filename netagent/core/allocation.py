@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..access import PortAccess
 from ..models import AllocateSpec, EgressPolicy, ExposedPort, Protocol
 from ..policy import CompiledPolicy
 
@@ -21,3 +22,4 @@ class Allocation:
     policy: EgressPolicy
     compiled: CompiledPolicy
     ports: Mapping[PortKey, ExposedPort] = field(default_factory=dict)
+    access: Mapping[int, PortAccess] = field(default_factory=dict)   # edge access by guest port (default public)

@@ -20,6 +20,7 @@ from .rows import (
     AllocationDeleted,
     Change,
     PolicySet,
+    PortAccessSet,
     PortAdded,
     PortDeleted,
     ReachabilitySet,
@@ -162,6 +163,9 @@ class Inventory:
                 ports = {k: v for k, v in rec.ports.items() if k != (port.guest_port, port.protocol)}
                 self.allocations[sid] = replace(rec, ports=ports)
                 self.host_ports[port.protocol].pop(port.host_port, None)
+            case PortAccessSet(sid, guest_port, access):
+                rec = self.allocations[sid]
+                self.allocations[sid] = replace(rec, access={**rec.access, guest_port: access})
             case ReachabilitySet():
                 pass  # the prober holds reachability in memory; only SQLite keeps it
 
