@@ -71,9 +71,11 @@ class FirstPayloadCheck:
             except OSError as exc:   # ENOBUFS: the kernel dropped packets; TCP resends them
                 log.warning("first-payload queue: %s", exc)
                 return
-            for packet in nfqueue.parse_messages(data):
-                verdict, mark = self.judge(packet)
-                self.sock.send(nfqueue.verdict_message(self.queue, packet.packet_id, verdict, mark))
+            # all verdicts of one read in one send: the kernel takes every message of a buffer
+            verdicts = [nfqueue.verdict_message(self.queue, p.packet_id, *self.judge(p))
+                        for p in nfqueue.parse_messages(data)]
+            if verdicts:
+                self.sock.send(b"".join(verdicts))
 
     def judge(self, p: nfqueue.QueuedPacket) -> tuple[int, int | None]:
         """The kernel verdict and packet mark for one queued packet."""
