@@ -45,8 +45,9 @@ from .dns.startup import start_proxy
 from .errors import Conflict, InvalidArgument
 from .events import EventLog
 from .firewall import elements as el
-from .firewall import nflog, ruleset
+from .firewall import nflog, nfqueue, ruleset
 from .firewall.driver import FirewallDriver, HostTable
+from .firstpayload.checker import CheckLinks, FirstPayloadCheck
 from .logs import for_sandbox
 from .metrics import Metrics
 from .models import AllocateSpec, EgressPolicy, Network, SlotState, validate_port, validate_sandbox_id
@@ -100,6 +101,11 @@ class Agent:
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
+        fp = config.first_payload
+        self.first_payload = FirstPayloadCheck(fp.queue, CheckLinks(
+            lambda: self.host.call(lambda: nfqueue.open_socket(fp.queue)), self.admission.policy_of,
+            self.admission.names_for, self._sandbox_of_ip))
+        self.first_payload_source = ruleset.read_rules(ruleset.FIRST_PAYLOAD_RULES, rules_dir)
         self.dns: DnsProxy | None = None
         self._dns_servers: Any = None
         self._inflight = Inflight()
@@ -140,6 +146,12 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.committer.run(), name="netagent-committer"))
         await self._reconcile()
         await self.reachability.start()
+        if self.config.first_payload.check:
+            await self._ensure_first_payload()
+            await self.first_payload.start()
+            self._tasks.append(asyncio.create_task(self.first_payload.publish(
+                lambda: self.config.first_payload.verdict_events_s, lambda: self.inventory.allocations,
+                lambda counts: self._submit(ops.RecordVerdicts(counts))), name="netagent-verdict-events"))
         if self.config.denied_flow_events:
             await self.denied.start()
         self._tasks.append(asyncio.create_task(self.keeper.watch(
@@ -213,6 +225,7 @@ class Agent:
         self.repair_io.stop()
         await self.reachability.stop()
         await self.denied.stop()
+        await self.first_payload.stop()
         while not self.committer.idle or self.pool.busy:  # let queued work finish
             await self.pool.drain()
             await asyncio.sleep(0.01)
@@ -333,8 +346,18 @@ class Agent:
     async def resync(self) -> dict[str, Any]:
         """Reload the ruleset if it drifted and re-add every element, atomically."""
         await self._submit(ops.Resync())
+        if self.config.first_payload.check:
+            await self._ensure_first_payload()
         return {"ruleset_reloaded": self.keeper.last_reloaded,
                 "elements": len(desired_elements(self.inventory, self.plan))}
+
+    async def _ensure_first_payload(self) -> None:
+        """The first-payload table beside the host table (gone after `nft flush ruleset`)."""
+        table = ruleset.first_payload_table(self.config)
+        text = ruleset.first_payload_text(self.config, self.first_payload_source)
+        queue = self.config.first_payload.queue
+        if await self.host.call(lambda: self._host_fw().ensure_first_payload(table, text, queue)):
+            log.info("loaded the first-payload table %s", table)
 
     async def repair(self) -> dict[str, Any]:
         """Operator repair (Resync RPC): the host table and elements, every slot's

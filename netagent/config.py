@@ -97,6 +97,14 @@ class DnsConfig(_Section):
     query_burst: int = Field(50, ge=1, le=1_000_000)
 
 
+class FirstPayloadConfig(_Section):
+    """The layered domain check of sandboxes with a domain allowlist (docs/security.md)."""
+    check: bool = True          # TCP 80/443 to DNS-admitted addresses: the first payload must name an allowed domain
+    block_quic: bool = True     # UDP 443 to admitted addresses is dropped, so clients fall back to TCP
+    queue: int = Field(4243, ge=0, le=65535)   # the NFQUEUE number the agent reads
+    verdict_events_s: float = Field(5.0, gt=0, le=3600)   # FIRST_PAYLOAD_VERDICTS events at most this often
+
+
 class ProbeConfig(_Section):
     """Reachability probes (SYN probes of exposed TCP ports; see docs/reachability.md)."""
     interval_s: float = Field(0.7, ge=0.05, le=60)      # when stable
@@ -211,6 +219,7 @@ class Config(BaseModel):
     guest: GuestPlan = GuestPlan()
     pool: PoolConfig = PoolConfig()
     dns: DnsConfig = DnsConfig()
+    first_payload: FirstPayloadConfig = FirstPayloadConfig()
     probe: ProbeConfig = ProbeConfig()
     registry: RegistryConfig = RegistryConfig()
     api: ApiConfig = ApiConfig()

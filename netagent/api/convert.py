@@ -20,7 +20,8 @@ EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_R
                "policy_updated": pb.EVENT_TYPE_POLICY_UPDATED, "port_exposed": pb.EVENT_TYPE_PORT_EXPOSED,
                "port_unexposed": pb.EVENT_TYPE_PORT_UNEXPOSED, "port_reachability": pb.EVENT_TYPE_PORT_REACHABILITY,
                "flow_denied": pb.EVENT_TYPE_FLOW_DENIED, "slot_repaired": pb.EVENT_TYPE_SLOT_REPAIRED,
-               "tap_lost": pb.EVENT_TYPE_TAP_LOST, "slot_quarantined": pb.EVENT_TYPE_SLOT_QUARANTINED}
+               "tap_lost": pb.EVENT_TYPE_TAP_LOST, "slot_quarantined": pb.EVENT_TYPE_SLOT_QUARANTINED,
+               "first_payload_verdicts": pb.EVENT_TYPE_FIRST_PAYLOAD_VERDICTS}
 
 
 def allocate_op(r: pb.AllocateRequest) -> ops.Allocate:

@@ -26,6 +26,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_SLOT_REPAIRED: _ClassVar[EventType]
     EVENT_TYPE_TAP_LOST: _ClassVar[EventType]
     EVENT_TYPE_SLOT_QUARANTINED: _ClassVar[EventType]
+    EVENT_TYPE_FIRST_PAYLOAD_VERDICTS: _ClassVar[EventType]
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
@@ -40,6 +41,7 @@ EVENT_TYPE_FLOW_DENIED: EventType
 EVENT_TYPE_SLOT_REPAIRED: EventType
 EVENT_TYPE_TAP_LOST: EventType
 EVENT_TYPE_SLOT_QUARANTINED: EventType
+EVENT_TYPE_FIRST_PAYLOAD_VERDICTS: EventType
 
 class EgressPolicy(_message.Message):
     __slots__ = ("internet", "allow_out", "deny_out")
@@ -253,7 +255,7 @@ class DeniedFlow(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., destination: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot")
+    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot", "verdicts")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +265,7 @@ class Event(_message.Message):
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     DENIED_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     time_unix_ms: int
     type: EventType
@@ -272,7 +275,20 @@ class Event(_message.Message):
     reachable: bool
     denied: DeniedFlow
     slot: SlotIncident
-    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ...) -> None: ...
+    verdicts: _containers.RepeatedCompositeFieldContainer[DestinationVerdicts]
+    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ..., verdicts: _Optional[_Iterable[_Union[DestinationVerdicts, _Mapping]]] = ...) -> None: ...
+
+class DestinationVerdicts(_message.Message):
+    __slots__ = ("destination", "reason", "allowed", "denied")
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    DENIED_FIELD_NUMBER: _ClassVar[int]
+    destination: str
+    reason: str
+    allowed: int
+    denied: int
+    def __init__(self, destination: _Optional[str] = ..., reason: _Optional[str] = ..., allowed: _Optional[int] = ..., denied: _Optional[int] = ...) -> None: ...
 
 class SlotIncident(_message.Message):
     __slots__ = ("index", "fixed")

@@ -139,6 +139,7 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                     msg.denied.CopyFrom(pb.DeniedFlow(**ev.data["denied"]))
                 if "slot" in ev.data:
                     msg.slot.CopyFrom(pb.SlotIncident(**ev.data["slot"]))
+                msg.verdicts.extend(pb.DestinationVerdicts(**v) for v in ev.data.get("verdicts", ()))
                 yield msg
         except NetagentError as exc:
             self.on_error("watch_events", exc.code)

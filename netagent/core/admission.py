@@ -22,6 +22,9 @@ class DnsAdmission:
         self.inventory = inventory
         self.on_host = on_host   # runs fn(driver) on the host worker
         self._admitted: dict[tuple[str, str], float] = {}  # (sandbox IP, address) -> expiry (monotonic)
+        # (sandbox IP, address) -> {asked name: expiry}: which names admitted an
+        # address, for the first-payload check of a payload that names nothing
+        self._names: dict[tuple[str, str], dict[str, float]] = {}
 
     def policy_of(self, sandbox_ip: str) -> CompiledPolicy | None:
         """The policy of the sandbox using this address, for its resolver (None:
@@ -33,11 +36,17 @@ class DnsAdmission:
         rec = self.inventory().owner_of_slot(idx)
         return rec.compiled if rec else None
 
-    async def admit(self, sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
-        """Let the sandbox reach these answered addresses for their TTL (fresh
-        timeout even if already admitted). An address whose admission still has
-        at least half of the new TTL to run is left as it is: no transaction."""
+    async def admit(self, sandbox_ip: str, addresses: list[tuple[str, int]], name: str) -> None:
+        """Let the sandbox reach these addresses, answered for `name`, for their
+        TTL (fresh timeout even if already admitted). An address whose admission
+        still has at least half of the new TTL to run is left as it is: no
+        transaction."""
         now = time.monotonic()
+        if len(self._names) > 65536:   # bound the memory: drop expired names
+            self._names = {k: v for k, v in self._names.items() if max(v.values()) > now}
+        for a, ttl in addresses:
+            asked = self._names.setdefault((sandbox_ip, a), {})
+            asked[name] = max(asked.get(name, 0.0), now + ttl)
         fresh = [(a, ttl) for a, ttl in addresses if self._admitted.get((sandbox_ip, a), 0.0) < now + ttl / 2]
         if not fresh:
             return
@@ -46,13 +55,22 @@ class DnsAdmission:
         keys: list[tuple[el.Key, int]] = [((sandbox_ip, a), ttl) for a, ttl in fresh]
         await self.on_host(lambda fw: fw.admit(names.FQDN_IPS, keys))
 
+    def names_for(self, sandbox_ip: str, address: str) -> frozenset[str]:
+        """The names whose unexpired answers admitted `address` for this sandbox."""
+        now = time.monotonic()
+        asked = self._names.get((sandbox_ip, address), {})
+        return frozenset(n for n, until in asked.items() if until > now)
+
     def forget(self, fw: FirewallDriver, sandbox_ip: str) -> None:
         """Worker thread: end every admission of this sandbox."""
         for key in [k for k in list(self._admitted) if k[0] == sandbox_ip]:
             self._admitted.pop(key, None)
+        for key in [k for k in list(self._names) if k[0] == sandbox_ip]:
+            self._names.pop(key, None)
         gone = [e for e in fw.elements(names.FQDN_IPS) if isinstance(e.key, tuple) and e.key[0] == sandbox_ip]
         fw.apply(el.delete(gone))
 
     def clear(self) -> None:
         """The table was reloaded: it holds no admissions any more."""
         self._admitted.clear()
+        self._names.clear()

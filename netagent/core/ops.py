@@ -144,6 +144,21 @@ class RecordDenied:
 
 
 @dataclass(frozen=True)
+class DestinationVerdicts:
+    sandbox_id: str
+    destination: str
+    reason: str          # sni or host
+    allowed: int
+    denied: int
+
+
+@dataclass(frozen=True)
+class RecordVerdicts:
+    """First-payload verdicts per destination since the last record (from the checker)."""
+    counts: tuple[DestinationVerdicts, ...]
+
+
+@dataclass(frozen=True)
 class SlotReady:
     """A slot was built: record it and add its per-slot elements."""
     slot: int
@@ -170,6 +185,6 @@ class Resync:
 
 
 Operation = (Allocate | Release | UpdatePolicy | Expose | Unexpose | SetPortAccess | RecordReachability
-             | RecordDenied | SlotReady | SlotGone | SlotIncidents | Resync)
+             | RecordDenied | RecordVerdicts | SlotReady | SlotGone | SlotIncidents | Resync)
 # Operations a caller makes (they delay background refills and cleaning).
 CALLER_OPS = (Allocate, Release, UpdatePolicy, Expose, Unexpose, SetPortAccess)

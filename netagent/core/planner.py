@@ -67,6 +67,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_reachability(inv, op, ctx)
         case ops.RecordDenied():
             return plan_denied(inv, op)
+        case ops.RecordVerdicts():
+            return plan_verdicts(inv, op)
         case ops.SlotReady():
             return plan_slot_ready(op, ctx)
         case ops.SlotGone():
@@ -218,6 +220,16 @@ def plan_denied(inv: Inventory, op: ops.RecordDenied) -> Change:
         Event("flow_denied", f.sandbox_id, {"denied": {"reason": f.reason, "destination": f.destination,
                                                        "protocol": f.protocol, "port": f.port}})
         for f in op.flows if f.sandbox_id in inv.allocations))
+
+
+def plan_verdicts(inv: Inventory, op: ops.RecordVerdicts) -> Change:
+    """One first_payload_verdicts event per allocated sandbox, its destinations sorted."""
+    by_sandbox: dict[str, list[dict[str, object]]] = {}
+    for c in sorted(op.counts, key=lambda c: (c.sandbox_id, c.destination, c.reason)):
+        if c.sandbox_id in inv.allocations:
+            by_sandbox.setdefault(c.sandbox_id, []).append(
+                {"destination": c.destination, "reason": c.reason, "allowed": c.allowed, "denied": c.denied})
+    return Change(events=tuple(Event("first_payload_verdicts", sid, {"verdicts": v}) for sid, v in by_sandbox.items()))
 
 
 def plan_slot_ready(op: ops.SlotReady, ctx: PlanContext) -> Change:

@@ -38,7 +38,7 @@ Lookup = Callable[[str], ResolverPolicy | None]           # sandbox IP -> its po
 # (sockets keep their netns). It returns the answer as wire bytes, with the
 # client's query id.
 Upstream = Callable[[bytes, str, float], Awaitable[bytes]]
-Admit = Callable[[str, list[tuple[str, int]]], Awaitable[None]]  # sandbox IP, [(address, ttl)]
+Admit = Callable[[str, list[tuple[str, int]], str], Awaitable[None]]  # sandbox IP, [(address, ttl)], the asked name
 UPSTREAM_PER_SANDBOX = 8  # queries one sandbox may have upstream at once; its others wait their turn
 MAX_TCP_QUERY = 4096      # bytes; a real query is a few hundred at most
 TCP_IDLE_S = 10.0         # an idle TCP client is closed
@@ -97,7 +97,8 @@ class DnsProxy:
             log.warning("upstream failed for %s: %s", name, exc)
             return reply(dns.rcode.SERVFAIL)
         if addresses:
-            await self.admit(client_ip, [(a, self._ttl(ttl)) for a, ttl in addresses])  # before the guest sees it
+            await self.admit(client_ip, [(a, self._ttl(ttl)) for a, ttl in addresses],  # before the guest sees it
+                             name.lower().rstrip("."))
         self.stats["answered"] += 1
         if hide_aaaa(qtype, wire_format.rcode(raw)):
             return reply(dns.rcode.NOERROR)

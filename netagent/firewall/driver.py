@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from . import elements as el
-from . import names, ruleset
+from . import names, ruleset, xt_queue
 from .nft import Nft, connect
 
 
@@ -43,6 +43,12 @@ class FirewallDriver(Protocol):
     def counters(self) -> dict[str, int]: ...
 
     def delete_table(self) -> bool: ...
+
+    def ensure_first_payload(self, table: str, rules_text: str, queue: int) -> bool:
+        """Load the first-payload table (`ip <table>`) with its queue rule unless
+        it is there; True if it was (re)loaded."""
+
+    def delete_first_payload(self, table: str) -> bool: ...
 
 
 class HostTable:
@@ -87,3 +93,15 @@ class HostTable:
 
     def delete_table(self) -> bool:
         return self.nft.delete_table(self.table)
+
+    def ensure_first_payload(self, table: str, rules_text: str, queue: int) -> bool:
+        if self.nft.chain_has_rules("ip", table, names.FIRST_PAYLOAD_QUEUE_CHAIN):
+            return False
+        # Until the queue rule is in, checked flows find an empty chain and the
+        # host table's gate drops them: never open.
+        self.nft.run(f"table ip {table} {{}}\ndelete table ip {table}\n" + rules_text)
+        xt_queue.add_queue_rule(table, names.FIRST_PAYLOAD_QUEUE_CHAIN, queue)
+        return True
+
+    def delete_first_payload(self, table: str) -> bool:
+        return self.nft.delete_table(table, "ip")

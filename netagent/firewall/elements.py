@@ -49,6 +49,8 @@ def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element
     ip = str(slot.sandbox_ip)
     if policy.domains:
         out.append(Element(names.DNS_LOCKED, ip))
+    if policy.domains and not policy.internet:   # a domain allowlist: first payloads are checked
+        out.append(Element(names.SNI_CHECK, ip))
     for net_set, port_set, entries in ((names.ALLOW_NET, names.ALLOW_PORT, policy.allow),
                                        (names.DENY_NET, names.DENY_PORT, policy.deny)):
         for np in entries:

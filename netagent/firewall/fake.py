@@ -18,6 +18,7 @@ class FakeFirewall:
     def __init__(self, table: str = "na"):
         self.table = table
         self.last_duration_s = 0.0
+        self.first_payload: tuple[str, int] | None = None   # the first-payload table and its queue
         self.sets: dict[str, dict[el.Key, el.Key | None]] | None = None  # None: no table
         self.rules_text: str | None = None
         self.transactions = 0
@@ -79,6 +80,15 @@ class FakeFirewall:
 
     def counters(self) -> dict[str, int]:
         return {}
+
+    def ensure_first_payload(self, table: str, rules_text: str, queue: int) -> bool:
+        loaded = self.first_payload == (table, queue)
+        self.first_payload = (table, queue)
+        return not loaded
+
+    def delete_first_payload(self, table: str) -> bool:
+        existed, self.first_payload = self.first_payload is not None, None
+        return existed
 
     def delete_table(self) -> bool:
         existed, self.sets, self.rules_text = self.sets is not None, None, None

@@ -23,6 +23,12 @@ DENY_NET = "deny_net"
 DENY_PORT = "deny_port"
 DNS_LOCKED = "dns_locked"
 PORT_DNAT = "port_dnat"
+# First-payload check (issue #14): sandboxes with a domain allowlist.
+SNI_CHECK = "sni_check"
+# The first-payload check's own table (`ip <prefix>_fp`, rules/firstpayload.nft)
+# and the chain that holds its one queue rule.
+FIRST_PAYLOAD_TABLE_SUFFIX = "_fp"
+FIRST_PAYLOAD_QUEUE_CHAIN = "first_payload_queue"
 # Not state: elements come from DNS answers and expire on their own.
 FQDN_IPS = "fqdn_ips"
 
@@ -30,7 +36,7 @@ MAPS = (EGRESS_MODE, PORT_DNAT, SLOT_MARK, SLOT_MARK_IN)
 # Sets and maps whose whole content is derived from config + state (a full
 # sync flushes and refills exactly these).
 STATE_SETS = (UPLINKS, ALWAYS_DENY, ALWAYS_ALLOW, EDGE_ADDRESSES, SBX_IFACES, SBX_SRC,
-              ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED)
+              ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED, SNI_CHECK)
 STATE_MAPS = MAPS
 ALL = STATE_SETS + STATE_MAPS + (FQDN_IPS,)
 

@@ -98,6 +98,9 @@ class Nft:
         rc, out, _ = self._ctx.cmd("list tables inet")
         return rc == 0 and f"table inet {table}" in out.splitlines()
 
+    def chain_has_rules(self, family: str, table: str, chain: str) -> bool:
+        return any("rule" in o for o in self._list_json(f"chain {family} {table} {chain}"))
+
     def table_fingerprint(self, table: str) -> str | None:
         """Fingerprint of the table's rules, without elements or counters. Cheap at
         any number of sandboxes: terse listing omits set elements."""

@@ -13,6 +13,10 @@ from .fingerprint import fingerprint  # noqa: F401 - callers use ruleset.fingerp
 RULES_DIR = Path(__file__).resolve().parent.parent.parent / "rules"
 HOST_RULES = "netagent.nft"
 SLOT_RULES = "slot.nft"
+FIRST_PAYLOAD_RULES = "firstpayload.nft"
+_QUIC_RULE = r"^\s*ip saddr @sni_check udp dport 443 .*jump deny_quic\n"
+_LABEL_RULE = (r"^\s*ip saddr @sni_check tcp dport .*tcp option fastopen exists .*drop\n"
+               r"\s*oifname @uplinks ip saddr @sni_check tcp dport .*ct label set 100 accept\n")
 
 
 
@@ -24,6 +28,10 @@ def host_table_text(config: Config, source: str) -> str:
     """The host ruleset with the table named after the prefix and the caps from
     the config (nft takes no variables in these spots)."""
     text = _sub_once(r"^table inet netagent \{", f"table inet {config.prefix} {{", source)
+    if not config.first_payload.block_quic:
+        text = _sub_once(_QUIC_RULE, "", text)
+    if not config.first_payload.check:
+        text = _sub_once(_LABEL_RULE, "", text)
     text = _sub_once(r"ct count over \d+", f"ct count over {config.conn_limit}", text)
     text = _sub_once(r"th dport 10053 fib", f"th dport {config.dns.proxy_port} fib", text)
     text = _sub_once(r"@dns_rate \{ ip saddr limit rate over \d+/second burst \d+ packets",
@@ -32,6 +40,15 @@ def host_table_text(config: Config, source: str) -> str:
     return _sub_once(r"@conn_rate \{ ip saddr limit rate over \d+/second burst \d+ packets",
                      f"@conn_rate {{ ip saddr limit rate over {config.new_conn_rate}/second "
                      f"burst {config.new_conn_burst} packets", text)
+
+
+def first_payload_table(config: Config) -> str:
+    return config.prefix + names.FIRST_PAYLOAD_TABLE_SUFFIX
+
+
+def first_payload_text(config: Config, source: str) -> str:
+    """rules/firstpayload.nft as `table ip <prefix>_fp`."""
+    return _sub_once(r"^table ip firstpayload \{", f"table ip {first_payload_table(config)} {{", source)
 
 
 def _sub_once(pattern: str, replacement: str, text: str) -> str:

@@ -316,10 +316,32 @@ def top(args: argparse.Namespace, config: Config, c: Client) -> int:
     from . import top as top_mod
     samples = args.count if args.count else 1 if (args.once or args.json or not sys.stdout.isatty()) else None
     try:
-        top_mod.run(config, lambda: [to_dict(s) for s in c.list()], args.interval, samples, args.json, emit)
+        top_mod.run(config, lambda: [to_dict(s) for s in c.list()], args.interval, samples, args.json, emit,
+                    _verdict_feed(c))
     except KeyboardInterrupt:
         pass
     return EXIT_OK
+
+
+def _verdict_feed(c: Client) -> Callable[[], list[dict[str, Any]]]:
+    """Entries of the FIRST_PAYLOAD_VERDICTS events retained since the last call."""
+    from ..api import netagent_pb2 as pb
+    cursor = 0
+
+    def new() -> list[dict[str, Any]]:
+        nonlocal cursor
+        out: list[dict[str, Any]] = []
+        try:
+            for ev in c.watch_events(cursor, timeout=0.3):
+                cursor = ev.cursor
+                if ev.type == pb.EVENT_TYPE_FIRST_PAYLOAD_VERDICTS:
+                    out += [{"sandbox": ev.sandbox_id, "destination": v.destination, "reason": v.reason,
+                             "allowed": v.allowed, "denied": v.denied} for v in ev.verdicts]
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        return out
+    return new
 
 
 def _internet(args: argparse.Namespace) -> bool | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..firewall import ruleset
 from ..firewall.nft import connect
 from . import hostcheck
 from .kernel import in_netns
@@ -37,6 +38,7 @@ def teardown(config: Config, force: bool) -> dict[str, Any]:
     objects = hostcheck.ours(config)
     hostcheck.remove(config, objects)
     table = in_netns(config.host_netns, lambda: connect().delete_table(config.prefix))
+    in_netns(config.host_netns, lambda: connect().delete_table(ruleset.first_payload_table(config), "ip"))
     files = [p for name in STATE_FILES if (p := Path(config.state_dir) / name).exists()]
     for p in files:
         p.unlink()

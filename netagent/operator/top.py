@@ -16,6 +16,22 @@ if TYPE_CHECKING:
 
 CLEAR_HOME = "\x1b[H\x1b[2J"
 COLUMNS = ["sandbox", "slot", "sandbox_ip", "rx_pps", "rx", "tx_pps", "tx", "new_conn_s"]
+VERDICT_COLUMNS = ["sandbox", "destination", "check", "allowed", "refused"]
+Verdict = dict[str, Any]   # {"sandbox", "destination", "reason", "allowed", "denied"}
+
+
+def add_verdicts(totals: dict[tuple[str, str, str], list[int]], events: list[Verdict]) -> None:
+    """Sum FIRST_PAYLOAD_VERDICTS event entries into totals per (sandbox, destination, check)."""
+    for v in events:
+        t = totals.setdefault((v["sandbox"], v["destination"], v["reason"]), [0, 0])
+        t[0] += int(v["allowed"])
+        t[1] += int(v["denied"])
+
+
+def verdict_rows(totals: dict[tuple[str, str, str], list[int]], sandboxes: set[str]) -> list[dict[str, Any]]:
+    """Allocated sandboxes' first-payload verdicts per destination, most refused first."""
+    return [{"sandbox": s, "destination": d, "check": r, "allowed": a, "refused": n}
+            for (s, d, r), (a, n) in sorted(totals.items(), key=lambda kv: (-kv[1][1], kv[0])) if s in sandboxes]
 
 
 def rates(config: Config, sandboxes: list[dict[str, Any]], interval: float,
@@ -47,17 +63,26 @@ def human_rate(bytes_per_s: float) -> str:
 
 
 def run(config: Config, list_sandboxes: Callable[[], list[dict[str, Any]]], interval: float,
-        samples: int | None, as_json: bool, emit: Callable[[Any, bool, str], None]) -> None:
+        samples: int | None, as_json: bool, emit: Callable[[Any, bool, str], None],
+        new_verdicts: Callable[[], list[Verdict]] = list) -> None:
     """Sample and print until `samples` are shown (None: forever). On a TTY
-    the screen is redrawn in place; otherwise each sample is printed."""
+    the screen is redrawn in place; otherwise each sample is printed.
+    `new_verdicts`: first-payload verdict entries of events since the last call."""
     live = sys.stdout.isatty() and not as_json
     n = 0
+    totals: dict[tuple[str, str, str], list[int]] = {}
     while samples is None or n < samples:
         sandboxes = list_sandboxes()
         by_id = rates(config, sandboxes, interval)
+        add_verdicts(totals, new_verdicts())
+        verdicts = verdict_rows(totals, {s["sandboxId"] for s in sandboxes})
         data = [{"sandbox": s["sandboxId"], "slot": s["network"]["slot"],
-                 "sandboxIp": s["network"]["sandboxIp"], **by_id[s["sandboxId"]].to_dict()} for s in sandboxes]
+                 "sandboxIp": s["network"]["sandboxIp"], **by_id[s["sandboxId"]].to_dict(),
+                 "firstPayloadVerdicts": [v for v in verdicts if v["sandbox"] == s["sandboxId"]]}
+                for s in sandboxes]
         human = table(rows(sandboxes, by_id), COLUMNS)
+        if verdicts:
+            human += "\nfirst-payload verdicts (SNI/Host), per destination:\n" + table(verdicts, VERDICT_COLUMNS)
         if live:
             human = (f"{CLEAR_HOME}netagent top: {len(sandboxes)} sandboxes, every {interval:g} s "
                      f"({time.strftime('%H:%M:%S')}); Ctrl-C quits\n\n{human}")

@@ -48,12 +48,14 @@ def test_teardown_refuses_while_the_agent_runs_or_sandboxes_are_allocated_then_r
     assert code == 1 and "1 sandbox(es) are still allocated" in err and "--force" in err, err
     assert netns.list_names(f"{prefix}-") == before   # refused: nothing removed
 
+    assert sh.run("nft", "list", "table", "ip", f"{prefix}_fp", ns=bed.host, check=False).returncode == 0
     code, out, _ = cli(config, "teardown", "--force", "--json")
     done = json.loads(out)
     assert code == 0 and done["allocations"] == 1 and done["netns"] == len(before) and done["table"], out
     assert netns.list_names(f"{prefix}-") == []
     assert not [n for n in sh.links(bed.host) if n.startswith(f"{prefix}v")]
     assert sh.run("nft", "list", "table", "inet", prefix, ns=bed.host, check=False).returncode != 0
+    assert sh.run("nft", "list", "table", "ip", f"{prefix}_fp", ns=bed.host, check=False).returncode != 0
     assert not (tmp_path / "state" / "state.db").exists()
     # Idempotent: a second run finds nothing and succeeds.
     code, out, _ = cli(config, "teardown", "--json")

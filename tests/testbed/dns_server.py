@@ -26,6 +26,8 @@ ZONE = {
     "other.test.": [("A", "203.0.113.11", 30)],
     # Public URLs of the HAProxy edge (tests/edge/hap.py DOMAIN) on the host's uplink address (hairpin).
     "*.sbx.edge.test.": [("A", "198.51.100.2", 30)],
+    # the first-payload check's many-flows test: its own address, a long TTL
+    "fast.test.": [("A", "203.0.113.12", 300)],
 }
 SOA = ("test.", 5, "ns.test. hostmaster.test. 1 3600 600 86400 5")
 

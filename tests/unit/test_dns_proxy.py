@@ -33,11 +33,13 @@ class Harness:
         self.now = 1000.0
         self.upstream_queries: list[str] = []
         self.admitted: list[tuple[str, str, int]] = []
+        self.admitted_for: list[str] = []     # the asked name of each admission (first-payload check)
         self.proxy = DnsProxy(POLICIES.get, self._admit, self._upstream, ["192.0.2.53"], ttl_floor=1,
                               ttl_cap=300, clock=lambda: self.now)
 
-    async def _admit(self, sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
+    async def _admit(self, sandbox_ip: str, addresses: list[tuple[str, int]], name: str) -> None:
         self.admitted += [(sandbox_ip, a, ttl) for a, ttl in addresses]
+        self.admitted_for.append(name)
 
     async def _upstream(self, wire: bytes, upstream: str, timeout: float) -> bytes:
         self.upstream_queries.append(dns.message.from_wire(wire).question[0].to_text())
@@ -62,10 +64,11 @@ def test_internet_on_forwards_every_name_and_admits_nothing():
 
 def test_allowlist_forwards_and_admits_only_listed_names():
     h = Harness()
-    assert addresses(h.ask(LISTED, "public.test")) == ["203.0.113.10"]
+    assert addresses(h.ask(LISTED, "Public.Test")) == ["203.0.113.10"]
     assert h.admitted == [(LISTED, "203.0.113.10", 30)]
+    assert h.admitted_for == ["public.test"]
     assert h.ask(LISTED, "other.test").rcode() == dns.rcode.REFUSED
-    assert h.upstream_queries == ["public.test. IN A"]      # the refused name never left
+    assert h.upstream_queries == ["Public.Test. IN A"]      # the refused name never left
 
 
 def test_internet_on_with_domains_admits_the_listed_names_only():
@@ -148,7 +151,7 @@ def test_a_sandbox_with_many_misses_waits_behind_its_own_never_ahead_of_others()
             await release.wait()
             return dns_server.answer(wire)
 
-        async def no_admit(sandbox_ip: str, addresses: list[tuple[str, int]]) -> None:
+        async def no_admit(sandbox_ip: str, addresses: list[tuple[str, int]], name: str) -> None:
             pass
 
         proxy = DnsProxy(POLICIES.get, no_admit, slow_upstream, ["192.0.2.53"], 1, 300)

@@ -10,15 +10,15 @@ from netagent.firewall.nflog import (
     NFNL_SUBSYS_ULOG,
     NFULA_PAYLOAD,
     NFULA_PREFIX,
-    _attr,
     bind_messages,
     parse_messages,
 )
+from netagent.firewall.nfnetlink import attr
 
 
 def packet_message(prefix: str, payload: bytes) -> bytes:
     body = struct.pack("=BBH", socket.AF_INET, 0, socket.htons(4242))
-    body += _attr(NFULA_PREFIX, prefix.encode() + b"\0") + _attr(NFULA_PAYLOAD, payload)
+    body += attr(NFULA_PREFIX, prefix.encode() + b"\0") + attr(NFULA_PAYLOAD, payload)
     return struct.pack("=IHHII", 16 + len(body), NFNL_SUBSYS_ULOG << 8, 0, 0, 0) + body
 
 

@@ -28,6 +28,8 @@ DROP_REASONS = {
     "drop_not_uplink": "not out of an uplink",
     "drop_conn_limit": "too many concurrent connections (conn_limit)",
     "drop_conn_rate": "too many new connections per second (new_conn_rate)",
+    "drop_quic": "QUIC (udp/443) to a DNS-admitted address of a domain-allowlisted sandbox (first_payload.block_quic)",
+    "drop_first_payload_unchecked": "a checked flow's packet before its first payload was judged (no queue reader)",
 }
 
 

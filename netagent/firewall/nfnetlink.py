@@ -1,0 +1,50 @@
+"""nfnetlink framing shared by the nflog, nfqueue and xt_queue wires. Pure,
+except `check_ack` (reads one reply from a socket)."""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+NETLINK_NETFILTER = 12
+NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK = 1, 4
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    size = 4 + len(payload)
+    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
+
+
+def messages(data: bytes, kind: int) -> Iterator[bytes]:
+    """The attributes (past nlmsghdr and nfgenmsg) of every message of this type."""
+    pos = 0
+    while pos + 16 <= len(data):
+        length, msg_kind = struct.unpack_from("=IH", data, pos)
+        if length < 16:
+            return
+        if msg_kind == kind:
+            yield data[pos + 20:pos + length]
+        pos += (length + 3) & ~3
+
+
+def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type without flags, value) of each attribute."""
+    pos = 0
+    while pos + 4 <= len(buf):
+        size, kind = struct.unpack_from("=HH", buf, pos)
+        if size < 4:
+            return
+        yield kind & 0x7FFF, buf[pos + 4:pos + size]
+        pos += (size + 3) & ~3
+
+
+def check_ack(sock: socket.socket, what: str) -> None:
+    """Read the kernel's answer to a request sent with NLM_F_ACK; raise on an error."""
+    reply = sock.recv(4096)
+    if struct.unpack_from("=H", reply, 4)[0] == NLMSG_ERROR:
+        code = -struct.unpack_from("=i", reply, 16)[0]
+        if code:
+            sock.close()
+            raise OSError(code, f"{what}: {os.strerror(code)}")
