@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from .addressing import AddressPlan
+from .addressing import CT_MARK_INGRESS, AddressPlan
 from .config import Config
 from .core import ops
 from .core import pool as pool_mod
@@ -52,6 +52,8 @@ from .models import AllocateSpec, EgressPolicy, Network, SlotState, validate_por
 from .reachability.tracker import AgentLink, Reachability
 from .reconcile import KernelOps, reconcile
 from .state import StateStore
+from .usage.ledger import Counts
+from .usage.meter import MeterIO, UsageMeter
 from .workers import BuildPool, Cleaner, DnsThreads, HostWorker
 
 log = logging.getLogger("netagent")
@@ -98,6 +100,9 @@ class Agent:
         self.self_repair = SelfRepair(config.prefix, lambda: self.inventory.slots, RepairWork(
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
+        self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
+            lambda: self.cleaner.call(lambda: self._cleaner_fw().usage()), self._open_ips,
+            self._flush_slot_flows, self._submit))
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
         self.dns: DnsProxy | None = None
         self._dns_servers: Any = None
@@ -144,6 +149,8 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.keeper.watch(
             lambda: self.config.ruleset_check_interval_s, lambda: self.host.call(lambda: self._host_fw().fingerprint()),
             self.resync, self.metrics.ruleset_restored), name="netagent-ruleset-watch"))
+        self._tasks.append(asyncio.create_task(self.meter.run(lambda: self.config.usage_interval_s),
+                                               name="netagent-usage"))
         if self.config.self_repair:
             await self.repair_io.listen(self.self_repair.on_notices, self.self_repair.overflowed)
             self._tasks.append(asyncio.create_task(self.self_repair.run(), name="netagent-self-repair"))
@@ -156,7 +163,9 @@ class Agent:
         result = await reconcile(self.store, self.plan, kernel, self.config.host_port_range)
         self.inventory = result.inventory    # install the snapshot
         self.keeper.fingerprint = self.store.get_meta("ruleset_fingerprint")
+        self.meter.load()
         await self.resync()
+        await self.meter.close_pending()    # released before a crash: final count before cleaning
         self.pool.ready.extend(result.ready)
         if result.dirty:
             await self.pool.clean(result.dirty)
@@ -212,6 +221,7 @@ class Agent:
         self.repair_io.stop()
         await self.reachability.stop()
         await self.denied.stop()
+        await self.meter.refresh()   # persisted as of now: a table flushed while we are down loses nothing
         while not self.committer.idle or self.pool.busy:  # let queued work finish
             await self.pool.drain()
             await asyncio.sleep(0.01)
@@ -317,6 +327,13 @@ class Agent:
         """Store FLOW_DENIED events (called by the denied-flow log)."""
         await self._submit(ops.RecordDenied(tuple(flows)))
 
+    async def usage(self, sandbox_id: str | None = None) -> dict[str, Counts]:
+        """Bytes and packets per allocated sandbox (one, or all), read from the kernel now."""
+        if sandbox_id is not None:
+            require(self.inventory, validate_sandbox_id(sandbox_id))
+        totals = await self.meter.refresh()
+        return totals if sandbox_id is None else {sandbox_id: totals.get(sandbox_id, Counts())}
+
     async def resync(self) -> dict[str, Any]:
         """Reload the ruleset if it drifted and re-add every element, atomically."""
         await self._submit(ops.Resync())
@@ -375,6 +392,9 @@ class Agent:
             await self.cleaner.call(lambda: [self.admission.forget(self._cleaner_fw(), ip) for ip in drop])
         if marks:
             await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+        for sid, slot in (c for _, change in done for c in change.close_usage):
+            self.meter.release(sid, slot)
+            self.pool.spawn(self.meter.close(sid))
         if clean:
             self.pool.spawn(self.pool.clean(clean))
 
@@ -393,6 +413,13 @@ class Agent:
     def _config_elements(self) -> list[el.Element]:
         assert self.host_info is not None
         return ruleset.config_elements(self.config, self.host_info.uplink, self.host_info.addresses)
+
+    def _open_ips(self) -> dict[str, str]:
+        return {sid: str(self.plan.slot(rec.slot).sandbox_ip) for sid, rec in self.inventory.allocations.items()}
+
+    async def _flush_slot_flows(self, idx: int) -> None:
+        mark = self.plan.slot(idx).ct_mark
+        await self.cleaner.call(lambda: conntrack.flush_mark(mark, ~CT_MARK_INGRESS & 0xFFFFFFFF))
 
     def _pool_settings(self) -> PoolSettings:
         c = self.config

@@ -85,6 +85,10 @@ class Client:
         req = pb.ProbePortRequest(sandbox_id=sandbox_id, guest_port=guest_port, timeout_ms=timeout_ms)
         return self.stub.ProbePort(req, timeout=self.timeout)
 
+    def usage(self, sandbox_id: str = "") -> list[pb.SandboxUsage]:
+        """One sandbox's usage, or every allocated sandbox's (empty id)."""
+        return list(self.stub.GetUsage(pb.GetUsageRequest(sandbox_id=sandbox_id), timeout=self.timeout).usage)
+
     def host_info(self) -> pb.HostInfo:
         return self.stub.GetHostInfo(pb.GetHostInfoRequest(), timeout=self.timeout)
 

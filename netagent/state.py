@@ -24,6 +24,8 @@ from .core.rows import (
     Row,
     SlotDeleted,
     SlotSet,
+    UsageClosed,
+    UsageReleased,
 )
 from .models import AllocateSpec, EgressPolicy, ExposedPort, Protocol, SlotState
 from .policy import compile_policy
@@ -55,6 +57,13 @@ CREATE TABLE IF NOT EXISTS reachability (
     reachable INTEGER NOT NULL,
     changed_at REAL NOT NULL,
     PRIMARY KEY (sandbox_id, guest_port)
+);
+CREATE TABLE IF NOT EXISTS usage (
+    sandbox_id TEXT PRIMARY KEY,
+    ip TEXT NOT NULL,
+    slot_idx INTEGER,              -- set once released: the slot to clean after CloseUsage
+    released INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL             -- usage/ledger.py Entry.to_json()
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -120,6 +129,11 @@ class StateStore:
         return {(sid, port): (bool(r), changed) for sid, port, r, changed in self.db.execute(
             "SELECT sandbox_id, guest_port, reachable, changed_at FROM reachability")}
 
+    def load_usage(self) -> list[tuple[str, str, int | None, bool, str]]:
+        """(sandbox, ip, slot, released, data JSON) of every usage row."""
+        return [(sid, ip, slot, bool(rel), data) for sid, ip, slot, rel, data in self.db.execute(
+            "SELECT sandbox_id, ip, slot_idx, released, data FROM usage")]
+
     def events_after(self, cursor: int, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
         return list(self.db.execute("SELECT cursor, ts, type, sandbox_id, data FROM events WHERE cursor > ? "
                                     "ORDER BY cursor LIMIT ?", (cursor, limit)))
@@ -162,6 +176,17 @@ class Tx:
                 self.delete_port(sid, port)
             case ReachabilitySet(sid, guest_port, reachable, changed_at):
                 self.set_reachability(sid, guest_port, reachable, changed_at)
+            case UsageReleased(sid, ip, slot):
+                self.db.execute("INSERT INTO usage(sandbox_id, ip, slot_idx, released, data) VALUES (?, ?, ?, 1, '{}') "
+                                "ON CONFLICT(sandbox_id) DO UPDATE SET released=1, slot_idx=excluded.slot_idx",
+                                (sid, ip, slot))
+            case UsageClosed(sid):
+                self.db.execute("DELETE FROM usage WHERE sandbox_id=?", (sid,))
+
+    def save_usage(self, entries: list[tuple[str, str, str]]) -> None:
+        """(sandbox, ip, data JSON) of open ledger entries; a released row keeps its flag."""
+        self.db.executemany("INSERT INTO usage(sandbox_id, ip, data) VALUES (?, ?, ?) "
+                            "ON CONFLICT(sandbox_id) DO UPDATE SET data=excluded.data", entries)
 
     def set_slot(self, idx: int, state: SlotState) -> None:
         self.db.execute("INSERT INTO slots(idx, state, updated_at) VALUES (?, ?, ?) "

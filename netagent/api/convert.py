@@ -20,7 +20,16 @@ EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_R
                "policy_updated": pb.EVENT_TYPE_POLICY_UPDATED, "port_exposed": pb.EVENT_TYPE_PORT_EXPOSED,
                "port_unexposed": pb.EVENT_TYPE_PORT_UNEXPOSED, "port_reachability": pb.EVENT_TYPE_PORT_REACHABILITY,
                "flow_denied": pb.EVENT_TYPE_FLOW_DENIED, "slot_repaired": pb.EVENT_TYPE_SLOT_REPAIRED,
-               "tap_lost": pb.EVENT_TYPE_TAP_LOST, "slot_quarantined": pb.EVENT_TYPE_SLOT_QUARANTINED}
+               "tap_lost": pb.EVENT_TYPE_TAP_LOST, "slot_quarantined": pb.EVENT_TYPE_SLOT_QUARANTINED,
+               "usage_final": pb.EVENT_TYPE_USAGE_FINAL}
+
+
+def usage_to_proto(sandbox_id: str, usage: dict[str, dict[str, int]]) -> pb.SandboxUsage:
+    """A ledger total (usage/ledger.py Counts.as_dict(): "egress_sent" -> packets, bytes)."""
+    def path(name: str) -> pb.UsagePath:
+        return pb.UsagePath(sent=pb.UsageCounter(**usage[f"{name}_sent"]),
+                            received=pb.UsageCounter(**usage[f"{name}_received"]))
+    return pb.SandboxUsage(sandbox_id=sandbox_id, egress=path("egress"), ingress=path("ingress"), host=path("host"))
 
 
 def allocate_op(r: pb.AllocateRequest) -> ops.Allocate:

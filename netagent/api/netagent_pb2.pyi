@@ -26,6 +26,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_SLOT_REPAIRED: _ClassVar[EventType]
     EVENT_TYPE_TAP_LOST: _ClassVar[EventType]
     EVENT_TYPE_SLOT_QUARANTINED: _ClassVar[EventType]
+    EVENT_TYPE_USAGE_FINAL: _ClassVar[EventType]
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
@@ -40,6 +41,7 @@ EVENT_TYPE_FLOW_DENIED: EventType
 EVENT_TYPE_SLOT_REPAIRED: EventType
 EVENT_TYPE_TAP_LOST: EventType
 EVENT_TYPE_SLOT_QUARANTINED: EventType
+EVENT_TYPE_USAGE_FINAL: EventType
 
 class EgressPolicy(_message.Message):
     __slots__ = ("internet", "allow_out", "deny_out")
@@ -247,7 +249,7 @@ class DeniedFlow(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., destination: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot")
+    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot", "usage")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +259,7 @@ class Event(_message.Message):
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     DENIED_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     time_unix_ms: int
     type: EventType
@@ -266,7 +269,8 @@ class Event(_message.Message):
     reachable: bool
     denied: DeniedFlow
     slot: SlotIncident
-    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ...) -> None: ...
+    usage: SandboxUsage
+    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ..., usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
 
 class SlotIncident(_message.Message):
     __slots__ = ("index", "fixed")
@@ -365,3 +369,43 @@ class ProbePortResponse(_message.Message):
     rtt_ms: float
     host_port: int
     def __init__(self, reachable: _Optional[bool] = ..., outcome: _Optional[str] = ..., rtt_ms: _Optional[float] = ..., host_port: _Optional[int] = ...) -> None: ...
+
+class UsageCounter(_message.Message):
+    __slots__ = ("packets", "bytes")
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    packets: int
+    bytes: int
+    def __init__(self, packets: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class UsagePath(_message.Message):
+    __slots__ = ("sent", "received")
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    sent: UsageCounter
+    received: UsageCounter
+    def __init__(self, sent: _Optional[_Union[UsageCounter, _Mapping]] = ..., received: _Optional[_Union[UsageCounter, _Mapping]] = ...) -> None: ...
+
+class SandboxUsage(_message.Message):
+    __slots__ = ("sandbox_id", "egress", "ingress", "host")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    egress: UsagePath
+    ingress: UsagePath
+    host: UsagePath
+    def __init__(self, sandbox_id: _Optional[str] = ..., egress: _Optional[_Union[UsagePath, _Mapping]] = ..., ingress: _Optional[_Union[UsagePath, _Mapping]] = ..., host: _Optional[_Union[UsagePath, _Mapping]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[SandboxUsage]
+    def __init__(self, usage: _Optional[_Iterable[_Union[SandboxUsage, _Mapping]]] = ...) -> None: ...

@@ -89,6 +89,11 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.ResyncRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.ResyncResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/netagent.v1.NetAgent/GetUsage',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -168,6 +173,15 @@ class NetAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """---- usage accounting (issue #14) ----
+        Bytes and packets per sandbox, counted in the kernel (docs/api.md, docs/security.md).
+        ---- end usage accounting ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +239,11 @@ def add_NetAgentServicer_to_server(servicer, server):
                     servicer.Resync,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.ResyncRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.ResyncResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.GetUsageRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +543,33 @@ class NetAgent:
             '/netagent.v1.NetAgent/Resync',
             netagent_dot_api_dot_netagent__pb2.ResyncRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.ResyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/GetUsage',
+            netagent_dot_api_dot_netagent__pb2.GetUsageRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,6 +115,12 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                                      slots_quarantined=res.get("slots_quarantined", 0))
         return await self._call("resync", context, run)
 
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.GetUsageResponse:
+        async def run() -> pb.GetUsageResponse:
+            totals = await self.agent.usage(request.sandbox_id or None)
+            return pb.GetUsageResponse(usage=[cv.usage_to_proto(sid, c.as_dict()) for sid, c in sorted(totals.items())])
+        return await self._call("get_usage", context, run)
+
     async def ProbePort(self, request: pb.ProbePortRequest, context: Any) -> pb.ProbePortResponse:
         async def run() -> pb.ProbePortResponse:
             timeout = request.timeout_ms / 1000 if request.timeout_ms else None
@@ -137,6 +143,8 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                     msg.denied.CopyFrom(pb.DeniedFlow(**ev.data["denied"]))
                 if "slot" in ev.data:
                     msg.slot.CopyFrom(pb.SlotIncident(**ev.data["slot"]))
+                if "usage" in ev.data:
+                    msg.usage.CopyFrom(cv.usage_to_proto(ev.sandbox_id, ev.data["usage"]))
                 yield msg
         except NetagentError as exc:
             self.on_error("watch_events", exc.code)

@@ -145,11 +145,21 @@ class SlotIncidents:
 
 
 @dataclass(frozen=True)
+class CloseUsage:
+    """A released sandbox's usage is final: record USAGE_FINAL, remove its
+    counter elements, then clean its slot (None: reconcile cleans it)."""
+    sandbox_id: str
+    ip: str
+    final: dict[str, dict[str, int]]
+    slot: int | None
+
+
+@dataclass(frozen=True)
 class Resync:
     """Reload the table if it drifted and re-add every element from state."""
 
 
 Operation = (Allocate | Release | UpdatePolicy | Expose | Unexpose | RecordReachability | RecordDenied
-             | SlotReady | SlotGone | SlotIncidents | Resync)
+             | SlotReady | SlotGone | SlotIncidents | CloseUsage | Resync)
 # Operations a caller makes (they delay background refills and cleaning).
 CALLER_OPS = (Allocate, Release, UpdatePolicy, Expose, Unexpose)

@@ -29,6 +29,8 @@ from .rows import (
     PortDeleted,
     ReachabilitySet,
     SlotSet,
+    UsageClosed,
+    UsageReleased,
 )
 from .views import PortView, network_of, plain_port
 
@@ -69,6 +71,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_slot_gone(op, ctx)
         case ops.SlotIncidents():
             return plan_incidents(inv, op)
+        case ops.CloseUsage():
+            return plan_close_usage(op)
         case ops.Resync():
             return Change(full_sync=True)
     raise TypeError(f"not an operation: {op!r}")
@@ -101,7 +105,8 @@ def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
     return Change(
         reply=net,
         rows=(SlotSet(op.slot, SlotState.ALLOCATED), AllocationAdded(rec)),
-        nft=tuple(el.add(el.policy_elements(ctx.addresses.slot(op.slot), policy.compiled))),
+        nft=tuple(el.add(el.policy_elements(ctx.addresses.slot(op.slot), policy.compiled)
+                         + el.usage_elements(str(ctx.addresses.slot(op.slot).sandbox_ip)))),
         events=(Event("allocated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),))
 
 
@@ -116,12 +121,23 @@ def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
     if rec is None:
         return Change(reply=False)
     quarantined = inv.slots.get(rec.slot) == SlotState.QUARANTINED   # stays so: nothing to clean
+    slot = ctx.addresses.slot(rec.slot)
+    # The usage elements stay until the final count is read (CloseUsage), which
+    # then cleans the slot; the sandbox's flows are flushed first, so nothing
+    # more is counted.
     return Change(
         reply=True,
-        rows=(AllocationDeleted(rec),) + (() if quarantined else (SlotSet(rec.slot, SlotState.DIRTY),)),
-        nft=tuple(el.delete(allocation_elements(ctx.addresses.slot(rec.slot), rec))),
+        rows=(AllocationDeleted(rec), UsageReleased(rec.sandbox_id, str(slot.sandbox_ip), rec.slot))
+        + (() if quarantined else (SlotSet(rec.slot, SlotState.DIRTY),)),
+        nft=tuple(el.delete(allocation_elements(slot, rec))),
         events=(Event("released", rec.sandbox_id, {}),),
-        clean_slots=() if quarantined else (rec.slot,))
+        close_usage=((rec.sandbox_id, -1 if quarantined else rec.slot),))
+
+
+def plan_close_usage(op: ops.CloseUsage) -> Change:
+    return Change(rows=(UsageClosed(op.sandbox_id),), nft=tuple(el.delete(el.usage_elements(op.ip))),
+                  events=(Event("usage_final", op.sandbox_id, {"usage": op.final}),),
+                  clean_slots=() if op.slot is None or op.slot < 0 else (op.slot,))
 
 
 def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -> Change:
@@ -236,5 +252,6 @@ def desired_elements(inv: Inventory, addresses: AddressPlan) -> list[el.Element]
         if state in LIVE_SLOT_STATES:
             out += el.slot_elements(addresses.slot(idx))
     for rec in inv.allocations.values():
-        out += allocation_elements(addresses.slot(rec.slot), rec)
+        slot = addresses.slot(rec.slot)
+        out += allocation_elements(slot, rec) + el.usage_elements(str(slot.sandbox_ip))
     return out

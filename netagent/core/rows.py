@@ -59,8 +59,22 @@ class ReachabilitySet:
     changed_at: float
 
 
+@dataclass(frozen=True)
+class UsageReleased:
+    """The sandbox is released; its usage row stays until CloseUsage (a crash
+    in between closes it at start-up)."""
+    sandbox_id: str
+    ip: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class UsageClosed:
+    sandbox_id: str
+
+
 Row = (SlotSet | SlotDeleted | AllocationAdded | AllocationDeleted | PolicySet | PortAdded | PortDeleted
-       | ReachabilitySet)
+       | ReachabilitySet | UsageReleased | UsageClosed)
 
 
 @dataclass(frozen=True)
@@ -81,4 +95,5 @@ class Change:
     flush_marks: tuple[int, ...] = ()    # ct marks flushed before the caller hears back
     drop_fqdn: tuple[str, ...] = ()      # sandbox IPs whose DNS admissions end now
     clean_slots: tuple[int, ...] = ()    # released slots to clean in the background
+    close_usage: tuple[tuple[str, int], ...] = ()  # (sandbox, slot): read final usage, then clean
     full_sync: bool = False              # reload the table if drifted, re-add every element

@@ -60,6 +60,11 @@ def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element
     return out
 
 
+def usage_elements(sandbox_ip: str) -> list[Element]:
+    """The sandbox IP in every usage counter set (fresh elements count from 0)."""
+    return [Element(name, sandbox_ip) for name in names.USAGE_SETS.values()]
+
+
 def port_element(slot: SlotAddresses, protocol: str, host_port: int, guest_port: int) -> Element:
     return Element(names.PORT_DNAT, (protocol, host_port), (str(slot.sandbox_ip), guest_port))
 

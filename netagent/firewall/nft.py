@@ -108,6 +108,26 @@ class Nft:
         return {o["counter"]["name"]: o["counter"]["packets"]
                 for o in self._list_json(f"counters table inet {table}") if "counter" in o}
 
+    def table_handle(self, table: str) -> int | None:
+        """The table's handle: a new table (after a flush or a reload) gets a new one."""
+        for t in self.tables():
+            if t["name"] == table:
+                return int(t["handle"])
+        return None
+
+    def element_counters(self, table: str, name: str) -> dict[str, tuple[int, int]]:
+        """key -> (packets, bytes) of a set whose elements carry counters ({} if it is gone)."""
+        with self._json_output():
+            rc, out, _ = self._ctx.cmd(f"list set inet {table} {name}")
+        if rc != 0 or not out:
+            return {}
+        counts: dict[str, tuple[int, int]] = {}
+        for obj in json.loads(out)["nftables"]:
+            for item in (obj.get("set") or {}).get("elem", []):
+                elem = item["elem"]
+                counts[str(elem["val"])] = (int(elem["counter"]["packets"]), int(elem["counter"]["bytes"]))
+        return counts
+
     # ---- elements -----------------------------------------------------------
 
     def has_element(self, table: str, name: str, key: str) -> bool:
