@@ -52,6 +52,7 @@ from .models import AllocateSpec, EgressPolicy, Network, SlotState, validate_por
 from .reachability.tracker import AgentLink, Reachability
 from .reconcile import KernelOps, reconcile
 from .state import StateStore
+from .usage.collector import UsageCollector
 from .usage.ledger import Counts
 from .usage.meter import MeterIO, UsageMeter
 from .workers import BuildPool, Cleaner, DnsThreads, HostWorker
@@ -103,6 +104,8 @@ class Agent:
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
             lambda: self.cleaner.call(lambda: self._cleaner_fw().usage()), self._open_ips,
             self._flush_slot_flows, self._submit))
+        self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
+        self.metrics.registry.register(self.usage_metrics)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
         self.dns: DnsProxy | None = None
         self._dns_servers: Any = None
@@ -198,6 +201,7 @@ class Agent:
         await self.cleaner.call(lambda: self.metrics.refresh_link_stats(self.builder.host_ipr(), veths, ready))
         drops = await self.cleaner.call(lambda: self._cleaner_fw().counters())
         self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
+        self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total)
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a new config (SIGHUP). Read where it is used, so the pool
@@ -392,8 +396,8 @@ class Agent:
             await self.cleaner.call(lambda: [self.admission.forget(self._cleaner_fw(), ip) for ip in drop])
         if marks:
             await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
-        for sid, slot in (c for _, change in done for c in change.close_usage):
-            self.meter.release(sid, slot)
+        for sid, slot, ip in (c for _, change in done for c in change.close_usage):
+            self.meter.release(sid, ip, slot)
             self.pool.spawn(self.meter.close(sid))
         if clean:
             self.pool.spawn(self.pool.clean(clean))

@@ -131,7 +131,7 @@ def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
         + (() if quarantined else (SlotSet(rec.slot, SlotState.DIRTY),)),
         nft=tuple(el.delete(allocation_elements(slot, rec))),
         events=(Event("released", rec.sandbox_id, {}),),
-        close_usage=((rec.sandbox_id, -1 if quarantined else rec.slot),))
+        close_usage=((rec.sandbox_id, -1 if quarantined else rec.slot, str(slot.sandbox_ip)),))
 
 
 def plan_close_usage(op: ops.CloseUsage) -> Change:

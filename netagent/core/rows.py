@@ -95,5 +95,5 @@ class Change:
     flush_marks: tuple[int, ...] = ()    # ct marks flushed before the caller hears back
     drop_fqdn: tuple[str, ...] = ()      # sandbox IPs whose DNS admissions end now
     clean_slots: tuple[int, ...] = ()    # released slots to clean in the background
-    close_usage: tuple[tuple[str, int], ...] = ()  # (sandbox, slot): read final usage, then clean
+    close_usage: tuple[tuple[str, int, str], ...] = ()  # (sandbox, slot, sandbox IP): final usage, then clean
     full_sync: bool = False              # reload the table if drifted, re-add every element

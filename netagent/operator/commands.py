@@ -14,7 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from ..api import netagent_pb2 as pb
 from ..client import Client
 from ..config import Config
-from . import agent_facts, hostcheck, kernel, probe_outcome, registrycheck
+from . import agent_facts, hostcheck, kernel, probe_outcome, registrycheck, usage_view
 from .ages import ago, from_ms
 from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, emit, fail, pairs, table
 
@@ -136,14 +136,18 @@ def _registry_health(info: dict[str, Any]) -> str:
 def ls(args: argparse.Namespace, config: Config, c: Client) -> int:
     labels = dict(kv.split("=", 1) for kv in args.label)
     rows = []
+    usage = {u.sandbox_id: u for u in c.usage()}
     for s in c.list(labels=labels, state=args.state):
         d = to_dict(s)
+        if s.sandbox_id in usage:
+            d["usage"] = to_dict(usage[s.sandbox_id])
         rows.append({"sandbox": s.sandbox_id, "slot": s.network.slot, "sandbox_ip": s.network.sandbox_ip,
                      "internet": "on" if s.policy.internet else "off",
                      "allow": len(s.policy.allow_out), "deny": len(s.policy.deny_out),
                      "ports": ",".join(_port_cell(p) for p in s.ports) or "-",
-                     "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", "_raw": d})
-    cols = ["sandbox", "slot", "sandbox_ip", "internet", "allow", "deny", "ports", "labels"]
+                     "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", "_raw": d,
+                     **usage_view.cells(usage.get(s.sandbox_id))})
+    cols = ["sandbox", "slot", "sandbox_ip", "internet", "allow", "deny", "ports", "sent", "received", "labels"]
     if args.rates_interval > 0 and rows:
         from . import top as top_mod
         by_id = top_mod.rates(config, [r["_raw"] for r in rows], args.rates_interval, connections=False)
@@ -166,6 +170,8 @@ def _port_cell(p: Any) -> str:
 
 def show(args: argparse.Namespace, config: Config, c: Client) -> int:
     sbx = to_dict(c.get(args.sandbox))
+    [usage] = c.usage(args.sandbox)
+    sbx["usage"] = to_dict(usage)
     sbx["drift"] = kernel.sandbox_drift(config, sbx)
     info = c.host_info()
     read, latest, registry_drift = registrycheck.compare(
@@ -179,7 +185,7 @@ def show(args: argparse.Namespace, config: Config, c: Client) -> int:
                    "guest": f"{net['guestIp']}/{net['guestPrefixlen']} gw {net['gatewayIp']} mac {net['guestMac']}",
                    "boot arg": net["bootIpArg"], "host veth": net["hostVeth"], "policy": sbx["policy"],
                    "ports": [registrycheck.port_line(p, now) for p in sbx["ports"]],
-                   "labels": sbx["labels"]})
+                   "usage": usage_view.lines(usage), "labels": sbx["labels"]})
     human += "\n\n" + ("drift: none (kernel matches the agent)" if not sbx["drift"] else
                        "DRIFT:\n" + table(sbx["drift"], ["object", "problem"]))
     human += "\n\n" + _registry_section(read, registry_drift, now)

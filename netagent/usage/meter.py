@@ -37,9 +37,10 @@ class UsageMeter:
         self.db_lock = db_lock
         self.io = io
         self.entries: dict[str, Entry] = {}
-        self.pending: dict[str, tuple[int, bool]] = {}   # released: sandbox -> (slot, clean it after closing)
+        self.pending: dict[str, tuple[str, int, bool]] = {}   # released: sandbox -> (ip, slot, clean it after)
         self._lock = asyncio.Lock()
         self._closing: set[str] = set()
+        self.released_total = Counts()   # finals closed since start (metrics)
 
     def load(self) -> None:
         """The persisted ledger (start-up). Released rows close before reconcile
@@ -47,7 +48,7 @@ class UsageMeter:
         for sid, ip, slot, released, data in self.store.load_usage():
             self.entries[sid] = Entry.from_json(ip, json.loads(data))
             if released:
-                self.pending[sid] = (-1 if slot is None else slot, False)
+                self.pending[sid] = (ip, -1 if slot is None else slot, False)
 
     async def refresh(self) -> dict[str, Counts]:
         """Read the kernel, update and persist the ledger; totals of open sandboxes."""
@@ -72,9 +73,14 @@ class UsageMeter:
                     tx.save_usage(changed)
         return {sid: self.entries[sid].total for sid in open_ips if sid in self.entries}
 
-    def release(self, sandbox_id: str, slot: int) -> None:
-        """Called once a release committed: close its usage soon (`close_pending`)."""
-        self.pending[sandbox_id] = (slot, slot >= 0)
+    def open_totals(self) -> dict[str, Counts]:
+        """As of the last reading (no kernel I/O): allocated and not yet closed sandboxes."""
+        return {sid: e.total for sid, e in self.entries.items()}
+
+    def release(self, sandbox_id: str, ip: str, slot: int) -> None:
+        """Called once a release committed (slot -1: quarantined, not cleaned):
+        close its usage now or at the next `close_pending`."""
+        self.pending[sandbox_id] = (ip, slot, slot >= 0)
 
     async def close_pending(self) -> None:
         for sid in list(self.pending):
@@ -87,22 +93,20 @@ class UsageMeter:
         if sandbox_id in self._closing or sandbox_id not in self.pending:
             return
         self._closing.add(sandbox_id)
-        slot, clean = self.pending[sandbox_id]
+        ip, slot, clean = self.pending[sandbox_id]
         try:
             if slot >= 0:
                 await self.io.flush(slot)
             async with self._lock:
+                self.entries.setdefault(sandbox_id, Entry(ip))   # released before its first reading
                 await self._refresh()
-                entry = self.entries.get(sandbox_id)
-                if entry is None:
-                    log.warning("no usage entry for released sandbox %s", sandbox_id)
-                    self.pending.pop(sandbox_id, None)
-                    return
+                entry = self.entries[sandbox_id]
                 # held across the commit, so no reading persists the row after it is gone
                 await self.io.submit(ops.CloseUsage(sandbox_id, entry.ip, entry.total.as_dict(),
                                                     slot if clean else None))
                 self.entries.pop(sandbox_id, None)
                 self.pending.pop(sandbox_id, None)
+                self.released_total = self.released_total + entry.total
         except NetagentError as exc:
             log.warning("closing usage of %s failed (retried): %s", sandbox_id, exc)
         finally:

@@ -93,7 +93,7 @@ def test_release_removes_every_element_it_owns_and_marks_the_slot_dirty():
     deleted = {o.element for o in change.nft if o.verb == "delete"}
     assert {e.set for e in deleted} == {names.EGRESS_MODE, names.ALLOW_PORT, names.PORT_DNAT}
     # the usage counters stay until the final count is read; closing them cleans the slot
-    assert change.reply is True and change.clean_slots == () and change.close_usage == (("a", 0),)
+    assert change.reply is True and change.clean_slots == () and change.close_usage == (("a", 0, "10.12.0.1"),)
     inv.apply_change(change)
     assert inv.allocations == {} and inv.slots[0] == SlotState.DIRTY and not inv.host_ports[Protocol.TCP]
     assert plan(inv, ops.Release.of("a"), CTX) == Change(reply=False)   # idempotent: nothing to do
