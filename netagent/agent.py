@@ -241,7 +241,7 @@ class Agent:
     # ---- public API (each validates into a typed operation, once) ---------
 
     async def allocate(self, sandbox_id: str, spec: AllocateSpec | dict[str, Any] | None = None) -> Network:
-        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec))
+        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec, self.config.egress_addresses))
 
     async def run_allocate(self, op: ops.Allocate) -> Network:
         rec = self.inventory.allocations.get(op.sandbox_id)
@@ -311,6 +311,16 @@ class Agent:
         return await self.run_update_policy(ops.UpdatePolicy.of(sandbox_id, policy))
 
     async def run_update_policy(self, op: ops.UpdatePolicy) -> Network:
+        require(self.inventory, op.sandbox_id)
+        net: Network = await self._submit(op)
+        return net
+
+    async def set_egress_address(self, sandbox_id: str, address: str | None) -> Network:
+        """Give the sandbox another SNAT source (None or "": the uplink's); only
+        its own NAT flows are flushed, before this returns."""
+        return await self.run_set_egress(ops.SetEgressAddress.of(sandbox_id, address, self.config.egress_addresses))
+
+    async def run_set_egress(self, op: ops.SetEgressAddress) -> Network:
         require(self.inventory, op.sandbox_id)
         net: Network = await self._submit(op)
         return net

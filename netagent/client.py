@@ -49,9 +49,9 @@ class Client:
 
     def allocate(self, sandbox_id: str, *, internet: bool | None = None, labels: dict[str, str] | None = None,
                  allow_out: list[str] | None = None, deny_out: list[str] | None = None,
-                 timeout: float | None = None) -> pb.Sandbox:
+                 timeout: float | None = None, egress_address: str = "") -> pb.Sandbox:
         req = pb.AllocateRequest(sandbox_id=sandbox_id, labels=labels or {},
-                                 policy=_policy(internet, allow_out, deny_out))
+                                 policy=_policy(internet, allow_out, deny_out), egress_address=egress_address)
         return self.stub.Allocate(req, timeout=timeout or self.timeout).sandbox
 
     def release(self, sandbox_id: str) -> bool:
@@ -88,6 +88,11 @@ class Client:
     def usage(self, sandbox_id: str = "") -> list[pb.SandboxUsage]:
         """One sandbox's usage, or every allocated sandbox's (empty id)."""
         return list(self.stub.GetUsage(pb.GetUsageRequest(sandbox_id=sandbox_id), timeout=self.timeout).usage)
+
+    def set_egress_address(self, sandbox_id: str, address: str = "") -> pb.Sandbox:
+        """Another SNAT source for the sandbox ("": the uplink's address)."""
+        req = pb.SetEgressAddressRequest(sandbox_id=sandbox_id, egress_address=address)
+        return self.stub.SetEgressAddress(req, timeout=self.timeout)
 
     def host_info(self) -> pb.HostInfo:
         return self.stub.GetHostInfo(pb.GetHostInfoRequest(), timeout=self.timeout)

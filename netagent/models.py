@@ -1,6 +1,7 @@
 """API models shared by the core, the state store and (later) the gRPC layer."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from typing import Any
@@ -67,6 +68,8 @@ class AllocateSpec(BaseModel):
 
     policy: EgressPolicy = EgressPolicy()
     labels: dict[str, str] = Field(default_factory=dict)
+    # One of the config's egress_addresses as the SNAT source (None: the uplink's).
+    egress_address: ipaddress.IPv4Address | None = None
 
     @field_validator("labels")
     @classmethod
@@ -133,5 +136,6 @@ class Network(BaseModel):
     spec: AllocateSpec
     policy: EgressPolicy
     internet: bool               # the effective setting (policy or host default)
+    egress_address: str = ""     # the SNAT source now ("": the uplink's address)
     created_at: float
     ports: tuple[ExposedPort, ...] = ()

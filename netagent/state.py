@@ -17,6 +17,7 @@ from .core.allocation import Allocation
 from .core.rows import (
     AllocationAdded,
     AllocationDeleted,
+    EgressSet,
     PolicySet,
     PortAdded,
     PortDeleted,
@@ -57,6 +58,10 @@ CREATE TABLE IF NOT EXISTS reachability (
     reachable INTEGER NOT NULL,
     changed_at REAL NOT NULL,
     PRIMARY KEY (sandbox_id, guest_port)
+);
+CREATE TABLE IF NOT EXISTS egress_addresses (
+    sandbox_id TEXT PRIMARY KEY REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    address TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS usage (
     sandbox_id TEXT PRIMARY KEY,
@@ -116,12 +121,13 @@ class StateStore:
                 "SELECT sandbox_id, guest_port, protocol, host_port FROM ports"):
             p = ExposedPort(guest_port=gport, protocol=Protocol(proto), host_port=hport)
             ports.setdefault(sid, {})[(gport, p.protocol)] = p
+        egress = dict(self.db.execute("SELECT sandbox_id, address FROM egress_addresses").fetchall())
         allocations = {}
         for sid, idx, spec, policy_json, created in self.db.execute(
                 "SELECT sandbox_id, slot_idx, spec, policy, created_at FROM allocations"):
             policy = EgressPolicy.model_validate_json(policy_json)
             allocations[sid] = Allocation(sid, idx, AllocateSpec.model_validate_json(spec), created, policy,
-                                          compile_policy(policy), ports.get(sid, {}))
+                                          compile_policy(policy), ports.get(sid, {}), egress.get(sid))
         return Snapshot(slots, allocations)
 
     def load_reachability(self) -> dict[tuple[str, int], tuple[bool, float]]:
@@ -176,6 +182,8 @@ class Tx:
                 self.delete_port(sid, port)
             case ReachabilitySet(sid, guest_port, reachable, changed_at):
                 self.set_reachability(sid, guest_port, reachable, changed_at)
+            case EgressSet(sid, address):
+                self.set_egress(sid, address)
             case UsageReleased(sid, ip, slot):
                 self.db.execute("INSERT INTO usage(sandbox_id, ip, slot_idx, released, data) VALUES (?, ?, ?, 1, '{}') "
                                 "ON CONFLICT(sandbox_id) DO UPDATE SET released=1, slot_idx=excluded.slot_idx",
@@ -187,6 +195,13 @@ class Tx:
         """(sandbox, ip, data JSON) of open ledger entries; a released row keeps its flag."""
         self.db.executemany("INSERT INTO usage(sandbox_id, ip, data) VALUES (?, ?, ?) "
                             "ON CONFLICT(sandbox_id) DO UPDATE SET data=excluded.data", entries)
+
+    def set_egress(self, sandbox_id: str, address: str | None) -> None:
+        if address is None:
+            self.db.execute("DELETE FROM egress_addresses WHERE sandbox_id=?", (sandbox_id,))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO egress_addresses(sandbox_id, address) VALUES (?, ?)",
+                            (sandbox_id, address))
 
     def set_slot(self, idx: int, state: SlotState) -> None:
         self.db.execute("INSERT INTO slots(idx, state, updated_at) VALUES (?, ?, ?) "
@@ -200,6 +215,8 @@ class Tx:
         self.db.execute("INSERT INTO allocations(sandbox_id, slot_idx, spec, policy, created_at) "
                         "VALUES (?, ?, ?, ?, ?)", (rec.sandbox_id, rec.slot, rec.spec.model_dump_json(),
                                                    rec.policy.model_dump_json(), rec.created_at))
+        if rec.egress_address:
+            self.set_egress(rec.sandbox_id, rec.egress_address)
 
     def set_policy(self, sandbox_id: str, policy: EgressPolicy) -> None:
         self.db.execute("UPDATE allocations SET policy=? WHERE sandbox_id=?", (policy.model_dump_json(), sandbox_id))

@@ -2,6 +2,8 @@
 operation (core/ops.py) before anything runs; replies become proto messages."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from ipaddress import IPv4Address
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
@@ -32,8 +34,15 @@ def usage_to_proto(sandbox_id: str, usage: dict[str, dict[str, int]]) -> pb.Sand
     return pb.SandboxUsage(sandbox_id=sandbox_id, egress=path("egress"), ingress=path("ingress"), host=path("host"))
 
 
-def allocate_op(r: pb.AllocateRequest) -> ops.Allocate:
-    return ops.Allocate.of(r.sandbox_id, {"policy": policy_from_proto(r.policy), "labels": dict(r.labels)})
+def allocate_op(r: pb.AllocateRequest, egress_addresses: Sequence[IPv4Address] = ()) -> ops.Allocate:
+    spec: dict[str, Any] = {"policy": policy_from_proto(r.policy), "labels": dict(r.labels)}
+    if r.egress_address:
+        spec["egress_address"] = r.egress_address
+    return ops.Allocate.of(r.sandbox_id, spec, egress_addresses)
+
+
+def set_egress_op(r: pb.SetEgressAddressRequest, egress_addresses: Sequence[IPv4Address]) -> ops.SetEgressAddress:
+    return ops.SetEgressAddress.of(r.sandbox_id, r.egress_address or None, egress_addresses)
 
 
 def release_op(r: pb.ReleaseRequest) -> ops.Release:
@@ -112,4 +121,4 @@ def sandbox_to_proto(n: Network | dict[str, Any]) -> pb.Sandbox:
                            gateway_ip=n.gateway_ip, guest_mac=n.guest_mac, mtu=n.mtu, sandbox_ip=n.sandbox_ip,
                            host_veth=n.host_veth, boot_ip_arg=n.boot_ip_arg, slot=n.slot),
         policy=policy, labels=n.spec.labels, ports=[port_to_proto(p) for p in n.ports],
-        state="allocated", created_unix_ms=int(n.created_at * 1000))
+        state="allocated", created_unix_ms=int(n.created_at * 1000), egress_address=n.egress_address)

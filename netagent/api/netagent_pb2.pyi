@@ -100,7 +100,7 @@ class ExposedPort(_message.Message):
     def __init__(self, guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ..., reachable: _Optional[bool] = ..., changed_unix_ms: _Optional[int] = ..., checked_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "network", "policy", "labels", "ports", "state", "created_unix_ms")
+    __slots__ = ("sandbox_id", "network", "policy", "labels", "ports", "state", "created_unix_ms", "egress_address")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class Sandbox(_message.Message):
     PORTS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     network: Network
     policy: EgressPolicy
@@ -122,10 +123,11 @@ class Sandbox(_message.Message):
     ports: _containers.RepeatedCompositeFieldContainer[ExposedPort]
     state: str
     created_unix_ms: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[ExposedPort, _Mapping]]] = ..., state: _Optional[str] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    egress_address: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[ExposedPort, _Mapping]]] = ..., state: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., egress_address: _Optional[str] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("sandbox_id", "policy", "labels")
+    __slots__ = ("sandbox_id", "policy", "labels", "egress_address")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,10 +138,12 @@ class AllocateRequest(_message.Message):
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     policy: EgressPolicy
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    egress_address: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., egress_address: _Optional[str] = ...) -> None: ...
 
 class AllocateResponse(_message.Message):
     __slots__ = ("sandbox",)
@@ -409,3 +413,11 @@ class GetUsageResponse(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     usage: _containers.RepeatedCompositeFieldContainer[SandboxUsage]
     def __init__(self, usage: _Optional[_Iterable[_Union[SandboxUsage, _Mapping]]] = ...) -> None: ...
+
+class SetEgressAddressRequest(_message.Message):
+    __slots__ = ("sandbox_id", "egress_address")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    egress_address: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., egress_address: _Optional[str] = ...) -> None: ...

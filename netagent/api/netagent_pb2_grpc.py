@@ -94,6 +94,11 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.SetEgressAddress = channel.unary_unary(
+                '/netagent.v1.NetAgent/SetEgressAddress',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -176,7 +181,16 @@ class NetAgentServicer:
     def GetUsage(self, request, context):
         """---- usage accounting (issue #14) ----
         Bytes and packets per sandbox, counted in the kernel (docs/api.md, docs/security.md).
-        ---- end usage accounting ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEgressAddress(self, request, context):
+        """---- end usage accounting ----
+        ---- sticky egress addresses (issue #14) ----
+        Another SNAT source for a sandbox (empty: the uplink's); flushes only its NAT flows.
+        ---- end sticky egress addresses ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -244,6 +258,11 @@ def add_NetAgentServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.GetUsageRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'SetEgressAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEgressAddress,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.Sandbox.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +589,33 @@ class NetAgent:
             '/netagent.v1.NetAgent/GetUsage',
             netagent_dot_api_dot_netagent__pb2.GetUsageRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEgressAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/SetEgressAddress',
+            netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
             options,
             channel_credentials,
             insecure,

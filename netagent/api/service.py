@@ -48,7 +48,7 @@ class NetAgentService(pb_grpc.NetAgentServicer):
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
         async def run() -> pb.AllocateResponse:
-            net = await self.agent.run_allocate(cv.allocate_op(request))
+            net = await self.agent.run_allocate(cv.allocate_op(request, self.agent.config.egress_addresses))
             return pb.AllocateResponse(sandbox=cv.sandbox_to_proto(net))
         return await self._call("allocate", context, run)
 
@@ -76,6 +76,12 @@ class NetAgentService(pb_grpc.NetAgentServicer):
         async def run() -> pb.Sandbox:
             return cv.sandbox_to_proto(await self.agent.run_update_policy(cv.update_policy_op(request)))
         return await self._call("update_policy", context, run)
+
+    async def SetEgressAddress(self, request: pb.SetEgressAddressRequest, context: Any) -> pb.Sandbox:
+        async def run() -> pb.Sandbox:
+            op = cv.set_egress_op(request, self.agent.config.egress_addresses)
+            return cv.sandbox_to_proto(await self.agent.run_set_egress(op))
+        return await self._call("set_egress_address", context, run)
 
     async def ExposePort(self, request: pb.ExposePortRequest, context: Any) -> pb.ExposePortResponse:
         async def run() -> pb.ExposePortResponse:

@@ -21,3 +21,4 @@ class Allocation:
     policy: EgressPolicy
     compiled: CompiledPolicy
     ports: Mapping[PortKey, ExposedPort] = field(default_factory=dict)
+    egress_address: str | None = None    # the SNAT source now (None: the uplink's)

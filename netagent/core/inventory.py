@@ -19,6 +19,7 @@ from .rows import (
     AllocationAdded,
     AllocationDeleted,
     Change,
+    EgressSet,
     PolicySet,
     PortAdded,
     PortDeleted,
@@ -162,6 +163,8 @@ class Inventory:
                 ports = {k: v for k, v in rec.ports.items() if k != (port.guest_port, port.protocol)}
                 self.allocations[sid] = replace(rec, ports=ports)
                 self.host_ports[port.protocol].pop(port.host_port, None)
+            case EgressSet(sid, address):
+                self.allocations[sid] = replace(self.allocations[sid], egress_address=address)
             case ReachabilitySet():
                 pass  # the prober holds reachability in memory; only SQLite keeps it
 

@@ -6,7 +6,9 @@ from there on they travel typed. The planner never re-checks them.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
 from ..errors import InvalidArgument
@@ -36,10 +38,37 @@ class Allocate:
     at: float = 0.0      # creation time (the planner reads no clock)
 
     @classmethod
-    def of(cls, sandbox_id: object, spec: AllocateSpec | dict[str, Any] | None = None) -> Allocate:
+    def of(cls, sandbox_id: object, spec: AllocateSpec | dict[str, Any] | None = None,
+           egress_addresses: Sequence[IPv4Address] = ()) -> Allocate:
         sid = validate_sandbox_id(sandbox_id)
         parsed = AllocateSpec.parse(spec)
+        check_egress_address(parsed.egress_address, egress_addresses)
         return cls(sid, parsed, Policy.of(parsed.policy))
+
+
+def check_egress_address(address: IPv4Address | None, configured: Sequence[IPv4Address]) -> None:
+    if address is not None and address not in configured:
+        raise InvalidArgument(f"egress_address {address} is not one of this host's egress_addresses "
+                              f"({', '.join(map(str, configured)) or 'none configured'})")
+
+
+@dataclass(frozen=True)
+class SetEgressAddress:
+    """Give a sandbox another SNAT source (None: the uplink's); its NAT flows are flushed."""
+    sandbox_id: str
+    address: str | None
+
+    @classmethod
+    def of(cls, sandbox_id: object, address: object, egress_addresses: Sequence[IPv4Address]) -> SetEgressAddress:
+        sid = validate_sandbox_id(sandbox_id)
+        if address in (None, ""):
+            return cls(sid, None)
+        try:
+            parsed = IPv4Address(str(address))
+        except ValueError as exc:
+            raise InvalidArgument(f"egress_address: {exc}") from None
+        check_egress_address(parsed, egress_addresses)
+        return cls(sid, str(parsed))
 
 
 @dataclass(frozen=True)
@@ -159,7 +188,7 @@ class Resync:
     """Reload the table if it drifted and re-add every element from state."""
 
 
-Operation = (Allocate | Release | UpdatePolicy | Expose | Unexpose | RecordReachability | RecordDenied
-             | SlotReady | SlotGone | SlotIncidents | CloseUsage | Resync)
+Operation = (Allocate | Release | UpdatePolicy | SetEgressAddress | Expose | Unexpose | RecordReachability
+             | RecordDenied | SlotReady | SlotGone | SlotIncidents | CloseUsage | Resync)
 # Operations a caller makes (they delay background refills and cleaning).
-CALLER_OPS = (Allocate, Release, UpdatePolicy, Expose, Unexpose)
+CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, Expose, Unexpose)

@@ -23,6 +23,7 @@ from .rows import (
     AllocationAdded,
     AllocationDeleted,
     Change,
+    EgressSet,
     Event,
     PolicySet,
     PortAdded,
@@ -57,6 +58,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_release(inv, op, ctx)
         case ops.UpdatePolicy():
             return plan_update_policy(inv, op, ctx)
+        case ops.SetEgressAddress():
+            return plan_set_egress(inv, op, ctx)
         case ops.Expose():
             return plan_expose(inv, op, ctx)
         case ops.Unexpose():
@@ -100,20 +103,41 @@ def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
     if inv.slots.get(op.slot) != SlotState.READY or op.slot in inv.slot_owner:
         raise Unavailable(f"slot {op.slot} is not a ready slot")
     policy = resolve(op.policy, ctx.default_internet)
-    rec = Allocation(op.sandbox_id, op.slot, op.spec, op.at, policy.model, policy.compiled)
+    egress = str(op.spec.egress_address) if op.spec.egress_address else None
+    rec = Allocation(op.sandbox_id, op.slot, op.spec, op.at, policy.model, policy.compiled, egress_address=egress)
     net = ctx.network(rec)
+    slot = ctx.addresses.slot(op.slot)
     return Change(
         reply=net,
         rows=(SlotSet(op.slot, SlotState.ALLOCATED), AllocationAdded(rec)),
-        nft=tuple(el.add(el.policy_elements(ctx.addresses.slot(op.slot), policy.compiled)
-                         + el.usage_elements(str(ctx.addresses.slot(op.slot).sandbox_ip)))),
+        nft=tuple(el.add(el.policy_elements(slot, policy.compiled) + egress_elements(slot, egress)
+                         + el.usage_elements(str(slot.sandbox_ip)))),
         events=(Event("allocated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),))
 
 
 def allocation_elements(slot: SlotAddresses, rec: Allocation) -> list[el.Element]:
-    """Every element an allocation owns: its policy and its exposed ports."""
-    return el.policy_elements(slot, rec.compiled) + [
+    """Every element an allocation owns: its policy, its egress address and its exposed ports."""
+    return el.policy_elements(slot, rec.compiled) + egress_elements(slot, rec.egress_address) + [
         el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
+
+
+def egress_elements(slot: SlotAddresses, address: str | None) -> list[el.Element]:
+    return [el.egress_snat_element(slot, address)] if address else []
+
+
+def plan_set_egress(inv: Inventory, op: ops.SetEgressAddress, ctx: PlanContext) -> Change:
+    """Another SNAT source in one transaction; the sandbox's own flows (its
+    NAT flows, ct mark of flows it started) are flushed, no one else's."""
+    rec = require(inv, op.sandbox_id)
+    net = ctx.network(replace(rec, egress_address=op.address))
+    if op.address == rec.egress_address:
+        return Change(reply=net)
+    slot = ctx.addresses.slot(rec.slot)
+    return Change(
+        reply=net, rows=(EgressSet(rec.sandbox_id, op.address),),
+        nft=tuple(el.delete(egress_elements(slot, rec.egress_address)) + el.add(egress_elements(slot, op.address))),
+        events=(Event("policy_updated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),),
+        flush_marks=(slot.ct_mark,))
 
 
 def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:

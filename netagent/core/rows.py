@@ -60,6 +60,12 @@ class ReachabilitySet:
 
 
 @dataclass(frozen=True)
+class EgressSet:
+    sandbox_id: str
+    address: str | None
+
+
+@dataclass(frozen=True)
 class UsageReleased:
     """The sandbox is released; its usage row stays until CloseUsage (a crash
     in between closes it at start-up)."""
@@ -74,7 +80,7 @@ class UsageClosed:
 
 
 Row = (SlotSet | SlotDeleted | AllocationAdded | AllocationDeleted | PolicySet | PortAdded | PortDeleted
-       | ReachabilitySet | UsageReleased | UsageClosed)
+       | ReachabilitySet | EgressSet | UsageReleased | UsageClosed)
 
 
 @dataclass(frozen=True)

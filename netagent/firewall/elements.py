@@ -60,6 +60,10 @@ def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element
     return out
 
 
+def egress_snat_element(slot: SlotAddresses, address: str) -> Element:
+    return Element(names.EGRESS_SNAT, str(slot.sandbox_ip), address)
+
+
 def usage_elements(sandbox_ip: str) -> list[Element]:
     """The sandbox IP in every usage counter set (fresh elements count from 0)."""
     return [Element(name, sandbox_ip) for name in names.USAGE_SETS.values()]

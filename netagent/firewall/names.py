@@ -22,6 +22,7 @@ DENY_NET = "deny_net"
 DENY_PORT = "deny_port"
 DNS_LOCKED = "dns_locked"
 PORT_DNAT = "port_dnat"
+EGRESS_SNAT = "egress_snat"   # sandbox IP -> its sticky egress address (issue #14)
 # Not state: elements come from DNS answers and expire on their own.
 FQDN_IPS = "fqdn_ips"
 
@@ -37,7 +38,7 @@ USAGE_SETS = {
     ("host", "received"): "usage_host_received",
 }
 
-MAPS = (EGRESS_MODE, PORT_DNAT, SLOT_MARK, SLOT_MARK_IN)
+MAPS = (EGRESS_MODE, PORT_DNAT, SLOT_MARK, SLOT_MARK_IN, EGRESS_SNAT)
 # Sets and maps whose whole content is derived from config + state (a full
 # sync flushes and refills exactly these).
 STATE_SETS = (UPLINKS, ALWAYS_DENY, ALWAYS_ALLOW, SBX_IFACES, SBX_SRC,

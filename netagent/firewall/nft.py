@@ -20,6 +20,10 @@ SETS = names.STATE_SETS
 MAPS = names.STATE_MAPS
 
 
+# "10.12.0.1 counter packets 6 bytes 768" in a listed counter set
+_ELEMENT_COUNTER = re.compile(r"(\d+\.\d+\.\d+\.\d+) counter packets (\d+) bytes (\d+)")
+
+
 def connect() -> Nft:
     """A libnftables context in the calling thread's netns (the one constructor)."""
     return Nft(nftables.Nftables())
@@ -116,17 +120,13 @@ class Nft:
         return None
 
     def element_counters(self, table: str, name: str) -> dict[str, tuple[int, int]]:
-        """key -> (packets, bytes) of a set whose elements carry counters ({} if it is gone)."""
-        with self._json_output():
-            rc, out, _ = self._ctx.cmd(f"list set inet {table} {name}")
-        if rc != 0 or not out:
+        """IPv4 key -> (packets, bytes) of a set whose elements carry counters
+        ({} if it is gone). Text, not JSON: 2.7x faster to list at 2,000
+        elements (25 vs 66 ms a set, docs/performance.md)."""
+        rc, out, _ = self._ctx.cmd(f"list set inet {table} {name}")
+        if rc != 0:
             return {}
-        counts: dict[str, tuple[int, int]] = {}
-        for obj in json.loads(out)["nftables"]:
-            for item in (obj.get("set") or {}).get("elem", []):
-                elem = item["elem"]
-                counts[str(elem["val"])] = (int(elem["counter"]["packets"]), int(elem["counter"]["bytes"]))
-        return counts
+        return {ip: (int(p), int(b)) for ip, p, b in _ELEMENT_COUNTER.findall(out)}
 
     # ---- elements -----------------------------------------------------------
 

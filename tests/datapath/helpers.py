@@ -16,7 +16,7 @@ def sandbox_elements(ns: str, table: str, sandbox_ip: str) -> dict[str, list]:
 
 
 def elements(ns: str, table: str, name: str) -> list:
-    kind = "map" if name in ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in") else "set"
+    kind = "map" if name in ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in", "egress_snat") else "set"
     out = sh.run("nft", "-j", "list", kind, "inet", table, name, ns=ns).stdout
     for obj in json.loads(out)["nftables"]:
         body = obj.get(kind)
