@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
 	containernetworking-plugins qemu-system-x86 busybox-static \
-	iputils-ping openssl redis-server tcpdump procps
+	iputils-ping openssl redis-server tcpdump procps haproxy curl nghttp2-client
 CONFIG ?=
 PYTEST_ARGS ?=
 
@@ -33,6 +33,7 @@ bench: deps
 	$(PY) -m tests.bench.dns_flood_bench | tee bench-results/dns_flood.json
 	$(PY) -m tests.bench.forward_bench | tee bench-results/forward.json
 	$(PY) -m tests.bench.edge_bench | tee bench-results/edge.json
+	$(PY) -m tests.bench.haproxy_bench | tee bench-results/haproxy.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
 

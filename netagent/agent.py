@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from .access import PortAccess
 from .addressing import CT_MARK_INGRESS, AddressPlan
 from .config import Config
 from .core import ops
@@ -295,6 +296,18 @@ class Agent:
     async def run_expose(self, op: ops.Expose) -> Any:
         existing = existing_port(self.inventory, op)   # an idempotent retry needs no commit
         return existing if existing is not None else await self._submit(op)
+
+    async def set_port_access(self, sandbox_id: str, guest_port: int, *, public: bool | None = None,
+                              access_token: str | None = None, host_mask: str | None = None) -> PortAccess:
+        """Edge access of a guest port (exposed or not yet): public, or private with a token
+        (only its SHA-256 is kept), and the Host the guest sees. None leaves a field as it is."""
+        return await self.run_port_access(ops.SetPortAccess.of(sandbox_id, guest_port, public, access_token,
+                                                               host_mask))
+
+    async def run_port_access(self, op: ops.SetPortAccess) -> PortAccess:
+        require(self.inventory, op.sandbox_id)
+        access: PortAccess = await self._submit(op)
+        return access
 
     async def unexpose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp") -> bool:
         return await self.run_unexpose(ops.Unexpose.of(sandbox_id, guest_port, protocol))

@@ -68,9 +68,14 @@ class Client:
         req = pb.UpdatePolicyRequest(sandbox_id=sandbox_id, policy=_policy(internet, allow_out, deny_out))
         return self.stub.UpdatePolicy(req, timeout=self.timeout)
 
-    def expose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp", host_port: int = 0) -> pb.ExposedPort:
+    def expose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp", host_port: int = 0, *,
+               public: bool | None = None, access_token: str | None = None,
+               host_mask: str | None = None) -> pb.ExposedPort:
+        """Also sets the port's edge access; None leaves a field as it is (docs/edge.md)."""
+        access = {k: v for k, v in (("public", public), ("access_token", access_token), ("host_mask", host_mask))
+                  if v is not None}
         req = pb.ExposePortRequest(sandbox_id=sandbox_id, guest_port=guest_port,
-                                   protocol=PROTOCOLS.get(protocol, 99), host_port=host_port)
+                                   protocol=PROTOCOLS.get(protocol, 99), host_port=host_port, **access)
         return self.stub.ExposePort(req, timeout=self.timeout).port
 
     def unexpose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp") -> bool:

@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .access import PortAccess
 from .core.allocation import Allocation
 from .core.rows import (
     AllocationAdded,
     AllocationDeleted,
     EgressSet,
     PolicySet,
+    PortAccessSet,
     PortAdded,
     PortDeleted,
     ReachabilitySet,
@@ -69,6 +71,14 @@ CREATE TABLE IF NOT EXISTS usage (
     slot_idx INTEGER,              -- set once released: the slot to clean after CloseUsage
     released INTEGER NOT NULL DEFAULT 0,
     data TEXT NOT NULL             -- usage/ledger.py Entry.to_json()
+);
+CREATE TABLE IF NOT EXISTS port_access (
+    sandbox_id TEXT NOT NULL REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    guest_port INTEGER NOT NULL,
+    public INTEGER NOT NULL,
+    token_sha256 TEXT NOT NULL,
+    host_mask TEXT NOT NULL,
+    PRIMARY KEY (sandbox_id, guest_port)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -122,12 +132,16 @@ class StateStore:
             p = ExposedPort(guest_port=gport, protocol=Protocol(proto), host_port=hport)
             ports.setdefault(sid, {})[(gport, p.protocol)] = p
         egress = dict(self.db.execute("SELECT sandbox_id, address FROM egress_addresses").fetchall())
+        access: dict[str, dict[int, PortAccess]] = {}
+        for (sid, port), a in self.load_port_access().items():
+            access.setdefault(sid, {})[port] = a
         allocations = {}
         for sid, idx, spec, policy_json, created in self.db.execute(
                 "SELECT sandbox_id, slot_idx, spec, policy, created_at FROM allocations"):
             policy = EgressPolicy.model_validate_json(policy_json)
             allocations[sid] = Allocation(sid, idx, AllocateSpec.model_validate_json(spec), created, policy,
-                                          compile_policy(policy), ports.get(sid, {}), egress.get(sid))
+                                          compile_policy(policy), ports.get(sid, {}), egress_address=egress.get(sid),
+                                          access=access.get(sid, {}))
         return Snapshot(slots, allocations)
 
     def load_reachability(self) -> dict[tuple[str, int], tuple[bool, float]]:
@@ -139,6 +153,11 @@ class StateStore:
         """(sandbox, ip, slot, released, data JSON) of every usage row."""
         return [(sid, ip, slot, bool(rel), data) for sid, ip, slot, rel, data in self.db.execute(
             "SELECT sandbox_id, ip, slot_idx, released, data FROM usage")]
+
+    def load_port_access(self) -> dict[tuple[str, int], PortAccess]:
+        return {(sid, port): PortAccess(bool(public), sha, mask) for sid, port, public, sha, mask in self.db.execute(
+            "SELECT sandbox_id, guest_port, public, token_sha256, host_mask FROM port_access")}
+
 
     def events_after(self, cursor: int, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
         return list(self.db.execute("SELECT cursor, ts, type, sandbox_id, data FROM events WHERE cursor > ? "
@@ -180,6 +199,9 @@ class Tx:
                 self.add_port(sid, port)
             case PortDeleted(sid, port):
                 self.delete_port(sid, port)
+            case PortAccessSet(sid, guest_port, access):
+                self.db.execute("INSERT OR REPLACE INTO port_access VALUES (?, ?, ?, ?, ?)",
+                                (sid, guest_port, int(access.public), access.token_sha256, access.host_mask))
             case ReachabilitySet(sid, guest_port, reachable, changed_at):
                 self.set_reachability(sid, guest_port, reachable, changed_at)
             case EgressSet(sid, address):

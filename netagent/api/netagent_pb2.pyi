@@ -199,16 +199,22 @@ class UpdatePolicyRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ...) -> None: ...
 
 class ExposePortRequest(_message.Message):
-    __slots__ = ("sandbox_id", "guest_port", "protocol", "host_port")
+    __slots__ = ("sandbox_id", "guest_port", "protocol", "host_port", "public", "access_token", "host_mask")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     GUEST_PORT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     HOST_PORT_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HOST_MASK_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     guest_port: int
     protocol: Protocol
     host_port: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ...) -> None: ...
+    public: bool
+    access_token: str
+    host_mask: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ..., public: _Optional[bool] = ..., access_token: _Optional[str] = ..., host_mask: _Optional[str] = ...) -> None: ...
 
 class ExposePortResponse(_message.Message):
     __slots__ = ("port",)

@@ -86,6 +86,8 @@ class NetAgentService(pb_grpc.NetAgentServicer):
     async def ExposePort(self, request: pb.ExposePortRequest, context: Any) -> pb.ExposePortResponse:
         async def run() -> pb.ExposePortResponse:
             op = cv.expose_op(request, self.agent.config.host_port_range)
+            if access := cv.port_access_op(request):   # before the port is exposed: never published without it
+                await self.agent.run_port_access(access)
             port = await self.agent.run_expose(op)
             return pb.ExposePortResponse(port=pb.ExposedPort(guest_port=op.guest_port, host_port=port.host_port,
                                                              protocol=cv.PROTOCOL_TO_PROTO[op.protocol]))

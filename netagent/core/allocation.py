@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..access import PortAccess
 from ..models import AllocateSpec, EgressPolicy, ExposedPort, Protocol
 from ..policy import CompiledPolicy
 
@@ -22,3 +23,4 @@ class Allocation:
     compiled: CompiledPolicy
     ports: Mapping[PortKey, ExposedPort] = field(default_factory=dict)
     egress_address: str | None = None    # the SNAT source now (None: the uplink's)
+    access: Mapping[int, PortAccess] = field(default_factory=dict)   # edge access by guest port (default public)

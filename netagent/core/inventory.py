@@ -21,6 +21,7 @@ from .rows import (
     Change,
     EgressSet,
     PolicySet,
+    PortAccessSet,
     PortAdded,
     PortDeleted,
     ReachabilitySet,
@@ -165,6 +166,9 @@ class Inventory:
                 self.host_ports[port.protocol].pop(port.host_port, None)
             case EgressSet(sid, address):
                 self.allocations[sid] = replace(self.allocations[sid], egress_address=address)
+            case PortAccessSet(sid, guest_port, access):
+                rec = self.allocations[sid]
+                self.allocations[sid] = replace(rec, access={**rec.access, guest_port: access})
             case ReachabilitySet():
                 pass  # the prober holds reachability in memory; only SQLite keeps it
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
+from ..access import check_host_mask, token_sha256
 from ..errors import InvalidArgument
 from ..models import AllocateSpec, EgressPolicy, Protocol, validate_port, validate_protocol, validate_sandbox_id
 from ..policy import CompiledPolicy, compile_policy
@@ -133,6 +134,25 @@ class Reachability:
 
 
 @dataclass(frozen=True)
+class SetPortAccess:
+    """A port's edge access; None leaves a field as it is. The token is hashed
+    here, at the boundary: nothing past it ever holds the token itself."""
+    sandbox_id: str
+    guest_port: int
+    public: bool | None = None
+    token_sha256: str | None = None     # "" clears the token
+    host_mask: str | None = None
+
+    @classmethod
+    def of(cls, sandbox_id: object, guest_port: object, public: bool | None = None,
+           access_token: str | None = None, host_mask: str | None = None) -> SetPortAccess:
+        sid = validate_sandbox_id(sandbox_id)
+        port = validate_port(guest_port, "guest_port")
+        sha = None if access_token is None else (token_sha256(access_token) if access_token else "")
+        return cls(sid, port, public, sha, None if host_mask is None else check_host_mask(host_mask))
+
+
+@dataclass(frozen=True)
 class RecordReachability:
     """Probe results that changed (from the prober): stored with their events."""
     ports: tuple[Reachability, ...]
@@ -188,7 +208,7 @@ class Resync:
     """Reload the table if it drifted and re-add every element from state."""
 
 
-Operation = (Allocate | Release | UpdatePolicy | SetEgressAddress | Expose | Unexpose | RecordReachability
-             | RecordDenied | SlotReady | SlotGone | SlotIncidents | CloseUsage | Resync)
+Operation = (Allocate | Release | UpdatePolicy | SetEgressAddress | Expose | Unexpose | SetPortAccess
+             | RecordReachability | RecordDenied | SlotReady | SlotGone | SlotIncidents | CloseUsage | Resync)
 # Operations a caller makes (they delay background refills and cleaning).
-CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, Expose, Unexpose)
+CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, Expose, Unexpose, SetPortAccess)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..access import PortAccess
 from ..addressing import AddressPlan, SlotAddresses
 from ..config import GuestPlan
 from ..errors import Conflict, NotFound, Unavailable
@@ -26,6 +27,7 @@ from .rows import (
     EgressSet,
     Event,
     PolicySet,
+    PortAccessSet,
     PortAdded,
     PortDeleted,
     ReachabilitySet,
@@ -64,6 +66,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_expose(inv, op, ctx)
         case ops.Unexpose():
             return plan_unexpose(inv, op, ctx)
+        case ops.SetPortAccess():
+            return plan_port_access(inv, op)
         case ops.RecordReachability():
             return plan_reachability(inv, op, ctx)
         case ops.RecordDenied():
@@ -223,6 +227,15 @@ def plan_unexpose(inv: Inventory, op: ops.Unexpose, ctx: PlanContext) -> Change:
         reply=True, rows=(PortDeleted(rec.sandbox_id, port),),
         nft=tuple(el.delete([el.port_element(slot, port.protocol.value, port.host_port, port.guest_port)])),
         events=(Event("port_unexposed", rec.sandbox_id, {"port": port.model_dump(mode="json")}),))
+
+
+def plan_port_access(inv: Inventory, op: ops.SetPortAccess) -> Change:
+    """A port's edge access (exposed or not yet); the registry publishes it.
+    No element: the edge enforces it. Refused if it would leave a private
+    port without a token."""
+    rec = require(inv, op.sandbox_id)
+    access = rec.access.get(op.guest_port, PortAccess()).with_changes(op.public, op.token_sha256, op.host_mask)
+    return Change(reply=access, rows=(PortAccessSet(rec.sandbox_id, op.guest_port, access),))
 
 
 def plan_reachability(inv: Inventory, op: ops.RecordReachability, ctx: PlanContext) -> Change:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..access import PortAccess
 from ..firewall import elements as el
 from ..models import EgressPolicy, ExposedPort, Protocol, SlotState
 from ..policy import CompiledPolicy
@@ -52,6 +53,13 @@ class PortDeleted:
 
 
 @dataclass(frozen=True)
+class PortAccessSet:
+    sandbox_id: str
+    guest_port: int
+    access: PortAccess
+
+
+@dataclass(frozen=True)
 class ReachabilitySet:
     sandbox_id: str
     guest_port: int
@@ -80,7 +88,7 @@ class UsageClosed:
 
 
 Row = (SlotSet | SlotDeleted | AllocationAdded | AllocationDeleted | PolicySet | PortAdded | PortDeleted
-       | ReachabilitySet | EgressSet | UsageReleased | UsageClosed)
+       | PortAccessSet | ReachabilitySet | EgressSet | UsageReleased | UsageClosed)
 
 
 @dataclass(frozen=True)

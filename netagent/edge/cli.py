@@ -7,6 +7,7 @@ import logging
 import signal
 
 from ..logs import LEVELS, setup_logging
+from . import hacli
 from .proxy import EdgeConfig, EdgeServer
 
 log = logging.getLogger("netagent.edge")
@@ -20,8 +21,9 @@ def listen_address(text: str) -> tuple[str, int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("edge", help="run the reference HTTP/1.1 edge (reverse proxy to sandbox ports)")
-    p.add_argument("--registry", required=True, help="sqlite:///path.db or redis://host:port/db")
+    p = sub.add_parser("edge", help="program a HAProxy edge from the registry (--haproxy-socket), or run "
+                                    "the legacy Python HTTP/1.1 proxy (docs/edge.md)")
+    p.add_argument("--registry", help="sqlite:///path.db or redis://host:port/db")
     p.add_argument("--domain", required=True, help="serve {port}-{sandboxId}.DOMAIN")
     p.add_argument("--listen", type=listen_address, default=("127.0.0.1", 8080), help="HOST:PORT (127.0.0.1:8080)")
     p.add_argument("--shared-host", help="a host name routed by X-Sandbox-Id and X-Sandbox-Port headers")
@@ -32,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="reuse a registry answer for up to this many ms (0-250, default 250; 0: every request asks)")
     p.add_argument("--log-level", default="INFO", choices=LEVELS)
     p.add_argument("--log-json", action="store_true")
+    hacli.add_arguments(p)
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -56,6 +59,12 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.haproxy_socket or args.write_haproxy_config:
+        if not args.write_haproxy_config and not args.registry:
+            raise SystemExit("netagent edge: --haproxy-socket needs --registry")
+        return hacli.run(args)
+    if not args.registry:
+        raise SystemExit("netagent edge: --registry is required")
     setup_logging(args.log_level, args.log_json)
     asyncio.run(serve(args))
     return 0

@@ -236,6 +236,8 @@ class ClientConnection:
         if record is None:
             return await self._fail(head, 404, f"sandbox {target.sandbox_id} not found", target, close=unread)
         port = record.port(target.port, "tcp")
+        if port is not None and not port.public:   # tokens are checked by the HAProxy edge only
+            return await self._fail(head, 401, "a valid access token is required", target, close=unread)
         if port is None or port.reachable is not True or not record.node_address:
             return await self._fail(head, 502, f"port {target.port} is not open", target, close=unread)
         request = self._upstream_request(head, framing, host, path)

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .. import __version__
+from ..access import PortAccess
 from ..addressing import SlotAddresses
 from ..config import Config
 from ..core import ops
 from ..core.allocation import Allocation
-from ..core.rows import AllocationAdded, AllocationDeleted, PortAdded, PortDeleted, Row
+from ..core.rows import AllocationAdded, AllocationDeleted, PortAccessSet, PortAdded, PortDeleted, Row
 from ..metrics import Metrics
 from ..models import ExposedPort, Protocol
 from ..registry import NodeRecord, PortRecord, SandboxRecord, open_registry
@@ -44,6 +45,9 @@ class AgentLink:
     expose: Callable[[str, int], Awaitable[int]]                 # discovery: expose a TCP port
     spawn: Callable[[Coroutine[Any, Any, None]], None]           # a background task the agent waits for
     known: Callable[[], dict[tuple[str, int], tuple[bool, float]]]  # stored reachability
+
+
+PUBLIC = PortAccess()
 
 
 class Reachability:
@@ -105,6 +109,8 @@ class Reachability:
                     self._mark(sid)
                 case PortDeleted(sid, port):
                     self.on_unexposed(sid, port)
+                case PortAccessSet(sid, _, _):
+                    self._mark(sid)
 
     def on_released(self, sandbox_id: str) -> None:
         if self.prober:
@@ -156,8 +162,10 @@ class Reachability:
         ports = []
         for p in sorted(rec.ports.values(), key=lambda p: (p.guest_port, p.protocol.value)):
             v = self.port_view(sandbox_id, p)
+            access = rec.access.get(p.guest_port, PUBLIC)
             ports.append(PortRecord(p.guest_port, p.protocol.value, p.host_port, v.reachable,
-                                    v.changed_at, v.checked_at))
+                                    v.changed_at, v.checked_at, access.public, access.token_sha256,
+                                    access.host_mask))
         return SandboxRecord(sandbox_id, self.config.node_id, self.node_address(), seq, time.time(),
                              tuple(ports))
 

@@ -22,6 +22,12 @@ class PortRecord:
     reachable: bool | None   # None: never probed (UDP is not probed)
     changed_at: float        # unix seconds of the last reachability change
     checked_at: float        # unix seconds of the last probe (0: none yet)
+    # Edge access (docs/registry.md). Written only when not the default, so a
+    # public, unmasked port reads the same to an edge that predates these fields,
+    # and such an edge refuses (502s) a private port rather than serving it openly.
+    public: bool = True
+    token_sha256: str = ""   # hex SHA-256 of the access token of a private port
+    host_mask: str = ""      # the Host header sent to the guest instead of the public one
 
     @property
     def key(self) -> str:
@@ -48,7 +54,7 @@ class SandboxRecord:
 
     def to_json(self) -> str:
         doc = asdict(self)
-        doc["ports"] = {p.key: asdict(p) for p in self.ports}
+        doc["ports"] = {p.key: _port_doc(p) for p in self.ports}
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -87,6 +93,17 @@ class NodeRecord:
             return cls(**doc)
         except TypeError as exc:
             raise ValueError(f"malformed node record: {exc}") from exc
+
+
+_PORT_DEFAULTS = {"public": True, "token_sha256": "", "host_mask": ""}
+
+
+def _port_doc(port: PortRecord) -> dict[str, Any]:
+    doc = asdict(port)
+    for name, default in _PORT_DEFAULTS.items():
+        if doc[name] == default:
+            del doc[name]
+    return doc
 
 
 def _load(raw: str | bytes, kind: str) -> dict[str, Any]:

@@ -35,8 +35,9 @@ DEFAULT_PREFIX = "netagent:"
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 1.0
 
-# KEYS: sandbox key, node set key.  ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id.
-# Writes only if the stored record (live or tombstone) has a lower seq, or is unreadable.
+# KEYS: sandbox key, node set key.  ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel.
+# Writes only if the stored record (live or tombstone) has a lower seq, or is unreadable,
+# and publishes what it stored ("<ttl ms>\n<record JSON>") on the change channel for edges.
 PUT_SANDBOX_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -52,6 +53,7 @@ else
   redis.call('SADD', KEYS[2], ARGV[5])
   if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 end
+redis.call('PUBLISH', ARGV[6], ARGV[3] .. '\\n' .. ARGV[1])
 return 1
 """
 
@@ -94,6 +96,17 @@ return live
 """
 
 
+# KEYS: sandbox keys.  Returns value, PTTL, value, PTTL, ... (a missing key: nil, -2).
+GET_WITH_TTL_LUA = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[2 * i - 1] = redis.call('GET', key)
+  out[2 * i] = redis.call('PTTL', key)
+end
+return out
+"""
+
+
 def split_url(url: str) -> tuple[str, str, str]:
     """-> (URL for redis-py without our `prefix` option, key prefix, URL safe to log)."""
     parts = urlsplit(url)
@@ -128,6 +141,10 @@ class RedisRegistry(Registry):
     def node_set_key(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}:sbx"
 
+    @property
+    def change_channel(self) -> str:
+        return f"{self.prefix}changes"
+
     def _ensure_client(self) -> aioredis.Redis:
         if self._client is None:
             client = aioredis.Redis.from_url(
@@ -137,6 +154,7 @@ class RedisRegistry(Registry):
             self._put_script = client.register_script(PUT_SANDBOX_LUA)
             self._refresh_script = client.register_script(REFRESH_LUA)
             self._node_sandboxes_script = client.register_script(NODE_SANDBOXES_LUA)
+            self._get_with_ttl_script = client.register_script(GET_WITH_TTL_LUA)
             self._client = client
         return self._client
 
@@ -159,7 +177,8 @@ class RedisRegistry(Registry):
 
     async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
         keys = [self.sandbox_key(record.sandbox_id), self.node_set_key(record.node_id)]
-        args = [record.to_json(), record.seq, ttl_ms(ttl_s), "1" if record.deleted else "0", record.sandbox_id]
+        args = [record.to_json(), record.seq, ttl_ms(ttl_s), "1" if record.deleted else "0", record.sandbox_id,
+                self.change_channel]
         stored = await self._call("put_sandbox", lambda r: self._put_script(keys=keys, args=args))
         return stored == 1
 
@@ -169,7 +188,8 @@ class RedisRegistry(Registry):
             async with client.pipeline(transaction=False) as pipe:
                 for rec in records:
                     keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id)]
-                    args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id]
+                    args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
+                            self.change_channel]
                     await self._put_script(keys=keys, args=args, client=pipe)  # queued, not sent
                 return await pipe.execute()
         return [r == 1 for r in await self._call("put_many", run)]
@@ -196,6 +216,32 @@ class RedisRegistry(Registry):
         args = [self.sandbox_key(""), node_id]
         ids = await self._call("node_sandboxes", lambda r: self._node_sandboxes_script(keys=keys, args=args))
         return sorted(ids)
+
+    # -- for edges: a snapshot, then the change channel (docs/registry.md) --
+
+    async def raw_records(self, batch: int = 1000) -> list[tuple[str, str, int]]:
+        """(sandbox id, record JSON, remaining TTL in ms) of every sandbox key, tombstones
+        too, undecoded (SCAN, then one script call per batch for values and TTLs)."""
+        async def run(client: aioredis.Redis) -> list[tuple[str, str, int]]:
+            out = []
+            keys: list[str] = []
+            async for key in client.scan_iter(match=self.sandbox_key("*"), count=batch):
+                keys.append(key)
+            for start in range(0, len(keys), batch):
+                chunk = keys[start:start + batch]
+                replies = await self._get_with_ttl_script(keys=chunk, client=client)
+                for key, raw, ttl in zip(chunk, replies[::2], replies[1::2], strict=True):
+                    if raw is not None and ttl != -2:
+                        out.append((key[len(self.sandbox_key("")):], raw, ttl))
+            return out
+        return await self._call("raw_records", run)
+
+    async def pttl(self, sandbox_id: str) -> int:
+        """Remaining TTL of a sandbox key in ms; -2 if absent."""
+        return await self._call("pttl", lambda r: r.pttl(self.sandbox_key(sandbox_id)))
+
+    def pubsub(self) -> aioredis.client.PubSub:
+        return self._ensure_client().pubsub(ignore_subscribe_messages=True)
 
     async def server_time(self) -> float:
         seconds, micros = await self._call("server_time", lambda r: r.time())

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     seq        INTEGER NOT NULL,
     deleted    INTEGER NOT NULL,
     expires_at REAL NOT NULL,
-    record     TEXT NOT NULL
+    record     TEXT NOT NULL,
+    change_id  INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sandboxes_by_node ON sandboxes(node_id);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -40,14 +41,22 @@ CREATE TABLE IF NOT EXISTS nodes (
 );
 """
 
+# Added after the first release (an older file gets the column at open): a counter
+# over the whole table, bumped by every stored write, that edges poll for changes.
+ADD_CHANGE_ID = """
+ALTER TABLE sandboxes ADD COLUMN change_id INTEGER NOT NULL DEFAULT 0
+"""
+CHANGE_ID_INDEX = "CREATE INDEX IF NOT EXISTS sandboxes_by_change ON sandboxes(change_id)"
+
 # Compare-and-set in one statement. An expired row counts as absent, so it
 # does not block a write (the same as an expired key in redis).
 PUT_SANDBOX = """
-INSERT INTO sandboxes (sandbox_id, node_id, seq, deleted, expires_at, record)
-VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record)
+INSERT INTO sandboxes (sandbox_id, node_id, seq, deleted, expires_at, record, change_id)
+VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record,
+        (SELECT IFNULL(MAX(change_id), 0) + 1 FROM sandboxes))
 ON CONFLICT (sandbox_id) DO UPDATE SET
     node_id = excluded.node_id, seq = excluded.seq, deleted = excluded.deleted,
-    expires_at = excluded.expires_at, record = excluded.record
+    expires_at = excluded.expires_at, record = excluded.record, change_id = excluded.change_id
 WHERE excluded.seq > sandboxes.seq OR sandboxes.expires_at <= :now
 """
 
@@ -106,6 +115,10 @@ class SqliteRegistry(Registry):
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(sandboxes)")}
+            if "change_id" not in columns:
+                db.execute(ADD_CHANGE_ID)
+            db.execute(CHANGE_ID_INDEX)
         except BaseException:
             db.close()
             raise
@@ -186,6 +199,38 @@ class SqliteRegistry(Registry):
 
     async def server_time(self) -> float:
         return time.time()
+
+    # -- for edges: poll by change_id (docs/registry.md, "Watching for changes") --
+
+    async def changed_since(self, change_id: int, limit: int = 10_000) -> list[tuple[str, int, str | None]]:
+        """Rows stored after `change_id`, oldest first: (sandbox_id, change_id, record
+        JSON, or None for a tombstone or an expired row). Page with the last id seen."""
+        return await self._run(self._db_changed_since, change_id, limit)
+
+    def _db_changed_since(self, db: sqlite3.Connection, change_id: int,
+                          limit: int) -> list[tuple[str, int, str | None]]:
+        rows = db.execute("SELECT sandbox_id, change_id, CASE WHEN deleted = 0 AND expires_at > ? THEN record END "
+                          "FROM sandboxes WHERE change_id > ? ORDER BY change_id LIMIT ?",
+                          (time.time(), change_id, limit))
+        return list(rows)
+
+    async def live_ids(self) -> set[str]:
+        """Ids of every live record."""
+        rows = await self._run(lambda db: db.execute(
+            "SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND expires_at > ?", (time.time(),)).fetchall())
+        return {r[0] for r in rows}
+
+    async def expiry_scan(self) -> tuple[set[str], int]:
+        """(ids of records that expired without a write and are not purged yet, how many
+        records are live): cheaper than live_ids for noticing expiries in a big table."""
+        def scan(db: sqlite3.Connection) -> tuple[set[str], int]:
+            now = time.time()
+            expired = {r[0] for r in db.execute(
+                "SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND expires_at <= ?", (now,))}
+            live = db.execute("SELECT COUNT(*) FROM sandboxes WHERE deleted = 0 AND expires_at > ?",
+                              (now,)).fetchone()[0]
+            return expired, live
+        return await self._run(scan)
 
 
 class transaction:

@@ -3,6 +3,7 @@ hand are repaired while the agent runs, and traffic through them resumes."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 
 import pytest
@@ -19,6 +20,9 @@ BREAKS = {
     "host veth down": lambda bed, net: sh.ip("link", "set", net.host_veth, "down", ns=bed.host),
     "slot veth down": lambda bed, net: sh.ip("link", "set", "veth0", "down", ns=net.netns),
     "slot route deleted": lambda bed, net: sh.ip("route", "del", "default", ns=net.netns),
+    # the host's route to the sandbox is the connected /31 of its host veth address
+    "host route deleted": lambda bed, net: sh.ip("addr", "del", f"{ipaddress.IPv4Address(net.sandbox_ip) - 1}/31",
+                                                 "dev", net.host_veth, ns=bed.host),
     "in-slot table deleted": lambda bed, net: sh.run("nft", "delete", "table", "ip", "netagent_slot", ns=net.netns),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -98,7 +99,7 @@ class UpstreamServer:
                 self.requests.append(req)
                 path = target.split("?")[0]
                 if req.header("upgrade"):
-                    await self._upgrade(reader, writer)
+                    await self._upgrade(req, reader, writer)
                     return
                 if path in self.raw_handlers:     # the handler reads the body itself, or not
                     if not await self.raw_handlers[path](req, reader, writer):
@@ -179,13 +180,18 @@ class UpstreamServer:
         await writer.drain()
         return True
 
-    async def _upgrade(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _upgrade(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: dummy\r\n\r\n")
+                     b"Sec-WebSocket-Accept: %s\r\n\r\n" % websocket_accept(req.header("sec-websocket-key") or ""))
         await writer.drain()
         while data := await reader.read(65536):
             writer.write(b"echo:" + data)
             await writer.drain()
+
+
+def websocket_accept(key: str) -> bytes:
+    """RFC 6455 section 4.2.2 (HAProxy checks it when it turns an HTTP/2 WebSocket into HTTP/1.1)."""
+    return base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
 
 
 @dataclass

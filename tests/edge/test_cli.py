@@ -62,7 +62,9 @@ async def test_edge_subprocess(tmp_path: Path) -> None:
             del resp
             peak = rss_kib(proc.pid, "VmHWM")
             # 50 MiB went through; the edge's peak memory grew by far less than that
-            assert peak - before < 16 * 1024, f"edge RSS peak grew {peak - before} KiB"
+            # docs/edge.md: 0.3 MiB; seen 184-544 KiB over 5 runs. 2 MiB leaves ~4x that as margin and
+            # still fails a proxy that holds even 4% of the body.
+            assert peak - before < 2 * 1024, f"edge RSS peak grew {peak - before} KiB"
             resp = await client.request("GET", "/", f"3000-nope.{DOMAIN}", {"Accept": "application/json"})
             assert resp.status == 404
         proc.send_signal(signal.SIGTERM)

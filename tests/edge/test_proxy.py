@@ -10,6 +10,7 @@ import os
 import pytest
 
 from netagent.edge import EdgeConfig, EdgeServer
+from netagent.registry import PortRecord, SandboxRecord
 from netagent.registry.sqlite import SqliteRegistry
 
 from .helpers import LOOPBACK, RawClient, UpstreamServer, free_port, sandbox
@@ -22,25 +23,6 @@ BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;
 
 def host(sandbox_id: str = "abc", port: int = 3000) -> str:
     return f"{port}-{sandbox_id}.{DOMAIN}"
-
-
-@pytest.fixture
-async def upstream():
-    server = await UpstreamServer().start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def registry(tmp_path):
-    reg = SqliteRegistry(f"sqlite:///{tmp_path}/registry.db")
-    await reg.connect()
-    try:
-        yield reg
-    finally:
-        await reg.close()
 
 
 @pytest.fixture
@@ -401,3 +383,12 @@ async def test_malformed_chunked_upload_is_400(edge: int) -> None:
         resp = await asyncio.wait_for(client.response(), 5)
         assert resp.status == 400 and "chunk" in resp.json()["message"]
         assert await client.closed_by_peer()
+
+
+async def test_a_private_port_is_never_served(edge: int, registry: SqliteRegistry, upstream: UpstreamServer) -> None:
+    """The Python proxy checks no tokens, so it must not serve a private port at all."""
+    await registry.put_sandbox(SandboxRecord("priv", "node-1", LOOPBACK, 1, 0.0, (
+        PortRecord(3000, "tcp", upstream.port, True, 0.0, 0.0, public=False, token_sha256="ab" * 32),)), ttl_s=300)
+    async with await RawClient.open(edge) as client:
+        resp = await client.request("GET", "/", host("priv"), {"X-Access-Token": "anything", **JSON})
+    assert resp.status == 401 and upstream.requests == []

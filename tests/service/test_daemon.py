@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 
 import grpc
 import pytest
@@ -13,6 +12,7 @@ from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
 from tests.testbed.bed import HTTP_PORT, WEB_IP, LightGuest, wait_until
 from tests.testbed.flows import STREAM_READER
+from tests.testbed.tls import issue, make_ca
 
 
 def test_sigterm_and_sigkill_restarts_lose_nothing(bed, tmp_path):
@@ -105,19 +105,10 @@ def test_metrics_parse_and_move(bed, daemon):
     assert after["netagent_registry_errors_total{}"] == 0
 
 
-def _openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def make_pki(d) -> None:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-             "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
-    for name, san in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "subjectAltName=DNS:client")):
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj",
-                 f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-        (d / f"{name}.ext").write_text(san + "\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+    make_ca(d)
+    issue(d, "server", "IP:127.0.0.1")
+    issue(d, "client", "DNS:client")
 
 
 _TLS_CLIENT = r"""

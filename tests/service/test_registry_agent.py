@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import time
+
+import grpc
+import pytest
 
 from netagent.api import netagent_pb2 as pb
 from netagent.registry import SandboxRecord, open_registry
@@ -121,3 +125,44 @@ def test_stray_records_of_this_node_are_removed_when_the_agent_starts(bed, tmp_p
         assert read(url, "stray-1") is None
     finally:
         daemon.stop()
+
+
+def test_private_port_access_is_published_as_a_hash_and_survives_a_restart(bed, tmp_path):
+    """ExposePort with public=false and a token: the registry holds only the token's SHA-256,
+    the daemon never logs the token, one call rotates it, a bad call changes nothing, and a
+    restarted agent still publishes the port as private."""
+    url = f"sqlite://{tmp_path}/registry.db"
+    token, rotated = "first-token-0123456789", "second-token-0123456789"
+    config = write_config(bed, tmp_path, pool_size=1, registry_url=url, log_level="DEBUG")
+    daemon = Daemon(config).start()
+    try:
+        with daemon.client() as c:
+            c.allocate("acc-1")
+            c.expose("acc-1", 3000, public=False, access_token=token, host_mask="localhost:{port}")
+
+            def published(sha: str) -> bool:
+                port = (rec := read(url, "acc-1")) and rec.port(3000)
+                return bool(port and not port.public and port.token_sha256 == sha)
+            wait_for(lambda: published(hashlib.sha256(token.encode()).hexdigest()), 5, "the private record")
+            assert read(url, "acc-1").port(3000).host_mask == "localhost:{port}"
+            c.expose("acc-1", 3000, access_token=rotated)                       # rotation: one call
+            wait_for(lambda: published(hashlib.sha256(rotated.encode()).hexdigest()), 1, "the rotated hash")
+            with pytest.raises(grpc.RpcError) as err:
+                c.expose("acc-1", 3000, access_token="")                         # private without a token
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as err:
+                c.expose("acc-1", 3000, host_mask="evil\r\nX: 1")
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        daemon.stop()
+        first_log = "".join(daemon.log)
+        daemon = Daemon(config).start()
+        wait_for(lambda: (rec := read(url, "acc-1")) is not None and rec.updated_at > time.time() - 1, 5,
+                 "a fresh write after the restart")
+        port = read(url, "acc-1").port(3000)
+        assert not port.public and port.token_sha256 == hashlib.sha256(rotated.encode()).hexdigest()
+        daemon.stop()
+        log = first_log + "".join(daemon.log)
+        assert "acc-1" in log and token not in log and rotated not in log
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.stop()

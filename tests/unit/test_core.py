@@ -253,3 +253,19 @@ async def test_a_failed_nft_transaction_rolls_back_sqlite_and_leaves_the_invento
     assert h.committed == [ops.Allocate]               # no hooks ran for the failed burst
     assert (await run_burst(h, ops.Expose.of("a", 80)))[0].host_port == 20000  # and it is usable again
 
+
+
+def test_port_access_is_planned_like_any_change_and_the_token_never_passes_the_boundary():
+    inv = inventory()
+    apply(inv, alloc("a", 0))
+    op = ops.SetPortAccess.of("a", 3000, public=False, access_token="t" * 20)
+    assert "t" * 20 not in repr(op) and len(op.token_sha256 or "") == 64      # hashed at the boundary
+    change = apply(inv, op)
+    assert change.nft == () and change.reply.public is False and inv.allocations["a"].access[3000] == change.reply
+    with pytest.raises(InvalidArgument, match="private port needs an access_token"):
+        plan(inv, ops.SetPortAccess.of("a", 3000, access_token=""), CTX)       # clearing it would expose it
+    with pytest.raises(InvalidArgument):
+        ops.SetPortAccess.of("a", 3000, access_token="short")
+    with pytest.raises(NotFound):
+        plan(inv, ops.SetPortAccess.of("nobody", 3000, public=True), CTX)
+    assert apply(inv, ops.SetPortAccess.of("a", 3000, public=True)).reply.token_sha256 == op.token_sha256

@@ -54,3 +54,16 @@ def test_malformed_records_raise_value_error(raw: str) -> None:
         SandboxRecord.from_json(raw)
     with pytest.raises(ValueError):
         NodeRecord.from_json(raw)
+
+
+def test_edge_access_fields_are_written_only_when_set() -> None:
+    """A public, unmasked port reads exactly as before the fields existed (an older
+    edge still serves it); a private port round-trips and an older reader refuses it."""
+    public = SandboxRecord("s", "n", "a", 1, 1.0, (PortRecord(80, "tcp", 30000, True, 1.0, 2.0),))
+    assert set(json.loads(public.to_json())["ports"]["80/tcp"]) == {
+        "guest_port", "protocol", "host_port", "reachable", "changed_at", "checked_at"}
+    private = SandboxRecord("s", "n", "a", 1, 1.0, (PortRecord(80, "tcp", 30000, True, 1.0, 2.0, public=False,
+                                                               token_sha256="ab" * 32, host_mask="localhost:80"),))
+    doc = json.loads(private.to_json())["ports"]["80/tcp"]
+    assert (doc["public"], doc["token_sha256"], doc["host_mask"]) == (False, "ab" * 32, "localhost:80")
+    assert SandboxRecord.from_json(private.to_json()) == private

@@ -1,0 +1,86 @@
+"""`netagent edge --haproxy-socket ...`: the control plane of the HAProxy edge, and
+`--write-haproxy-config FILE`: render HAProxy's config, maps and error file."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from ..logs import setup_logging
+from .haconfig import EdgeSettings
+from .maps import DEFAULT_SHARDS
+
+log = logging.getLogger("netagent.edge")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("HAProxy edge (docs/edge.md)")
+    g.add_argument("--haproxy-socket", help="run the control plane: HAProxy's admin socket (level admin)")
+    g.add_argument("--write-haproxy-config", metavar="FILE",
+                   help="write HAProxy's config to FILE (and the maps and error file it loads), then exit")
+    g.add_argument("--map-dir", default="/var/lib/netagent-edge/maps", help="where the shard maps live")
+    g.add_argument("--errors-dir", default="/var/lib/netagent-edge/errors")
+    g.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help="map shards (same in config and control)")
+    g.add_argument("--http-listen", action="append", default=[], metavar="IP:PORT",
+                   help="plain HTTP listener (repeatable; default 0.0.0.0:80)")
+    g.add_argument("--https-listen", action="append", default=[], metavar="IP:PORT",
+                   help="HTTPS listener (repeatable), HTTP/2 and HTTP/1.1 by ALPN")
+    g.add_argument("--tls-pem", default="", help="certificate chain and key of *.DOMAIN in one PEM file")
+    g.add_argument("--https-public-port", type=int, default=443, help="the port in redirects to https://")
+    g.add_argument("--no-https-redirect", action="store_true", help="serve plain HTTP instead of 308 to HTTPS")
+    g.add_argument("--token-header", default="X-Access-Token", help="header carrying a private port's token")
+    g.add_argument("--token-cookie", default="netagent-access-token", help="cookie carrying the token")
+    g.add_argument("--url-signing-key-file", help="key (>= 32 bytes) for signed URLs to private ports; "
+                   "it is written into HAProxy's config, so keep that file private")
+    g.add_argument("--threads", type=int, default=2, help="HAProxy threads")
+
+
+def settings_from(args: argparse.Namespace) -> EdgeSettings:
+    admin = args.haproxy_socket or "/run/netagent-edge/haproxy.sock"
+    return EdgeSettings(
+        domain=args.domain.lower().rstrip("."), map_dir=args.map_dir, admin_socket=admin,
+        errors_dir=args.errors_dir, http_listen=tuple(args.http_listen or ["0.0.0.0:80"]),
+        https_listen=tuple(args.https_listen), tls_pem=args.tls_pem,
+        redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
+        token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
+        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads,
+        url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
+
+
+async def control(args: argparse.Namespace) -> None:
+    from ..registry import open_registry
+    from .control import EdgeControl
+    from .feeds import open_feed
+    from .runtime import HAProxyRuntime
+
+    registry = open_registry(args.registry)
+    feed = open_feed(registry)  # type: ignore[arg-type]
+    runtime = HAProxyRuntime(args.haproxy_socket, args.map_dir)
+    edge = EdgeControl(feed, runtime, args.shards)
+    task = asyncio.create_task(edge.run())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("edge control plane: %s -> haproxy %s (%d shards)", args.registry, args.haproxy_socket, args.shards)
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await feed.close()
+        await runtime.close()
+        await registry.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_json)
+    if args.write_haproxy_config:
+        from .hafiles import write_haproxy_files
+        path = write_haproxy_files(settings_from(args), args.write_haproxy_config)
+        print(path)
+        return 0
+    asyncio.run(control(args))
+    return 0

@@ -1,0 +1,182 @@
+"""Render the HAProxy config of the edge from its settings: pure text in, text out.
+
+The template (haproxy.cfg.tmpl, beside this file) is the readable whole; this
+module only fills in the listeners, the per-shard lookups and the answers.
+"""
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from string import Template
+
+from .maps import DEFAULT_SHARDS
+
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")   # an HTTP field / cookie name
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_LISTEN = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|\*)?:\d{1,5}")
+_PATH = re.compile(r"/[^\s'\"#]*")
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    domain: str
+    map_dir: str                          # holds s00.map ... (the control plane writes them)
+    admin_socket: str                     # HAProxy's runtime API socket (level admin)
+    errors_dir: str                       # holds 504.http
+    http_listen: tuple[str, ...] = ("127.0.0.1:8080",)
+    https_listen: tuple[str, ...] = ()
+    tls_pem: str = ""                     # certificate chain + key for *.domain, one PEM file
+    redirect_to_https: bool = True        # plain HTTP answers 308 to https:// (when TLS is on)
+    https_public_port: int = 443          # the port https:// URLs use (redirect target)
+    token_header: str = "X-Access-Token"
+    token_cookie: str = "netagent-access-token"
+    trust_forwarded: bool = False
+    url_signing_key: bytes = b""          # HMAC-SHA256 key of signed URLs to private ports ("": off)
+    connect_timeout_s: float = 3.0
+    request_timeout_s: float = 10.0       # a request head must arrive within this (slowloris)
+    shards: int = DEFAULT_SHARDS
+    threads: int = 2
+    maxconn: int = 20000
+    log_target: str = "stderr"
+    log_level: str = "err"
+    extra_bind_options: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        if not _DOMAIN.fullmatch(self.domain):
+            raise ValueError(f"domain {self.domain!r} is not a lowercase DNS name")
+        for name in ("map_dir", "admin_socket", "errors_dir"):
+            if not _PATH.fullmatch(getattr(self, name)):
+                raise ValueError(f"{name} must be an absolute path without spaces or quotes")
+        for listen in self.http_listen + self.https_listen:
+            if not _LISTEN.fullmatch(listen):
+                raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
+        if self.https_listen and not _PATH.fullmatch(self.tls_pem):
+            raise ValueError("https listeners need tls_pem (an absolute path)")
+        if not self.http_listen and not self.https_listen:
+            raise ValueError("the edge needs at least one listener")
+        for name in ("token_header", "token_cookie"):
+            if not _TOKEN.fullmatch(getattr(self, name)):
+                raise ValueError(f"{name} {getattr(self, name)!r} is not an HTTP token")
+        if self.url_signing_key and len(self.url_signing_key) < 32:
+            raise ValueError("url_signing_key must be at least 32 bytes")
+        if not 1 <= self.shards <= 1024:
+            raise ValueError("shards must be 1..1024")
+        for name in ("connect_timeout_s", "request_timeout_s"):
+            if not 0 < getattr(self, name) <= 60:
+                raise ValueError(f"{name} must be in (0, 60]")
+
+
+def shard_map(map_dir: str, shard: int) -> str:
+    return f"{map_dir}/s{shard:03d}.map"
+
+
+def _binds(s: EdgeSettings) -> str:
+    lines = [f"    bind {addr}" for addr in s.http_listen]
+    lines += [f"    bind {addr} ssl crt {s.tls_pem} alpn h2,http/1.1 strict-sni" for addr in s.https_listen]
+    return "\n".join(lines)
+
+
+def _shard_backends(s: EdgeSettings, answers: dict[str, str]) -> str:
+    template = Template(resources.files(__package__).joinpath("haproxy-shard.cfg.tmpl").read_text())
+    return "\n".join(template.substitute(shard=i, shards=s.shards, map=shard_map(s.map_dir, i), **answers)
+                     for i in range(s.shards))
+
+
+_JSON_IDS = '"sandboxId":"%[var(txn.sid)]","port":%[var(txn.port)]'
+
+
+def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True) -> str:
+    """Two `http-request return` lines: JSON when json_answer, else HTML."""
+    ids = _JSON_IDS if with_ids else '"sandboxId":null,"port":null'
+    json_body = f"{{{ids},\"message\":\"{message}\"}}"
+    html_body = (f"<!DOCTYPE html>\\n<html><head><meta charset=utf-8><title>{status} {title}</title></head>\\n"
+                 f"<body><h1>{status} {title}</h1>\\n<p>{message}</p></body></html>\\n")
+    common = f"http-request return status {status}"
+    headers = "hdr Cache-Control no-store"
+    return (f"    {common} content-type application/json lf-string '{json_body}' {headers} "
+            f"if {condition} json_answer\n"
+            f"    {common} content-type \"text/html; charset=utf-8\" lf-string \"{html_body}\" {headers} "
+            f"if {condition}")
+
+
+def _answer_400(s: EdgeSettings) -> str:
+    bad = "host is not {port}-{sandboxId}." + s.domain
+    lines = [_answer(400, "Bad Request", bad, cond, with_ids=False)
+             for cond in ("!host_form", "!label_fits", "!port_range", "!one_host")]
+    return "\n".join(lines)
+
+
+def _redirect(s: EdgeSettings) -> str:
+    if not (s.https_listen and s.redirect_to_https):
+        return "    # plain HTTP is served (no redirect to HTTPS)"
+    port = "" if s.https_public_port == 443 else f":{s.https_public_port}"
+    return (f"    http-request redirect location https://%[var(txn.host)]{port}%[pathq] code 308 "
+            f"if !{{ ssl_fc }}")
+
+
+def _forwarded(s: EdgeSettings) -> str:
+    """X-Forwarded-*: ours replace the client's, unless a trusted proxy in front set them."""
+    def unless_sent(name: str) -> str:
+        return f" !{{ req.hdr(X-Forwarded-{name}) -m found }}" if s.trust_forwarded else ""
+    names = ("For", "Host", "Proto")
+    drop = [] if s.trust_forwarded else [f"    http-request del-header X-Forwarded-{h}" for h in names]
+    return "\n".join(drop + [
+        f"    http-request set-header X-Forwarded-Host %[req.hdr(host,1)] if TRUE{unless_sent('Host')}",
+        f"    http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}{unless_sent('Proto')}",
+        f"    http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}{unless_sent('Proto')}",
+    ])
+
+
+SIGNED_URL_PARAMS = ("netagent-expires", "netagent-signature")
+
+
+def _signed_urls(s: EdgeSettings) -> str:
+    """A request to a private port may carry ?netagent-expires=UNIX&netagent-signature=HEX,
+    HEX = hmac_sha256(key, "{sandboxId}:{port}:{expires}") (docs/edge.md)."""
+    if not s.url_signing_key:
+        return "    # signed URLs are off (no url_signing_key)"
+    expires, signature = SIGNED_URL_PARAMS
+    key = base64.b64encode(s.url_signing_key).decode()
+    return "\n".join([
+        f"    http-request set-var(txn.sig_exp) url_param({expires}) "
+        f"if {{ url_param({expires}) -m reg ^[0-9]{{1,12}}$ }}",
+        "    http-request set-var(txn.now) date",
+        f"    http-request set-var(txn.sig_key) str({key}) if {{ var(txn.sig_exp) -m found }}",
+        "    http-request set-var(txn.sig_msg) var(txn.sid),concat(:,txn.port),concat(:,txn.sig_exp) "
+        "if { var(txn.sig_exp) -m found }",
+        "    http-request set-var(txn.sig_want) var(txn.sig_msg),hmac(sha256,txn.sig_key),hex,lower "
+        "if { var(txn.sig_exp) -m found }",
+        f"    http-request set-var(txn.sig_ok) bool(1) if {{ var(txn.sig_exp),sub(txn.now) -m int gt 0 }} "
+        f"{{ url_param({signature}),lower,strcmp(txn.sig_want) eq 0 }}",
+    ])
+
+
+def render(s: EdgeSettings) -> str:
+    s.validate()
+    template = Template(resources.files(__package__).joinpath("haproxy.cfg.tmpl").read_text())
+    not_open = "port %[var(txn.port)] is not open"
+    answers = {
+        "answer_401": "\n".join(_answer(401, "Unauthorized", "a valid access token is required", cond) for cond in (
+            "private !token_ok !signed", "presents_token !known", "presents_token !exposed")),
+        "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
+        "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
+    }
+    return template.substitute(
+        admin_socket=s.admin_socket, threads=s.threads, maxconn=s.maxconn, log_target=s.log_target,
+        log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms",
+        request_timeout=f"{int(s.request_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
+        map_dir=s.map_dir, binds=_binds(s), domain=s.domain, shards=s.shards,
+        domain_suffix_regex="\\." + s.domain.replace(".", "\\.") + "$",
+        redirect=_redirect(s), answer_400=_answer_400(s), token_header=s.token_header,
+        token_cookie=s.token_cookie, signed_urls=_signed_urls(s), forwarded=_forwarded(s),
+        shard_backends=_shard_backends(s, answers),
+    )
+
+
+def error_504() -> str:
+    """HAProxy's answer when the sandbox port did not accept the connection (its 503)."""
+    body = ('{"sandboxId":null,"port":null,"message":"the sandbox port did not accept the connection"}\n')
+    return ("HTTP/1.1 504 Gateway Timeout\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}")
