@@ -34,7 +34,7 @@ from .core.repair import Fix, Repairs
 from .core.rows import Change
 from .core.self_repair import RepairWork, SelfRepair
 from .core.views import network_of
-from .datapath import conntrack
+from .datapath import conntrack, shaper
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
 from .datapath.slot_repair import SlotRepairIO
@@ -49,7 +49,7 @@ from .firewall import nflog, ruleset
 from .firewall.driver import FirewallDriver, HostTable
 from .logs import for_sandbox
 from .metrics import Metrics
-from .models import AllocateSpec, EgressPolicy, Network, SlotState, validate_port, validate_sandbox_id
+from .models import AllocateSpec, EgressPolicy, Limits, Network, SlotState, validate_port, validate_sandbox_id
 from .reachability.tracker import AgentLink, Reachability
 from .reconcile import KernelOps, reconcile
 from .state import StateStore
@@ -169,6 +169,8 @@ class Agent:
         self.keeper.fingerprint = self.store.get_meta("ruleset_fingerprint")
         self.meter.load()
         await self.resync()
+        if shapes := [(r.slot, r.limits) for r in self.inventory.allocations.values() if r.limits.limited]:
+            await self.builds.call(self._shape, shapes)   # a rebuilt slot lost its qdiscs
         await self.meter.close_pending()    # released before a crash: final count before cleaning
         self.pool.ready.extend(result.ready)
         if result.dirty:
@@ -328,6 +330,15 @@ class Agent:
         net: Network = await self._submit(op)
         return net
 
+    async def set_limits(self, sandbox_id: str, limits: Limits | dict[str, Any] | None) -> Network:
+        """New bandwidth limits (None fields: unlimited), set on the slot's qdiscs before this returns."""
+        return await self.run_set_limits(ops.SetLimits.of(sandbox_id, limits))
+
+    async def run_set_limits(self, op: ops.SetLimits) -> Network:
+        require(self.inventory, op.sandbox_id)
+        net: Network = await self._submit(op)
+        return net
+
     async def set_egress_address(self, sandbox_id: str, address: str | None) -> Network:
         """Give the sandbox another SNAT source (None or "": the uplink's); only
         its own NAT flows are flushed, before this returns."""
@@ -419,6 +430,8 @@ class Agent:
             await self.cleaner.call(lambda: [self.admission.forget(self._cleaner_fw(), ip) for ip in drop])
         if marks:
             await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+        if shapes := [s for _, c in done for s in c.shape]:
+            await self.builds.call(self._shape, shapes)
         for sid, slot, ip in (c for _, change in done for c in change.close_usage):
             self.meter.release(sid, ip, slot)
             self.pool.spawn(self.meter.close(sid))
@@ -440,6 +453,11 @@ class Agent:
     def _config_elements(self) -> list[el.Element]:
         assert self.host_info is not None
         return ruleset.config_elements(self.config, self.host_info.uplink, self.host_info.addresses)
+
+    def _shape(self, shapes: list[tuple[int, Limits]]) -> None:
+        """Builds thread: each slot's qdiscs to its limits."""
+        for idx, limits in shapes:
+            shaper.apply(self.builder.host_ipr(), self.plan.slot(idx), self.config.guest.veth_name, limits)
 
     def _open_ips(self) -> dict[str, str]:
         return {sid: str(self.plan.slot(rec.slot).sandbox_ip) for sid, rec in self.inventory.allocations.items()}

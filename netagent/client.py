@@ -94,6 +94,12 @@ class Client:
         """One sandbox's usage, or every allocated sandbox's (empty id)."""
         return list(self.stub.GetUsage(pb.GetUsageRequest(sandbox_id=sandbox_id), timeout=self.timeout).usage)
 
+    def set_limits(self, sandbox_id: str, egress_bps: int = 0, ingress_bps: int = 0,
+                   burst_bytes: int = 0) -> pb.Sandbox:
+        """New bandwidth limits (0: unlimited; burst 0: automatic)."""
+        limits = pb.Limits(egress_bps=egress_bps, ingress_bps=ingress_bps, burst_bytes=burst_bytes)
+        return self.stub.SetLimits(pb.SetLimitsRequest(sandbox_id=sandbox_id, limits=limits), timeout=self.timeout)
+
     def set_egress_address(self, sandbox_id: str, address: str = "") -> pb.Sandbox:
         """Another SNAT source for the sandbox ("": the uplink's address)."""
         req = pb.SetEgressAddressRequest(sandbox_id=sandbox_id, egress_address=address)

@@ -19,6 +19,7 @@ from .core.rows import (
     AllocationAdded,
     AllocationDeleted,
     EgressSet,
+    LimitsSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
@@ -30,7 +31,7 @@ from .core.rows import (
     UsageClosed,
     UsageReleased,
 )
-from .models import AllocateSpec, EgressPolicy, ExposedPort, Protocol, SlotState
+from .models import AllocateSpec, EgressPolicy, ExposedPort, Limits, Protocol, SlotState
 from .policy import compile_policy
 
 SCHEMA = """
@@ -64,6 +65,10 @@ CREATE TABLE IF NOT EXISTS reachability (
 CREATE TABLE IF NOT EXISTS egress_addresses (
     sandbox_id TEXT PRIMARY KEY REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
     address TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS limits (
+    sandbox_id TEXT PRIMARY KEY REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    data TEXT NOT NULL             -- models.Limits as JSON
 );
 CREATE TABLE IF NOT EXISTS usage (
     sandbox_id TEXT PRIMARY KEY,
@@ -132,6 +137,8 @@ class StateStore:
             p = ExposedPort(guest_port=gport, protocol=Protocol(proto), host_port=hport)
             ports.setdefault(sid, {})[(gport, p.protocol)] = p
         egress = dict(self.db.execute("SELECT sandbox_id, address FROM egress_addresses").fetchall())
+        limits = {sid: Limits.model_validate_json(data)
+                  for sid, data in self.db.execute("SELECT sandbox_id, data FROM limits")}
         access: dict[str, dict[int, PortAccess]] = {}
         for (sid, port), a in self.load_port_access().items():
             access.setdefault(sid, {})[port] = a
@@ -141,6 +148,7 @@ class StateStore:
             policy = EgressPolicy.model_validate_json(policy_json)
             allocations[sid] = Allocation(sid, idx, AllocateSpec.model_validate_json(spec), created, policy,
                                           compile_policy(policy), ports.get(sid, {}), egress_address=egress.get(sid),
+                                          limits=limits.get(sid, Limits()),
                                           access=access.get(sid, {}))
         return Snapshot(slots, allocations)
 
@@ -206,6 +214,8 @@ class Tx:
                 self.set_reachability(sid, guest_port, reachable, changed_at)
             case EgressSet(sid, address):
                 self.set_egress(sid, address)
+            case LimitsSet(sid, limits):
+                self.set_limits(sid, limits)
             case UsageReleased(sid, ip, slot):
                 self.db.execute("INSERT INTO usage(sandbox_id, ip, slot_idx, released, data) VALUES (?, ?, ?, 1, '{}') "
                                 "ON CONFLICT(sandbox_id) DO UPDATE SET released=1, slot_idx=excluded.slot_idx",
@@ -217,6 +227,10 @@ class Tx:
         """(sandbox, ip, data JSON) of open ledger entries; a released row keeps its flag."""
         self.db.executemany("INSERT INTO usage(sandbox_id, ip, data) VALUES (?, ?, ?) "
                             "ON CONFLICT(sandbox_id) DO UPDATE SET data=excluded.data", entries)
+
+    def set_limits(self, sandbox_id: str, limits: Limits) -> None:
+        self.db.execute("INSERT OR REPLACE INTO limits(sandbox_id, data) VALUES (?, ?)",
+                        (sandbox_id, limits.model_dump_json()))
 
     def set_egress(self, sandbox_id: str, address: str | None) -> None:
         if address is None:
@@ -239,6 +253,8 @@ class Tx:
                                                    rec.policy.model_dump_json(), rec.created_at))
         if rec.egress_address:
             self.set_egress(rec.sandbox_id, rec.egress_address)
+        if rec.limits.limited:
+            self.set_limits(rec.sandbox_id, rec.limits)
 
     def set_policy(self, sandbox_id: str, policy: EgressPolicy) -> None:
         self.db.execute("UPDATE allocations SET policy=? WHERE sandbox_id=?", (policy.model_dump_json(), sandbox_id))

@@ -38,7 +38,18 @@ def allocate_op(r: pb.AllocateRequest, egress_addresses: Sequence[IPv4Address] =
     spec: dict[str, Any] = {"policy": policy_from_proto(r.policy), "labels": dict(r.labels)}
     if r.egress_address:
         spec["egress_address"] = r.egress_address
+    if r.HasField("limits"):
+        spec["limits"] = limits_from_proto(r.limits)
     return ops.Allocate.of(r.sandbox_id, spec, egress_addresses)
+
+
+def limits_from_proto(m: pb.Limits) -> dict[str, int | None]:
+    return {"egress_bps": m.egress_bps or None, "ingress_bps": m.ingress_bps or None,
+            "burst_bytes": m.burst_bytes or None}
+
+
+def set_limits_op(r: pb.SetLimitsRequest) -> ops.SetLimits:
+    return ops.SetLimits.of(r.sandbox_id, limits_from_proto(r.limits))
 
 
 def set_egress_op(r: pb.SetEgressAddressRequest, egress_addresses: Sequence[IPv4Address]) -> ops.SetEgressAddress:
@@ -127,4 +138,6 @@ def sandbox_to_proto(n: Network | dict[str, Any]) -> pb.Sandbox:
                            gateway_ip=n.gateway_ip, guest_mac=n.guest_mac, mtu=n.mtu, sandbox_ip=n.sandbox_ip,
                            host_veth=n.host_veth, boot_ip_arg=n.boot_ip_arg, slot=n.slot),
         policy=policy, labels=n.spec.labels, ports=[port_to_proto(p) for p in n.ports],
-        state="allocated", created_unix_ms=int(n.created_at * 1000), egress_address=n.egress_address)
+        state="allocated", created_unix_ms=int(n.created_at * 1000), egress_address=n.egress_address,
+        limits=pb.Limits(egress_bps=n.limits.egress_bps or 0, ingress_bps=n.limits.ingress_bps or 0,
+                         burst_bytes=n.limits.burst_bytes or 0))

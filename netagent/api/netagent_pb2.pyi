@@ -100,7 +100,7 @@ class ExposedPort(_message.Message):
     def __init__(self, guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ..., reachable: _Optional[bool] = ..., changed_unix_ms: _Optional[int] = ..., checked_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "network", "policy", "labels", "ports", "state", "created_unix_ms", "egress_address")
+    __slots__ = ("sandbox_id", "network", "policy", "labels", "ports", "state", "created_unix_ms", "egress_address", "limits")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class Sandbox(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     network: Network
     policy: EgressPolicy
@@ -124,10 +125,11 @@ class Sandbox(_message.Message):
     state: str
     created_unix_ms: int
     egress_address: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[ExposedPort, _Mapping]]] = ..., state: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., egress_address: _Optional[str] = ...) -> None: ...
+    limits: Limits
+    def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[ExposedPort, _Mapping]]] = ..., state: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., egress_address: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("sandbox_id", "policy", "labels", "egress_address")
+    __slots__ = ("sandbox_id", "policy", "labels", "egress_address", "limits")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,11 +141,13 @@ class AllocateRequest(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     policy: EgressPolicy
     labels: _containers.ScalarMap[str, str]
     egress_address: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., egress_address: _Optional[str] = ...) -> None: ...
+    limits: Limits
+    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., egress_address: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class AllocateResponse(_message.Message):
     __slots__ = ("sandbox",)
@@ -427,3 +431,21 @@ class SetEgressAddressRequest(_message.Message):
     sandbox_id: str
     egress_address: str
     def __init__(self, sandbox_id: _Optional[str] = ..., egress_address: _Optional[str] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("egress_bps", "ingress_bps", "burst_bytes")
+    EGRESS_BPS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_BPS_FIELD_NUMBER: _ClassVar[int]
+    BURST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    egress_bps: int
+    ingress_bps: int
+    burst_bytes: int
+    def __init__(self, egress_bps: _Optional[int] = ..., ingress_bps: _Optional[int] = ..., burst_bytes: _Optional[int] = ...) -> None: ...
+
+class SetLimitsRequest(_message.Message):
+    __slots__ = ("sandbox_id", "limits")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    limits: Limits
+    def __init__(self, sandbox_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...

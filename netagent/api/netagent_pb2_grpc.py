@@ -99,6 +99,11 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
                 _registered_method=True)
+        self.SetLimits = channel.unary_unary(
+                '/netagent.v1.NetAgent/SetLimits',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -190,7 +195,16 @@ class NetAgentServicer:
         """---- end usage accounting ----
         ---- sticky egress addresses (issue #14) ----
         Another SNAT source for a sandbox (empty: the uplink's); flushes only its NAT flows.
-        ---- end sticky egress addresses ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLimits(self, request, context):
+        """---- end sticky egress addresses ----
+        ---- bandwidth limits (issue #14) ----
+        New limits for a sandbox, set on its qdiscs before the reply.
+        ---- end bandwidth limits ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +276,11 @@ def add_NetAgentServicer_to_server(servicer, server):
             'SetEgressAddress': grpc.unary_unary_rpc_method_handler(
                     servicer.SetEgressAddress,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.Sandbox.SerializeToString,
+            ),
+            'SetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLimits,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.Sandbox.SerializeToString,
             ),
     }
@@ -615,6 +634,33 @@ class NetAgent:
             target,
             '/netagent.v1.NetAgent/SetEgressAddress',
             netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/SetLimits',
+            netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
             options,
             channel_credentials,

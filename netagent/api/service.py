@@ -77,6 +77,11 @@ class NetAgentService(pb_grpc.NetAgentServicer):
             return cv.sandbox_to_proto(await self.agent.run_update_policy(cv.update_policy_op(request)))
         return await self._call("update_policy", context, run)
 
+    async def SetLimits(self, request: pb.SetLimitsRequest, context: Any) -> pb.Sandbox:
+        async def run() -> pb.Sandbox:
+            return cv.sandbox_to_proto(await self.agent.run_set_limits(cv.set_limits_op(request)))
+        return await self._call("set_limits", context, run)
+
     async def SetEgressAddress(self, request: pb.SetEgressAddressRequest, context: Any) -> pb.Sandbox:
         async def run() -> pb.Sandbox:
             op = cv.set_egress_op(request, self.agent.config.egress_addresses)

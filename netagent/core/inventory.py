@@ -20,6 +20,7 @@ from .rows import (
     AllocationDeleted,
     Change,
     EgressSet,
+    LimitsSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
@@ -164,6 +165,8 @@ class Inventory:
                 ports = {k: v for k, v in rec.ports.items() if k != (port.guest_port, port.protocol)}
                 self.allocations[sid] = replace(rec, ports=ports)
                 self.host_ports[port.protocol].pop(port.host_port, None)
+            case LimitsSet(sid, limits):
+                self.allocations[sid] = replace(self.allocations[sid], limits=limits)
             case EgressSet(sid, address):
                 self.allocations[sid] = replace(self.allocations[sid], egress_address=address)
             case PortAccessSet(sid, guest_port, access):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..access import check_host_mask, token_sha256
 from ..errors import InvalidArgument
-from ..models import AllocateSpec, EgressPolicy, Protocol, validate_port, validate_protocol, validate_sandbox_id
+from ..models import AllocateSpec, EgressPolicy, Limits, Protocol, validate_port, validate_protocol, validate_sandbox_id
 from ..policy import CompiledPolicy, compile_policy
 
 
@@ -70,6 +70,17 @@ class SetEgressAddress:
             raise InvalidArgument(f"egress_address: {exc}") from None
         check_egress_address(parsed, egress_addresses)
         return cls(sid, str(parsed))
+
+
+@dataclass(frozen=True)
+class SetLimits:
+    """New bandwidth limits for a sandbox (applied to its qdiscs after the commit)."""
+    sandbox_id: str
+    limits: Limits
+
+    @classmethod
+    def of(cls, sandbox_id: object, limits: Limits | dict[str, Any] | None) -> SetLimits:
+        return cls(validate_sandbox_id(sandbox_id), Limits.parse(limits))
 
 
 @dataclass(frozen=True)
@@ -208,7 +219,7 @@ class Resync:
     """Reload the table if it drifted and re-add every element from state."""
 
 
-Operation = (Allocate | Release | UpdatePolicy | SetEgressAddress | Expose | Unexpose | SetPortAccess
+Operation = (Allocate | Release | UpdatePolicy | SetEgressAddress | SetLimits | Expose | Unexpose | SetPortAccess
              | RecordReachability | RecordDenied | SlotReady | SlotGone | SlotIncidents | CloseUsage | Resync)
 # Operations a caller makes (they delay background refills and cleaning).
-CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, Expose, Unexpose, SetPortAccess)
+CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, SetLimits, Expose, Unexpose, SetPortAccess)

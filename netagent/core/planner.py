@@ -26,6 +26,7 @@ from .rows import (
     Change,
     EgressSet,
     Event,
+    LimitsSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
@@ -62,6 +63,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_update_policy(inv, op, ctx)
         case ops.SetEgressAddress():
             return plan_set_egress(inv, op, ctx)
+        case ops.SetLimits():
+            return plan_set_limits(inv, op, ctx)
         case ops.Expose():
             return plan_expose(inv, op, ctx)
         case ops.Unexpose():
@@ -108,7 +111,8 @@ def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
         raise Unavailable(f"slot {op.slot} is not a ready slot")
     policy = resolve(op.policy, ctx.default_internet)
     egress = str(op.spec.egress_address) if op.spec.egress_address else None
-    rec = Allocation(op.sandbox_id, op.slot, op.spec, op.at, policy.model, policy.compiled, egress_address=egress)
+    rec = Allocation(op.sandbox_id, op.slot, op.spec, op.at, policy.model, policy.compiled, egress_address=egress,
+                     limits=op.spec.limits)
     net = ctx.network(rec)
     slot = ctx.addresses.slot(op.slot)
     return Change(
@@ -116,6 +120,7 @@ def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
         rows=(SlotSet(op.slot, SlotState.ALLOCATED), AllocationAdded(rec)),
         nft=tuple(el.add(el.policy_elements(slot, policy.compiled) + egress_elements(slot, egress)
                          + el.usage_elements(str(slot.sandbox_ip)))),
+        shape=((op.slot, rec.limits),) if rec.limits.limited else (),
         events=(Event("allocated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),))
 
 
@@ -127,6 +132,15 @@ def allocation_elements(slot: SlotAddresses, rec: Allocation) -> list[el.Element
 
 def egress_elements(slot: SlotAddresses, address: str | None) -> list[el.Element]:
     return [el.egress_snat_element(slot, address)] if address else []
+
+
+def plan_set_limits(inv: Inventory, op: ops.SetLimits, ctx: PlanContext) -> Change:
+    """Store the limits; the qdiscs are set after the commit, every time (so a
+    retry after a failed tc call sets them again)."""
+    rec = require(inv, op.sandbox_id)
+    net = ctx.network(replace(rec, limits=op.limits))
+    rows = () if op.limits == rec.limits else (LimitsSet(rec.sandbox_id, op.limits),)
+    return Change(reply=net, rows=rows, shape=((rec.slot, op.limits),))
 
 
 def plan_set_egress(inv: Inventory, op: ops.SetEgressAddress, ctx: PlanContext) -> Change:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..access import PortAccess
 from ..firewall import elements as el
-from ..models import EgressPolicy, ExposedPort, Protocol, SlotState
+from ..models import EgressPolicy, ExposedPort, Limits, Protocol, SlotState
 from ..policy import CompiledPolicy
 from .allocation import Allocation
 
@@ -74,6 +74,12 @@ class EgressSet:
 
 
 @dataclass(frozen=True)
+class LimitsSet:
+    sandbox_id: str
+    limits: Limits
+
+
+@dataclass(frozen=True)
 class UsageReleased:
     """The sandbox is released; its usage row stays until CloseUsage (a crash
     in between closes it at start-up)."""
@@ -88,7 +94,7 @@ class UsageClosed:
 
 
 Row = (SlotSet | SlotDeleted | AllocationAdded | AllocationDeleted | PolicySet | PortAdded | PortDeleted
-       | PortAccessSet | ReachabilitySet | EgressSet | UsageReleased | UsageClosed)
+       | PortAccessSet | ReachabilitySet | EgressSet | LimitsSet | UsageReleased | UsageClosed)
 
 
 @dataclass(frozen=True)
@@ -109,5 +115,6 @@ class Change:
     flush_marks: tuple[int, ...] = ()    # ct marks flushed before the caller hears back
     drop_fqdn: tuple[str, ...] = ()      # sandbox IPs whose DNS admissions end now
     clean_slots: tuple[int, ...] = ()    # released slots to clean in the background
+    shape: tuple[tuple[int, Limits], ...] = ()  # (slot, limits): qdiscs to set after the commit
     close_usage: tuple[tuple[str, int, str], ...] = ()  # (sandbox, slot, sandbox IP): final usage, then clean
     full_sync: bool = False              # reload the table if drifted, re-add every element

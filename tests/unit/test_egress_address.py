@@ -57,3 +57,24 @@ def test_a_change_swaps_the_element_and_flushes_only_that_sandbox():
     assert same == Change(reply=same.reply)   # idempotent: nothing to do
     back = plan(inv, ops.SetEgressAddress.of("a", "", CONFIGURED), CTX)
     assert [o.verb for o in back.nft] == ["add", "delete"] and back.reply.egress_address == ""
+
+
+# ---- bandwidth limits (the same shape: a typed op, rows, work after the commit) ----
+
+def test_limits_are_validated_stored_and_always_reapplied():
+    from netagent.core.rows import LimitsSet
+    from netagent.models import Limits
+    with pytest.raises(InvalidArgument):
+        ops.SetLimits.of("a", {"egress_bps": 1})
+    with pytest.raises(InvalidArgument):
+        ops.Allocate.of("a", {"limits": {"burst_bytes": 10}})
+    inv = inventory()
+    limits = Limits(egress_bps=10_000_000)
+    op = ops.Allocate.of("a", {"limits": limits.model_dump()})
+    change = apply(inv, ops.Allocate(**{**op.__dict__, "slot": 0, "at": 1.0}))
+    assert change.shape == ((0, limits),) and inv.allocations["a"].limits == limits
+    assert apply(inv, ops.Allocate(**{**ops.Allocate.of("b").__dict__, "slot": 1, "at": 1.0})).shape == ()
+    new = apply(inv, ops.SetLimits.of("a", {"ingress_bps": 8_000}))
+    assert new.rows == (LimitsSet("a", Limits(ingress_bps=8_000)),) and new.shape == ((0, Limits(ingress_bps=8_000)),)
+    again = plan(inv, ops.SetLimits.of("a", {"ingress_bps": 8_000}), CTX)
+    assert again.rows == () and again.shape == new.shape   # a retry sets the qdiscs again
