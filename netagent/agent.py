@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from .access import PortAccess
-from .addressing import AddressPlan
+from .addressing import CT_MARK_INGRESS, AddressPlan
 from .config import Config
 from .core import ops
 from .core import pool as pool_mod
@@ -34,7 +34,7 @@ from .core.repair import Fix, Repairs
 from .core.rows import Change
 from .core.self_repair import RepairWork, SelfRepair
 from .core.views import network_of
-from .datapath import conntrack
+from .datapath import conntrack, shaper
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
 from .datapath.slot_repair import SlotRepairIO
@@ -50,10 +50,13 @@ from .firewall.driver import FirewallDriver, HostTable
 from .firstpayload.checker import CheckLinks, FirstPayloadCheck
 from .logs import for_sandbox
 from .metrics import Metrics
-from .models import AllocateSpec, EgressPolicy, Network, SlotState, validate_port, validate_sandbox_id
+from .models import AllocateSpec, EgressPolicy, Limits, Network, SlotState, validate_port, validate_sandbox_id
 from .reachability.tracker import AgentLink, Reachability
 from .reconcile import KernelOps, reconcile
 from .state import StateStore
+from .usage.collector import UsageCollector
+from .usage.ledger import Counts
+from .usage.meter import MeterIO, UsageMeter
 from .workers import BuildPool, Cleaner, DnsThreads, HostWorker
 
 log = logging.getLogger("netagent")
@@ -100,6 +103,11 @@ class Agent:
         self.self_repair = SelfRepair(config.prefix, lambda: self.inventory.slots, RepairWork(
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
+        self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
+            lambda: self.cleaner.call(lambda: self._cleaner_fw().usage()), self._open_ips,
+            self._flush_slot_flows, self._submit))
+        self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
+        self.metrics.registry.register(self.usage_metrics)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
         fp = config.first_payload
         self.first_payload = FirstPayloadCheck(fp.queue, CheckLinks(
@@ -157,6 +165,8 @@ class Agent:
         self._tasks.append(asyncio.create_task(self.keeper.watch(
             lambda: self.config.ruleset_check_interval_s, lambda: self.host.call(lambda: self._host_fw().fingerprint()),
             self.resync, self.metrics.ruleset_restored), name="netagent-ruleset-watch"))
+        self._tasks.append(asyncio.create_task(self.meter.run(lambda: self.config.usage_interval_s),
+                                               name="netagent-usage"))
         if self.config.self_repair:
             await self.repair_io.listen(self.self_repair.on_notices, self.self_repair.overflowed)
             self._tasks.append(asyncio.create_task(self.self_repair.run(), name="netagent-self-repair"))
@@ -169,7 +179,11 @@ class Agent:
         result = await reconcile(self.store, self.plan, kernel, self.config.host_port_range)
         self.inventory = result.inventory    # install the snapshot
         self.keeper.fingerprint = self.store.get_meta("ruleset_fingerprint")
+        self.meter.load()
         await self.resync()
+        if shapes := [(r.slot, r.limits) for r in self.inventory.allocations.values() if r.limits.limited]:
+            await self.builds.call(self._shape, shapes)   # a rebuilt slot lost its qdiscs
+        await self.meter.close_pending()    # released before a crash: final count before cleaning
         self.pool.ready.extend(result.ready)
         if result.dirty:
             await self.pool.clean(result.dirty)
@@ -202,6 +216,7 @@ class Agent:
         await self.cleaner.call(lambda: self.metrics.refresh_link_stats(self.builder.host_ipr(), veths, ready))
         drops = await self.cleaner.call(lambda: self._cleaner_fw().counters())
         self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
+        self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total)
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a new config (SIGHUP). Read where it is used, so the pool
@@ -226,6 +241,7 @@ class Agent:
         await self.reachability.stop()
         await self.denied.stop()
         await self.first_payload.stop()
+        await self.meter.refresh()   # persisted as of now: a table flushed while we are down loses nothing
         while not self.committer.idle or self.pool.busy:  # let queued work finish
             await self.pool.drain()
             await asyncio.sleep(0.01)
@@ -241,7 +257,7 @@ class Agent:
     # ---- public API (each validates into a typed operation, once) ---------
 
     async def allocate(self, sandbox_id: str, spec: AllocateSpec | dict[str, Any] | None = None) -> Network:
-        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec))
+        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec, self.config.egress_addresses))
 
     async def run_allocate(self, op: ops.Allocate) -> Network:
         rec = self.inventory.allocations.get(op.sandbox_id)
@@ -327,6 +343,25 @@ class Agent:
         net: Network = await self._submit(op)
         return net
 
+    async def set_limits(self, sandbox_id: str, limits: Limits | dict[str, Any] | None) -> Network:
+        """New bandwidth limits (None fields: unlimited), set on the slot's qdiscs before this returns."""
+        return await self.run_set_limits(ops.SetLimits.of(sandbox_id, limits))
+
+    async def run_set_limits(self, op: ops.SetLimits) -> Network:
+        require(self.inventory, op.sandbox_id)
+        net: Network = await self._submit(op)
+        return net
+
+    async def set_egress_address(self, sandbox_id: str, address: str | None) -> Network:
+        """Give the sandbox another SNAT source (None or "": the uplink's); only
+        its own NAT flows are flushed, before this returns."""
+        return await self.run_set_egress(ops.SetEgressAddress.of(sandbox_id, address, self.config.egress_addresses))
+
+    async def run_set_egress(self, op: ops.SetEgressAddress) -> Network:
+        require(self.inventory, op.sandbox_id)
+        net: Network = await self._submit(op)
+        return net
+
     async def probe(self, sandbox_id: str, guest_port: int, timeout: float | None = None) -> dict[str, Any]:
         """Probe a guest port now (exposed or not); nothing is stored."""
         validate_sandbox_id(sandbox_id)
@@ -342,6 +377,13 @@ class Agent:
     async def record_denied(self, flows: list[ops.DeniedFlow]) -> None:
         """Store FLOW_DENIED events (called by the denied-flow log)."""
         await self._submit(ops.RecordDenied(tuple(flows)))
+
+    async def usage(self, sandbox_id: str | None = None) -> dict[str, Counts]:
+        """Bytes and packets per allocated sandbox (one, or all), read from the kernel now."""
+        if sandbox_id is not None:
+            require(self.inventory, validate_sandbox_id(sandbox_id))
+        totals = await self.meter.refresh()
+        return totals if sandbox_id is None else {sandbox_id: totals.get(sandbox_id, Counts())}
 
     async def resync(self) -> dict[str, Any]:
         """Reload the ruleset if it drifted and re-add every element, atomically."""
@@ -411,6 +453,11 @@ class Agent:
             await self.cleaner.call(lambda: [self.admission.forget(self._cleaner_fw(), ip) for ip in drop])
         if marks:
             await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+        if shapes := [s for _, c in done for s in c.shape]:
+            await self.builds.call(self._shape, shapes)
+        for sid, slot, ip in (c for _, change in done for c in change.close_usage):
+            self.meter.release(sid, ip, slot)
+            self.pool.spawn(self.meter.close(sid))
         if clean:
             self.pool.spawn(self.pool.clean(clean))
 
@@ -429,6 +476,18 @@ class Agent:
     def _config_elements(self) -> list[el.Element]:
         assert self.host_info is not None
         return ruleset.config_elements(self.config, self.host_info.uplink, self.host_info.addresses)
+
+    def _shape(self, shapes: list[tuple[int, Limits]]) -> None:
+        """Builds thread: each slot's qdiscs to its limits."""
+        for idx, limits in shapes:
+            shaper.apply(self.builder.host_ipr(), self.plan.slot(idx), self.config.guest.veth_name, limits)
+
+    def _open_ips(self) -> dict[str, str]:
+        return {sid: str(self.plan.slot(rec.slot).sandbox_ip) for sid, rec in self.inventory.allocations.items()}
+
+    async def _flush_slot_flows(self, idx: int) -> None:
+        mark = self.plan.slot(idx).ct_mark
+        await self.cleaner.call(lambda: conntrack.flush_mark(mark, ~CT_MARK_INGRESS & 0xFFFFFFFF))
 
     def _pool_settings(self) -> PoolSettings:
         c = self.config

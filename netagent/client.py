@@ -49,9 +49,9 @@ class Client:
 
     def allocate(self, sandbox_id: str, *, internet: bool | None = None, labels: dict[str, str] | None = None,
                  allow_out: list[str] | None = None, deny_out: list[str] | None = None,
-                 timeout: float | None = None) -> pb.Sandbox:
+                 timeout: float | None = None, egress_address: str = "") -> pb.Sandbox:
         req = pb.AllocateRequest(sandbox_id=sandbox_id, labels=labels or {},
-                                 policy=_policy(internet, allow_out, deny_out))
+                                 policy=_policy(internet, allow_out, deny_out), egress_address=egress_address)
         return self.stub.Allocate(req, timeout=timeout or self.timeout).sandbox
 
     def release(self, sandbox_id: str) -> bool:
@@ -89,6 +89,21 @@ class Client:
     def probe(self, sandbox_id: str, guest_port: int, timeout_ms: int = 0) -> pb.ProbePortResponse:
         req = pb.ProbePortRequest(sandbox_id=sandbox_id, guest_port=guest_port, timeout_ms=timeout_ms)
         return self.stub.ProbePort(req, timeout=self.timeout)
+
+    def usage(self, sandbox_id: str = "") -> list[pb.SandboxUsage]:
+        """One sandbox's usage, or every allocated sandbox's (empty id)."""
+        return list(self.stub.GetUsage(pb.GetUsageRequest(sandbox_id=sandbox_id), timeout=self.timeout).usage)
+
+    def set_limits(self, sandbox_id: str, egress_bps: int = 0, ingress_bps: int = 0,
+                   burst_bytes: int = 0) -> pb.Sandbox:
+        """New bandwidth limits (0: unlimited; burst 0: automatic)."""
+        limits = pb.Limits(egress_bps=egress_bps, ingress_bps=ingress_bps, burst_bytes=burst_bytes)
+        return self.stub.SetLimits(pb.SetLimitsRequest(sandbox_id=sandbox_id, limits=limits), timeout=self.timeout)
+
+    def set_egress_address(self, sandbox_id: str, address: str = "") -> pb.Sandbox:
+        """Another SNAT source for the sandbox ("": the uplink's address)."""
+        req = pb.SetEgressAddressRequest(sandbox_id=sandbox_id, egress_address=address)
+        return self.stub.SetEgressAddress(req, timeout=self.timeout)
 
     def host_info(self) -> pb.HostInfo:
         return self.stub.GetHostInfo(pb.GetHostInfoRequest(), timeout=self.timeout)

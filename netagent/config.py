@@ -213,6 +213,11 @@ class Config(BaseModel):
     new_conn_rate: int = Field(200, ge=1, le=1_000_000)        # new connections per second per sandbox
     new_conn_burst: int = Field(400, ge=1, le=1_000_000)
     events_retained: int = Field(100_000, ge=100)
+    # Extra addresses on the uplink that a sandbox may be given as its SNAT
+    # source (AllocateSpec.egress_address, SetEgressAddress); the operator puts
+    # them on the uplink.
+    egress_addresses: list[ipaddress.IPv4Address] = Field(default_factory=list)
+    usage_interval_s: float = Field(2.0, gt=0, le=60)  # read + persist usage counters (usage/meter.py)
     denied_flow_events: bool = True          # FLOW_DENIED events + log lines from nflog (5/s per sandbox)
     log_json: bool = False
     log_level: str = "INFO"

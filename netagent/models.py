@@ -1,6 +1,7 @@
 """API models shared by the core, the state store and (later) the gRPC layer."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from typing import Any
@@ -61,12 +62,33 @@ class EgressPolicy(BaseModel):
         return _parse(cls, data, "invalid policy")
 
 
+class Limits(BaseModel):
+    """Bandwidth limits of one sandbox, enforced by tbf qdiscs (datapath/shaper.py).
+    None: unlimited. egress: what it sends; ingress: what it receives."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    egress_bps: int | None = Field(None, ge=8_000, le=32_000_000_000)    # tbf's 32-bit bytes/s rate
+    ingress_bps: int | None = Field(None, ge=8_000, le=32_000_000_000)
+    burst_bytes: int | None = Field(None, ge=1_600, le=1_000_000_000)   # None: 10 ms of the rate, >= 16 KiB
+
+    @property
+    def limited(self) -> bool:
+        return self.egress_bps is not None or self.ingress_bps is not None
+
+    @classmethod
+    def parse(cls, data: Limits | dict | None) -> Limits:
+        return _parse(cls, data, "invalid limits")
+
+
 class AllocateSpec(BaseModel):
     """What the caller asks for. A retried allocate must send an equal spec."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policy: EgressPolicy = EgressPolicy()
     labels: dict[str, str] = Field(default_factory=dict)
+    # One of the config's egress_addresses as the SNAT source (None: the uplink's).
+    egress_address: ipaddress.IPv4Address | None = None
+    limits: Limits = Limits()
 
     @field_validator("labels")
     @classmethod
@@ -133,5 +155,7 @@ class Network(BaseModel):
     spec: AllocateSpec
     policy: EgressPolicy
     internet: bool               # the effective setting (policy or host default)
+    egress_address: str = ""     # the SNAT source now ("": the uplink's address)
+    limits: Limits = Limits()    # the bandwidth limits now
     created_at: float
     ports: tuple[ExposedPort, ...] = ()

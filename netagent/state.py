@@ -18,6 +18,8 @@ from .core.allocation import Allocation
 from .core.rows import (
     AllocationAdded,
     AllocationDeleted,
+    EgressSet,
+    LimitsSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
@@ -26,8 +28,10 @@ from .core.rows import (
     Row,
     SlotDeleted,
     SlotSet,
+    UsageClosed,
+    UsageReleased,
 )
-from .models import AllocateSpec, EgressPolicy, ExposedPort, Protocol, SlotState
+from .models import AllocateSpec, EgressPolicy, ExposedPort, Limits, Protocol, SlotState
 from .policy import compile_policy
 
 SCHEMA = """
@@ -57,6 +61,21 @@ CREATE TABLE IF NOT EXISTS reachability (
     reachable INTEGER NOT NULL,
     changed_at REAL NOT NULL,
     PRIMARY KEY (sandbox_id, guest_port)
+);
+CREATE TABLE IF NOT EXISTS egress_addresses (
+    sandbox_id TEXT PRIMARY KEY REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    address TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS limits (
+    sandbox_id TEXT PRIMARY KEY REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    data TEXT NOT NULL             -- models.Limits as JSON
+);
+CREATE TABLE IF NOT EXISTS usage (
+    sandbox_id TEXT PRIMARY KEY,
+    ip TEXT NOT NULL,
+    slot_idx INTEGER,              -- set once released: the slot to clean after CloseUsage
+    released INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL             -- usage/ledger.py Entry.to_json()
 );
 CREATE TABLE IF NOT EXISTS port_access (
     sandbox_id TEXT NOT NULL REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
@@ -117,6 +136,9 @@ class StateStore:
                 "SELECT sandbox_id, guest_port, protocol, host_port FROM ports"):
             p = ExposedPort(guest_port=gport, protocol=Protocol(proto), host_port=hport)
             ports.setdefault(sid, {})[(gport, p.protocol)] = p
+        egress = dict(self.db.execute("SELECT sandbox_id, address FROM egress_addresses").fetchall())
+        limits = {sid: Limits.model_validate_json(data)
+                  for sid, data in self.db.execute("SELECT sandbox_id, data FROM limits")}
         access: dict[str, dict[int, PortAccess]] = {}
         for (sid, port), a in self.load_port_access().items():
             access.setdefault(sid, {})[port] = a
@@ -125,13 +147,20 @@ class StateStore:
                 "SELECT sandbox_id, slot_idx, spec, policy, created_at FROM allocations"):
             policy = EgressPolicy.model_validate_json(policy_json)
             allocations[sid] = Allocation(sid, idx, AllocateSpec.model_validate_json(spec), created, policy,
-                                          compile_policy(policy), ports.get(sid, {}), access.get(sid, {}))
+                                          compile_policy(policy), ports.get(sid, {}), egress_address=egress.get(sid),
+                                          limits=limits.get(sid, Limits()),
+                                          access=access.get(sid, {}))
         return Snapshot(slots, allocations)
 
     def load_reachability(self) -> dict[tuple[str, int], tuple[bool, float]]:
         """The last known reachability of each probed (TCP) port."""
         return {(sid, port): (bool(r), changed) for sid, port, r, changed in self.db.execute(
             "SELECT sandbox_id, guest_port, reachable, changed_at FROM reachability")}
+
+    def load_usage(self) -> list[tuple[str, str, int | None, bool, str]]:
+        """(sandbox, ip, slot, released, data JSON) of every usage row."""
+        return [(sid, ip, slot, bool(rel), data) for sid, ip, slot, rel, data in self.db.execute(
+            "SELECT sandbox_id, ip, slot_idx, released, data FROM usage")]
 
     def load_port_access(self) -> dict[tuple[str, int], PortAccess]:
         return {(sid, port): PortAccess(bool(public), sha, mask) for sid, port, public, sha, mask in self.db.execute(
@@ -183,6 +212,32 @@ class Tx:
                                 (sid, guest_port, int(access.public), access.token_sha256, access.host_mask))
             case ReachabilitySet(sid, guest_port, reachable, changed_at):
                 self.set_reachability(sid, guest_port, reachable, changed_at)
+            case EgressSet(sid, address):
+                self.set_egress(sid, address)
+            case LimitsSet(sid, limits):
+                self.set_limits(sid, limits)
+            case UsageReleased(sid, ip, slot):
+                self.db.execute("INSERT INTO usage(sandbox_id, ip, slot_idx, released, data) VALUES (?, ?, ?, 1, '{}') "
+                                "ON CONFLICT(sandbox_id) DO UPDATE SET released=1, slot_idx=excluded.slot_idx",
+                                (sid, ip, slot))
+            case UsageClosed(sid):
+                self.db.execute("DELETE FROM usage WHERE sandbox_id=?", (sid,))
+
+    def save_usage(self, entries: list[tuple[str, str, str]]) -> None:
+        """(sandbox, ip, data JSON) of open ledger entries; a released row keeps its flag."""
+        self.db.executemany("INSERT INTO usage(sandbox_id, ip, data) VALUES (?, ?, ?) "
+                            "ON CONFLICT(sandbox_id) DO UPDATE SET data=excluded.data", entries)
+
+    def set_limits(self, sandbox_id: str, limits: Limits) -> None:
+        self.db.execute("INSERT OR REPLACE INTO limits(sandbox_id, data) VALUES (?, ?)",
+                        (sandbox_id, limits.model_dump_json()))
+
+    def set_egress(self, sandbox_id: str, address: str | None) -> None:
+        if address is None:
+            self.db.execute("DELETE FROM egress_addresses WHERE sandbox_id=?", (sandbox_id,))
+        else:
+            self.db.execute("INSERT OR REPLACE INTO egress_addresses(sandbox_id, address) VALUES (?, ?)",
+                            (sandbox_id, address))
 
     def set_slot(self, idx: int, state: SlotState) -> None:
         self.db.execute("INSERT INTO slots(idx, state, updated_at) VALUES (?, ?, ?) "
@@ -196,6 +251,10 @@ class Tx:
         self.db.execute("INSERT INTO allocations(sandbox_id, slot_idx, spec, policy, created_at) "
                         "VALUES (?, ?, ?, ?, ?)", (rec.sandbox_id, rec.slot, rec.spec.model_dump_json(),
                                                    rec.policy.model_dump_json(), rec.created_at))
+        if rec.egress_address:
+            self.set_egress(rec.sandbox_id, rec.egress_address)
+        if rec.limits.limited:
+            self.set_limits(rec.sandbox_id, rec.limits)
 
     def set_policy(self, sandbox_id: str, policy: EgressPolicy) -> None:
         self.db.execute("UPDATE allocations SET policy=? WHERE sandbox_id=?", (policy.model_dump_json(), sandbox_id))

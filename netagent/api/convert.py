@@ -2,6 +2,8 @@
 operation (core/ops.py) before anything runs; replies become proto messages."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from ipaddress import IPv4Address
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
@@ -21,11 +23,38 @@ EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_R
                "port_unexposed": pb.EVENT_TYPE_PORT_UNEXPOSED, "port_reachability": pb.EVENT_TYPE_PORT_REACHABILITY,
                "flow_denied": pb.EVENT_TYPE_FLOW_DENIED, "slot_repaired": pb.EVENT_TYPE_SLOT_REPAIRED,
                "tap_lost": pb.EVENT_TYPE_TAP_LOST, "slot_quarantined": pb.EVENT_TYPE_SLOT_QUARANTINED,
-               "first_payload_verdicts": pb.EVENT_TYPE_FIRST_PAYLOAD_VERDICTS}
+               "first_payload_verdicts": pb.EVENT_TYPE_FIRST_PAYLOAD_VERDICTS,
+               "usage_final": pb.EVENT_TYPE_USAGE_FINAL}
 
 
-def allocate_op(r: pb.AllocateRequest) -> ops.Allocate:
-    return ops.Allocate.of(r.sandbox_id, {"policy": policy_from_proto(r.policy), "labels": dict(r.labels)})
+def usage_to_proto(sandbox_id: str, usage: dict[str, dict[str, int]]) -> pb.SandboxUsage:
+    """A ledger total (usage/ledger.py Counts.as_dict(): "egress_sent" -> packets, bytes)."""
+    def path(name: str) -> pb.UsagePath:
+        return pb.UsagePath(sent=pb.UsageCounter(**usage[f"{name}_sent"]),
+                            received=pb.UsageCounter(**usage[f"{name}_received"]))
+    return pb.SandboxUsage(sandbox_id=sandbox_id, egress=path("egress"), ingress=path("ingress"), host=path("host"))
+
+
+def allocate_op(r: pb.AllocateRequest, egress_addresses: Sequence[IPv4Address] = ()) -> ops.Allocate:
+    spec: dict[str, Any] = {"policy": policy_from_proto(r.policy), "labels": dict(r.labels)}
+    if r.egress_address:
+        spec["egress_address"] = r.egress_address
+    if r.HasField("limits"):
+        spec["limits"] = limits_from_proto(r.limits)
+    return ops.Allocate.of(r.sandbox_id, spec, egress_addresses)
+
+
+def limits_from_proto(m: pb.Limits) -> dict[str, int | None]:
+    return {"egress_bps": m.egress_bps or None, "ingress_bps": m.ingress_bps or None,
+            "burst_bytes": m.burst_bytes or None}
+
+
+def set_limits_op(r: pb.SetLimitsRequest) -> ops.SetLimits:
+    return ops.SetLimits.of(r.sandbox_id, limits_from_proto(r.limits))
+
+
+def set_egress_op(r: pb.SetEgressAddressRequest, egress_addresses: Sequence[IPv4Address]) -> ops.SetEgressAddress:
+    return ops.SetEgressAddress.of(r.sandbox_id, r.egress_address or None, egress_addresses)
 
 
 def release_op(r: pb.ReleaseRequest) -> ops.Release:
@@ -110,4 +139,6 @@ def sandbox_to_proto(n: Network | dict[str, Any]) -> pb.Sandbox:
                            gateway_ip=n.gateway_ip, guest_mac=n.guest_mac, mtu=n.mtu, sandbox_ip=n.sandbox_ip,
                            host_veth=n.host_veth, boot_ip_arg=n.boot_ip_arg, slot=n.slot),
         policy=policy, labels=n.spec.labels, ports=[port_to_proto(p) for p in n.ports],
-        state="allocated", created_unix_ms=int(n.created_at * 1000))
+        state="allocated", created_unix_ms=int(n.created_at * 1000), egress_address=n.egress_address,
+        limits=pb.Limits(egress_bps=n.limits.egress_bps or 0, ingress_bps=n.limits.ingress_bps or 0,
+                         burst_bytes=n.limits.burst_bytes or 0))

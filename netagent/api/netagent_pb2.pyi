@@ -27,6 +27,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_TAP_LOST: _ClassVar[EventType]
     EVENT_TYPE_SLOT_QUARANTINED: _ClassVar[EventType]
     EVENT_TYPE_FIRST_PAYLOAD_VERDICTS: _ClassVar[EventType]
+    EVENT_TYPE_USAGE_FINAL: _ClassVar[EventType]
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
@@ -42,6 +43,7 @@ EVENT_TYPE_SLOT_REPAIRED: EventType
 EVENT_TYPE_TAP_LOST: EventType
 EVENT_TYPE_SLOT_QUARANTINED: EventType
 EVENT_TYPE_FIRST_PAYLOAD_VERDICTS: EventType
+EVENT_TYPE_USAGE_FINAL: EventType
 
 class EgressPolicy(_message.Message):
     __slots__ = ("internet", "allow_out", "deny_out")
@@ -100,7 +102,7 @@ class ExposedPort(_message.Message):
     def __init__(self, guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ..., reachable: _Optional[bool] = ..., changed_unix_ms: _Optional[int] = ..., checked_unix_ms: _Optional[int] = ...) -> None: ...
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "network", "policy", "labels", "ports", "state", "created_unix_ms")
+    __slots__ = ("sandbox_id", "network", "policy", "labels", "ports", "state", "created_unix_ms", "egress_address", "limits")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +117,8 @@ class Sandbox(_message.Message):
     PORTS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     network: Network
     policy: EgressPolicy
@@ -122,10 +126,12 @@ class Sandbox(_message.Message):
     ports: _containers.RepeatedCompositeFieldContainer[ExposedPort]
     state: str
     created_unix_ms: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[ExposedPort, _Mapping]]] = ..., state: _Optional[str] = ..., created_unix_ms: _Optional[int] = ...) -> None: ...
+    egress_address: str
+    limits: Limits
+    def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[ExposedPort, _Mapping]]] = ..., state: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., egress_address: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("sandbox_id", "policy", "labels")
+    __slots__ = ("sandbox_id", "policy", "labels", "egress_address", "limits")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,10 +142,14 @@ class AllocateRequest(_message.Message):
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     policy: EgressPolicy
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    egress_address: str
+    limits: Limits
+    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., egress_address: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class AllocateResponse(_message.Message):
     __slots__ = ("sandbox",)
@@ -255,7 +265,7 @@ class DeniedFlow(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., destination: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot", "verdicts")
+    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot", "verdicts", "usage")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +276,7 @@ class Event(_message.Message):
     DENIED_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     time_unix_ms: int
     type: EventType
@@ -276,7 +287,8 @@ class Event(_message.Message):
     denied: DeniedFlow
     slot: SlotIncident
     verdicts: _containers.RepeatedCompositeFieldContainer[DestinationVerdicts]
-    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ..., verdicts: _Optional[_Iterable[_Union[DestinationVerdicts, _Mapping]]] = ...) -> None: ...
+    usage: SandboxUsage
+    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ..., verdicts: _Optional[_Iterable[_Union[DestinationVerdicts, _Mapping]]] = ..., usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
 
 class DestinationVerdicts(_message.Message):
     __slots__ = ("destination", "reason", "allowed", "denied")
@@ -387,3 +399,69 @@ class ProbePortResponse(_message.Message):
     rtt_ms: float
     host_port: int
     def __init__(self, reachable: _Optional[bool] = ..., outcome: _Optional[str] = ..., rtt_ms: _Optional[float] = ..., host_port: _Optional[int] = ...) -> None: ...
+
+class UsageCounter(_message.Message):
+    __slots__ = ("packets", "bytes")
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    packets: int
+    bytes: int
+    def __init__(self, packets: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class UsagePath(_message.Message):
+    __slots__ = ("sent", "received")
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    sent: UsageCounter
+    received: UsageCounter
+    def __init__(self, sent: _Optional[_Union[UsageCounter, _Mapping]] = ..., received: _Optional[_Union[UsageCounter, _Mapping]] = ...) -> None: ...
+
+class SandboxUsage(_message.Message):
+    __slots__ = ("sandbox_id", "egress", "ingress", "host")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    egress: UsagePath
+    ingress: UsagePath
+    host: UsagePath
+    def __init__(self, sandbox_id: _Optional[str] = ..., egress: _Optional[_Union[UsagePath, _Mapping]] = ..., ingress: _Optional[_Union[UsagePath, _Mapping]] = ..., host: _Optional[_Union[UsagePath, _Mapping]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[SandboxUsage]
+    def __init__(self, usage: _Optional[_Iterable[_Union[SandboxUsage, _Mapping]]] = ...) -> None: ...
+
+class SetEgressAddressRequest(_message.Message):
+    __slots__ = ("sandbox_id", "egress_address")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    egress_address: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., egress_address: _Optional[str] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("egress_bps", "ingress_bps", "burst_bytes")
+    EGRESS_BPS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_BPS_FIELD_NUMBER: _ClassVar[int]
+    BURST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    egress_bps: int
+    ingress_bps: int
+    burst_bytes: int
+    def __init__(self, egress_bps: _Optional[int] = ..., ingress_bps: _Optional[int] = ..., burst_bytes: _Optional[int] = ...) -> None: ...
+
+class SetLimitsRequest(_message.Message):
+    __slots__ = ("sandbox_id", "limits")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    limits: Limits
+    def __init__(self, sandbox_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...

@@ -89,6 +89,21 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.ResyncRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.ResyncResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/netagent.v1.NetAgent/GetUsage',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.SetEgressAddress = channel.unary_unary(
+                '/netagent.v1.NetAgent/SetEgressAddress',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
+                _registered_method=True)
+        self.SetLimits = channel.unary_unary(
+                '/netagent.v1.NetAgent/SetLimits',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -168,6 +183,33 @@ class NetAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """---- usage accounting (issue #14) ----
+        Bytes and packets per sandbox, counted in the kernel (docs/api.md, docs/security.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEgressAddress(self, request, context):
+        """---- end usage accounting ----
+        ---- sticky egress addresses (issue #14) ----
+        Another SNAT source for a sandbox (empty: the uplink's); flushes only its NAT flows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLimits(self, request, context):
+        """---- end sticky egress addresses ----
+        ---- bandwidth limits (issue #14) ----
+        New limits for a sandbox, set on its qdiscs before the reply.
+        ---- end bandwidth limits ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NetAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +267,21 @@ def add_NetAgentServicer_to_server(servicer, server):
                     servicer.Resync,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.ResyncRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.ResyncResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.GetUsageRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'SetEgressAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEgressAddress,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.Sandbox.SerializeToString,
+            ),
+            'SetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLimits,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.Sandbox.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +581,87 @@ class NetAgent:
             '/netagent.v1.NetAgent/Resync',
             netagent_dot_api_dot_netagent__pb2.ResyncRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.ResyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/GetUsage',
+            netagent_dot_api_dot_netagent__pb2.GetUsageRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEgressAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/SetEgressAddress',
+            netagent_dot_api_dot_netagent__pb2.SetEgressAddressRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/SetLimits',
+            netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,7 +48,7 @@ class NetAgentService(pb_grpc.NetAgentServicer):
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
         async def run() -> pb.AllocateResponse:
-            net = await self.agent.run_allocate(cv.allocate_op(request))
+            net = await self.agent.run_allocate(cv.allocate_op(request, self.agent.config.egress_addresses))
             return pb.AllocateResponse(sandbox=cv.sandbox_to_proto(net))
         return await self._call("allocate", context, run)
 
@@ -76,6 +76,17 @@ class NetAgentService(pb_grpc.NetAgentServicer):
         async def run() -> pb.Sandbox:
             return cv.sandbox_to_proto(await self.agent.run_update_policy(cv.update_policy_op(request)))
         return await self._call("update_policy", context, run)
+
+    async def SetLimits(self, request: pb.SetLimitsRequest, context: Any) -> pb.Sandbox:
+        async def run() -> pb.Sandbox:
+            return cv.sandbox_to_proto(await self.agent.run_set_limits(cv.set_limits_op(request)))
+        return await self._call("set_limits", context, run)
+
+    async def SetEgressAddress(self, request: pb.SetEgressAddressRequest, context: Any) -> pb.Sandbox:
+        async def run() -> pb.Sandbox:
+            op = cv.set_egress_op(request, self.agent.config.egress_addresses)
+            return cv.sandbox_to_proto(await self.agent.run_set_egress(op))
+        return await self._call("set_egress_address", context, run)
 
     async def ExposePort(self, request: pb.ExposePortRequest, context: Any) -> pb.ExposePortResponse:
         async def run() -> pb.ExposePortResponse:
@@ -117,6 +128,12 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                                      slots_quarantined=res.get("slots_quarantined", 0))
         return await self._call("resync", context, run)
 
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.GetUsageResponse:
+        async def run() -> pb.GetUsageResponse:
+            totals = await self.agent.usage(request.sandbox_id or None)
+            return pb.GetUsageResponse(usage=[cv.usage_to_proto(sid, c.as_dict()) for sid, c in sorted(totals.items())])
+        return await self._call("get_usage", context, run)
+
     async def ProbePort(self, request: pb.ProbePortRequest, context: Any) -> pb.ProbePortResponse:
         async def run() -> pb.ProbePortResponse:
             timeout = request.timeout_ms / 1000 if request.timeout_ms else None
@@ -140,6 +157,8 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                 if "slot" in ev.data:
                     msg.slot.CopyFrom(pb.SlotIncident(**ev.data["slot"]))
                 msg.verdicts.extend(pb.DestinationVerdicts(**v) for v in ev.data.get("verdicts", ()))
+                if "usage" in ev.data:
+                    msg.usage.CopyFrom(cv.usage_to_proto(ev.sandbox_id, ev.data["usage"]))
                 yield msg
         except NetagentError as exc:
             self.on_error("watch_events", exc.code)

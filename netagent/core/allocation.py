@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..access import PortAccess
-from ..models import AllocateSpec, EgressPolicy, ExposedPort, Protocol
+from ..models import AllocateSpec, EgressPolicy, ExposedPort, Limits, Protocol
 from ..policy import CompiledPolicy
 
 PortKey = tuple[int, Protocol]   # (guest port, protocol)
@@ -22,4 +22,6 @@ class Allocation:
     policy: EgressPolicy
     compiled: CompiledPolicy
     ports: Mapping[PortKey, ExposedPort] = field(default_factory=dict)
+    egress_address: str | None = None    # the SNAT source now (None: the uplink's)
+    limits: Limits = Limits()            # the bandwidth limits now
     access: Mapping[int, PortAccess] = field(default_factory=dict)   # edge access by guest port (default public)

@@ -19,6 +19,8 @@ from .rows import (
     AllocationAdded,
     AllocationDeleted,
     Change,
+    EgressSet,
+    LimitsSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
@@ -163,6 +165,10 @@ class Inventory:
                 ports = {k: v for k, v in rec.ports.items() if k != (port.guest_port, port.protocol)}
                 self.allocations[sid] = replace(rec, ports=ports)
                 self.host_ports[port.protocol].pop(port.host_port, None)
+            case LimitsSet(sid, limits):
+                self.allocations[sid] = replace(self.allocations[sid], limits=limits)
+            case EgressSet(sid, address):
+                self.allocations[sid] = replace(self.allocations[sid], egress_address=address)
             case PortAccessSet(sid, guest_port, access):
                 rec = self.allocations[sid]
                 self.allocations[sid] = replace(rec, access={**rec.access, guest_port: access})

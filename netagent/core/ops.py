@@ -6,12 +6,14 @@ from there on they travel typed. The planner never re-checks them.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
 from ..access import check_host_mask, token_sha256
 from ..errors import InvalidArgument
-from ..models import AllocateSpec, EgressPolicy, Protocol, validate_port, validate_protocol, validate_sandbox_id
+from ..models import AllocateSpec, EgressPolicy, Limits, Protocol, validate_port, validate_protocol, validate_sandbox_id
 from ..policy import CompiledPolicy, compile_policy
 
 
@@ -37,10 +39,48 @@ class Allocate:
     at: float = 0.0      # creation time (the planner reads no clock)
 
     @classmethod
-    def of(cls, sandbox_id: object, spec: AllocateSpec | dict[str, Any] | None = None) -> Allocate:
+    def of(cls, sandbox_id: object, spec: AllocateSpec | dict[str, Any] | None = None,
+           egress_addresses: Sequence[IPv4Address] = ()) -> Allocate:
         sid = validate_sandbox_id(sandbox_id)
         parsed = AllocateSpec.parse(spec)
+        check_egress_address(parsed.egress_address, egress_addresses)
         return cls(sid, parsed, Policy.of(parsed.policy))
+
+
+def check_egress_address(address: IPv4Address | None, configured: Sequence[IPv4Address]) -> None:
+    if address is not None and address not in configured:
+        raise InvalidArgument(f"egress_address {address} is not one of this host's egress_addresses "
+                              f"({', '.join(map(str, configured)) or 'none configured'})")
+
+
+@dataclass(frozen=True)
+class SetEgressAddress:
+    """Give a sandbox another SNAT source (None: the uplink's); its NAT flows are flushed."""
+    sandbox_id: str
+    address: str | None
+
+    @classmethod
+    def of(cls, sandbox_id: object, address: object, egress_addresses: Sequence[IPv4Address]) -> SetEgressAddress:
+        sid = validate_sandbox_id(sandbox_id)
+        if address in (None, ""):
+            return cls(sid, None)
+        try:
+            parsed = IPv4Address(str(address))
+        except ValueError as exc:
+            raise InvalidArgument(f"egress_address: {exc}") from None
+        check_egress_address(parsed, egress_addresses)
+        return cls(sid, str(parsed))
+
+
+@dataclass(frozen=True)
+class SetLimits:
+    """New bandwidth limits for a sandbox (applied to its qdiscs after the commit)."""
+    sandbox_id: str
+    limits: Limits
+
+    @classmethod
+    def of(cls, sandbox_id: object, limits: Limits | dict[str, Any] | None) -> SetLimits:
+        return cls(validate_sandbox_id(sandbox_id), Limits.parse(limits))
 
 
 @dataclass(frozen=True)
@@ -180,11 +220,22 @@ class SlotIncidents:
 
 
 @dataclass(frozen=True)
+class CloseUsage:
+    """A released sandbox's usage is final: record USAGE_FINAL, remove its
+    counter elements, then clean its slot (None: reconcile cleans it)."""
+    sandbox_id: str
+    ip: str
+    final: dict[str, dict[str, int]]
+    slot: int | None
+
+
+@dataclass(frozen=True)
 class Resync:
     """Reload the table if it drifted and re-add every element from state."""
 
 
-Operation = (Allocate | Release | UpdatePolicy | Expose | Unexpose | SetPortAccess | RecordReachability
-             | RecordDenied | RecordVerdicts | SlotReady | SlotGone | SlotIncidents | Resync)
+Operation = (Allocate | Release | UpdatePolicy | SetEgressAddress | SetLimits | Expose | Unexpose | SetPortAccess
+             | RecordReachability | RecordDenied | RecordVerdicts | SlotReady | SlotGone | SlotIncidents | CloseUsage
+             | Resync)
 # Operations a caller makes (they delay background refills and cleaning).
-CALLER_OPS = (Allocate, Release, UpdatePolicy, Expose, Unexpose, SetPortAccess)
+CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, SetLimits, Expose, Unexpose, SetPortAccess)

@@ -24,13 +24,17 @@ from .rows import (
     AllocationAdded,
     AllocationDeleted,
     Change,
+    EgressSet,
     Event,
+    LimitsSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
     PortDeleted,
     ReachabilitySet,
     SlotSet,
+    UsageClosed,
+    UsageReleased,
 )
 from .views import PortView, network_of, plain_port
 
@@ -57,6 +61,10 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_release(inv, op, ctx)
         case ops.UpdatePolicy():
             return plan_update_policy(inv, op, ctx)
+        case ops.SetEgressAddress():
+            return plan_set_egress(inv, op, ctx)
+        case ops.SetLimits():
+            return plan_set_limits(inv, op, ctx)
         case ops.Expose():
             return plan_expose(inv, op, ctx)
         case ops.Unexpose():
@@ -75,6 +83,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_slot_gone(op, ctx)
         case ops.SlotIncidents():
             return plan_incidents(inv, op)
+        case ops.CloseUsage():
+            return plan_close_usage(op)
         case ops.Resync():
             return Change(full_sync=True)
     raise TypeError(f"not an operation: {op!r}")
@@ -102,19 +112,52 @@ def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
     if inv.slots.get(op.slot) != SlotState.READY or op.slot in inv.slot_owner:
         raise Unavailable(f"slot {op.slot} is not a ready slot")
     policy = resolve(op.policy, ctx.default_internet)
-    rec = Allocation(op.sandbox_id, op.slot, op.spec, op.at, policy.model, policy.compiled)
+    egress = str(op.spec.egress_address) if op.spec.egress_address else None
+    rec = Allocation(op.sandbox_id, op.slot, op.spec, op.at, policy.model, policy.compiled, egress_address=egress,
+                     limits=op.spec.limits)
     net = ctx.network(rec)
+    slot = ctx.addresses.slot(op.slot)
     return Change(
         reply=net,
         rows=(SlotSet(op.slot, SlotState.ALLOCATED), AllocationAdded(rec)),
-        nft=tuple(el.add(el.policy_elements(ctx.addresses.slot(op.slot), policy.compiled))),
+        nft=tuple(el.add(el.policy_elements(slot, policy.compiled) + egress_elements(slot, egress)
+                         + el.usage_elements(str(slot.sandbox_ip)))),
+        shape=((op.slot, rec.limits),) if rec.limits.limited else (),
         events=(Event("allocated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),))
 
 
 def allocation_elements(slot: SlotAddresses, rec: Allocation) -> list[el.Element]:
-    """Every element an allocation owns: its policy and its exposed ports."""
-    return el.policy_elements(slot, rec.compiled) + [
+    """Every element an allocation owns: its policy, its egress address and its exposed ports."""
+    return el.policy_elements(slot, rec.compiled) + egress_elements(slot, rec.egress_address) + [
         el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
+
+
+def egress_elements(slot: SlotAddresses, address: str | None) -> list[el.Element]:
+    return [el.egress_snat_element(slot, address)] if address else []
+
+
+def plan_set_limits(inv: Inventory, op: ops.SetLimits, ctx: PlanContext) -> Change:
+    """Store the limits; the qdiscs are set after the commit, every time (so a
+    retry after a failed tc call sets them again)."""
+    rec = require(inv, op.sandbox_id)
+    net = ctx.network(replace(rec, limits=op.limits))
+    rows = () if op.limits == rec.limits else (LimitsSet(rec.sandbox_id, op.limits),)
+    return Change(reply=net, rows=rows, shape=((rec.slot, op.limits),))
+
+
+def plan_set_egress(inv: Inventory, op: ops.SetEgressAddress, ctx: PlanContext) -> Change:
+    """Another SNAT source in one transaction; the sandbox's own flows (its
+    NAT flows, ct mark of flows it started) are flushed, no one else's."""
+    rec = require(inv, op.sandbox_id)
+    net = ctx.network(replace(rec, egress_address=op.address))
+    if op.address == rec.egress_address:
+        return Change(reply=net)
+    slot = ctx.addresses.slot(rec.slot)
+    return Change(
+        reply=net, rows=(EgressSet(rec.sandbox_id, op.address),),
+        nft=tuple(el.delete(egress_elements(slot, rec.egress_address)) + el.add(egress_elements(slot, op.address))),
+        events=(Event("policy_updated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),),
+        flush_marks=(slot.ct_mark,))
 
 
 def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
@@ -122,12 +165,23 @@ def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
     if rec is None:
         return Change(reply=False)
     quarantined = inv.slots.get(rec.slot) == SlotState.QUARANTINED   # stays so: nothing to clean
+    slot = ctx.addresses.slot(rec.slot)
+    # The usage elements stay until the final count is read (CloseUsage), which
+    # then cleans the slot; the sandbox's flows are flushed first, so nothing
+    # more is counted.
     return Change(
         reply=True,
-        rows=(AllocationDeleted(rec),) + (() if quarantined else (SlotSet(rec.slot, SlotState.DIRTY),)),
-        nft=tuple(el.delete(allocation_elements(ctx.addresses.slot(rec.slot), rec))),
+        rows=(AllocationDeleted(rec), UsageReleased(rec.sandbox_id, str(slot.sandbox_ip), rec.slot))
+        + (() if quarantined else (SlotSet(rec.slot, SlotState.DIRTY),)),
+        nft=tuple(el.delete(allocation_elements(slot, rec))),
         events=(Event("released", rec.sandbox_id, {}),),
-        clean_slots=() if quarantined else (rec.slot,))
+        close_usage=((rec.sandbox_id, -1 if quarantined else rec.slot, str(slot.sandbox_ip)),))
+
+
+def plan_close_usage(op: ops.CloseUsage) -> Change:
+    return Change(rows=(UsageClosed(op.sandbox_id),), nft=tuple(el.delete(el.usage_elements(op.ip))),
+                  events=(Event("usage_final", op.sandbox_id, {"usage": op.final}),),
+                  clean_slots=() if op.slot is None or op.slot < 0 else (op.slot,))
 
 
 def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -> Change:
@@ -261,5 +315,6 @@ def desired_elements(inv: Inventory, addresses: AddressPlan) -> list[el.Element]
         if state in LIVE_SLOT_STATES:
             out += el.slot_elements(addresses.slot(idx))
     for rec in inv.allocations.values():
-        out += allocation_elements(addresses.slot(rec.slot), rec)
+        slot = addresses.slot(rec.slot)
+        out += allocation_elements(slot, rec) + el.usage_elements(str(slot.sandbox_ip))
     return out

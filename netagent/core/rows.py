@@ -7,7 +7,7 @@ from typing import Any
 
 from ..access import PortAccess
 from ..firewall import elements as el
-from ..models import EgressPolicy, ExposedPort, Protocol, SlotState
+from ..models import EgressPolicy, ExposedPort, Limits, Protocol, SlotState
 from ..policy import CompiledPolicy
 from .allocation import Allocation
 
@@ -67,8 +67,34 @@ class ReachabilitySet:
     changed_at: float
 
 
+@dataclass(frozen=True)
+class EgressSet:
+    sandbox_id: str
+    address: str | None
+
+
+@dataclass(frozen=True)
+class LimitsSet:
+    sandbox_id: str
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class UsageReleased:
+    """The sandbox is released; its usage row stays until CloseUsage (a crash
+    in between closes it at start-up)."""
+    sandbox_id: str
+    ip: str
+    slot: int
+
+
+@dataclass(frozen=True)
+class UsageClosed:
+    sandbox_id: str
+
+
 Row = (SlotSet | SlotDeleted | AllocationAdded | AllocationDeleted | PolicySet | PortAdded | PortDeleted
-       | PortAccessSet | ReachabilitySet)
+       | PortAccessSet | ReachabilitySet | EgressSet | LimitsSet | UsageReleased | UsageClosed)
 
 
 @dataclass(frozen=True)
@@ -89,4 +115,6 @@ class Change:
     flush_marks: tuple[int, ...] = ()    # ct marks flushed before the caller hears back
     drop_fqdn: tuple[str, ...] = ()      # sandbox IPs whose DNS admissions end now
     clean_slots: tuple[int, ...] = ()    # released slots to clean in the background
+    shape: tuple[tuple[int, Limits], ...] = ()  # (slot, limits): qdiscs to set after the commit
+    close_usage: tuple[tuple[str, int, str], ...] = ()  # (sandbox, slot, sandbox IP): final usage, then clean
     full_sync: bool = False              # reload the table if drifted, re-add every element

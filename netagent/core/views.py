@@ -24,6 +24,7 @@ def network_of(addresses: AddressPlan, guest: GuestPlan, rec: Allocation, port_v
         guest_netmask=addresses.boot_ip_arg().split(":")[3], gateway_ip=str(guest.gateway_ip),
         guest_mac=guest.guest_mac, mtu=guest.mtu, sandbox_ip=str(s.sandbox_ip), host_veth=s.host_veth,
         boot_ip_arg=addresses.boot_ip_arg(dns=str(guest.gateway_ip)), spec=rec.spec, policy=rec.policy,
-        internet=bool(rec.policy.internet), created_at=rec.created_at,
+        internet=bool(rec.policy.internet), created_at=rec.created_at, egress_address=rec.egress_address or "",
+        limits=rec.limits,
         ports=tuple(port_view(rec.sandbox_id, p)
                     for p in sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))

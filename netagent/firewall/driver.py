@@ -15,6 +15,9 @@ from . import elements as el
 from . import names, ruleset, xt_queue
 from .nft import Nft, connect
 
+# (table handle or None, set name -> sandbox IP -> (packets, bytes))
+UsageReading = tuple[int | None, dict[str, dict[str, tuple[int, int]]]]
+
 
 class FirewallDriver(Protocol):
     table: str
@@ -41,6 +44,10 @@ class FirewallDriver(Protocol):
         already there, in one transaction."""
 
     def counters(self) -> dict[str, int]: ...
+
+    def usage(self) -> UsageReading:
+        """The usage counter sets (set -> key -> (packets, bytes)) and the
+        table's handle (None: no table)."""
 
     def delete_table(self) -> bool: ...
 
@@ -90,6 +97,12 @@ class HostTable:
 
     def counters(self) -> dict[str, int]:
         return self.nft.counters(self.table)
+
+    def usage(self) -> UsageReading:
+        handle = self.nft.table_handle(self.table)
+        if handle is None:
+            return None, {}
+        return handle, {name: self.nft.element_counters(self.table, name) for name in names.USAGE_SETS.values()}
 
     def delete_table(self) -> bool:
         return self.nft.delete_table(self.table)

@@ -62,6 +62,15 @@ def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element
     return out
 
 
+def egress_snat_element(slot: SlotAddresses, address: str) -> Element:
+    return Element(names.EGRESS_SNAT, str(slot.sandbox_ip), address)
+
+
+def usage_elements(sandbox_ip: str) -> list[Element]:
+    """The sandbox IP in every usage counter set (fresh elements count from 0)."""
+    return [Element(name, sandbox_ip) for name in names.USAGE_SETS.values()]
+
+
 def port_element(slot: SlotAddresses, protocol: str, host_port: int, guest_port: int) -> Element:
     return Element(names.PORT_DNAT, (protocol, host_port), (str(slot.sandbox_ip), guest_port))
 

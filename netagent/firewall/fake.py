@@ -23,6 +23,8 @@ class FakeFirewall:
         self.rules_text: str | None = None
         self.transactions = 0
         self.fail_next: str | None = None
+        self.handle = 0
+        self.usage_counts: dict[str, dict[str, tuple[int, int]]] = {}
 
     def _begin(self) -> dict[str, dict[el.Key, el.Key | None]]:
         if self.fail_next is not None:
@@ -61,6 +63,7 @@ class FakeFirewall:
         self.sets = _filled({name: {} for name in names.ALL}, [*fixed, *dynamic])
         self.rules_text = rules_text
         self.transactions += 1
+        self.handle += 1
 
     def fingerprint(self) -> str | None:
         return ruleset.fingerprint(self.rules_text) if self.sets is not None and self.rules_text else None
@@ -89,6 +92,14 @@ class FakeFirewall:
     def delete_first_payload(self, table: str) -> bool:
         existed, self.first_payload = self.first_payload is not None, None
         return existed
+
+    def usage(self) -> tuple[int | None, dict[str, dict[str, tuple[int, int]]]]:
+        """Counters the test put in `usage_counts` (set -> ip -> (packets, bytes)),
+        for the elements that exist; a reload is a new table (a new handle)."""
+        if self.sets is None:
+            return None, {}
+        return self.handle, {name: {str(ip): self.usage_counts.get(name, {}).get(str(ip), (0, 0))
+                                    for ip in self.sets.get(name, {})} for name in names.USAGE_SETS.values()}
 
     def delete_table(self) -> bool:
         existed, self.sets, self.rules_text = self.sets is not None, None, None

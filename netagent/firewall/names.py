@@ -29,16 +29,29 @@ SNI_CHECK = "sni_check"
 # and the chain that holds its one queue rule.
 FIRST_PAYLOAD_TABLE_SUFFIX = "_fp"
 FIRST_PAYLOAD_QUEUE_CHAIN = "first_payload_queue"
+EGRESS_SNAT = "egress_snat"   # sandbox IP -> its sticky egress address (issue #14)
 # Not state: elements come from DNS answers and expire on their own.
 FQDN_IPS = "fqdn_ips"
 
-MAPS = (EGRESS_MODE, PORT_DNAT, SLOT_MARK, SLOT_MARK_IN)
+# Usage accounting (issue #14): per allocation, each element carries a counter.
+# Never in STATE_SETS: a full sync must not flush them (that would zero the
+# counts); keys are (path, direction) as GetUsage reports them.
+USAGE_SETS = {
+    ("egress", "sent"): "usage_egress_sent",
+    ("egress", "received"): "usage_egress_received",
+    ("ingress", "sent"): "usage_ingress_sent",
+    ("ingress", "received"): "usage_ingress_received",
+    ("host", "sent"): "usage_host_sent",
+    ("host", "received"): "usage_host_received",
+}
+
+MAPS = (EGRESS_MODE, PORT_DNAT, SLOT_MARK, SLOT_MARK_IN, EGRESS_SNAT)
 # Sets and maps whose whole content is derived from config + state (a full
 # sync flushes and refills exactly these).
 STATE_SETS = (UPLINKS, ALWAYS_DENY, ALWAYS_ALLOW, EDGE_ADDRESSES, SBX_IFACES, SBX_SRC,
               ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED, SNI_CHECK)
 STATE_MAPS = MAPS
-ALL = STATE_SETS + STATE_MAPS + (FQDN_IPS,)
+ALL = STATE_SETS + STATE_MAPS + (FQDN_IPS,) + tuple(USAGE_SETS.values())
 
 # The verdicts egress_mode maps a sandbox to.
 MODE_OPEN = "jump mode_open"

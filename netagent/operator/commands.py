@@ -13,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 
 from ..api import netagent_pb2 as pb
 from ..client import Client
-from . import kernel, probe_outcome
+from . import kernel, probe_outcome, usage_view
 from .ages import ago, from_ms
 from .quick import ClientSettings
 
@@ -81,14 +81,18 @@ def _registry_health(info: dict[str, Any]) -> str:
 def ls(args: argparse.Namespace, config: Config | ClientSettings, c: Client) -> int:
     labels = dict(kv.split("=", 1) for kv in args.label)
     rows = []
+    usage = {u.sandbox_id: u for u in c.usage()}
     for s in c.list(labels=labels, state=args.state):
         d = to_dict(s)
+        if s.sandbox_id in usage:
+            d["usage"] = to_dict(usage[s.sandbox_id])
         rows.append({"sandbox": s.sandbox_id, "slot": s.network.slot, "sandbox_ip": s.network.sandbox_ip,
                      "internet": "on" if s.policy.internet else "off",
                      "allow": len(s.policy.allow_out), "deny": len(s.policy.deny_out),
                      "ports": ",".join(_port_cell(p) for p in s.ports) or "-",
-                     "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", "_raw": d})
-    cols = ["sandbox", "slot", "sandbox_ip", "internet", "allow", "deny", "ports", "labels"]
+                     "labels": ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", "_raw": d,
+                     **usage_view.cells(usage.get(s.sandbox_id))})
+    cols = ["sandbox", "slot", "sandbox_ip", "internet", "allow", "deny", "ports", "sent", "received", "labels"]
     # JSON is for pipelines: no half-second rate sample unless asked for.
     interval = args.rates_interval if args.rates_interval is not None else (0.0 if args.json else 0.5)
     if interval > 0 and rows:
@@ -114,6 +118,8 @@ def _port_cell(p: Any) -> str:
 def show(args: argparse.Namespace, config: Config, c: Client) -> int:
     from . import registrycheck
     sbx = to_dict(c.get(args.sandbox))
+    [usage] = c.usage(args.sandbox)
+    sbx["usage"] = to_dict(usage)
     sbx["drift"] = kernel.sandbox_drift(config, sbx)
     info = c.host_info()
     read, latest, registry_drift = registrycheck.compare(
@@ -127,7 +133,7 @@ def show(args: argparse.Namespace, config: Config, c: Client) -> int:
                    "guest": f"{net['guestIp']}/{net['guestPrefixlen']} gw {net['gatewayIp']} mac {net['guestMac']}",
                    "boot arg": net["bootIpArg"], "host veth": net["hostVeth"], "policy": sbx["policy"],
                    "ports": [registrycheck.port_line(p, now) for p in sbx["ports"]],
-                   "labels": sbx["labels"]})
+                   "usage": usage_view.lines(usage), "labels": sbx["labels"]})
     human += "\n\n" + ("drift: none (kernel matches the agent)" if not sbx["drift"] else
                        "DRIFT:\n" + table(sbx["drift"], ["object", "problem"]))
     human += "\n\n" + _registry_section(read, registry_drift, now)

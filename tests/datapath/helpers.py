@@ -16,7 +16,7 @@ def sandbox_elements(ns: str, table: str, sandbox_ip: str) -> dict[str, list]:
 
 
 def elements(ns: str, table: str, name: str) -> list:
-    kind = "map" if name in ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in") else "set"
+    kind = "map" if name in ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in", "egress_snat") else "set"
     out = sh.run("nft", "-j", "list", kind, "inet", table, name, ns=ns).stdout
     for obj in json.loads(out)["nftables"]:
         body = obj.get(kind)
@@ -41,12 +41,20 @@ def conntrack_count(ns: str, *filters: str) -> int:
 NOT_STATE = {"conn_count", "conn_rate", "deny_log_rate", "fqdn_ips"}
 
 
+def _without_counter(e):  # type: ignore[no-untyped-def]
+    """An element as state: the counts of a usage counter element are not."""
+    if isinstance(e, dict) and "elem" in e and "counter" in e["elem"]:
+        return e["elem"]["val"]
+    return e
+
+
 def table_elements(ns: str, table: str) -> dict[str, list[str]]:
-    """Every set and map of the table (but NOT_STATE) with its elements."""
+    """Every set and map of the table (but NOT_STATE) with its elements (without
+    their counters)."""
     out = sh.run("nft", "-j", "list", "table", "inet", table, ns=ns).stdout
     found = {}
     for obj in json.loads(out)["nftables"]:
         body = obj.get("set") or obj.get("map")
         if body and body["name"] not in NOT_STATE:
-            found[body["name"]] = sorted(json.dumps(e, sort_keys=True) for e in body.get("elem", []))
+            found[body["name"]] = sorted(json.dumps(_without_counter(e), sort_keys=True) for e in body.get("elem", []))
     return found

@@ -4,7 +4,8 @@
 started, then answers each {"op": "allocate", "args": {...}} line with
 {"ok": result} or {"error": code, "message": ...}, one line at a time, in
 order. The op "slot_table" answers the agent's whole slot table
-({index: state}). Tests kill -9 it at will.
+({index: state}), "events" the retained events of one type, "usage" the
+usage totals as plain dicts. Tests kill -9 it at will.
 """
 from __future__ import annotations
 
@@ -30,11 +31,17 @@ async def main() -> None:
         try:
             if req["op"] == "slot_table":
                 result = {str(i): str(state) for i, state in sorted(agent.slots.items())}
+            elif req["op"] == "events":   # every retained event of one type
+                result = [{"sandbox_id": sid, "data": json.loads(data)} for _, _, t, sid, data
+                          in agent.store.events_after(0, 100_000) if t == req["args"]["type"]]
+            elif req["op"] == "usage":    # totals as plain dicts
+                totals = await agent.usage(**req.get("args", {}))
+                result = {sid: counts.as_dict() for sid, counts in totals.items()}
             else:
                 result = await getattr(agent, req["op"])(**req.get("args", {}))
             if hasattr(result, "model_dump"):
                 result = result.model_dump(mode="json")
-            elif isinstance(result, list):
+            elif isinstance(result, list) and result and hasattr(result[0], "model_dump"):
                 result = [r.model_dump(mode="json") for r in result]
             print(json.dumps({"ok": result}), flush=True)
         except NetagentError as exc:

@@ -49,7 +49,8 @@ def test_allocate_plans_rows_elements_event_and_reply_without_touching_the_inven
     assert inv.allocations == {} and inv.slots[0] == SlotState.READY  # nothing mutated
     assert change.reply.sandbox_id == "a" and change.reply.sandbox_ip == "10.12.0.1"
     assert [type(r).__name__ for r in change.rows] == ["SlotSet", "AllocationAdded"]
-    assert change.nft == tuple(el.add([el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN)]))
+    assert change.nft == tuple(el.add([el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN)]
+                                      + el.usage_elements("10.12.0.1")))
     assert [e.type for e in change.events] == ["allocated"]
     assert change.rows[1].allocation.policy.internet is True   # host default frozen in
 
@@ -91,7 +92,8 @@ def test_release_removes_every_element_it_owns_and_marks_the_slot_dirty():
     change = plan(inv, ops.Release.of("a"), CTX)
     deleted = {o.element for o in change.nft if o.verb == "delete"}
     assert {e.set for e in deleted} == {names.EGRESS_MODE, names.ALLOW_PORT, names.PORT_DNAT}
-    assert change.reply is True and change.clean_slots == (0,)
+    # the usage counters stay until the final count is read; closing them cleans the slot
+    assert change.reply is True and change.clean_slots == () and change.close_usage == (("a", 0, "10.12.0.1"),)
     inv.apply_change(change)
     assert inv.allocations == {} and inv.slots[0] == SlotState.DIRTY and not inv.host_ports[Protocol.TCP]
     assert plan(inv, ops.Release.of("a"), CTX) == Change(reply=False)   # idempotent: nothing to do
@@ -172,7 +174,8 @@ def test_desired_elements_cover_live_slots_and_allocations():
     apply(inv, ops.Expose.of("a", 80))
     want = set(desired_elements(inv, ADDR))
     assert want == set(el.slot_elements(ADDR.slot(0))) | {
-        el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN), el.port_element(ADDR.slot(0), "tcp", 20000, 80)}
+        el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN), el.port_element(ADDR.slot(0), "tcp", 20000, 80),
+        *el.usage_elements("10.12.0.1")}
 
 
 # ---- the committer: SQLite + fake firewall -----------------------------------------

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+ACCOUNTING_CHAINS = "usage_"
 _LINE = re.compile(r"^trace id (?P<id>\w+) (?P<family>\w+) (?P<table>\S+) (?P<chain>\S+) "
                    r"(?:packet: (?P<packet>.*)|rule (?P<rule>.*) \(verdict (?P<rv>[^)]*)\)"
                    r"|verdict (?P<verdict>.*)|policy (?P<policy>\S+))\s*$")
@@ -159,8 +160,14 @@ def _forwarded(steps: list[Step], facts: Facts, oif: str | None) -> Outcome:
     return Outcome("accepted", f"accepted: {reason}{via}", oif)
 
 
+def _decides(s: Step) -> bool:
+    """Not an accounting chain's rule: usage_* chains count what the filters
+    already accepted (rules/netagent.nft), they decide nothing."""
+    return not s.chain.startswith(ACCOUNTING_CHAINS)
+
+
 def _accept_reason(steps: list[Step], facts: Facts) -> str:
-    rules = [s for s in steps if s.kind == "rule" and s.table == facts.table]
+    rules = [s for s in steps if s.kind == "rule" and s.table == facts.table and _decides(s)]
     accept = next((s for s in reversed(rules) if s.verdict == "accept" and "nat" not in s.chain
                    and "masquerade" not in s.text and "dnat" not in s.text), None)
     always_allow = any("@always_allow" in s.text for s in rules)
@@ -182,7 +189,7 @@ def _to_host(steps: list[Step], facts: Facts) -> Outcome:
     if facts.dnat is None and facts.port is not None and not any(s.chain == "sandbox_to_host" for s in steps):
         return Outcome("to-host", f"not forwarded: no exposed port on {facts.proto}/{facts.port}; "
                                   "the packet is for the host itself")
-    accept = next((s for s in reversed(steps) if s.kind == "rule" and s.verdict == "accept"), None)
+    accept = next((s for s in reversed(steps) if s.kind == "rule" and s.verdict == "accept" and _decides(s)), None)
     why = f" ({accept.chain}: {accept.text})" if accept else ""
     return Outcome("to-host", f"accepted: delivered to the host itself{why}")
 

@@ -1,0 +1,123 @@
+"""The usage meter: reads the kernel's usage counters, keeps the ledger
+(usage/ledger.py) and persists it, and closes a released sandbox's usage.
+
+I/O comes in as callables (the kernel reading, the open sandboxes, a conntrack
+flush, the committer), so the meter holds no agent. Readings are serialized:
+the ledger's fold depends on their order.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import ops
+from ..errors import NetagentError
+from ..firewall.driver import UsageReading
+from ..state import StateStore
+from .ledger import Counts, Entry, observe, reading_of
+
+log = logging.getLogger("netagent.usage")
+
+
+@dataclass(frozen=True)
+class MeterIO:
+    read: Callable[[], Awaitable[UsageReading]]       # the kernel's counters (a worker thread)
+    open_ips: Callable[[], Mapping[str, str]]         # allocated sandbox -> sandbox IP
+    flush: Callable[[int], Awaitable[None]]           # end a slot's flows (conntrack)
+    submit: Callable[[ops.Operation], Awaitable[Any]]  # the committer
+
+
+class UsageMeter:
+    def __init__(self, store: StateStore, db_lock: asyncio.Lock, io: MeterIO):
+        self.store = store
+        self.db_lock = db_lock
+        self.io = io
+        self.entries: dict[str, Entry] = {}
+        self.pending: dict[str, tuple[str, int, bool]] = {}   # released: sandbox -> (ip, slot, clean it after)
+        self._lock = asyncio.Lock()
+        self._closing: set[str] = set()
+        self.released_total = Counts()   # finals closed since start (metrics)
+
+    def load(self) -> None:
+        """The persisted ledger (start-up). Released rows close before reconcile
+        cleans their slots (it cleans them itself: clean=False)."""
+        for sid, ip, slot, released, data in self.store.load_usage():
+            self.entries[sid] = Entry.from_json(ip, json.loads(data))
+            if released:
+                self.pending[sid] = (ip, -1 if slot is None else slot, False)
+
+    async def refresh(self) -> dict[str, Counts]:
+        """Read the kernel, update and persist the ledger; totals of open sandboxes."""
+        async with self._lock:
+            return await self._refresh()
+
+    async def _refresh(self) -> dict[str, Counts]:
+        epoch, by_set = await self.io.read()
+        open_ips = self.io.open_ips()
+        for sid, ip in open_ips.items():
+            if sid not in self.entries:
+                self.entries[sid] = Entry(ip)
+        changed: list[tuple[str, str, str]] = []
+        for sid, entry in list(self.entries.items()):
+            new = observe(entry, reading_of(entry.ip, by_set), epoch)
+            if new != entry:
+                self.entries[sid] = new
+                changed.append((sid, new.ip, json.dumps(new.to_json(), separators=(",", ":"))))
+        if changed:
+            async with self.db_lock:
+                with self.store.transaction() as tx:
+                    tx.save_usage(changed)
+        return {sid: self.entries[sid].total for sid in open_ips if sid in self.entries}
+
+    def open_totals(self) -> dict[str, Counts]:
+        """As of the last reading (no kernel I/O): allocated and not yet closed sandboxes."""
+        return {sid: e.total for sid, e in self.entries.items()}
+
+    def release(self, sandbox_id: str, ip: str, slot: int) -> None:
+        """Called once a release committed (slot -1: quarantined, not cleaned):
+        close its usage now or at the next `close_pending`."""
+        self.pending[sandbox_id] = (ip, slot, slot >= 0)
+
+    async def close_pending(self) -> None:
+        for sid in list(self.pending):
+            if sid not in self._closing:
+                await self.close(sid)
+
+    async def close(self, sandbox_id: str) -> None:
+        """Flush the sandbox's flows, read its final count, and record it
+        (USAGE_FINAL) with its elements removed, in one commit."""
+        if sandbox_id in self._closing or sandbox_id not in self.pending:
+            return
+        self._closing.add(sandbox_id)
+        ip, slot, clean = self.pending[sandbox_id]
+        try:
+            if slot >= 0:
+                await self.io.flush(slot)
+            async with self._lock:
+                self.entries.setdefault(sandbox_id, Entry(ip))   # released before its first reading
+                await self._refresh()
+                entry = self.entries[sandbox_id]
+                # held across the commit, so no reading persists the row after it is gone
+                await self.io.submit(ops.CloseUsage(sandbox_id, entry.ip, entry.total.as_dict(),
+                                                    slot if clean else None))
+                self.entries.pop(sandbox_id, None)
+                self.pending.pop(sandbox_id, None)
+                self.released_total = self.released_total + entry.total
+        except NetagentError as exc:
+            log.warning("closing usage of %s failed (retried): %s", sandbox_id, exc)
+        finally:
+            self._closing.discard(sandbox_id)
+
+    async def run(self, interval: Callable[[], float]) -> None:
+        """Read and persist every `interval` s; retry closes that failed."""
+        while True:
+            await asyncio.sleep(interval())
+            try:
+                await self.refresh()
+                await self.close_pending()
+            except NetagentError as exc:
+                log.warning("usage reading failed: %s", exc)

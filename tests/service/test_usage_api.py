@@ -1,0 +1,83 @@
+"""Usage accounting over the real daemon: GetUsage, Prometheus (aggregate and,
+behind the switch, per sandbox), USAGE_FINAL in WatchEvents, bad requests."""
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from netagent.api import netagent_pb2 as pb
+from netagent.operator.usage_view import human_bytes
+from tests.service.daemon import Daemon, write_config
+from tests.testbed import sh
+from tests.testbed.bed import WEB_IP, LightGuest, wait_until
+
+ECHO_PORT = 9999
+
+
+def test_get_usage_metrics_and_usage_final_event_over_grpc(bed, tmp_path):
+    bed.start_module(bed.inet, "tests.testbed.udp_traffic", "echo", str(ECHO_PORT), WEB_IP)
+    daemon = Daemon(write_config(bed, tmp_path, metrics_per_sandbox=True)).start()
+    guest = None
+    try:
+        with daemon.client() as c:
+            sbx = c.allocate("use-1")
+            c.allocate("use-2")
+            guest = LightGuest.attach(bed, sbx.network, "a")
+            out = json.loads(sh.run(sh.PYTHON, "-m", "tests.testbed.udp_traffic", "send", WEB_IP, str(ECHO_PORT),
+                                    "4", "1000", ns=guest.name).stdout)
+            sent = pb.UsageCounter(packets=4, bytes=sum(n + 28 for n in out["sent"]))
+            [usage] = c.usage("use-1")
+            assert usage.sandbox_id == "use-1" and usage.egress.sent == sent and usage.egress.received == sent
+            assert usage.ingress == pb.UsagePath(sent=pb.UsageCounter(), received=pb.UsageCounter())
+            assert [u.sandbox_id for u in c.usage()] == ["use-1", "use-2"]
+            assert c.usage("use-2")[0].egress.sent.bytes == 0
+
+            agg = 'netagent_usage_bytes_total{"direction": "sent", "path": "egress"}'
+            per = 'netagent_sandbox_usage_bytes_total{"direction": "sent", "path": "egress", "sandbox_id": "use-1"}'
+            assert wait_until(lambda: daemon.metrics(bed.host).get(agg) == sent.bytes, timeout=10)
+            assert daemon.metrics(bed.host)[per] == sent.bytes
+
+            # the operator CLI shows the same counts
+            ls = json.loads(_cli(daemon, "ls", "--json"))
+            assert {s["sandboxId"]: int(s["usage"]["egress"]["sent"]["bytes"]) for s in ls} == \
+                {"use-1": sent.bytes, "use-2": 0}
+            shown = json.loads(_cli(daemon, "show", "use-1", "--json"))
+            assert int(shown["usage"]["egress"]["received"]["packets"]) == 4
+            assert f"egress: sent {human_bytes(sent.bytes)} (4 pkts)" in _cli(daemon, "show", "use-1")
+            assert "SENT" in _cli(daemon, "ls")
+
+            with pytest.raises(grpc.RpcError) as err:
+                c.usage("nobody")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.RpcError) as err:
+                c.usage("bad id!")
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+            cursor = max(ev.cursor for ev in _events(c, 0, lambda ev: ev.type == pb.EVENT_TYPE_ALLOCATED, 2))
+            assert c.release("use-1") is True
+            [final] = _events(c, cursor, lambda ev: ev.type == pb.EVENT_TYPE_USAGE_FINAL, 1)
+            assert final.sandbox_id == "use-1" and final.usage.egress.sent == sent
+            assert final.usage.egress.received == sent
+            # a release keeps the aggregate (the final count stays in it) and drops the sandbox's series
+            assert wait_until(lambda: (m := daemon.metrics(bed.host)).get(agg) == sent.bytes and per not in m,
+                              timeout=10)
+    finally:
+        if guest is not None:
+            guest.stop()
+        daemon.stop()
+
+
+def _cli(daemon, *args: str) -> str:
+    return sh.run(sh.PYTHON, "-m", "netagent", *args, "--config", str(daemon.config)).stdout
+
+
+def _events(c, after: int, keep, count: int) -> list:
+    found = []
+    for ev in c.watch_events(after_cursor=after, timeout=10):
+        if keep(ev):
+            found.append(ev)
+            if len(found) == count:
+                return found
+    return found

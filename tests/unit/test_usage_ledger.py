@@ -1,0 +1,52 @@
+"""The usage ledger (pure): a restart of the kernel's counters never makes a total go back."""
+from __future__ import annotations
+
+from netagent.core import ops
+from netagent.core.inventory import Inventory
+from netagent.core.planner import plan
+from netagent.core.rows import UsageClosed
+from netagent.firewall import elements as el
+from netagent.firewall import names
+from netagent.usage.ledger import KEYS, Counts, Entry, observe, reading_of
+
+
+def counts(n: int) -> Counts:
+    return Counts.of({k: (n, n * 100) for k in KEYS})
+
+
+def test_a_growing_counter_replaces_the_last_reading():
+    e = observe(Entry("10.12.0.1"), counts(3), epoch=7)
+    e = observe(e, counts(5), epoch=7)
+    assert e.total == counts(5) and e.base == Counts()
+
+
+def test_a_counter_that_restarted_is_folded_into_the_base():
+    e = observe(Entry("10.12.0.1"), counts(5), epoch=7)
+    assert observe(e, counts(2), epoch=7).total == counts(7)     # lower: elements re-created
+    assert observe(e, counts(9), epoch=8).total == counts(14)    # another table, even if higher
+    gone = observe(e, None, epoch=7)                              # element missing
+    assert gone.total == counts(5) and observe(gone, counts(1), epoch=7).total == counts(6)
+    flushed = observe(e, None, epoch=None)                        # no table at all
+    assert observe(flushed, counts(4), epoch=9).total == counts(9)
+
+
+def test_an_entry_round_trips_through_json():
+    e = observe(observe(Entry("10.12.0.1"), counts(5), 7), counts(1), 7)
+    assert Entry.from_json("10.12.0.1", e.to_json()) == e
+    assert Entry.from_json("10.12.0.1", {}) == Entry("10.12.0.1")
+
+
+def test_reading_of_needs_every_set():
+    by_set = {name: {"10.12.0.1": (1, 2)} for name in names.USAGE_SETS.values()}
+    assert reading_of("10.12.0.1", by_set) == Counts.of({k: (1, 2) for k in KEYS})
+    del by_set["usage_host_sent"]["10.12.0.1"]
+    assert reading_of("10.12.0.1", by_set) is None
+
+
+def test_close_usage_records_the_final_count_removes_the_counters_then_cleans():
+    final = counts(4).as_dict()
+    change = plan(Inventory((20000, 20010)), ops.CloseUsage("a", "10.12.0.1", final, 3), None)  # type: ignore[arg-type]
+    assert change.rows == (UsageClosed("a"),) and change.clean_slots == (3,)
+    assert {o.element for o in change.nft if o.verb == "delete"} == set(el.usage_elements("10.12.0.1"))
+    assert [(e.type, e.data) for e in change.events] == [("usage_final", {"usage": final})]
+    assert plan(Inventory((20000, 20010)), ops.CloseUsage("a", "10.12.0.1", final, None), None).clean_slots == ()  # type: ignore[arg-type]

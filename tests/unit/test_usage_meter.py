@@ -1,0 +1,74 @@
+"""The usage meter on a real SQLite file with the kernel reading and the
+committer as plain callables: what a restarted agent makes of what it
+persisted."""
+from __future__ import annotations
+
+import asyncio
+
+from netagent.core import ops
+from netagent.core.rows import UsageReleased
+from netagent.firewall import names
+from netagent.state import StateStore
+from netagent.usage.ledger import KEYS, Counts
+from netagent.usage.meter import MeterIO, UsageMeter
+
+IP = "10.12.0.1"
+
+
+class Kernel:
+    def __init__(self) -> None:
+        self.epoch: int | None = 5
+        self.count: int | None = 0     # every counter of IP, packets = count, bytes = 100 * count
+
+    async def read(self):  # type: ignore[no-untyped-def]
+        if self.epoch is None:
+            return None, {}
+        sets = {name: ({IP: (self.count, 100 * self.count)} if self.count is not None else {})
+                for name in names.USAGE_SETS.values()}
+        return self.epoch, sets
+
+
+def counts(n: int) -> Counts:
+    return Counts.of({k: (n, 100 * n) for k in KEYS})
+
+
+def meter(store: StateStore, kernel: Kernel, open_ips: dict[str, str], submitted: list) -> UsageMeter:
+    async def submit(op):  # type: ignore[no-untyped-def]
+        submitted.append(op)
+    async def flush(slot: int) -> None:
+        pass
+    return UsageMeter(store, asyncio.Lock(), MeterIO(kernel.read, lambda: open_ips, flush, submit))
+
+
+async def test_a_restart_reads_on_and_a_flushed_table_keeps_what_was_persisted(tmp_path):
+    store, kernel, submitted = StateStore(tmp_path), Kernel(), []
+    first = meter(store, kernel, {"a": IP}, submitted)
+    kernel.count = 7
+    assert (await first.refresh())["a"] == counts(7)
+
+    kernel.count = 9   # counted while no agent ran (kill -9: nothing persisted since)
+    second = meter(store, kernel, {"a": IP}, submitted)
+    second.load()
+    assert (await second.refresh())["a"] == counts(9)
+
+    kernel.epoch, kernel.count = 6, 2   # the table was replaced, then counted 2 more
+    third = meter(store, kernel, {"a": IP}, submitted)
+    third.load()
+    assert (await third.refresh())["a"] == counts(11)
+    assert submitted == []
+
+
+async def test_a_release_persisted_before_a_crash_is_closed_at_start_up_without_cleaning(tmp_path):
+    store, kernel, submitted = StateStore(tmp_path), Kernel(), []
+    first = meter(store, kernel, {"a": IP}, submitted)
+    kernel.count = 4
+    await first.refresh()
+    with store.transaction() as tx:   # the release commit's row; then the agent died
+        tx.write(UsageReleased("a", IP, 3))
+
+    kernel.epoch, kernel.count = None, None   # and the table was flushed meanwhile
+    restarted = meter(store, kernel, {}, submitted)
+    restarted.load()
+    await restarted.close_pending()
+    assert submitted == [ops.CloseUsage("a", IP, counts(4).as_dict(), None)]   # reconcile cleans the slot
+    assert restarted.pending == {} and restarted.entries == {} and restarted.released_total == counts(4)
