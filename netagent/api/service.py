@@ -24,6 +24,9 @@ log = logging.getLogger("netagent.api")
 T = TypeVar("T")
 
 
+# How long before the caller's deadline the servicer answers DEADLINE_EXCEEDED itself.
+DEADLINE_HEAD_START_S = 0.025
+
 class NetAgentService(pb_grpc.NetAgentServicer):
     def __init__(self, agent: Agent, on_error: Any = None):
         self.agent = agent
@@ -36,6 +39,10 @@ class NetAgentService(pb_grpc.NetAgentServicer):
         try:
             task: asyncio.Task[T] = asyncio.ensure_future(make())
             remaining = context.time_remaining()
+            if remaining is not None:
+                # Answer just before gRPC's own deadline timer, which would otherwise race
+                # this abort with a bare "Deadline Exceeded" (and no error metric).
+                remaining = max(0.0, remaining - min(DEADLINE_HEAD_START_S, remaining / 10))
             return await asyncio.wait_for(asyncio.shield(task), remaining)
         except NetagentError as exc:
             self.on_error(op, exc.code)
