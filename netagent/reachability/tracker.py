@@ -99,7 +99,8 @@ class Reachability:
         for row in rows:
             match row:
                 case AllocationAdded(rec):
-                    self._mark(rec.sandbox_id)
+                    if self.publisher:       # maybe a move here: the first writes claim the record
+                        self.publisher.claim(rec.sandbox_id)
                 case AllocationDeleted(rec):
                     self.on_released(rec.sandbox_id)
                 case PortAdded(sid, port):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 
+from .ownership import Verdict
 from .records import NodeRecord, SandboxRecord
 
 
@@ -26,13 +27,21 @@ class Registry(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
+    async def write_many(self, records: list[SandboxRecord], ttl_s: float,
+                         claims: list[bool] | None = None) -> list[Verdict]:
+        """Store each record (a tombstone too) by the owner check plus seq rule
+        (ownership.decide), in order, each atomically; `claims[i]`: record i is
+        a claim (its node just allocated the sandbox). Backends batch it."""
+
+    async def write_sandbox(self, record: SandboxRecord, ttl_s: float, claim: bool = False) -> Verdict:
+        return (await self.write_many([record], ttl_s, [claim]))[0]
+
     async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
-        """Store `record` (a tombstone too) if its seq is higher than the stored
-        one's. True if stored, False if a newer write was already there."""
+        """write_sandbox without a claim: True if stored."""
+        return await self.write_sandbox(record, ttl_s) == Verdict.STORED
 
     async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
-        """put_sandbox for each record, in order; backends batch it."""
-        return [await self.put_sandbox(r, ttl_s) for r in records]
+        return [v == Verdict.STORED for v in await self.write_many(records, ttl_s)]
 
     @abc.abstractmethod
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:

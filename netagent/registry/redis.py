@@ -5,7 +5,7 @@ Keys (prefix "netagent:", `?prefix=` in the URL overrides it):
   {prefix}node:{node_id}      node record JSON, PX TTL
   {prefix}node:{node_id}:sbx  SET of the node's sandbox ids, PX TTL
 
-The seq compare-and-set, the heartbeat and the node listing are Lua scripts,
+The owner check plus seq compare-and-set, the heartbeat and the node listing are Lua scripts,
 so each is atomic. The scripts touch keys built from the prefix, which is fine
 on a standalone (or Sentinel-managed) Redis but not on Redis Cluster.
 
@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .base import Registry, RegistryError
+from .ownership import Verdict
 from .records import NodeRecord, SandboxRecord
 
 T = TypeVar("T")
@@ -35,15 +36,21 @@ DEFAULT_PREFIX = "netagent:"
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 1.0
 
-# KEYS: sandbox key, node set key.  ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel.
-# Writes only if the stored record (live or tombstone) has a lower seq, or is unreadable,
-# and publishes what it stored ("<ttl ms>\n<record JSON>") on the change channel for edges.
+# KEYS: sandbox key, node set key.
+# ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel, node id, "1" if a claim.
+# The owner check plus seq rule of ownership.decide (returns its Verdict: 0 stale, 1 stored,
+# 2 not the owner; an unreadable stored record counts as absent), and publishes what it
+# stored ("<ttl ms>\n<record JSON>") on the change channel for edges.
 PUT_SANDBOX_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, doc = pcall(cjson.decode, cur)
-  if ok and type(doc) == 'table' and tonumber(doc.seq) and tonumber(doc.seq) >= tonumber(ARGV[2]) then
-    return 0
+  if ok and type(doc) == 'table' and tonumber(doc.seq) then
+    if doc.node_id == ARGV[7] then
+      if tonumber(doc.seq) >= tonumber(ARGV[2]) then return 0 end
+    elseif ARGV[8] ~= '1' and doc.deleted ~= true then
+      return 2
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
@@ -175,24 +182,24 @@ class RedisRegistry(Registry):
         if client is not None:
             await client.aclose()
 
-    async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
-        keys = [self.sandbox_key(record.sandbox_id), self.node_set_key(record.node_id)]
-        args = [record.to_json(), record.seq, ttl_ms(ttl_s), "1" if record.deleted else "0", record.sandbox_id,
-                self.change_channel]
-        stored = await self._call("put_sandbox", lambda r: self._put_script(keys=keys, args=args))
-        return stored == 1
+    def _put_args(self, rec: SandboxRecord, ttl_s: float, claim: bool) -> tuple[list[str], list[Any]]:
+        keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id)]
+        args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
+                self.change_channel, rec.node_id, "1" if claim else "0"]
+        return keys, args
 
-    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
-        """One pipelined round trip for the batch (each write is still its own atomic CAS)."""
+    async def write_many(self, records: list[SandboxRecord], ttl_s: float,
+                         claims: list[bool] | None = None) -> list[Verdict]:
+        """One pipelined round trip for the batch (each write is still its own atomic script)."""
+        flags = claims or [False] * len(records)
+
         async def run(client: aioredis.Redis) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                for rec in records:
-                    keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id)]
-                    args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
-                            self.change_channel]
+                for rec, claim in zip(records, flags, strict=True):
+                    keys, args = self._put_args(rec, ttl_s, claim)
                     await self._put_script(keys=keys, args=args, client=pipe)  # queued, not sent
                 return await pipe.execute()
-        return [r == 1 for r in await self._call("put_many", run)]
+        return [Verdict(int(r)) for r in await self._call("write_many", run)]
 
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         ids = list(dict.fromkeys(sandbox_ids))

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .base import Registry, RegistryError
+from .ownership import Stored, Verdict, decide
 from .records import NodeRecord, SandboxRecord
 
 T = TypeVar("T")
@@ -48,8 +49,8 @@ ALTER TABLE sandboxes ADD COLUMN change_id INTEGER NOT NULL DEFAULT 0
 """
 CHANGE_ID_INDEX = "CREATE INDEX IF NOT EXISTS sandboxes_by_change ON sandboxes(change_id)"
 
-# Compare-and-set in one statement. An expired row counts as absent, so it
-# does not block a write (the same as an expired key in redis).
+# Runs inside BEGIN IMMEDIATE after ownership.decide said yes, so the read of the
+# stored head and this write are one atomic step.
 PUT_SANDBOX = """
 INSERT INTO sandboxes (sandbox_id, node_id, seq, deleted, expires_at, record, change_id)
 VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record,
@@ -57,8 +58,10 @@ VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record,
 ON CONFLICT (sandbox_id) DO UPDATE SET
     node_id = excluded.node_id, seq = excluded.seq, deleted = excluded.deleted,
     expires_at = excluded.expires_at, record = excluded.record, change_id = excluded.change_id
-WHERE excluded.seq > sandboxes.seq OR sandboxes.expires_at <= :now
 """
+
+# An expired row counts as absent (the same as an expired key in redis).
+STORED_HEAD = "SELECT node_id, seq, deleted FROM sandboxes WHERE sandbox_id = ? AND expires_at > ?"
 
 UPSERT_NODE = """
 INSERT INTO nodes (node_id, expires_at, record) VALUES (?, ?, ?)
@@ -144,23 +147,27 @@ class SqliteRegistry(Registry):
         finally:
             executor.shutdown(wait=False)
 
-    async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
-        return await self._run(self._db_put_sandbox, record, ttl_s)
+    async def write_many(self, records: list[SandboxRecord], ttl_s: float,
+                         claims: list[bool] | None = None) -> list[Verdict]:
+        """One transaction for the batch (a full push rewrites every record)."""
+        flags = claims or [False] * len(records)
 
-    def _db_put_sandbox(self, db: sqlite3.Connection, record: SandboxRecord, ttl_s: float) -> bool:
-        now = time.time()
-        cur = db.execute(PUT_SANDBOX, {
-            "sandbox_id": record.sandbox_id, "node_id": record.node_id, "seq": record.seq,
-            "deleted": int(record.deleted), "expires_at": now + ttl_s, "record": record.to_json(), "now": now,
-        })
-        return cur.rowcount == 1
-
-    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
-        """One transaction for the batch (a heartbeat rewrites every record)."""
-        def put_all(db: sqlite3.Connection) -> list[bool]:
+        def write_all(db: sqlite3.Connection) -> list[Verdict]:
             with transaction(db):
-                return [self._db_put_sandbox(db, r, ttl_s) for r in records]
-        return await self._run(put_all)
+                return [self._db_write(db, r, ttl_s, c) for r, c in zip(records, flags, strict=True)]
+        return await self._run(write_all)
+
+    def _db_write(self, db: sqlite3.Connection, record: SandboxRecord, ttl_s: float, claim: bool) -> Verdict:
+        now = time.time()
+        row = db.execute(STORED_HEAD, (record.sandbox_id, now)).fetchone()
+        stored = None if row is None else Stored(row[0], row[1], bool(row[2]))
+        verdict = decide(stored, record.node_id, record.seq, claim)
+        if verdict == Verdict.STORED:
+            db.execute(PUT_SANDBOX, {
+                "sandbox_id": record.sandbox_id, "node_id": record.node_id, "seq": record.seq,
+                "deleted": int(record.deleted), "expires_at": now + ttl_s, "record": record.to_json(),
+            })
+        return verdict
 
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         await self._run(self._db_refresh, node, list(sandbox_ids), ttl_s)
