@@ -17,6 +17,16 @@ class RegistryError(Exception):
     """The registry could not be reached or refused the operation."""
 
 
+class NodeIdInUse(RegistryError):
+    """A live node record of this node id belongs to another agent instance."""
+
+    def __init__(self, node: NodeRecord, stored: NodeRecord, now: float) -> None:
+        super().__init__(
+            f"node id {node.node_id!r} is in use by another agent (address {stored.address or '?'}, "
+            f"instance {stored.extra.get('instance', '?')}, heartbeat {now - stored.heartbeat_at:.1f} s ago): "
+            f"give each agent its own node_id; nothing is published under this one while the other lives")
+
+
 class Registry(abc.ABC):
     url: str
 
@@ -46,7 +56,9 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         """Heartbeat: write the node record and extend the TTL of the node's
-        sandbox records (only those still owned by this node)."""
+        sandbox records (only those still owned by this node). Raises NodeIdInUse,
+        writing nothing, if another agent instance's node record of this id is live
+        (ownership.node_id_taken)."""
 
     @abc.abstractmethod
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:

@@ -1,4 +1,5 @@
-"""Who may overwrite a sandbox record: the owner check plus the seq rule (pure).
+"""Who may write what in a shared registry (pure): a sandbox record (the owner
+check plus the seq rule) and a node id (one agent instance per node id).
 
 A sandbox has one owner in the registry: the node named by its stored record.
 Only the owner's writes are ordered by `seq` (its own hybrid clock, so two
@@ -14,6 +15,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from .records import NodeRecord
+
+# The node record's `extra` label naming the agent instance (a random id kept in
+# the agent's state, so a restart is the same instance and another host is not).
+INSTANCE_LABEL = "instance"
 
 
 class Verdict(enum.IntEnum):
@@ -40,3 +47,11 @@ def decide(stored: Stored | None, node_id: str, seq: int, claim: bool) -> Verdic
     if claim or stored.deleted:
         return Verdict.STORED
     return Verdict.NOT_OWNER
+
+
+def node_id_taken(stored: NodeRecord | None, instance: str) -> bool:
+    """True if a live node record of this node id was written by another agent
+    instance. A record without the label (an older agent) is not a collision:
+    it cannot be told apart from this agent before an upgrade."""
+    other = stored.extra.get(INSTANCE_LABEL) if stored is not None else None
+    return bool(other) and bool(instance) and other != instance

@@ -25,8 +25,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import Registry, RegistryError
-from .ownership import Verdict
+from .base import NodeIdInUse, Registry, RegistryError
+from .ownership import INSTANCE_LABEL, Verdict
 from .records import NodeRecord, SandboxRecord
 
 T = TypeVar("T")
@@ -64,9 +64,20 @@ redis.call('PUBLISH', ARGV[6], ARGV[3] .. '\\n' .. ARGV[1])
 return 1
 """
 
-# KEYS: node key, node set key, then one sandbox key per id.  ARGV: node JSON, ttl ms, node id, then the ids.
-# Extends only records still owned by this node and not tombstones. Returns how many were extended.
+# KEYS: node key, node set key, then one sandbox key per id.
+# ARGV: node JSON, ttl ms, node id, agent instance, then the ids.
+# If a live node record of this id names another instance (ownership.node_id_taken),
+# writes nothing and returns {-1, that record}. Otherwise extends only records still
+# owned by this node and not tombstones, and returns how many it extended.
 REFRESH_LUA = """
+local node = redis.call('GET', KEYS[1])
+if node and ARGV[4] ~= '' then
+  local ok, doc = pcall(cjson.decode, node)
+  if ok and type(doc) == 'table' and type(doc.extra) == 'table' and type(doc.extra.instance) == 'string'
+     and doc.extra.instance ~= '' and doc.extra.instance ~= ARGV[4] then
+    return {-1, node}
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local extended = 0
 for i = 3, #KEYS do
@@ -75,7 +86,7 @@ for i = 3, #KEYS do
     local ok, doc = pcall(cjson.decode, cur)
     if ok and type(doc) == 'table' and doc.node_id == ARGV[3] and doc.deleted ~= true then
       redis.call('PEXPIRE', KEYS[i], ARGV[2])
-      redis.call('SADD', KEYS[2], ARGV[i + 1])
+      redis.call('SADD', KEYS[2], ARGV[i + 2])
       extended = extended + 1
     end
   end
@@ -204,8 +215,10 @@ class RedisRegistry(Registry):
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         ids = list(dict.fromkeys(sandbox_ids))
         keys = [self.node_key(node.node_id), self.node_set_key(node.node_id), *map(self.sandbox_key, ids)]
-        args = [node.to_json(), ttl_ms(ttl_s), node.node_id, *ids]
-        await self._call("refresh", lambda r: self._refresh_script(keys=keys, args=args))
+        args = [node.to_json(), ttl_ms(ttl_s), node.node_id, str(node.extra.get(INSTANCE_LABEL, "")), *ids]
+        result = await self._call("refresh", lambda r: self._refresh_script(keys=keys, args=args))
+        if isinstance(result, list):
+            raise NodeIdInUse(node, self._decode(NodeRecord, result[1]), await self.server_time())
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         raw = await self._call("get_sandbox", lambda r: r.get(self.sandbox_key(sandbox_id)))

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import Registry, RegistryError
-from .ownership import Stored, Verdict, decide
+from .base import NodeIdInUse, Registry, RegistryError
+from .ownership import INSTANCE_LABEL, Stored, Verdict, decide, node_id_taken
 from .records import NodeRecord, SandboxRecord
 
 T = TypeVar("T")
@@ -175,6 +175,12 @@ class SqliteRegistry(Registry):
     def _db_refresh(self, db: sqlite3.Connection, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         now = time.time()
         with transaction(db):
+            row = db.execute("SELECT record FROM nodes WHERE node_id = ? AND expires_at > ?",
+                             (node.node_id, now)).fetchone()
+            stored = None if row is None else decode(NodeRecord, row[0], self.path)
+            if node_id_taken(stored, str(node.extra.get(INSTANCE_LABEL, ""))):
+                assert stored is not None
+                raise NodeIdInUse(node, stored, now)
             db.execute(UPSERT_NODE, (node.node_id, now + ttl_s, node.to_json()))
             db.execute(EXTEND_SANDBOXES, {"expires_at": now + ttl_s, "node_id": node.node_id, "now": now,
                                           "ids": json.dumps(sandbox_ids)})
