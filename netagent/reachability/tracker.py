@@ -103,6 +103,9 @@ class Reachability:
             self.publisher = RegistryPublisher(open_registry(url), self.node_record, self.record,
                                                lambda: list(self.link.allocations()), c.registry.ttl_s,
                                                c.registry.heartbeat_s)
+            for rec in self.link.allocations().values():   # allocated just before a restart: still claims
+                if (window := rec.created_at + c.registry.ttl_s - time.time()) > 0:
+                    self.publisher.claim(rec.sandbox_id, window)
             self.publisher.start()
         if c.probe.discovery_port_range:
             self.discovery = Discovery(self.link.allocations, self.link.slot, self.link.expose, self.link.spawn,

@@ -81,12 +81,13 @@ class RegistryPublisher:
         self._dirty.add(sandbox_id)
         self._wake.set()
 
-    def claim(self, sandbox_id: str) -> None:
+    def claim(self, sandbox_id: str, window_s: float | None = None) -> None:
         """The sandbox was just allocated here (maybe moved from another node): its
-        writes for the next TTL are claims, which take the record over from another
-        owner (docs/registry.md, "Moves between hosts"). The window is bounded so a
-        claim held back by an outage cannot take back a sandbox moved on since."""
-        self._claims[sandbox_id] = time.monotonic() + self.ttl_s
+        writes for the next `window_s` (default: the TTL) are claims, which take the
+        record over from another owner (docs/registry.md, "Moves between hosts"). The
+        window is bounded so a claim held back by an outage cannot take back a
+        sandbox moved on since."""
+        self._claims[sandbox_id] = time.monotonic() + (self.ttl_s if window_s is None else window_s)
         self.moved_away.discard(sandbox_id)
         self.mark(sandbox_id)
 
@@ -132,8 +133,11 @@ class RegistryPublisher:
         return self._claims.get(sid, 0.0) > time.monotonic()
 
     def _ours(self, sid: str) -> bool:
-        """False for a sandbox another node took: never written again from here (its
-        release here writes nothing; the registry would refuse it anyway)."""
+        """False for a sandbox another node took: no longer written on each change
+        (its release here writes nothing; the registry would refuse it anyway), only
+        tried again by the heartbeat, which the registry refuses while the other
+        node's record lives and stores once it is a tombstone (a claim held back
+        past its window still gets published after the old host's release)."""
         if sid not in self.moved_away:
             return True
         if self.record(sid, 0) is None:       # released here too: forget it
@@ -151,7 +155,7 @@ class RegistryPublisher:
         """Rewrite every record in batches; changes queued meanwhile go between batches."""
         node = self.node()
         await self.registry.refresh(node, [], self.ttl_s)
-        ids = [sid for sid in self.sandbox_ids() if sid not in self.moved_away]
+        ids = self.sandbox_ids()
         if tombstone_strays:
             here = set(ids)
             ids += [sid for sid in await self.registry.node_sandboxes(node.node_id) if sid not in here]
@@ -171,13 +175,14 @@ class RegistryPublisher:
             if verdict == Verdict.STORED:
                 self.writes += 1
                 self._claims.pop(rec.sandbox_id, None)
+                self.moved_away.discard(rec.sandbox_id)
                 self._refused_ids.discard(rec.sandbox_id)
                 continue
             self.refused += 1
-            if verdict == Verdict.NOT_OWNER:
+            if verdict == Verdict.NOT_OWNER and rec.sandbox_id not in self.moved_away:
                 self.moved_away.add(rec.sandbox_id)
                 log.warning("registry: %s is now owned by another node (moved); this node stops publishing it "
-                            "until it is allocated here again", rec.sandbox_id)
+                            "on each change (the heartbeat still tries)", rec.sandbox_id)
             elif rec.sandbox_id not in self._refused_ids:
                 self._refused_ids.add(rec.sandbox_id)
                 log.warning("registry refused our record of %s (seq %d): it holds a newer one of ours, written "

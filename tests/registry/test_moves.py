@@ -210,3 +210,26 @@ async def test_a_moved_sandbox_follows_b_from_its_first_write_and_a_release_leav
         await b.stop()
         await edge.stop()
         await reader.close()
+
+
+async def test_a_claim_held_back_past_its_window_is_published_after_the_old_hosts_release(
+        registry_url: str) -> None:
+    a = Host(registry_url, "node-a", "10.0.0.1", 30001, 0.0)
+    b = Host(registry_url, "node-b", "10.0.0.2", 30002, 0.0)
+    reader = open_registry(registry_url)
+    try:
+        a.start()
+        b.start()
+        a.allocate(SID)
+        await owner_when_stored(reader, 3, "node-a")
+        b.live.add(SID)                 # on B, but its claim window is over (say, a long registry outage)
+        b.publisher.mark(SID)
+        assert set(await read_for(reader, 3 * HEARTBEAT_S)) == {"node-a"}   # not a claim: A keeps it
+        assert b.publisher.moved_away == {SID}
+        a.release(SID)
+        await owner_when_stored(reader, 2 * HEARTBEAT_S + 0.5, "node-b")     # B's next heartbeat
+        assert not b.publisher.moved_away
+    finally:
+        await a.stop()
+        await b.stop()
+        await reader.close()
