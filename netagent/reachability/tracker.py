@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..metrics import Metrics
 from ..models import ExposedPort, Protocol
 from ..registry import NodeRecord, PortRecord, RegistryError, SandboxRecord, open_registry
-from ..registry.base import NodeIdInUse
+from ..registry.base import NodeIdInUse, UnreadableRecord
 from ..registry.ownership import INSTANCE_LABEL, node_id_taken
 from ..registry.publisher import RegistryPublisher
 from .discovery import Discovery
@@ -80,6 +80,8 @@ class Reachability:
         try:
             stored = await registry.get_node(self.config.node_id)
             now = await registry.server_time()
+        except UnreadableRecord as exc:
+            raise ConfigError(str(NodeIdInUse.unreadable(self.config.node_id, exc))) from exc
         except RegistryError as exc:
             log.warning("could not check node id %r against the registry at start: %s", self.config.node_id, exc)
             return
@@ -87,7 +89,7 @@ class Reachability:
             await registry.close()
         if node_id_taken(stored, self.link.instance):
             assert stored is not None
-            raise ConfigError(str(NodeIdInUse(self.node_record(), stored, now)))
+            raise ConfigError(str(NodeIdInUse.by(self.node_record(), stored, now)))
 
     async def start(self) -> None:
         syn = await self.link.on_host(SynProber)   # its raw socket lives in the host netns

@@ -17,14 +17,27 @@ class RegistryError(Exception):
     """The registry could not be reached or refused the operation."""
 
 
-class NodeIdInUse(RegistryError):
-    """A live node record of this node id belongs to another agent instance."""
+class UnreadableRecord(RegistryError):
+    """A stored record this code cannot read: malformed, or another schema version."""
 
-    def __init__(self, node: NodeRecord, stored: NodeRecord, now: float) -> None:
-        super().__init__(
-            f"node id {node.node_id!r} is in use by another agent (address {stored.address or '?'}, "
-            f"instance {stored.extra.get('instance', '?')}, heartbeat {now - stored.heartbeat_at:.1f} s ago): "
-            f"give each agent its own node_id; nothing is published under this one while the other lives")
+
+class NodeIdInUse(RegistryError):
+    """A live node record of this node id belongs to another agent instance, or
+    cannot be read (a newer agent's?): either way not ours to overwrite."""
+
+    def __init__(self, node_id: str, holder: str) -> None:
+        super().__init__(f"node id {node_id!r} is in use by {holder}: give each agent its own node_id; "
+                         f"nothing is published under this one while that record lives")
+
+    @classmethod
+    def by(cls, node: NodeRecord, stored: NodeRecord, now: float) -> NodeIdInUse:
+        age = now - stored.heartbeat_at
+        return cls(node.node_id, f"another agent (address {stored.address or '?'}, instance "
+                                 f"{stored.extra.get('instance', '?')}, heartbeat {age:.1f} s ago)")
+
+    @classmethod
+    def unreadable(cls, node_id: str, error: object) -> NodeIdInUse:
+        return cls(node_id, f"a node record this agent cannot read ({error}; a newer agent?)")
 
 
 class Registry(abc.ABC):

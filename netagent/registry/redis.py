@@ -25,7 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import NodeIdInUse, Registry, RegistryError
+from .base import NodeIdInUse, Registry, RegistryError, UnreadableRecord
 from .ownership import INSTANCE_LABEL, Verdict
 from .records import NodeRecord, SandboxRecord
 
@@ -67,13 +67,15 @@ return 1
 # KEYS: node key, node set key, then one sandbox key per id.
 # ARGV: node JSON, ttl ms, node id, agent instance, then the ids.
 # If a live node record of this id names another instance (ownership.node_id_taken),
-# writes nothing and returns {-1, that record}. Otherwise extends only records still
+# writes nothing and returns {-1, that record}; {-2, that record} if it is not a
+# readable v1 record (not ours to overwrite either). Otherwise extends only records still
 # owned by this node and not tombstones, and returns how many it extended.
 REFRESH_LUA = """
 local node = redis.call('GET', KEYS[1])
-if node and ARGV[4] ~= '' then
+if node then
   local ok, doc = pcall(cjson.decode, node)
-  if ok and type(doc) == 'table' and type(doc.extra) == 'table' and type(doc.extra.instance) == 'string'
+  if not ok or type(doc) ~= 'table' or doc.v ~= 1 then return {-2, node} end
+  if ARGV[4] ~= '' and type(doc.extra) == 'table' and type(doc.extra.instance) == 'string'
      and doc.extra.instance ~= '' and doc.extra.instance ~= ARGV[4] then
     return {-1, node}
   end
@@ -217,8 +219,15 @@ class RedisRegistry(Registry):
         keys = [self.node_key(node.node_id), self.node_set_key(node.node_id), *map(self.sandbox_key, ids)]
         args = [node.to_json(), ttl_ms(ttl_s), node.node_id, str(node.extra.get(INSTANCE_LABEL, "")), *ids]
         result = await self._call("refresh", lambda r: self._refresh_script(keys=keys, args=args))
+        if isinstance(result, list) and result[0] == -2:
+            try:
+                NodeRecord.from_json(result[1])
+                reason: object = "not a v1 node record"
+            except ValueError as exc:
+                reason = exc
+            raise NodeIdInUse.unreadable(node.node_id, reason)
         if isinstance(result, list):
-            raise NodeIdInUse(node, self._decode(NodeRecord, result[1]), await self.server_time())
+            raise NodeIdInUse.by(node, self._decode(NodeRecord, result[1]), await self.server_time())
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         raw = await self._call("get_sandbox", lambda r: r.get(self.sandbox_key(sandbox_id)))
@@ -271,4 +280,4 @@ class RedisRegistry(Registry):
         try:
             return cls.from_json(raw)
         except ValueError as exc:
-            raise RegistryError(f"redis registry {self.safe_url}: unreadable {cls.__name__}: {exc}") from exc
+            raise UnreadableRecord(f"redis registry {self.safe_url}: unreadable {cls.__name__}: {exc}") from exc

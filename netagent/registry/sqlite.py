@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import NodeIdInUse, Registry, RegistryError
+from .base import NodeIdInUse, Registry, RegistryError, UnreadableRecord
 from .ownership import INSTANCE_LABEL, Stored, Verdict, decide, node_id_taken
 from .records import NodeRecord, SandboxRecord
 
@@ -177,10 +177,13 @@ class SqliteRegistry(Registry):
         with transaction(db):
             row = db.execute("SELECT record FROM nodes WHERE node_id = ? AND expires_at > ?",
                              (node.node_id, now)).fetchone()
-            stored = None if row is None else decode(NodeRecord, row[0], self.path)
+            try:
+                stored = None if row is None else NodeRecord.from_json(row[0])
+            except ValueError as exc:
+                raise NodeIdInUse.unreadable(node.node_id, exc) from exc
             if node_id_taken(stored, str(node.extra.get(INSTANCE_LABEL, ""))):
                 assert stored is not None
-                raise NodeIdInUse(node, stored, now)
+                raise NodeIdInUse.by(node, stored, now)
             db.execute(UPSERT_NODE, (node.node_id, now + ttl_s, node.to_json()))
             db.execute(EXTEND_SANDBOXES, {"expires_at": now + ttl_s, "node_id": node.node_id, "now": now,
                                           "ids": json.dumps(sandbox_ids)})
@@ -266,4 +269,4 @@ def decode(cls: type[R], raw: str | bytes, where: str) -> R:
     try:
         return cls.from_json(raw)
     except ValueError as exc:
-        raise RegistryError(f"registry {where}: unreadable {cls.__name__}: {exc}") from exc
+        raise UnreadableRecord(f"registry {where}: unreadable {cls.__name__}: {exc}") from exc

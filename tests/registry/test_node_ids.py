@@ -4,16 +4,19 @@ under that id while the first lives (docs/registry.md, "Node ids")."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from netagent.config import Config
 from netagent.errors import ConfigError
 from netagent.metrics import Metrics
 from netagent.reachability.tracker import AgentLink, Reachability
-from netagent.registry import NodeRecord, SandboxRecord, open_registry
+from netagent.registry import NodeRecord, RegistryError, SandboxRecord, open_registry
 from netagent.registry.base import NodeIdInUse
 from netagent.registry.ownership import node_id_taken
 from netagent.registry.publisher import RegistryPublisher
@@ -103,8 +106,43 @@ async def test_an_agent_is_refused_at_start_when_its_node_id_is_live_elsewhere(t
                                           r"instance another-host"):
         await reachability(tmp_path / "state").check_node_id()
     # The same agent restarted (same state directory, its own record still live) is not refused.
+    # A live node record of our id that this version cannot read: refused too.
+    newer_url = f"sqlite://{tmp_path / 'newer.db'}"
+    reg = open_registry(newer_url)
+    await reg.connect()
+    await reg.close()
+    write_raw_node(newer_url, "node-a", json.dumps({"v": 2, "node_id": "node-a"}), 30)
+    with pytest.raises(ConfigError, match="node id 'node-a' is in use by a node record this agent cannot read"):
+        await reachability(tmp_path / "state", newer_url).check_node_id()
+
     own_url = f"sqlite://{tmp_path / 'own.db'}"
     reg = open_registry(own_url)
     await reg.refresh(reachability(tmp_path / "mine", own_url).node_record(), [], 30)
     await reg.close()
     await reachability(tmp_path / "mine", own_url).check_node_id()
+
+
+def write_raw_node(registry_url: str, node_id: str, raw: str, ttl_s: float) -> None:
+    """A node record as another (newer) agent would store it, bypassing our decoder."""
+    if registry_url.startswith("sqlite://"):
+        with sqlite3.connect(registry_url[len("sqlite://"):]) as db:
+            db.execute("INSERT OR REPLACE INTO nodes (node_id, expires_at, record) VALUES (?, ?, ?)",
+                       (node_id, time.time() + ttl_s, raw))
+    else:
+        redis.Redis(unix_socket_path=registry_url[len("unix://"):]).set(f"netagent:node:{node_id}", raw,
+                                                                        px=int(ttl_s * 1000))
+
+
+async def test_a_node_record_of_an_unknown_schema_version_is_not_overwritten(registry_url: str) -> None:
+    reg = open_registry(registry_url)
+    try:
+        await reg.connect()                              # creates the sqlite schema
+        newer = json.dumps({"v": 2, "node_id": "node-a", "address": "10.0.0.7", "heartbeat_at": time.time()})
+        write_raw_node(registry_url, "node-a", newer, 30)
+        with pytest.raises(NodeIdInUse, match=r"node id 'node-a' is in use by a node record this agent cannot "
+                                              r"read \(.*unsupported node record version 2"):
+            await reg.refresh(node("i-1"), [], 30)
+        with pytest.raises(RegistryError, match="unsupported node record version 2"):
+            await reg.get_node("node-a")                 # still the newer agent's record
+    finally:
+        await reg.close()
