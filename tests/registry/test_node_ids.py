@@ -72,13 +72,19 @@ async def test_a_publisher_under_a_taken_node_id_publishes_nothing(registry_url:
     first, second = publisher("i-1", "10.0.0.1", "sbx-first"), publisher("i-2", "10.0.0.9", "sbx-second")
     reader = open_registry(registry_url)
     try:
+        async def until(check, what: str) -> None:
+            deadline = time.monotonic() + 10
+            while not await check():
+                assert time.monotonic() < deadline, f"{what}: not within 10 s"
+                await asyncio.sleep(0.02)
+
         first.start()
-        deadline = time.monotonic() + 3
-        while await reader.get_sandbox("sbx-first") is None:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await until(lambda: reader.get_sandbox("sbx-first"), "the first publisher's record")
+
+        async def three_refused() -> bool:
+            return second.errors >= 3
         second.start()
-        await asyncio.sleep(1.0)                                  # five heartbeats of the second
+        await until(three_refused, "three heartbeats of the second")   # each refused
         assert await reader.get_sandbox("sbx-second") is None
         assert (await reader.get_node("node-a")).address == "10.0.0.1"
         assert not second.healthy and "in use by another agent" in second.last_error
