@@ -376,7 +376,9 @@ class Agent:
         return fw.last_duration_s
 
     async def _after_commit(self, done: list[tuple[ops.Operation, Change]]) -> None:
-        """Once a burst has committed: tell the prober, flush what narrowed, start cleaning."""
+        """Once a burst has committed: tell the prober, end dropped DNS
+        admissions, then in the background flush the entries of flows that the
+        commit killed (their marks are no longer live) and clean released slots."""
         drop = [ip for _, c in done for ip in c.drop_fqdn]
         marks = [m for _, c in done for m in c.flush_marks]
         clean = [s for _, c in done for s in c.clean_slots]
@@ -387,9 +389,17 @@ class Agent:
         if drop:
             await self.cleaner.call(lambda: [self.admission.forget(self._cleaner_fw(), ip) for ip in drop])
         if marks:
-            await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+            self.pool.spawn(self._flush_dead_marks(marks))
         if clean:
             self.pool.spawn(self.pool.clean(clean))
+
+    async def _flush_dead_marks(self, marks: list[int]) -> None:
+        """Off the request path: the flows are already dropped (drop_dead_flow);
+        this only frees their conntrack entries (one walk of the hash each)."""
+        try:
+            await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+        except Exception:
+            log.exception("flushing dead ct marks %s failed; the entries expire on their own", marks)
 
     # ---- helpers ---------------------------------------------------------
 

@@ -23,3 +23,4 @@ class Allocation:
     compiled: CompiledPolicy
     ports: Mapping[PortKey, ExposedPort] = field(default_factory=dict)
     access: Mapping[int, PortAccess] = field(default_factory=dict)   # edge access by guest port (default public)
+    mark_generation: int = 0   # bumped by each narrowing policy: its egress ct mark (SlotAddresses.egress_mark)

@@ -105,13 +105,13 @@ def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
     return Change(
         reply=net,
         rows=(SlotSet(op.slot, SlotState.ALLOCATED), AllocationAdded(rec)),
-        nft=tuple(el.add(el.policy_elements(ctx.addresses.slot(op.slot), policy.compiled))),
+        nft=tuple(el.add(allocation_elements(ctx.addresses.slot(op.slot), rec))),
         events=(Event("allocated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),))
 
 
 def allocation_elements(slot: SlotAddresses, rec: Allocation) -> list[el.Element]:
-    """Every element an allocation owns: its policy and its exposed ports."""
-    return el.policy_elements(slot, rec.compiled) + [
+    """Every element an allocation owns: its ct marks, policy and exposed ports."""
+    return el.mark_elements(slot, rec.mark_generation) + el.policy_elements(slot, rec.compiled) + [
         el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
 
 
@@ -129,8 +129,11 @@ def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
 
 
 def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -> Change:
-    """Replace the policy in one transaction; when it narrows, flows it no
-    longer allows are flushed (and DNS admissions of dropped domains end)."""
+    """Replace the policy in one transaction. When it narrows, the sandbox's
+    egress flows get a new mark generation: the old mark leaves live_marks in
+    the same transaction, so every flow the sandbox started is dead when this
+    commits (flows to it, on exposed ports, keep their mark). DNS admissions
+    of dropped domains end, and the dead entries are flushed later."""
     rec = require(inv, op.sandbox_id)
     new = resolve(op.policy, ctx.default_internet)
     slot = ctx.addresses.slot(rec.slot)
@@ -138,15 +141,19 @@ def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -
     nft: list[el.Op] = []
     if old_c != new_c:
         nft = el.delete(el.policy_elements(slot, old_c)) + el.add(el.policy_elements(slot, new_c))
+    generation = rec.mark_generation
     flush_marks: tuple[int, ...] = ()
     drop_fqdn: tuple[str, ...] = ()
     if narrows(old_c, new_c):
-        flush_marks = (slot.ct_mark,)  # only flows the sandbox started
+        generation += 1
+        nft += (el.delete(el.egress_mark_elements(slot, rec.mark_generation))
+                + el.add(el.egress_mark_elements(slot, generation)))
+        flush_marks = (slot.egress_mark(rec.mark_generation),)
         if set(old_c.domains) - set(new_c.domains):
             drop_fqdn = (str(slot.sandbox_ip),)
     net = ctx.network(replace(rec, policy=new.model, compiled=new_c))
     return Change(
-        reply=net, rows=(PolicySet(rec.sandbox_id, new.model, new_c),), nft=tuple(nft),
+        reply=net, rows=(PolicySet(rec.sandbox_id, new.model, new_c, generation),), nft=tuple(nft),
         events=(Event("policy_updated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),),
         flush_marks=flush_marks, drop_fqdn=drop_fqdn)
 

@@ -38,6 +38,7 @@ class PolicySet:
     sandbox_id: str
     policy: EgressPolicy
     compiled: CompiledPolicy
+    mark_generation: int
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Change:
     nft: tuple[el.Op, ...] = ()
     events: tuple[Event, ...] = ()
     port_cursor: tuple[Protocol, int] | None = None   # the host-port picker's next start
-    flush_marks: tuple[int, ...] = ()    # ct marks flushed before the caller hears back
+    flush_marks: tuple[int, ...] = ()    # dead ct marks (already dropped): entries flushed in the background
     drop_fqdn: tuple[str, ...] = ()      # sandbox IPs whose DNS admissions end now
     clean_slots: tuple[int, ...] = ()    # released slots to clean in the background
     full_sync: bool = False              # reload the table if drifted, re-add every element
