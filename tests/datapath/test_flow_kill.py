@@ -5,12 +5,17 @@ happen, so a walk could not be what killed the flow."""
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import threading
+import time
 
+from netagent.addressing import AddressPlan
 from netagent.agent import Agent
+from netagent.config import Config
 from tests.conftest import agent_config
 from tests.datapath.helpers import conntrack_count, counter_packets
+from tests.datapath.test_restart import AgentProcess, assert_state_matches_kernel, settled_slot_table
 from tests.testbed import sh
 from tests.testbed.bed import ECHO_PORT, UPLINK_IP, WEB_IP, LightGuest, eventually
 
@@ -137,3 +142,40 @@ async def test_narrowing_kills_egress_flows_without_a_walk_and_keeps_exposed_por
     finally:
         for h in held:
             h.close()
+
+
+def test_kill9_during_the_cleanup_of_released_slots_hands_out_no_slot_with_stale_flows(bed, tmp_path):
+    """Each round: sandboxes with open flows are released, the agent is killed
+    at a random point of the background cleanup, and restarted. Every warm slot
+    must then be free of conntrack entries (host and slot), and the kernel must
+    hold exactly the state (elements, live marks, netns, links)."""
+    cfg = agent_config(bed, tmp_path / "state", pool_size=3)
+    plan = AddressPlan(Config.model_validate_json(cfg.model_dump_json()))
+    rng = random.Random(15)
+    held: list[Held] = []
+    proc = AgentProcess(cfg.model_dump_json())
+    try:
+        for round_ in range(3):
+            nets = [proc.call("allocate", sandbox_id=f"k9-{round_}-{k}") for k in range(2)]
+            for k, net in enumerate(nets):
+                guest = LightGuest.attach(bed, type("N", (), net)(), f"g{round_}{k}")
+                held.append(Held(guest.name, WEB_IP, ECHO_PORT))
+                assert held[-1].alive()
+            for net in nets:
+                assert proc.call("release", sandbox_id=net["sandbox_id"]) is True
+            time.sleep(rng.uniform(0, 0.04))   # somewhere in the cleanup (~13+ ms per slot walk)
+            proc.kill9()
+            proc = AgentProcess(cfg.model_dump_json())
+            table = settled_slot_table(proc, pool_size=3)
+            for idx, state in table.items():
+                slot = plan.slot(int(idx))
+                if state == "ready":
+                    assert conntrack_count(bed.host, "-m", any_mark(slot)) == 0, f"warm slot {idx} has stale flows"
+                    assert conntrack_count(slot.netns) == 0, f"warm slot {idx}'s netns has stale flows"
+            assert_state_matches_kernel(bed, proc)
+            for h in held:
+                assert not h.alive(), "a released sandbox's flow came back after the restart"
+    finally:
+        for h in held:
+            h.close()
+        proc.kill9()
