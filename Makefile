@@ -36,6 +36,7 @@ bench: deps
 	$(PY) -m tests.bench.haproxy_bench | tee bench-results/haproxy.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
+	$(PY) -m tests.bench.flow_kill_bench | tee bench-results/flow_kill.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests

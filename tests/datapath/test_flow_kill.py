@@ -13,8 +13,9 @@ import time
 from netagent.addressing import AddressPlan
 from netagent.agent import Agent
 from netagent.config import Config
+from netagent.errors import Unavailable
 from tests.conftest import agent_config
-from tests.datapath.helpers import conntrack_count, counter_packets
+from tests.datapath.helpers import conntrack_count, counter_packets, elements
 from tests.datapath.test_restart import AgentProcess, assert_state_matches_kernel, settled_slot_table
 from tests.testbed import sh
 from tests.testbed.bed import ECHO_PORT, UPLINK_IP, WEB_IP, LightGuest, eventually
@@ -179,3 +180,68 @@ def test_kill9_during_the_cleanup_of_released_slots_hands_out_no_slot_with_stale
         for h in held:
             h.close()
         proc.kill9()
+
+
+def marks_by_source(bed, sources: set[str]) -> dict[str, set[int]]:
+    """The ct marks of the host's conntrack entries, by original source address."""
+    out: dict[str, set[int]] = {}
+    for line in sh.run("conntrack", "-L", ns=bed.host, check=False).stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        src = line.split("src=")[1].split()[0] if "src=" in line else ""
+        if src in sources:
+            out.setdefault(src, set()).add(int(fields["mark"]))
+    return out
+
+
+async def test_nft_flush_ruleset_during_churn_is_restored_and_no_sandbox_gets_anothers_flows(bed, tmp_path):
+    agent = Agent(agent_config(bed, tmp_path / "state", pool_size=4))
+    await agent.start()
+    held: list[Held] = []
+    churning = True
+
+    async def churn() -> None:
+        k = 0
+        while churning:
+            sid = f"churn-{k}"
+            try:  # while the table is gone, calls get Unavailable: retry, as an orchestrator does
+                await agent.allocate(sid)
+                await agent.release(sid)
+                k += 1
+            except Unavailable:
+                await asyncio.sleep(0.01)
+
+    try:
+        nets = []
+        for k in range(2):
+            net = await agent.allocate(f"keep-{k}")
+            guest = LightGuest.attach(bed, net, f"k{k}")
+            held.append(Held(guest.name, WEB_IP, ECHO_PORT))
+            nets.append(net)
+        assert all(h.alive() for h in held)
+        task = asyncio.ensure_future(churn())
+        await asyncio.sleep(0.3)
+        sh.run("nft", "flush", "ruleset", ns=bed.host)
+        flushed = time.monotonic()
+        bound = 3 * agent.config.ruleset_check_interval_s
+        assert await eventually(lambda: agent.stats["ruleset_restores"] >= 1, timeout=bound, interval=0.05), \
+            f"not restored within 3 check intervals ({bound} s)"
+        took = time.monotonic() - flushed
+        await asyncio.sleep(0.3)
+        churning = False
+        await task
+        assert took <= bound
+        # Both kept sandboxes' flows carried on, each with its own marks only.
+        assert all(h.alive() for h in held), "a flow of a kept sandbox died with the flush"
+        by_src = marks_by_source(bed, {n.sandbox_ip for n in nets})
+        for net in nets:
+            value, mask = agent.plan.slot(net.slot).any_mark
+            assert by_src.get(net.sandbox_ip) and all(m & mask == value for m in by_src[net.sandbox_ip]), \
+                f"{net.sandbox_id}'s flows carry another slot's mark: {by_src}"
+        t = bed.agent_prefix
+        assert len(elements(bed.host, t, "live_marks")) == 2 * len(agent.allocations) == 4
+        assert {e[0] for e in elements(bed.host, t, "slot_mark")} == {n.sandbox_ip for n in nets}
+    finally:
+        churning = False
+        for h in held:
+            h.close()
+        await agent.stop()
