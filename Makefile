@@ -10,13 +10,18 @@ PYTEST_ARGS ?=
 
 PROTO := netagent/api/netagent.proto
 
-.PHONY: proto run test test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
+.PHONY: proto run test test-slow test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
 
 run: deps
 	$(PY) -m netagent serve $(if $(CONFIG),--config $(CONFIG))
 
 test: deps guest-image
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
+# The slow tier (tests marked `slow`); CI runs it too. pytest's exit 5 means
+# no test carries the marker yet, which is not a failure.
+test-slow: deps guest-image
+	$(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-unit: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
