@@ -16,12 +16,12 @@ run: deps
 	$(PY) -m netagent serve $(if $(CONFIG),--config $(CONFIG))
 
 test: deps guest-image
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not microvm" $(PYTEST_ARGS)
 
-# The slow tier (tests marked `slow`); CI runs it too. pytest's exit 5 means
-# no test carries the marker yet, which is not a failure.
+# The slow tier: QEMU guests (marked `microvm`) and tests marked `slow`; CI
+# runs it before make test. pytest's exit 5 (nothing selected) is not a failure.
 test-slow: deps guest-image
-	$(PY) -m pytest -q -p no:cacheprovider -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -p no:cacheprovider -m "slow or microvm" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-unit: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
