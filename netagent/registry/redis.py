@@ -1,21 +1,28 @@
-"""Redis registry backend: one registry shared by many nodes and edge proxies.
+"""Redis registry backend: one registry shared by many nodes and edge proxies,
+on a standalone Redis (or a Sentinel-managed primary) or on Redis Cluster.
 
-Keys (prefix "netagent:", `?prefix=` in the URL overrides it):
-  {prefix}sbx:{sandbox_id}    sandbox record JSON (tombstones too), PX TTL
-  {prefix}node:{node_id}      node record JSON, PX TTL
-  {prefix}node:{node_id}:sbx  SET of the node's sandbox ids, PX TTL
+Keys (prefix "netagent:", `?prefix=` in the URL overrides it; b = crc32(sandbox id) % 64):
+  {prefix}{b}:sbx:{sandbox_id}        sandbox record JSON (tombstones too), PX TTL
+  {prefix}{b}:node:{node_id}:sbx      SET of the node's sandbox ids in bucket b, PX TTL
+  {prefix}node:{node_id}              node record JSON, PX TTL
+Change channel: {prefix}changes (PUBLISH), or on a cluster {prefix}{b}:changes (SPUBLISH).
 
-The seq compare-and-set, the heartbeat and the node listing are Lua scripts,
-so each is atomic. The scripts touch keys built from the prefix, which is fine
-on a standalone (or Sentinel-managed) Redis but not on Redis Cluster.
+The `{b}` hash tag puts a sandbox's record, its bucket's node set and its
+bucket's change channel in one slot, so every per-sandbox script is single-slot
+and runs on Redis Cluster. The seq compare-and-set, the heartbeat and the node
+listing are Lua scripts, atomic per bucket; a heartbeat is one script call per
+bucket the node has sandboxes in, plus a SET of the node record.
 
-Short socket timeouts and no retries inside a call: an outage surfaces as a
-RegistryError within about a second (two at worst: connect plus command); the
-caller decides when to retry. The connection pool reconnects on the next call.
+Short socket timeouts and no retries inside a call (on a cluster: two quick
+retries, between which redis-py re-reads the slot map): an outage surfaces as
+a RegistryError within about a second or two; the caller decides when to
+retry. The connection pool reconnects on the next call.
 """
 from __future__ import annotations
 
 import math
+import zlib
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -23,10 +30,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .base import Registry, RegistryError
 from .records import NodeRecord, SandboxRecord
+from .rediscluster import (
+    CLUSTER_SCHEMES,
+    ShardedSubscriber,
+    cluster_client,
+    parse_cluster_url,
+    require_cluster_ok,
+)
 
 T = TypeVar("T")
 R = TypeVar("R", SandboxRecord, NodeRecord)
@@ -34,8 +48,10 @@ R = TypeVar("R", SandboxRecord, NodeRecord)
 DEFAULT_PREFIX = "netagent:"
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 1.0
+BUCKETS = 64   # hash-tag buckets: spread over the cluster's masters, few enough to walk
 
-# KEYS: sandbox key, node set key.  ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel.
+# KEYS: sandbox key, node set key (same bucket).
+# ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel, PUBLISH or SPUBLISH.
 # Writes only if the stored record (live or tombstone) has a lower seq, or is unreadable,
 # and publishes what it stored ("<ttl ms>\n<record JSON>") on the change channel for edges.
 PUT_SANDBOX_LUA = """
@@ -53,33 +69,33 @@ else
   redis.call('SADD', KEYS[2], ARGV[5])
   if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 end
-redis.call('PUBLISH', ARGV[6], ARGV[3] .. '\\n' .. ARGV[1])
+redis.call(ARGV[7], ARGV[6], ARGV[3] .. '\\n' .. ARGV[1])
 return 1
 """
 
-# KEYS: node key, node set key, then one sandbox key per id.  ARGV: node JSON, ttl ms, node id, then the ids.
+# KEYS: node set key of one bucket, then one sandbox key per id of that bucket.
+# ARGV: ttl ms, node id, then the ids. (The node record is SET apart: it lives in another slot.)
 # Extends only records still owned by this node and not tombstones. Returns how many were extended.
 REFRESH_LUA = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local extended = 0
-for i = 3, #KEYS do
+for i = 2, #KEYS do
   local cur = redis.call('GET', KEYS[i])
   if cur then
     local ok, doc = pcall(cjson.decode, cur)
-    if ok and type(doc) == 'table' and doc.node_id == ARGV[3] and doc.deleted ~= true then
-      redis.call('PEXPIRE', KEYS[i], ARGV[2])
-      redis.call('SADD', KEYS[2], ARGV[i + 1])
+    if ok and type(doc) == 'table' and doc.node_id == ARGV[2] and doc.deleted ~= true then
+      redis.call('PEXPIRE', KEYS[i], ARGV[1])
+      redis.call('SADD', KEYS[1], ARGV[i + 1])
       extended = extended + 1
     end
   end
 end
-if extended > 0 and redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if extended > 0 and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return extended
 """
 
-# KEYS: node set key.  ARGV: sandbox key prefix, node id.
+# KEYS: node set key of one bucket.  ARGV: sandbox key prefix of that bucket, node id.
 # Returns the live ids owned by the node and drops the others from the set.
 NODE_SANDBOXES_LUA = """
 local live = {}
@@ -96,7 +112,7 @@ return live
 """
 
 
-# KEYS: sandbox keys.  Returns value, PTTL, value, PTTL, ... (a missing key: nil, -2).
+# KEYS: sandbox keys (of one bucket on a cluster).  Returns value, PTTL, value, PTTL, ... (a missing key: nil, -2).
 GET_WITH_TTL_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -126,79 +142,130 @@ def ttl_ms(ttl_s: float) -> int:
     return max(1, math.ceil(ttl_s * 1000))
 
 
+def bucket_of(sandbox_id: str) -> int:
+    return zlib.crc32(sandbox_id.encode()) % BUCKETS
+
+
+SCRIPTS = {"put": PUT_SANDBOX_LUA, "refresh": REFRESH_LUA, "node_sandboxes": NODE_SANDBOXES_LUA,
+           "get_with_ttl": GET_WITH_TTL_LUA}
+
+
 class RedisRegistry(Registry):
     def __init__(self, url: str) -> None:
         self.url = url
-        self._redis_url, self.prefix, self.safe_url = split_url(url)
-        self._client: aioredis.Redis | None = None
+        self.cluster = url.startswith(CLUSTER_SCHEMES)
+        if self.cluster:
+            self._target, self.prefix, self.safe_url = parse_cluster_url(url, DEFAULT_PREFIX)
+        else:
+            self._redis_url, self.prefix, self.safe_url = split_url(url)
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"registry URL {self.safe_url}: the key prefix may not contain braces "
+                             "(they would change the hash tag that keeps a sandbox's keys in one slot)")
+        self._client: Any = None   # aioredis.Redis or RedisCluster
+        self._scripts: dict[str, Any] = {}
 
     def sandbox_key(self, sandbox_id: str) -> str:
-        return f"{self.prefix}sbx:{sandbox_id}"
+        return f"{self._bucket_prefix(bucket_of(sandbox_id))}sbx:{sandbox_id}"
 
     def node_key(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}"
 
-    def node_set_key(self, node_id: str) -> str:
-        return f"{self.prefix}node:{node_id}:sbx"
+    def node_set_key(self, node_id: str, bucket: int) -> str:
+        return f"{self._bucket_prefix(bucket)}node:{node_id}:sbx"
+
+    def _bucket_prefix(self, bucket: int) -> str:
+        return f"{self.prefix}{{{bucket}}}:"
+
+    def change_channel(self, bucket: int) -> str:
+        return f"{self._bucket_prefix(bucket)}changes" if self.cluster else f"{self.prefix}changes"
 
     @property
-    def change_channel(self) -> str:
-        return f"{self.prefix}changes"
+    def change_channels(self) -> list[str]:
+        """What an edge subscribes to: one channel, or on a cluster one sharded channel per bucket."""
+        return [self.change_channel(b) for b in range(BUCKETS)] if self.cluster else [self.change_channel(0)]
 
-    def _ensure_client(self) -> aioredis.Redis:
+    def _ensure_client(self) -> Any:
         if self._client is None:
-            client = aioredis.Redis.from_url(
-                self._redis_url, decode_responses=True,
-                socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
-                retry=Retry(NoBackoff(), 0), retry_on_error=[])
-            self._put_script = client.register_script(PUT_SANDBOX_LUA)
-            self._refresh_script = client.register_script(REFRESH_LUA)
-            self._node_sandboxes_script = client.register_script(NODE_SANDBOXES_LUA)
-            self._get_with_ttl_script = client.register_script(GET_WITH_TTL_LUA)
-            self._client = client
+            if self.cluster:
+                self._client = cluster_client(self._target, CONNECT_TIMEOUT_S, COMMAND_TIMEOUT_S)
+            else:
+                client = aioredis.Redis.from_url(
+                    self._redis_url, decode_responses=True,
+                    socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
+                    retry=Retry(NoBackoff(), 0), retry_on_error=[])
+                self._scripts = {name: client.register_script(lua) for name, lua in SCRIPTS.items()}
+                self._client = client
         return self._client
 
-    async def _call(self, op: str, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    async def _script(self, name: str, keys: list[str], args: list[Any], pipe: Any = None) -> Any:
+        """Runs (or, given a pipeline, queues) a script. On a cluster it is sent as EVAL:
+        a promoted replica may not have the script cached, and EVAL needs no NOSCRIPT retry."""
+        if self.cluster:
+            if pipe is not None:
+                return pipe.eval(SCRIPTS[name], len(keys), *keys, *args)
+            return await self._ensure_client().eval(SCRIPTS[name], len(keys), *keys, *args)
+        return await self._scripts[name](keys=keys, args=args, client=pipe or self._ensure_client())
+
+    async def _call(self, op: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         client = self._ensure_client()
         try:
             return await fn(client)
-        except (RedisError, OSError) as exc:  # OSError covers TimeoutError too
+        except (RedisError, RedisClusterException, OSError) as exc:  # OSError covers TimeoutError too
             raise RegistryError(f"redis registry {self.safe_url}: {op} failed: "
                                 f"{type(exc).__name__}: {exc}") from exc
 
     async def connect(self) -> None:
-        """Creates the client and pings; the object stays usable if this fails."""
+        """Creates the client and pings (on a cluster: also refuses one that is not
+        cluster_state:ok); the object stays usable if this fails."""
         await self._call("ping", lambda r: r.ping())
+        if self.cluster:
+            try:
+                await self._call("cluster info", require_cluster_ok)
+            except ValueError as exc:
+                raise RegistryError(f"redis registry {self.safe_url}: {exc}") from exc
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
 
+    def _put_args(self, rec: SandboxRecord, ttl_s: float) -> tuple[list[str], list[Any]]:
+        bucket = bucket_of(rec.sandbox_id)
+        keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id, bucket)]
+        args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
+                self.change_channel(bucket), "SPUBLISH" if self.cluster else "PUBLISH"]
+        return keys, args
+
     async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
-        keys = [self.sandbox_key(record.sandbox_id), self.node_set_key(record.node_id)]
-        args = [record.to_json(), record.seq, ttl_ms(ttl_s), "1" if record.deleted else "0", record.sandbox_id,
-                self.change_channel]
-        stored = await self._call("put_sandbox", lambda r: self._put_script(keys=keys, args=args))
-        return stored == 1
+        keys, args = self._put_args(record, ttl_s)
+        return await self._call("put_sandbox", lambda r: self._script("put", keys, args)) == 1
 
     async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
-        """One pipelined round trip for the batch (each write is still its own atomic CAS)."""
-        async def run(client: aioredis.Redis) -> list[Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                for rec in records:
-                    keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id)]
-                    args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
-                            self.change_channel]
-                    await self._put_script(keys=keys, args=args, client=pipe)  # queued, not sent
-                return await pipe.execute()
-        return [r == 1 for r in await self._call("put_many", run)]
+        """One pipelined round trip for the batch (per master on a cluster; each write is still its
+        own atomic CAS)."""
+        async def run(pipe: Any) -> list[Any]:
+            for rec in records:
+                await self._script("put", *self._put_args(rec, ttl_s), pipe=pipe)  # queued, not sent
+            return await pipe.execute()
+        return [r == 1 for r in await self._call("put_many", lambda c: self._pipelined(c, run))]
+
+    async def _pipelined(self, client: Any, run: Callable[[Any], Awaitable[T]]) -> T:
+        async with client.pipeline(transaction=False) as pipe:
+            return await run(pipe)
 
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
-        ids = list(dict.fromkeys(sandbox_ids))
-        keys = [self.node_key(node.node_id), self.node_set_key(node.node_id), *map(self.sandbox_key, ids)]
-        args = [node.to_json(), ttl_ms(ttl_s), node.node_id, *ids]
-        await self._call("refresh", lambda r: self._refresh_script(keys=keys, args=args))
+        by_bucket: dict[int, list[str]] = defaultdict(list)
+        for sid in dict.fromkeys(sandbox_ids):
+            by_bucket[bucket_of(sid)].append(sid)
+        ttl = ttl_ms(ttl_s)
+
+        async def run(pipe: Any) -> list[Any]:
+            pipe.set(self.node_key(node.node_id), node.to_json(), px=ttl)
+            for bucket, ids in by_bucket.items():
+                keys = [self.node_set_key(node.node_id, bucket), *map(self.sandbox_key, ids)]
+                await self._script("refresh", keys, [ttl, node.node_id, *ids], pipe=pipe)
+            return await pipe.execute()
+        await self._call("refresh", lambda c: self._pipelined(c, run))
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         raw = await self._call("get_sandbox", lambda r: r.get(self.sandbox_key(sandbox_id)))
@@ -212,27 +279,36 @@ class RedisRegistry(Registry):
         return None if raw is None else self._decode(NodeRecord, raw)
 
     async def node_sandboxes(self, node_id: str) -> list[str]:
-        keys = [self.node_set_key(node_id)]
-        args = [self.sandbox_key(""), node_id]
-        ids = await self._call("node_sandboxes", lambda r: self._node_sandboxes_script(keys=keys, args=args))
-        return sorted(ids)
+        """One script call per bucket, pipelined."""
+        async def run(pipe: Any) -> list[Any]:
+            for bucket in range(BUCKETS):
+                await self._script("node_sandboxes", [self.node_set_key(node_id, bucket)],
+                                   [self._bucket_prefix(bucket) + "sbx:", node_id], pipe=pipe)
+            return await pipe.execute()
+        replies = await self._call("node_sandboxes", lambda c: self._pipelined(c, run))
+        return sorted(sid for ids in replies for sid in ids)
 
     # -- for edges: a snapshot, then the change channel (docs/registry.md) --
 
     async def raw_records(self, batch: int = 1000) -> list[tuple[str, str, int]]:
         """(sandbox id, record JSON, remaining TTL in ms) of every sandbox key, tombstones
-        too, undecoded (SCAN, then one script call per batch for values and TTLs)."""
-        async def run(client: aioredis.Redis) -> list[tuple[str, str, int]]:
+        too, undecoded (SCAN of every master, then per bucket one script call per batch for
+        values and TTLs, pipelined)."""
+        async def run(client: Any) -> list[tuple[str, str, int]]:
+            by_bucket: dict[str, list[str]] = defaultdict(list)
+            async for key in client.scan_iter(match=f"{self.prefix}{{*}}:sbx:*", count=batch):
+                by_bucket[key[len(self.prefix):].partition("}")[0]].append(key)
+            chunks = [keys[i:i + batch] for keys in by_bucket.values() for i in range(0, len(keys), batch)]
+
+            async def fetch(pipe: Any) -> list[Any]:
+                for chunk in chunks:
+                    await self._script("get_with_ttl", chunk, [], pipe=pipe)
+                return await pipe.execute()
             out = []
-            keys: list[str] = []
-            async for key in client.scan_iter(match=self.sandbox_key("*"), count=batch):
-                keys.append(key)
-            for start in range(0, len(keys), batch):
-                chunk = keys[start:start + batch]
-                replies = await self._get_with_ttl_script(keys=chunk, client=client)
+            for chunk, replies in zip(chunks, await self._pipelined(client, fetch), strict=True):
                 for key, raw, ttl in zip(chunk, replies[::2], replies[1::2], strict=True):
                     if raw is not None and ttl != -2:
-                        out.append((key[len(self.sandbox_key("")):], raw, ttl))
+                        out.append((key.partition("}:sbx:")[2], raw, ttl))
             return out
         return await self._call("raw_records", run)
 
@@ -240,7 +316,9 @@ class RedisRegistry(Registry):
         """Remaining TTL of a sandbox key in ms; -2 if absent."""
         return await self._call("pttl", lambda r: r.pttl(self.sandbox_key(sandbox_id)))
 
-    def pubsub(self) -> aioredis.client.PubSub:
+    def pubsub(self) -> aioredis.client.PubSub | ShardedSubscriber:
+        if self.cluster:
+            return ShardedSubscriber(self._ensure_client(), self._target, CONNECT_TIMEOUT_S)
         return self._ensure_client().pubsub(ignore_subscribe_messages=True)
 
     async def server_time(self) -> float:
