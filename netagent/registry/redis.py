@@ -217,12 +217,14 @@ class RedisRegistry(Registry):
     async def connect(self) -> None:
         """Creates the client and pings (on a cluster: also refuses one that is not
         cluster_state:ok); the object stays usable if this fails."""
+        if not self.cluster:
+            await self._call("ping", lambda r: r.ping())
+            return
+        try:
+            await require_cluster_ok(self._target, CONNECT_TIMEOUT_S, COMMAND_TIMEOUT_S)
+        except ValueError as exc:
+            raise RegistryError(f"redis registry {self.safe_url}: {exc}") from exc
         await self._call("ping", lambda r: r.ping())
-        if self.cluster:
-            try:
-                await self._call("cluster info", require_cluster_ok)
-            except ValueError as exc:
-                raise RegistryError(f"redis registry {self.safe_url}: {exc}") from exc
 
     async def close(self) -> None:
         client, self._client = self._client, None

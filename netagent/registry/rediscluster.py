@@ -19,6 +19,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 # Cluster calls may retry a little (the library re-reads the slot map between
@@ -73,14 +74,30 @@ def cluster_client(target: ClusterTarget, connect_timeout_s: float, command_time
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), CLUSTER_RETRIES))
 
 
-async def require_cluster_ok(client: RedisCluster) -> None:
-    """Raises ValueError unless the cluster says cluster_state:ok (all slots served)."""
-    info = await client.cluster_info()
-    state = info.get("cluster_state") if isinstance(info, dict) else None
-    if state != "ok":
-        slots = info.get("cluster_slots_ok") if isinstance(info, dict) else "?"
-        raise ValueError(f"cluster_state is {state!r}, not 'ok' ({slots} of 16384 slots served): "
-                         "refusing a cluster that is not fully up")
+async def require_cluster_ok(target: ClusterTarget, connect_timeout_s: float, command_timeout_s: float) -> None:
+    """Raises ValueError unless every node the URL names that answers says
+    cluster_state:ok (and at least one answers). A node that does not answer is
+    tolerated: a failed-over master stays in the URL. Asked over plain connections,
+    before the cluster client starts: redis-py's initialize sends COMMAND to one
+    primary and fails outright if that one is the dead master of a half-up cluster."""
+    states: dict[str, str] = {}
+    for host, port in target.nodes:
+        node = aioredis.Redis(host=host, port=port, username=target.username, password=target.password,
+                              ssl=target.tls, decode_responses=True, socket_connect_timeout=connect_timeout_s,
+                              socket_timeout=command_timeout_s)
+        try:
+            info = await node.cluster("info")
+            states[f"{host}:{port}"] = info.get("cluster_state", "?") if isinstance(info, dict) else "?"
+        except (RedisError, OSError):
+            continue
+        finally:
+            await node.aclose()
+    if not states:
+        raise ValueError("no node named in the URL answered CLUSTER INFO")
+    bad = {name: state for name, state in states.items() if state != "ok"}
+    if bad:
+        shown = ", ".join(f"{name} says cluster_state:{state}" for name, state in sorted(bad.items()))
+        raise ValueError(f"cluster not fully up ({shown}): refusing it, nothing is written")
 
 
 class ShardedSubscriber:
@@ -99,6 +116,9 @@ class ShardedSubscriber:
 
     async def subscribe(self, *channels: str) -> None:
         await self.client.initialize()
+        # A fresh slot map: a new subscription follows a failover the client has not
+        # stumbled on yet (redis-py re-reads it only after an error on a command).
+        await self.client.nodes_manager.initialize()
         by_master: dict[tuple[str, int], list[str]] = defaultdict(list)
         for channel in channels:
             node = self.client.get_node_from_key(channel)
@@ -109,8 +129,8 @@ class ShardedSubscriber:
                 decode_responses=True, socket_connect_timeout=self.connect_timeout_s, socket_timeout=None)
             self._conns.append(conn)
             await conn.connect()
-            await conn.send_command("SSUBSCRIBE", *names)
-            for _ in names:   # one confirmation per channel
+            for name in names:   # SSUBSCRIBE takes several channels only of one slot
+                await conn.send_command("SSUBSCRIBE", name)
                 reply = await conn.read_response(timeout=self.connect_timeout_s)
                 if not isinstance(reply, list) or reply[0] != "ssubscribe":
                     raise RedisConnectionError(f"SSUBSCRIBE on {host}:{port} answered {reply!r}")

@@ -59,6 +59,7 @@ class ClusterNode:
             [_exe("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
+             "--repl-diskless-sync-delay", "0",
              "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -115,7 +116,7 @@ class RedisCluster:
         self.wait_settled(timeout_s)
 
     def wait_settled(self, timeout_s: float = 30.0) -> float:
-        """Until every live node says cluster_state:ok and agrees on 3 masters with their slots.
+        """Until every live node says cluster_state:ok and sees the slots on 3 live masters.
         Returns the seconds it took."""
         start = time.monotonic()
         while not self.settled():
@@ -125,6 +126,7 @@ class RedisCluster:
         return time.monotonic() - start
 
     def settled(self) -> bool:
+        live = {n.port for n in self.nodes if n.alive}
         try:
             for node in self.nodes:
                 if not node.alive:
@@ -132,7 +134,11 @@ class RedisCluster:
                 with node.client() as c:
                     if c.cluster("info").get("cluster_state") != "ok":
                         return False
-                    if len(self._masters_seen_by(c)) != len(self.nodes) // (1 + self.replicas):
+                    repl = c.info("replication")
+                    if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
+                        return False   # a replica not yet in sync could not take over
+                    masters = self._masters_seen_by(c)
+                    if len(masters) != len(self.nodes) // (1 + self.replicas) or not masters <= live:
                         return False
             return True
         except (syncredis.RedisError, OSError):
@@ -175,6 +181,11 @@ class RedisCluster:
             with node.client() as c:
                 out += list(c.scan_iter(count=1000))
         return out
+
+    @staticmethod
+    def state_of(node: ClusterNode) -> str:
+        with node.client() as c:
+            return c.cluster("info").get("cluster_state", "?")
 
     def describe(self) -> str:
         parts = []
