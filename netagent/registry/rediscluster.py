@@ -129,8 +129,10 @@ class ShardedSubscriber:
                 decode_responses=True, socket_connect_timeout=self.connect_timeout_s, socket_timeout=None)
             self._conns.append(conn)
             await conn.connect()
-            for name in names:   # SSUBSCRIBE takes several channels only of one slot
-                await conn.send_command("SSUBSCRIBE", name)
+            # SSUBSCRIBE takes several channels only of one slot: one command per channel, all sent
+            # at once, then one confirmation each.
+            await conn.send_packed_command(conn.pack_commands([("SSUBSCRIBE", name) for name in names]))
+            for _ in names:
                 reply = await conn.read_response(timeout=self.connect_timeout_s)
                 if not isinstance(reply, list) or reply[0] != "ssubscribe":
                     raise RedisConnectionError(f"SSUBSCRIBE on {host}:{port} answered {reply!r}")
