@@ -13,9 +13,9 @@ and runs on Redis Cluster. The seq compare-and-set, the heartbeat and the node
 listing are Lua scripts, atomic per bucket; a heartbeat is one script call per
 bucket the node has sandboxes in, plus a SET of the node record.
 
-Short socket timeouts and no retries inside a call (on a cluster: two quick
-retries, between which redis-py re-reads the slot map): an outage surfaces as
-a RegistryError within about a second or two; the caller decides when to
+Short socket timeouts and no retries inside a call (a cluster client follows
+MOVED/ASK and re-reads the slot map on the call after an error): an outage
+surfaces as a RegistryError within about a second; the caller decides when to
 retry. The connection pool reconnects on the next call.
 """
 from __future__ import annotations
@@ -211,6 +211,10 @@ class RedisRegistry(Registry):
         try:
             return await fn(client)
         except (RedisError, RedisClusterException, OSError) as exc:  # OSError covers TimeoutError too
+            if self.cluster:
+                # A fresh client, so the next call reads the slot map again: redis-py re-reads it
+                # after an error on a single command, but not after a failed pipeline.
+                await self.close()
             raise RegistryError(f"redis registry {self.safe_url}: {op} failed: "
                                 f"{type(exc).__name__}: {exc}") from exc
 
@@ -229,7 +233,10 @@ class RedisRegistry(Registry):
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            try:
+                await client.aclose()
+            except (RedisError, OSError):
+                pass   # a dead node's connection: nothing left to close
 
     def _put_args(self, rec: SandboxRecord, ttl_s: float) -> tuple[list[str], list[Any]]:
         bucket = bucket_of(rec.sandbox_id)

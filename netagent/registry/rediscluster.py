@@ -17,14 +17,16 @@ from urllib.parse import parse_qsl, unquote
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
-# Cluster calls may retry a little (the library re-reads the slot map between
-# tries), so a call made while a replica is being promoted can still succeed.
-CLUSTER_RETRIES = 2
+# No retries inside a call, as on a standalone Redis: a script retried after a
+# timeout may already have run, and would then report its own write as refused.
+# MOVED/ASK are followed regardless; after a connection error the client re-reads
+# the slot map on its next call (the publisher retries every retry_s).
+CLUSTER_RETRIES = 0
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def cluster_client(target: ClusterTarget, connect_timeout_s: float, command_time
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
         username=target.username, password=target.password, ssl=target.tls, decode_responses=True,
         socket_connect_timeout=connect_timeout_s, socket_timeout=command_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), CLUSTER_RETRIES))
+        retry=Retry(NoBackoff(), CLUSTER_RETRIES))
 
 
 async def require_cluster_ok(target: ClusterTarget, connect_timeout_s: float, command_timeout_s: float) -> None:
