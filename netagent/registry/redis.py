@@ -9,9 +9,10 @@ Change channel: {prefix}changes (PUBLISH), or on a cluster {prefix}{b}:changes (
 
 The `{b}` hash tag puts a sandbox's record, its bucket's node set and its
 bucket's change channel in one slot, so every per-sandbox script is single-slot
-and runs on Redis Cluster. The seq compare-and-set, the heartbeat and the node
-listing are Lua scripts, atomic per bucket; a heartbeat is one script call per
-bucket the node has sandboxes in, plus a SET of the node record.
+and runs on Redis Cluster. The owner check plus seq compare-and-set, the
+heartbeat and the node listing are Lua scripts, atomic per bucket; a heartbeat
+is one script on the node record (the node-id check, then its SET), then one
+script call per bucket the node has sandboxes in.
 
 Short socket timeouts and no retries inside a call (a cluster client follows
 MOVED/ASK and re-reads the slot map on the call after an error): an outage
@@ -32,7 +33,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
-from .base import Registry, RegistryError
+from .base import NodeIdInUse, Registry, RegistryError, UnreadableRecord
+from .ownership import INSTANCE_LABEL, Verdict
 from .records import NodeRecord, SandboxRecord
 from .rediscluster import (
     CLUSTER_SCHEMES,
@@ -51,15 +53,21 @@ COMMAND_TIMEOUT_S = 1.0
 BUCKETS = 64   # hash-tag buckets: spread over the cluster's masters, few enough to walk
 
 # KEYS: sandbox key, node set key (same bucket).
-# ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel, PUBLISH or SPUBLISH.
-# Writes only if the stored record (live or tombstone) has a lower seq, or is unreadable,
-# and publishes what it stored ("<ttl ms>\n<record JSON>") on the change channel for edges.
+# ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel, node id, "1" if a claim,
+#       PUBLISH or SPUBLISH (a cluster's sharded channel).
+# The owner check plus seq rule of ownership.decide (returns its Verdict: 0 stale, 1 stored,
+# 2 not the owner; an unreadable stored record counts as absent), and publishes what it
+# stored ("<ttl ms>\n<record JSON>") on the change channel for edges.
 PUT_SANDBOX_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, doc = pcall(cjson.decode, cur)
-  if ok and type(doc) == 'table' and tonumber(doc.seq) and tonumber(doc.seq) >= tonumber(ARGV[2]) then
-    return 0
+  if ok and type(doc) == 'table' and tonumber(doc.seq) then
+    if doc.node_id == ARGV[7] then
+      if tonumber(doc.seq) >= tonumber(ARGV[2]) then return 0 end
+    elseif ARGV[8] ~= '1' and doc.deleted ~= true then
+      return 2
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
@@ -69,12 +77,31 @@ else
   redis.call('SADD', KEYS[2], ARGV[5])
   if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 end
-redis.call(ARGV[7], ARGV[6], ARGV[3] .. '\\n' .. ARGV[1])
+redis.call(ARGV[9], ARGV[6], ARGV[3] .. '\\n' .. ARGV[1])
+return 1
+"""
+
+# KEYS: node key.  ARGV: node JSON, ttl ms, agent instance.
+# If a live node record of this id names another instance (ownership.node_id_taken),
+# writes nothing and returns {-1, that record}; {-2, that record} if it is not a
+# readable v1 record (not ours to overwrite either). Otherwise SETs the node record, returns 1.
+# (Apart from REFRESH_LUA: the node record lives in its own slot.)
+NODE_CLAIM_LUA = """
+local node = redis.call('GET', KEYS[1])
+if node then
+  local ok, doc = pcall(cjson.decode, node)
+  if not ok or type(doc) ~= 'table' or doc.v ~= 1 then return {-2, node} end
+  if ARGV[3] ~= '' and type(doc.extra) == 'table' and type(doc.extra.instance) == 'string'
+     and doc.extra.instance ~= '' and doc.extra.instance ~= ARGV[3] then
+    return {-1, node}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
 # KEYS: node set key of one bucket, then one sandbox key per id of that bucket.
-# ARGV: ttl ms, node id, then the ids. (The node record is SET apart: it lives in another slot.)
+# ARGV: ttl ms, node id, then the ids. (The node record is claimed first, by NODE_CLAIM_LUA.)
 # Extends only records still owned by this node and not tombstones. Returns how many were extended.
 REFRESH_LUA = """
 local extended = 0
@@ -146,8 +173,8 @@ def bucket_of(sandbox_id: str) -> int:
     return zlib.crc32(sandbox_id.encode()) % BUCKETS
 
 
-SCRIPTS = {"put": PUT_SANDBOX_LUA, "refresh": REFRESH_LUA, "node_sandboxes": NODE_SANDBOXES_LUA,
-           "get_with_ttl": GET_WITH_TTL_LUA}
+SCRIPTS = {"put": PUT_SANDBOX_LUA, "node_claim": NODE_CLAIM_LUA, "refresh": REFRESH_LUA,
+           "node_sandboxes": NODE_SANDBOXES_LUA, "get_with_ttl": GET_WITH_TTL_LUA}
 
 
 class RedisRegistry(Registry):
@@ -238,38 +265,50 @@ class RedisRegistry(Registry):
             except (RedisError, OSError):
                 pass   # a dead node's connection: nothing left to close
 
-    def _put_args(self, rec: SandboxRecord, ttl_s: float) -> tuple[list[str], list[Any]]:
+    def _put_args(self, rec: SandboxRecord, ttl_s: float, claim: bool) -> tuple[list[str], list[Any]]:
         bucket = bucket_of(rec.sandbox_id)
         keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id, bucket)]
         args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
-                self.change_channel(bucket), "SPUBLISH" if self.cluster else "PUBLISH"]
+                self.change_channel(bucket), rec.node_id, "1" if claim else "0",
+                "SPUBLISH" if self.cluster else "PUBLISH"]
         return keys, args
 
-    async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
-        keys, args = self._put_args(record, ttl_s)
-        return await self._call("put_sandbox", lambda r: self._script("put", keys, args)) == 1
-
-    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
+    async def write_many(self, records: list[SandboxRecord], ttl_s: float,
+                         claims: list[bool] | None = None) -> list[Verdict]:
         """One pipelined round trip for the batch (per master on a cluster; each write is still its
-        own atomic CAS)."""
+        own atomic script)."""
+        flags = claims or [False] * len(records)
+
         async def run(pipe: Any) -> list[Any]:
-            for rec in records:
-                await self._script("put", *self._put_args(rec, ttl_s), pipe=pipe)  # queued, not sent
+            for rec, claim in zip(records, flags, strict=True):
+                await self._script("put", *self._put_args(rec, ttl_s, claim), pipe=pipe)  # queued, not sent
             return await pipe.execute()
-        return [r == 1 for r in await self._call("put_many", lambda c: self._pipelined(c, run))]
+        return [Verdict(int(r)) for r in await self._call("write_many", lambda c: self._pipelined(c, run))]
 
     async def _pipelined(self, client: Any, run: Callable[[Any], Awaitable[T]]) -> T:
         async with client.pipeline(transaction=False) as pipe:
             return await run(pipe)
 
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
+        ttl = ttl_ms(ttl_s)
+        args = [node.to_json(), ttl, str(node.extra.get(INSTANCE_LABEL, ""))]
+        result = await self._call("refresh", lambda r: self._script("node_claim", [self.node_key(node.node_id)], args))
+        if isinstance(result, list) and result[0] == -2:
+            try:
+                NodeRecord.from_json(result[1])
+                reason: object = "not a v1 node record"
+            except ValueError as exc:
+                reason = exc
+            raise NodeIdInUse.unreadable(node.node_id, reason)
+        if isinstance(result, list):
+            raise NodeIdInUse.by(node, self._decode(NodeRecord, result[1]), await self.server_time())
         by_bucket: dict[int, list[str]] = defaultdict(list)
         for sid in dict.fromkeys(sandbox_ids):
             by_bucket[bucket_of(sid)].append(sid)
-        ttl = ttl_ms(ttl_s)
+        if not by_bucket:
+            return
 
         async def run(pipe: Any) -> list[Any]:
-            pipe.set(self.node_key(node.node_id), node.to_json(), px=ttl)
             for bucket, ids in by_bucket.items():
                 keys = [self.node_set_key(node.node_id, bucket), *map(self.sandbox_key, ids)]
                 await self._script("refresh", keys, [ttl, node.node_id, *ids], pipe=pipe)
@@ -338,4 +377,4 @@ class RedisRegistry(Registry):
         try:
             return cls.from_json(raw)
         except ValueError as exc:
-            raise RegistryError(f"redis registry {self.safe_url}: unreadable {cls.__name__}: {exc}") from exc
+            raise UnreadableRecord(f"redis registry {self.safe_url}: unreadable {cls.__name__}: {exc}") from exc

@@ -2,6 +2,8 @@
 Redis Cluster (3 masters + 3 replicas on loopback ports) from here."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.testbed.redis_cluster import RedisCluster
@@ -27,6 +29,16 @@ def redis_cluster(shared_redis_cluster):
     shared_redis_cluster.wait_settled()
     shared_redis_cluster.flush()
     return shared_redis_cluster
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty registry of each backend."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'registry.db'}"
+    if request.param == "redis":
+        return request.getfixturevalue("redis_server").url
+    return request.getfixturevalue("redis_cluster").url
 
 
 @pytest.fixture
