@@ -2,9 +2,10 @@
 on a standalone Redis (or a Sentinel-managed primary) or on Redis Cluster.
 
 Keys (prefix "netagent:", `?prefix=` in the URL overrides it; b = crc32(sandbox id) % 64):
-  {prefix}{b}:sbx:{sandbox_id}        sandbox record JSON (tombstones too), PX TTL
-  {prefix}{b}:node:{node_id}:sbx      SET of the node's sandbox ids in bucket b, PX TTL
-  {prefix}node:{node_id}              node record JSON, PX TTL
+  {prefix}{b}:sbx:{sandbox_id}        sandbox record JSON: a v2 record without expiry (served
+                                      while its node key lives), a tombstone with PX TTL
+  {prefix}{b}:node:{node_id}:sbx      SET of the node's sandbox ids in bucket b
+  {prefix}node:{node_id}              node record JSON, PX TTL (the heartbeat)
 Change channel: {prefix}changes (PUBLISH), or on a cluster {prefix}{b}:changes (SPUBLISH).
 
 The `{b}` hash tag puts a sandbox's record, its bucket's node set and its
@@ -43,6 +44,7 @@ from .rediscluster import (
     parse_cluster_url,
     require_cluster_ok,
 )
+from .redislua import SCRIPTS
 
 T = TypeVar("T")
 R = TypeVar("R", SandboxRecord, NodeRecord)
@@ -51,103 +53,6 @@ DEFAULT_PREFIX = "netagent:"
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 1.0
 BUCKETS = 64   # hash-tag buckets: spread over the cluster's masters, few enough to walk
-
-# KEYS: sandbox key, node set key (same bucket).
-# ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel, node id, "1" if a claim,
-#       PUBLISH or SPUBLISH (a cluster's sharded channel).
-# The owner check plus seq rule of ownership.decide (returns its Verdict: 0 stale, 1 stored,
-# 2 not the owner; an unreadable stored record counts as absent), and publishes what it
-# stored ("<ttl ms>\n<record JSON>") on the change channel for edges.
-PUT_SANDBOX_LUA = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, doc = pcall(cjson.decode, cur)
-  if ok and type(doc) == 'table' and tonumber(doc.seq) then
-    if doc.node_id == ARGV[7] then
-      if tonumber(doc.seq) >= tonumber(ARGV[2]) then return 0 end
-    elseif ARGV[8] ~= '1' and doc.deleted ~= true then
-      return 2
-    end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-if ARGV[4] == '1' then
-  redis.call('SREM', KEYS[2], ARGV[5])
-else
-  redis.call('SADD', KEYS[2], ARGV[5])
-  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
-end
-redis.call(ARGV[9], ARGV[6], ARGV[3] .. '\\n' .. ARGV[1])
-return 1
-"""
-
-# KEYS: node key.  ARGV: node JSON, ttl ms, agent instance.
-# If a live node record of this id names another instance (ownership.node_id_taken),
-# writes nothing and returns {-1, that record}; {-2, that record} if it is not a
-# readable v1 record (not ours to overwrite either). Otherwise SETs the node record, returns 1.
-# (Apart from REFRESH_LUA: the node record lives in its own slot.)
-NODE_CLAIM_LUA = """
-local node = redis.call('GET', KEYS[1])
-if node then
-  local ok, doc = pcall(cjson.decode, node)
-  if not ok or type(doc) ~= 'table' or doc.v ~= 1 then return {-2, node} end
-  if ARGV[3] ~= '' and type(doc.extra) == 'table' and type(doc.extra.instance) == 'string'
-     and doc.extra.instance ~= '' and doc.extra.instance ~= ARGV[3] then
-    return {-1, node}
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: node set key of one bucket, then one sandbox key per id of that bucket.
-# ARGV: ttl ms, node id, then the ids. (The node record is claimed first, by NODE_CLAIM_LUA.)
-# Extends only records still owned by this node and not tombstones. Returns how many were extended.
-REFRESH_LUA = """
-local extended = 0
-for i = 2, #KEYS do
-  local cur = redis.call('GET', KEYS[i])
-  if cur then
-    local ok, doc = pcall(cjson.decode, cur)
-    if ok and type(doc) == 'table' and doc.node_id == ARGV[2] and doc.deleted ~= true then
-      redis.call('PEXPIRE', KEYS[i], ARGV[1])
-      redis.call('SADD', KEYS[1], ARGV[i + 1])
-      extended = extended + 1
-    end
-  end
-end
-if extended > 0 and redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-end
-return extended
-"""
-
-# KEYS: node set key of one bucket.  ARGV: sandbox key prefix of that bucket, node id.
-# Returns the live ids owned by the node and drops the others from the set.
-NODE_SANDBOXES_LUA = """
-local live = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local cur = redis.call('GET', ARGV[1] .. id)
-  local owned = false
-  if cur then
-    local ok, doc = pcall(cjson.decode, cur)
-    owned = ok and type(doc) == 'table' and doc.node_id == ARGV[2] and doc.deleted ~= true
-  end
-  if owned then table.insert(live, id) else redis.call('SREM', KEYS[1], id) end
-end
-return live
-"""
-
-
-# KEYS: sandbox keys (of one bucket on a cluster).  Returns value, PTTL, value, PTTL, ... (a missing key: nil, -2).
-GET_WITH_TTL_LUA = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  out[2 * i - 1] = redis.call('GET', key)
-  out[2 * i] = redis.call('PTTL', key)
-end
-return out
-"""
 
 
 def split_url(url: str) -> tuple[str, str, str]:
@@ -171,10 +76,6 @@ def ttl_ms(ttl_s: float) -> int:
 
 def bucket_of(sandbox_id: str) -> int:
     return zlib.crc32(sandbox_id.encode()) % BUCKETS
-
-
-SCRIPTS = {"put": PUT_SANDBOX_LUA, "node_claim": NODE_CLAIM_LUA, "refresh": REFRESH_LUA,
-           "node_sandboxes": NODE_SANDBOXES_LUA, "get_with_ttl": GET_WITH_TTL_LUA}
 
 
 class RedisRegistry(Registry):
@@ -270,7 +171,7 @@ class RedisRegistry(Registry):
         keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id, bucket)]
         args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
                 self.change_channel(bucket), rec.node_id, "1" if claim else "0",
-                "SPUBLISH" if self.cluster else "PUBLISH"]
+                "1" if rec.lives_with_node else "0", "SPUBLISH" if self.cluster else "PUBLISH"]
         return keys, args
 
     async def write_many(self, records: list[SandboxRecord], ttl_s: float,
@@ -289,24 +190,25 @@ class RedisRegistry(Registry):
         async with client.pipeline(transaction=False) as pipe:
             return await run(pipe)
 
-    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
+    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> bool:
         ttl = ttl_ms(ttl_s)
         args = [node.to_json(), ttl, str(node.extra.get(INSTANCE_LABEL, ""))]
         result = await self._call("refresh", lambda r: self._script("node_claim", [self.node_key(node.node_id)], args))
-        if isinstance(result, list) and result[0] == -2:
+        if result[0] == -2:
             try:
                 NodeRecord.from_json(result[1])
                 reason: object = "not a v1 node record"
             except ValueError as exc:
                 reason = exc
             raise NodeIdInUse.unreadable(node.node_id, reason)
-        if isinstance(result, list):
+        if result[0] == -1:
             raise NodeIdInUse.by(node, self._decode(NodeRecord, result[1]), await self.server_time())
+        node_was_missing = bool(result[0] == 1)
         by_bucket: dict[int, list[str]] = defaultdict(list)
         for sid in dict.fromkeys(sandbox_ids):
             by_bucket[bucket_of(sid)].append(sid)
         if not by_bucket:
-            return
+            return node_was_missing
 
         async def run(pipe: Any) -> list[Any]:
             for bucket, ids in by_bucket.items():
@@ -314,13 +216,19 @@ class RedisRegistry(Registry):
                 await self._script("refresh", keys, [ttl, node.node_id, *ids], pipe=pipe)
             return await pipe.execute()
         await self._call("refresh", lambda c: self._pipelined(c, run))
+        return node_was_missing
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         raw = await self._call("get_sandbox", lambda r: r.get(self.sandbox_key(sandbox_id)))
         if raw is None:
             return None
         record = self._decode(SandboxRecord, raw)
-        return None if record.deleted else record
+        if record.deleted:
+            return None
+        if record.lives_with_node and not await self._call("get_sandbox",
+                                                           lambda r: r.exists(self.node_key(record.node_id))):
+            return None                                 # its node is dead
+        return record
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         raw = await self._call("get_node", lambda r: r.get(self.node_key(node_id)))
@@ -363,6 +271,17 @@ class RedisRegistry(Registry):
     async def pttl(self, sandbox_id: str) -> int:
         """Remaining TTL of a sandbox key in ms; -2 if absent."""
         return await self._call("pttl", lambda r: r.pttl(self.sandbox_key(sandbox_id)))
+
+    async def node_ttls(self, node_ids: list[str]) -> dict[str, int]:
+        """Remaining TTL of each node's key in ms (-2: absent, its node is dead); one round trip
+        (one per master on a cluster)."""
+        async def run(pipe: Any) -> list[int]:
+            for node_id in node_ids:
+                pipe.pttl(self.node_key(node_id))
+            return await pipe.execute()
+        if not node_ids:
+            return {}
+        return dict(zip(node_ids, await self._call("node_ttls", lambda c: self._pipelined(c, run)), strict=True))
 
     def pubsub(self) -> aioredis.client.PubSub | ShardedSubscriber:
         if self.cluster:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from netagent.config import Config
 from netagent.errors import ConfigError
@@ -20,8 +19,8 @@ from netagent.registry import NodeRecord, RegistryError, SandboxRecord, open_reg
 from netagent.registry.base import NodeIdInUse
 from netagent.registry.ownership import node_id_taken
 from netagent.registry.publisher import RegistryPublisher
-from netagent.registry.rediscluster import parse_cluster_url
 from netagent.state import StateStore
+from tests.testbed.redis_cluster import raw_set
 
 
 def node(instance: str | None, address: str = "10.0.0.1", node_id: str = "node-a") -> NodeRecord:
@@ -111,7 +110,7 @@ async def test_an_agent_is_refused_at_start_when_its_node_id_is_live_elsewhere(t
     reg = open_registry(newer_url)
     await reg.connect()
     await reg.close()
-    write_raw_node(newer_url, "node-a", json.dumps({"v": 2, "node_id": "node-a"}), 30)
+    write_raw_node(newer_url, "node-a", json.dumps({"v": 3, "node_id": "node-a"}), 30)
     with pytest.raises(ConfigError, match="node id 'node-a' is in use by a node record this agent cannot read"):
         await reachability(tmp_path / "state", newer_url).check_node_id()
 
@@ -128,25 +127,20 @@ def write_raw_node(registry_url: str, node_id: str, raw: str, ttl_s: float) -> N
         with sqlite3.connect(registry_url[len("sqlite://"):]) as db:
             db.execute("INSERT OR REPLACE INTO nodes (node_id, expires_at, record) VALUES (?, ?, ?)",
                        (node_id, time.time() + ttl_s, raw))
-    elif registry_url.startswith("unix://"):
-        redis.Redis(unix_socket_path=registry_url[len("unix://"):]).set(f"netagent:node:{node_id}", raw,
-                                                                        px=int(ttl_s * 1000))
-    else:   # a cluster: redis-py's sync cluster client finds the key's master
-        host, port = parse_cluster_url(registry_url, "")[0].nodes[0]
-        with redis.RedisCluster(host=host, port=port) as cluster:
-            cluster.set(f"netagent:node:{node_id}", raw, px=int(ttl_s * 1000))
+    else:
+        raw_set(registry_url, f"netagent:node:{node_id}", raw, int(ttl_s * 1000))
 
 
 async def test_a_node_record_of_an_unknown_schema_version_is_not_overwritten(registry_url: str) -> None:
     reg = open_registry(registry_url)
     try:
         await reg.connect()                              # creates the sqlite schema
-        newer = json.dumps({"v": 2, "node_id": "node-a", "address": "10.0.0.7", "heartbeat_at": time.time()})
+        newer = json.dumps({"v": 3, "node_id": "node-a", "address": "10.0.0.7", "heartbeat_at": time.time()})
         write_raw_node(registry_url, "node-a", newer, 30)
         with pytest.raises(NodeIdInUse, match=r"node id 'node-a' is in use by a node record this agent cannot "
-                                              r"read \(.*unsupported node record version 2"):
+                                              r"read \(.*unsupported node record version 3"):
             await reg.refresh(node("i-1"), [], 30)
-        with pytest.raises(RegistryError, match="unsupported node record version 2"):
+        with pytest.raises(RegistryError, match="unsupported node record version 3"):
             await reg.get_node("node-a")                 # still the newer agent's record
     finally:
         await reg.close()

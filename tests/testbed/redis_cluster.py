@@ -200,3 +200,15 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+def raw_set(registry_url: str, key: str, value: str, px: int) -> None:
+    """SET a key behind the registry's back, on a unix:// Redis or a redis+cluster:// cluster
+    (redis-py's sync cluster client finds the key's master)."""
+    if registry_url.startswith("unix://"):
+        with syncredis.Redis(unix_socket_path=registry_url[len("unix://"):]) as r:
+            r.set(key, value, px=px)
+        return
+    host, port = registry_url.split("://", 1)[1].split(",")[0].rsplit(":", 1)
+    with syncredis.RedisCluster(host=host, port=int(port)) as cluster:
+        cluster.set(key, value, px=px)
