@@ -8,7 +8,12 @@ reading half of `netagent edge`: RedisFeed, snapshot then sharded pub/sub)
 follows every change in this process. The cluster is 3 masters, no replicas
 (replication would only add the same load again on the replicas).
 
-Each configuration runs against the same cluster, flushed in between:
+Two designs, interleaved in one run: "heartbeat", the per-record heartbeat
+from before issue 16 item 2 (v1 records, every record rewritten every
+heartbeat_s: the publisher's full push, forced on that beat), and "liveness",
+today's publisher (v2 records written on change, one node record heartbeated).
+Each configuration runs, for each design, against the same cluster, flushed in
+between:
   base          --sandboxes per host, --churn per host
   2x sandboxes  twice the sandboxes, same churn   (commands/s should not grow)
   2x churn      same sandboxes, twice the churn   (commands/s should grow)
@@ -56,8 +61,15 @@ def pct(xs: list[float], p: float) -> float:
 
 # -- worker process: a few hosts' publishers --
 
+DESIGNS = {
+    "heartbeat": "v1 records, every record rewritten every heartbeat (the design before issue 16 item 2)",
+    "liveness": "v2 records written on change, one node record heartbeated (issue 16 item 2)",
+}
+
+
 class SimHost:
-    def __init__(self, url: str, index: int, sandboxes: int) -> None:
+    def __init__(self, url: str, index: int, sandboxes: int, design: str) -> None:
+        self.design = design
         self.node_id = f"host-{index:03d}"
         self.address = f"10.20.{index // 250}.{index % 250 + 1}"
         self.live = {f"h{index}-i{i}": 20000 + i for i in range(sandboxes)}
@@ -74,7 +86,15 @@ class SimHost:
             return None
         now = time.time()
         return SandboxRecord(sid, self.node_id, self.address, seq, now,
-                             (PortRecord(8080, "tcp", port, True, now, now),))
+                             (PortRecord(8080, "tcp", port, True, now, now),),
+                             v=1 if self.design == "heartbeat" else 2)
+
+    async def old_heartbeat(self, until: float) -> None:
+        """The per-record heartbeat, with today's publisher: a full push (every record,
+        as v1 with its TTL) every heartbeat_s."""
+        while time.monotonic() < until:
+            await asyncio.sleep(HEARTBEAT_S)
+            self.pub.push_all_now()
 
     async def churn(self, per_s: float, until: float) -> None:
         """Alternate allocate and release; the new ids carry the moment of the change (ns)."""
@@ -94,8 +114,9 @@ class SimHost:
             await asyncio.sleep(1 / per_s)
 
 
-async def worker(url: str, first: int, count: int, sandboxes: int, churn: float, seconds: float) -> None:
-    hosts = [SimHost(url, i, sandboxes) for i in range(first, first + count)]
+async def worker(url: str, first: int, count: int, sandboxes: int, churn: float, seconds: float,
+                 design: str) -> None:
+    hosts = [SimHost(url, i, sandboxes, design) for i in range(first, first + count)]
     for h in hosts:
         h.pub.start()
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -108,7 +129,8 @@ async def worker(url: str, first: int, count: int, sandboxes: int, churn: float,
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)   # "go"
     cpu0, until = time.process_time(), time.monotonic() + seconds
-    await asyncio.gather(*(h.churn(churn, until) for h in hosts))
+    old = [h.old_heartbeat(until) for h in hosts] if design == "heartbeat" else []
+    await asyncio.gather(*(h.churn(churn, until) for h in hosts), *old)
     cpu = time.process_time() - cpu0
     print(json.dumps({"hosts": count, "cpu_s": cpu, "changes": sum(h.changes for h in hosts),
                       "errors": sum(h.pub.errors for h in hosts), "refused": sum(h.pub.refused for h in hosts)}),
@@ -162,12 +184,13 @@ async def full_sync(url: str) -> tuple[int, float]:
         await reader.close()
 
 
-async def run_config(cluster: RedisCluster, args: argparse.Namespace, sandboxes: int, churn: float) -> dict:
+async def run_config(cluster: RedisCluster, args: argparse.Namespace, sandboxes: int, churn: float,
+                     design: str) -> dict:
     cluster.flush()
     per = [args.hosts // args.procs + (1 if i < args.hosts % args.procs else 0) for i in range(args.procs)]
     starts = [sum(per[:i]) for i in range(args.procs)]
     procs = [subprocess.Popen([sys.executable, "-m", "tests.bench.hosts_sim", "--worker", cluster.url, str(s),
-                               str(n), str(sandboxes), str(churn), str(args.seconds)],
+                               str(n), str(sandboxes), str(churn), str(args.seconds), design],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for s, n in zip(starts, per, strict=True)]
     try:
@@ -203,7 +226,7 @@ async def run_config(cluster: RedisCluster, args: argparse.Namespace, sandboxes:
                 p.kill()
                 p.wait()
     return {
-        "sandboxes_per_host": sandboxes, "churn_per_host_per_s": churn, "seconds": round(elapsed, 1),
+        "design": design, "sandboxes_per_host": sandboxes, "churn_per_host_per_s": churn, "seconds": round(elapsed, 1),
         "redis_commands_per_s": round((c1 - c0) / elapsed), "script_calls_per_s": round((s1 - s0) / elapsed),
         "redis_cpu_cores": round((cpu1 - cpu0) / elapsed, 3),
         "publisher_cpu_ms_per_s_per_host": round(1000 * sum(r["cpu_s"] for r in results) / args.hosts / elapsed, 2),
@@ -221,22 +244,24 @@ async def main(args: argparse.Namespace) -> dict:
         cluster = RedisCluster(Path(tmp), masters=3, replicas=0)
         try:
             cluster.create()
-            out = {name: await run_config(cluster, args, n, c) for name, n, c in configs}
+            # the two designs interleaved, so the box's load hits both alike
+            out = {f"{name}, {design}": await run_config(cluster, args, n, c, design)
+                   for name, n, c in configs for design in DESIGNS}
         finally:
             cluster.stop()
-    return {"design": "per-record heartbeat (every record rewritten every heartbeat_s); node liveness "
-                      "(issue 16 item 2) not in this tree",
+    return {"designs": DESIGNS,
             "hosts": args.hosts, "procs": args.procs, "ttl_s": TTL_S, "heartbeat_s": HEARTBEAT_S,
             "loadavg_before": os.getloadavg(), "configs": out, "target_p99_ms": 500}
 
 
 def table(res: dict) -> str:
-    rows = [f"{res['hosts']} hosts in {res['procs']} processes, 3-master Redis Cluster, {res['design']}",
-            f"{'config':<14}{'sbx/host':>9}{'chg/s/h':>8}{'cmds/s':>9}{'scripts/s':>10}{'redis cpu':>10}"
+    rows = [f"{res['hosts']} hosts in {res['procs']} processes, 3-master Redis Cluster",
+            *(f"  {name}: {text}" for name, text in res["designs"].items()),
+            f"{'config':<25}{'sbx/host':>9}{'chg/s/h':>8}{'cmds/s':>9}{'scripts/s':>10}{'redis cpu':>10}"
             f"{'pub ms/s/h':>11}{'edge p50':>9}{'p99 ms':>8}{'sync s':>8}"]
     for name, r in res["configs"].items():
         lat = r["change_to_edge_ms"]
-        rows.append(f"{name:<14}{r['sandboxes_per_host']:>9}{r['churn_per_host_per_s']:>8}"
+        rows.append(f"{name:<25}{r['sandboxes_per_host']:>9}{r['churn_per_host_per_s']:>8}"
                     f"{r['redis_commands_per_s']:>9}{r['script_calls_per_s']:>10}{r['redis_cpu_cores']:>10}"
                     f"{r['publisher_cpu_ms_per_s_per_host']:>11}{lat['p50']:>9}{lat['p99']:>8}"
                     f"{r['edge_full_sync_s']:>8}")
@@ -246,8 +271,8 @@ def table(res: dict) -> str:
 
 def cli() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        url, first, count, sandboxes, churn, seconds = sys.argv[2:8]
-        asyncio.run(worker(url, int(first), int(count), int(sandboxes), float(churn), float(seconds)))
+        url, first, count, sandboxes, churn, seconds, design = sys.argv[2:9]
+        asyncio.run(worker(url, int(first), int(count), int(sandboxes), float(churn), float(seconds), design))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", type=int, default=100)

@@ -14,7 +14,8 @@ def test_hosts_sim_smoke() -> None:
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout)
-    assert set(res["configs"]) == {"base", "2x sandboxes", "2x churn"}
+    assert set(res["configs"]) == {f"{c}, {d}" for c in ("base", "2x sandboxes", "2x churn")
+                                   for d in ("heartbeat", "liveness")}
     for name, r in res["configs"].items():
         assert r["publisher_errors"] == 0, (name, r)
         assert r["changes"] >= 4 * 2 * 2, (name, r)          # hosts x churn x seconds, at least half
