@@ -15,7 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import Registry, RegistryError
+from .base import NodeIdInUse, Registry, RegistryError, UnreadableRecord
+from .ownership import INSTANCE_LABEL, Stored, Verdict, decide, node_id_taken
 from .records import NodeRecord, SandboxRecord
 
 T = TypeVar("T")
@@ -48,8 +49,8 @@ ALTER TABLE sandboxes ADD COLUMN change_id INTEGER NOT NULL DEFAULT 0
 """
 CHANGE_ID_INDEX = "CREATE INDEX IF NOT EXISTS sandboxes_by_change ON sandboxes(change_id)"
 
-# Compare-and-set in one statement. An expired row counts as absent, so it
-# does not block a write (the same as an expired key in redis).
+# Runs inside BEGIN IMMEDIATE after ownership.decide said yes, so the read of the
+# stored head and this write are one atomic step.
 PUT_SANDBOX = """
 INSERT INTO sandboxes (sandbox_id, node_id, seq, deleted, expires_at, record, change_id)
 VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record,
@@ -57,8 +58,10 @@ VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record,
 ON CONFLICT (sandbox_id) DO UPDATE SET
     node_id = excluded.node_id, seq = excluded.seq, deleted = excluded.deleted,
     expires_at = excluded.expires_at, record = excluded.record, change_id = excluded.change_id
-WHERE excluded.seq > sandboxes.seq OR sandboxes.expires_at <= :now
 """
+
+# An expired row counts as absent (the same as an expired key in redis).
+STORED_HEAD = "SELECT node_id, seq, deleted FROM sandboxes WHERE sandbox_id = ? AND expires_at > ?"
 
 UPSERT_NODE = """
 INSERT INTO nodes (node_id, expires_at, record) VALUES (?, ?, ?)
@@ -112,7 +115,7 @@ class SqliteRegistry(Registry):
                              check_same_thread=False)
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode = WAL")
+            switch_to_wal(db)
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(sandboxes)")}
@@ -144,23 +147,27 @@ class SqliteRegistry(Registry):
         finally:
             executor.shutdown(wait=False)
 
-    async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
-        return await self._run(self._db_put_sandbox, record, ttl_s)
+    async def write_many(self, records: list[SandboxRecord], ttl_s: float,
+                         claims: list[bool] | None = None) -> list[Verdict]:
+        """One transaction for the batch (a full push rewrites every record)."""
+        flags = claims or [False] * len(records)
 
-    def _db_put_sandbox(self, db: sqlite3.Connection, record: SandboxRecord, ttl_s: float) -> bool:
-        now = time.time()
-        cur = db.execute(PUT_SANDBOX, {
-            "sandbox_id": record.sandbox_id, "node_id": record.node_id, "seq": record.seq,
-            "deleted": int(record.deleted), "expires_at": now + ttl_s, "record": record.to_json(), "now": now,
-        })
-        return cur.rowcount == 1
-
-    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
-        """One transaction for the batch (a heartbeat rewrites every record)."""
-        def put_all(db: sqlite3.Connection) -> list[bool]:
+        def write_all(db: sqlite3.Connection) -> list[Verdict]:
             with transaction(db):
-                return [self._db_put_sandbox(db, r, ttl_s) for r in records]
-        return await self._run(put_all)
+                return [self._db_write(db, r, ttl_s, c) for r, c in zip(records, flags, strict=True)]
+        return await self._run(write_all)
+
+    def _db_write(self, db: sqlite3.Connection, record: SandboxRecord, ttl_s: float, claim: bool) -> Verdict:
+        now = time.time()
+        row = db.execute(STORED_HEAD, (record.sandbox_id, now)).fetchone()
+        stored = None if row is None else Stored(row[0], row[1], bool(row[2]))
+        verdict = decide(stored, record.node_id, record.seq, claim)
+        if verdict == Verdict.STORED:
+            db.execute(PUT_SANDBOX, {
+                "sandbox_id": record.sandbox_id, "node_id": record.node_id, "seq": record.seq,
+                "deleted": int(record.deleted), "expires_at": now + ttl_s, "record": record.to_json(),
+            })
+        return verdict
 
     async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         await self._run(self._db_refresh, node, list(sandbox_ids), ttl_s)
@@ -168,6 +175,15 @@ class SqliteRegistry(Registry):
     def _db_refresh(self, db: sqlite3.Connection, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
         now = time.time()
         with transaction(db):
+            row = db.execute("SELECT record FROM nodes WHERE node_id = ? AND expires_at > ?",
+                             (node.node_id, now)).fetchone()
+            try:
+                stored = None if row is None else NodeRecord.from_json(row[0])
+            except ValueError as exc:
+                raise NodeIdInUse.unreadable(node.node_id, exc) from exc
+            if node_id_taken(stored, str(node.extra.get(INSTANCE_LABEL, ""))):
+                assert stored is not None
+                raise NodeIdInUse.by(node, stored, now)
             db.execute(UPSERT_NODE, (node.node_id, now + ttl_s, node.to_json()))
             db.execute(EXTEND_SANDBOXES, {"expires_at": now + ttl_s, "node_id": node.node_id, "now": now,
                                           "ids": json.dumps(sandbox_ids)})
@@ -233,6 +249,26 @@ class SqliteRegistry(Registry):
         return await self._run(scan)
 
 
+def switch_to_wal(db: sqlite3.Connection) -> None:
+    """PRAGMA journal_mode = WAL, retried while busy for up to the busy timeout. On a
+    file still in rollback mode, the switch fails at once, without calling the busy
+    handler, while another connection holds the write lock (another opener creating
+    the schema): two processes opening a fresh file together (agent and edge, two
+    publishers) failed so in about 0.5 % of openings. Once the file is in WAL mode
+    (persistent) the pragma takes no lock."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 class transaction:
     """BEGIN IMMEDIATE ... COMMIT on an autocommit connection (ROLLBACK on error)."""
 
@@ -253,4 +289,4 @@ def decode(cls: type[R], raw: str | bytes, where: str) -> R:
     try:
         return cls.from_json(raw)
     except ValueError as exc:
-        raise RegistryError(f"registry {where}: unreadable {cls.__name__}: {exc}") from exc
+        raise UnreadableRecord(f"registry {where}: unreadable {cls.__name__}: {exc}") from exc
