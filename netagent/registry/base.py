@@ -1,9 +1,10 @@
 """The registry interface. Backends: sqlite.py (one host) and redis.py (shared).
 
-Every record lives for `ttl_s` after its last write or refresh; an expired
-record reads as absent. The agent refreshes its node and sandbox records well
-inside the TTL, so a dead agent's records (and their `reachable=true`) vanish
-at most `ttl_s` after its last refresh.
+A node record lives for `ttl_s` after its last heartbeat (`refresh`). A
+sandbox record (schema v2) is written only when it changes and is served while
+its node's record lives, so a dead agent's records (and their `reachable=true`)
+vanish at most `ttl_s` after its last heartbeat. Tombstones (and v1 records of
+older agents) live `ttl_s` after their write. docs/registry.md, "Liveness".
 """
 from __future__ import annotations
 
@@ -67,15 +68,18 @@ class Registry(abc.ABC):
         return [v == Verdict.STORED for v in await self.write_many(records, ttl_s)]
 
     @abc.abstractmethod
-    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
-        """Heartbeat: write the node record and extend the TTL of the node's
-        sandbox records (only those still owned by this node). Raises NodeIdInUse,
-        writing nothing, if another agent instance's node record of this id is live
-        (ownership.node_id_taken)."""
+    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> bool:
+        """Heartbeat: write the node record and extend the TTL of the listed v1
+        sandbox records (only those still owned by this node). True if the node
+        record was missing (absent or expired: the registry was emptied, or the node
+        was taken for dead), so the caller must write all its records again. Raises
+        NodeIdInUse, writing nothing, if another agent instance's node record of this
+        id is live (ownership.node_id_taken)."""
 
     @abc.abstractmethod
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
-        """The live record, or None if absent, expired or a tombstone."""
+        """The live record, or None if absent, expired, a tombstone or its node is dead.
+        Raises UnreadableRecord for a record of another schema version."""
 
     @abc.abstractmethod
     async def get_node(self, node_id: str) -> NodeRecord | None: ...

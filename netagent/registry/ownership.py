@@ -28,6 +28,7 @@ class Verdict(enum.IntEnum):
     STALE = 0        # same owner, seq not higher than the stored one
     STORED = 1
     NOT_OWNER = 2    # another node owns the record and this write is not a claim
+    UNREADABLE = 3   # the stored record is of another schema version (or malformed): never overwritten
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,15 @@ class Stored:
     node_id: str
     seq: int
     deleted: bool
+    readable: bool = True    # False: another schema version or malformed (then the rest is empty)
 
 
 def decide(stored: Stored | None, node_id: str, seq: int, claim: bool) -> Verdict:
-    """`stored` is None when there is no live record or tombstone (absent, expired, unreadable)."""
+    """`stored` is None when there is no live record or tombstone (absent or expired)."""
     if stored is None:
         return Verdict.STORED
+    if not stored.readable:
+        return Verdict.UNREADABLE
     if stored.node_id == node_id:
         return Verdict.STORED if seq > stored.seq else Verdict.STALE
     if claim or stored.deleted:

@@ -2,11 +2,12 @@
 heartbeats, and survives registry outages.
 
 Changes mark a sandbox dirty; the publisher writes dirty records within a few
-milliseconds. Every `heartbeat_s` it rewrites the node record and every
-sandbox record (fresh `checked_at`, renewed TTL). If the registry is down it
-keeps the dirty set, retries every `retry_s`, and on recovery pushes every
-record again (the registry may have lost them) and tombstones records of this
-node that no longer exist here.
+milliseconds. Every `heartbeat_s` it rewrites the node record only: sandbox
+records live while it does, so the load grows with change, not with time. If
+the heartbeat finds the node record missing (an emptied registry, or the node
+was taken for dead), and at start and after an outage, it writes every record
+again and tombstones records of this node that no longer exist here. During an
+outage it keeps the dirty set and retries every `retry_s`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from ..workers import cancel_task, wait_event
-from .base import Registry, RegistryError
+from .base import Registry, RegistryError, UnreadableRecord
 from .ownership import Verdict
 from .records import NodeRecord, SandboxRecord
 
@@ -56,6 +57,7 @@ class RegistryPublisher:
         self.last_error = ""
         self.last_success = 0.0
         self.writes = 0
+        self.full_pushes = 0        # times every record was written (start, outage, node record missing)
         self.errors = 0
         self.refused = 0            # writes the registry refused (older than it holds, or not the owner)
         self._refused_ids: set[str] = set()
@@ -98,11 +100,13 @@ class RegistryPublisher:
                 if not self.healthy or self._need_full:
                     await self.registry.connect()
                 if self._need_full or time.monotonic() >= next_heartbeat:
-                    await self._push_all(tombstone_strays=self._need_full)
-                    self._need_full = False
+                    node = self.node()
+                    if await self.registry.refresh(node, [], self.ttl_s) or self._need_full:
+                        await self._push_all(node)
+                        self._need_full = False
+                    await self._retake_moved_away(node.node_id)
                     next_heartbeat = time.monotonic() + self.heartbeat_s
-                else:
-                    await self._flush_dirty()
+                await self._flush_dirty()
                 self._mark_healthy()
                 delay = max(0.0, next_heartbeat - time.monotonic())
             except RegistryError as exc:
@@ -135,9 +139,7 @@ class RegistryPublisher:
     def _ours(self, sid: str) -> bool:
         """False for a sandbox another node took: no longer written on each change
         (its release here writes nothing; the registry would refuse it anyway), only
-        tried again by the heartbeat, which the registry refuses while the other
-        node's record lives and stores once it is a tombstone (a claim held back
-        past its window still gets published after the old host's release)."""
+        by the heartbeat once the other node let go of it (_retake_moved_away)."""
         if sid not in self.moved_away:
             return True
         if self.record(sid, 0) is None:       # released here too: forget it
@@ -151,14 +153,29 @@ class RegistryPublisher:
         claim = self._claiming(sid)
         self._check_stored([rec], [await self.registry.write_sandbox(rec, self.ttl_s, claim)])
 
-    async def _push_all(self, tombstone_strays: bool) -> None:
-        """Rewrite every record in batches; changes queued meanwhile go between batches."""
-        node = self.node()
-        await self.registry.refresh(node, [], self.ttl_s)
+    async def _retake_moved_away(self, node_id: str) -> None:
+        """Each heartbeat, a sandbox still here that another node took is written again
+        as a claim once that node's record is not served (released: a tombstone; or its
+        node is dead, whose v2 record never expires by itself). So a claim held back
+        past its window by an outage still gets published after the old host's release,
+        and a sandbox whose new host died comes back here."""
+        for sid in sorted(self.moved_away):
+            if not self._ours(sid):
+                try:
+                    holder = await self.registry.get_sandbox(sid)
+                except UnreadableRecord:
+                    continue                  # not ours to overwrite; the write would say so too
+                if holder is None:
+                    rec = self._build(sid, node_id)
+                    self._check_stored([rec], [await self.registry.write_sandbox(rec, self.ttl_s, claim=True)])
+
+    async def _push_all(self, node: NodeRecord) -> None:
+        """Rewrite every record, and tombstone the registry's records of this node that
+        are not here, in batches; changes queued meanwhile go between batches."""
+        self.full_pushes += 1
         ids = self.sandbox_ids()
-        if tombstone_strays:
-            here = set(ids)
-            ids += [sid for sid in await self.registry.node_sandboxes(node.node_id) if sid not in here]
+        here = set(ids)
+        ids += [sid for sid in await self.registry.node_sandboxes(node.node_id) if sid not in here]
         for start in range(0, len(ids), BATCH):
             await self._flush_dirty()
             batch = ids[start:start + BATCH]
@@ -179,14 +196,18 @@ class RegistryPublisher:
                 self._refused_ids.discard(rec.sandbox_id)
                 continue
             self.refused += 1
-            if verdict == Verdict.NOT_OWNER and rec.sandbox_id not in self.moved_away:
+            if verdict == Verdict.UNREADABLE and rec.sandbox_id not in self._refused_ids:
+                self._refused_ids.add(rec.sandbox_id)
+                log.error("registry holds a record of %s this agent cannot read (another schema version, or "
+                          "malformed): it is not overwritten, and edges do not serve it", rec.sandbox_id)
+            elif verdict == Verdict.NOT_OWNER and rec.sandbox_id not in self.moved_away:
                 self.moved_away.add(rec.sandbox_id)
                 log.warning("registry: %s is now owned by another node (moved); this node stops publishing it "
-                            "on each change (the heartbeat still tries)", rec.sandbox_id)
-            elif rec.sandbox_id not in self._refused_ids:
+                            "(until that node lets go of it)", rec.sandbox_id)
+            elif verdict == Verdict.STALE and rec.sandbox_id not in self._refused_ids:
                 self._refused_ids.add(rec.sandbox_id)
                 log.warning("registry refused our record of %s (seq %d): it holds a newer one of ours, written "
-                            "with a clock ahead of the current one; it stays until its TTL ends",
+                            "with a clock ahead of the current one; our writes are refused until this clock passes it",
                             rec.sandbox_id, rec.seq)
 
     def _mark_healthy(self) -> None:

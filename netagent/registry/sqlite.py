@@ -3,6 +3,8 @@
 The agent writes and a separate edge process may read the same file, so the
 database runs in WAL mode with a busy timeout. Every sqlite call runs on one
 dedicated thread, never on the event loop. Times are this host's clock.
+A live v2 sandbox record never expires by itself: it is served while its
+node's row is live (NODE_ALIVE); tombstones and node rows expire by TTL.
 """
 from __future__ import annotations
 
@@ -17,12 +19,13 @@ from typing import Any, TypeVar
 
 from .base import NodeIdInUse, Registry, RegistryError, UnreadableRecord
 from .ownership import INSTANCE_LABEL, Stored, Verdict, decide, node_id_taken
-from .records import NodeRecord, SandboxRecord
+from .records import READABLE_VERSIONS, NodeRecord, SandboxRecord
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 PURGE_INTERVAL_S = 60.0
+NO_EXPIRY = 1e18        # expires_at of a live record: it lives while its node does
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -61,7 +64,13 @@ ON CONFLICT (sandbox_id) DO UPDATE SET
 """
 
 # An expired row counts as absent (the same as an expired key in redis).
-STORED_HEAD = "SELECT node_id, seq, deleted FROM sandboxes WHERE sandbox_id = ? AND expires_at > ?"
+STORED_HEAD = ("SELECT node_id, seq, deleted, CASE WHEN json_valid(record) THEN json_extract(record, '$.v') END "
+               "FROM sandboxes WHERE sandbox_id = ? AND expires_at > ?")
+
+# A v2 sandbox row (expires_at NO_EXPIRY) is served only while its node's row is live
+# (docs/registry.md, "Liveness"); a v1 row by its own expires_at.
+NODE_ALIVE = "EXISTS (SELECT 1 FROM nodes WHERE nodes.node_id = sandboxes.node_id AND nodes.expires_at > :now)"
+SERVED = f"deleted = 0 AND expires_at > :now AND (expires_at < {NO_EXPIRY} OR {NODE_ALIVE})"
 
 UPSERT_NODE = """
 INSERT INTO nodes (node_id, expires_at, record) VALUES (?, ?, ?)
@@ -160,19 +169,19 @@ class SqliteRegistry(Registry):
     def _db_write(self, db: sqlite3.Connection, record: SandboxRecord, ttl_s: float, claim: bool) -> Verdict:
         now = time.time()
         row = db.execute(STORED_HEAD, (record.sandbox_id, now)).fetchone()
-        stored = None if row is None else Stored(row[0], row[1], bool(row[2]))
+        stored = None if row is None else Stored(row[0], row[1], bool(row[2]), row[3] in READABLE_VERSIONS)
         verdict = decide(stored, record.node_id, record.seq, claim)
         if verdict == Verdict.STORED:
             db.execute(PUT_SANDBOX, {
                 "sandbox_id": record.sandbox_id, "node_id": record.node_id, "seq": record.seq,
-                "deleted": int(record.deleted), "expires_at": now + ttl_s, "record": record.to_json(),
+                "deleted": int(record.deleted), "expires_at": expiry(record, now, ttl_s), "record": record.to_json(),
             })
         return verdict
 
-    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
-        await self._run(self._db_refresh, node, list(sandbox_ids), ttl_s)
+    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> bool:
+        return await self._run(self._db_refresh, node, list(sandbox_ids), ttl_s)
 
-    def _db_refresh(self, db: sqlite3.Connection, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
+    def _db_refresh(self, db: sqlite3.Connection, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> bool:
         now = time.time()
         with transaction(db):
             row = db.execute("SELECT record FROM nodes WHERE node_id = ? AND expires_at > ?",
@@ -191,18 +200,20 @@ class SqliteRegistry(Registry):
                 self._next_purge = now + PURGE_INTERVAL_S
                 db.execute("DELETE FROM sandboxes WHERE expires_at <= ?", (now,))
                 db.execute("DELETE FROM nodes WHERE expires_at <= ?", (now,))
+        return row is None
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
-        raw = await self._run(self._db_one, "SELECT record FROM sandboxes "
-                              "WHERE sandbox_id = ? AND deleted = 0 AND expires_at > ?", sandbox_id)
+        raw = await self._run(self._db_one, f"SELECT record FROM sandboxes WHERE sandbox_id = :key AND {SERVED}",
+                              sandbox_id)
         return None if raw is None else decode(SandboxRecord, raw, self.path)
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
-        raw = await self._run(self._db_one, "SELECT record FROM nodes WHERE node_id = ? AND expires_at > ?", node_id)
+        raw = await self._run(self._db_one, "SELECT record FROM nodes WHERE node_id = :key AND expires_at > :now",
+                              node_id)
         return None if raw is None else decode(NodeRecord, raw, self.path)
 
     def _db_one(self, db: sqlite3.Connection, query: str, key: str) -> str | None:
-        row = db.execute(query, (key, time.time())).fetchone()
+        row = db.execute(query, {"key": key, "now": time.time()}).fetchone()
         return None if row is None else row[0]
 
     async def node_sandboxes(self, node_id: str) -> list[str]:
@@ -220,31 +231,31 @@ class SqliteRegistry(Registry):
 
     async def changed_since(self, change_id: int, limit: int = 10_000) -> list[tuple[str, int, str | None]]:
         """Rows stored after `change_id`, oldest first: (sandbox_id, change_id, record
-        JSON, or None for a tombstone or an expired row). Page with the last id seen."""
+        JSON, or None for a tombstone, an expired row or a dead node's). Page with the last id seen."""
         return await self._run(self._db_changed_since, change_id, limit)
 
     def _db_changed_since(self, db: sqlite3.Connection, change_id: int,
                           limit: int) -> list[tuple[str, int, str | None]]:
-        rows = db.execute("SELECT sandbox_id, change_id, CASE WHEN deleted = 0 AND expires_at > ? THEN record END "
-                          "FROM sandboxes WHERE change_id > ? ORDER BY change_id LIMIT ?",
-                          (time.time(), change_id, limit))
+        rows = db.execute(f"SELECT sandbox_id, change_id, CASE WHEN {SERVED} THEN record END "
+                          "FROM sandboxes WHERE change_id > :change_id ORDER BY change_id LIMIT :limit",
+                          {"now": time.time(), "change_id": change_id, "limit": limit})
         return list(rows)
 
     async def live_ids(self) -> set[str]:
-        """Ids of every live record."""
+        """Ids of every served record (live, and its node too)."""
         rows = await self._run(lambda db: db.execute(
-            "SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND expires_at > ?", (time.time(),)).fetchall())
+            f"SELECT sandbox_id FROM sandboxes WHERE {SERVED}", {"now": time.time()}).fetchall())
         return {r[0] for r in rows}
 
     async def expiry_scan(self) -> tuple[set[str], int]:
-        """(ids of records that expired without a write and are not purged yet, how many
-        records are live): cheaper than live_ids for noticing expiries in a big table."""
+        """(ids of records that expired, or whose node did, without a write and are not
+        purged yet, how many records are served): cheaper than live_ids for noticing
+        expiries in a big table."""
         def scan(db: sqlite3.Connection) -> tuple[set[str], int]:
-            now = time.time()
+            now = {"now": time.time()}
             expired = {r[0] for r in db.execute(
-                "SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND expires_at <= ?", (now,))}
-            live = db.execute("SELECT COUNT(*) FROM sandboxes WHERE deleted = 0 AND expires_at > ?",
-                              (now,)).fetchone()[0]
+                f"SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND NOT ({SERVED})", now)}
+            live = db.execute(f"SELECT COUNT(*) FROM sandboxes WHERE {SERVED}", now).fetchone()[0]
             return expired, live
         return await self._run(scan)
 
@@ -267,6 +278,11 @@ def switch_to_wal(db: sqlite3.Connection) -> None:
                 raise
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def expiry(record: SandboxRecord, now: float, ttl_s: float) -> float:
+    """A tombstone and a v1 record live `ttl_s`; a v2 record while its node lives."""
+    return NO_EXPIRY if record.lives_with_node else now + ttl_s
 
 
 class transaction:

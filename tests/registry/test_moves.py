@@ -48,6 +48,8 @@ def test_the_owner_check_plus_seq_rule(stored, write, verdict) -> None:
 async def test_both_backends_apply_the_same_rule(registry_url: str) -> None:
     reg = open_registry(registry_url)
     try:
+        for node_id in ("node-a", "node-b"):
+            await reg.refresh(NodeRecord(node_id, "10.0.0.1", time.time()), [], 30)
         for i, (stored, (node_id, seq, claim), verdict) in enumerate(RULE_CASES):
             sid = f"case-{i}"
             if stored:

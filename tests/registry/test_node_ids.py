@@ -117,7 +117,7 @@ async def test_an_agent_is_refused_at_start_when_its_node_id_is_live_elsewhere(t
     reg = open_registry(newer_url)
     await reg.connect()
     await reg.close()
-    write_raw_node(newer_url, "node-a", json.dumps({"v": 2, "node_id": "node-a"}), 30)
+    write_raw_node(newer_url, "node-a", json.dumps({"v": 3, "node_id": "node-a"}), 30)
     with pytest.raises(ConfigError, match="node id 'node-a' is in use by a node record this agent cannot read"):
         await reachability(tmp_path / "state", newer_url).check_node_id()
 
@@ -143,12 +143,12 @@ async def test_a_node_record_of_an_unknown_schema_version_is_not_overwritten(reg
     reg = open_registry(registry_url)
     try:
         await reg.connect()                              # creates the sqlite schema
-        newer = json.dumps({"v": 2, "node_id": "node-a", "address": "10.0.0.7", "heartbeat_at": time.time()})
+        newer = json.dumps({"v": 3, "node_id": "node-a", "address": "10.0.0.7", "heartbeat_at": time.time()})
         write_raw_node(registry_url, "node-a", newer, 30)
         with pytest.raises(NodeIdInUse, match=r"node id 'node-a' is in use by a node record this agent cannot "
-                                              r"read \(.*unsupported node record version 2"):
+                                              r"read \(.*unsupported node record version 3"):
             await reg.refresh(node("i-1"), [], 30)
-        with pytest.raises(RegistryError, match="unsupported node record version 2"):
+        with pytest.raises(RegistryError, match="unsupported node record version 3"):
             await reg.get_node("node-a")                 # still the newer agent's record
     finally:
         await reg.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from netagent.registry import SandboxRecord, open_registry
+from netagent.registry import NodeRecord, SandboxRecord, open_registry
 from netagent.registry.ownership import Verdict
 from tests.service.daemon import Daemon, write_config
 from tests.service.test_cli_debug import network
@@ -61,10 +61,12 @@ def field(out: str, label: str) -> str:
 
 
 def put_record(db: Path, record: SandboxRecord, claim: bool = False) -> bool:
-    """`claim`: written as another node taking the sandbox over (docs/registry.md, moves)."""
+    """`claim`: written as another node taking the sandbox over (docs/registry.md, moves);
+    that node heartbeats once, so its (v2) record is served."""
     async def put() -> bool:
         reg = open_registry(f"sqlite://{db}")
         try:
+            await reg.refresh(NodeRecord(record.node_id, record.node_address, time.time()), [], 600)
             return await reg.write_sandbox(record, 600, claim) == Verdict.STORED
         finally:
             await reg.close()
