@@ -141,7 +141,7 @@ class RegistryConfig(_Section):
 
 
 class ApiConfig(_Section):
-    socket: Path = Path("/run/netagent/netagent.sock")
+    socket: Path = Path(configfile.DEFAULT_SOCKET)
     socket_group: str | None = None
     tcp_address: str | None = None      # "host:port"; requires tls_cert, tls_key and tls_ca (mTLS)
     tls_cert: Path | None = None
