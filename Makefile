@@ -44,7 +44,9 @@ bench: deps
 	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json $(CLI_BENCH_ARGS)
 	$(PY) -m tests.bench.first_payload_bench | tee bench-results/first_payload.json
 	$(PY) -m tests.bench.limit_bench | tee bench-results/limits.json
-	# issue 16: 100 simulated hosts' publishers on a Redis Cluster (HOSTS_SIM_ARGS=--full: the issue's load)
+# issue 12: CPU time per warm allocate, by thread (a load-independent second measure)
+	$(PY) -m tests.bench.allocate_cpu --out bench-results/allocate_cpu.json
+# issue 16: 100 simulated hosts' publishers on a Redis Cluster, both registry designs (HOSTS_SIM_ARGS=--full: the issue's load)
 	$(PY) -m tests.bench.hosts_sim $(HOSTS_SIM_ARGS) | tee bench-results/hosts_sim.json
 
 lint: deps

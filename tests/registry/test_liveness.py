@@ -85,8 +85,10 @@ async def test_heartbeats_write_no_sandbox_record_only_changes_do(registry_url: 
 
 async def test_a_killed_publishers_sandboxes_are_gone_from_registry_and_feed_within_the_ttl(
         registry_url: str) -> None:
+    """...and back in the feed when the host returns (its agent restarted)."""
     ttl_s = 1.0
     host = Host(registry_url, ttl_s=ttl_s, heartbeat_s=0.2)
+    back = Host(registry_url, ttl_s=ttl_s, heartbeat_s=0.2)
     reader = open_registry(registry_url)
     feed = open_feed(open_registry(registry_url))
     host.publisher.start()
@@ -106,8 +108,16 @@ async def test_a_killed_publishers_sandboxes_are_gone_from_registry_and_feed_wit
         assert await reader.get_sandbox("sbx-3") is None
         assert await reader.get_node(NODE) is None
         assert after >= ttl_s - 0.05, f"removed {after:.2f} s after the last heartbeat: before its node expired"
+
+        back.publisher.start()                            # the same node id again
+        served: set[str] = set()
+        restarted = time.monotonic()
+        while served != back.live:
+            assert time.monotonic() - restarted < 5.0, f"feed served {len(served)} again within 5 s"
+            served |= {c.sandbox_id for c in await feed.changes() if c.entries}
     finally:
         await host.publisher.stop()
+        await back.publisher.stop()
         await feed.close()
         await feed.registry.close()
         await reader.close()
