@@ -9,24 +9,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from ..api import netagent_pb2 as pb
 from ..client import Client
-from . import kernel, probe_outcome, usage_view
+from . import probe_outcome, proto_dict, usage_view
 from .ages import ago, from_ms
 from .quick import ClientSettings
 
 if TYPE_CHECKING:
     from ..config import Config
     from . import registrycheck
-# hostcheck (pyroute2), registrycheck (registry clients) and agent_facts (the
-# validated Config) are imported by the commands that use them: status and ls
-# stay light (tests/unit/test_cli_light.py).
+# hostcheck (pyroute2), registrycheck (registry clients), agent_facts (the
+# validated Config) and kernel (libnftables) are imported by the commands that
+# use them: status and ls stay light (tests/unit/test_cli_light.py).
 from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, emit, fail, pairs, table
 
 
 def to_dict(msg: Any) -> dict[str, Any]:
+    """As MessageToDict prints it; by hand for the messages ls/status/show print."""
+    convert = proto_dict.CONVERTERS.get(type(msg))
+    if convert is not None:
+        return convert(msg)
+    from google.protobuf.json_format import MessageToDict  # ~60 ms of imports
     return MessageToDict(msg, always_print_fields_with_no_presence=True)
 
 
@@ -59,6 +63,7 @@ REGISTRY_FIELDS = ("registry", "registryHealthy", "registryError", "registryLast
 
 
 def status(args: argparse.Namespace, config: Config | ClientSettings, c: Client) -> int:
+    from . import kernel
     info = to_dict(c.host_info())
     info["health"] = c.health()
     info["ruleset"] = "loaded" if kernel.table_loaded(config) else "MISSING"
@@ -116,7 +121,7 @@ def _port_cell(p: Any) -> str:
 
 
 def show(args: argparse.Namespace, config: Config, c: Client) -> int:
-    from . import registrycheck
+    from . import kernel, registrycheck
     sbx = to_dict(c.get(args.sandbox))
     [usage] = c.usage(args.sandbox)
     sbx["usage"] = to_dict(usage)
@@ -227,7 +232,7 @@ def resync(args: argparse.Namespace, config: Config, c: Client) -> int:
 
 
 def gc(args: argparse.Namespace, config: Config, c: Client) -> int:
-    from . import hostcheck
+    from . import hostcheck, kernel
     from .trace import table as tracetable
     traces = kernel.in_netns(config.host_netns, lambda: tracetable.stale(config.prefix))
     objects = hostcheck.leaked(config) + traces
