@@ -66,7 +66,10 @@ def status(args: argparse.Namespace, config: Config | ClientSettings, c: Client)
     from . import kernel
     info = to_dict(c.host_info())
     info["health"] = c.health()
-    info["ruleset"] = "loaded" if kernel.table_loaded(config) else "MISSING"
+    try:
+        info["ruleset"] = "loaded" if kernel.table_loaded(config) else "MISSING"
+    except OSError as exc:
+        info["ruleset"] = f"unknown (cannot ask the kernel: {exc})"
     human = {k: v for k, v in info.items() if k not in REGISTRY_FIELDS}
     human["probedPorts"] = info["probedPorts"]
     human["registry"] = info["registry"] or "off"
