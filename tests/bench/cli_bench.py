@@ -13,7 +13,8 @@ background intervals. --before DIR (another checkout) or --before-ref REF (a
 git ref of this repository, `git archive`d) measures an older CLI against the
 same agent, interleaved round by round with this tree's (A, B, B, A, ...), so
 load from other work hits both sides alike. Prints a summary and JSON with
-medians, spread, meets_target per target and the load average.
+medians, spread, meets_target per target, failed runs (counted with their
+time; e.g. a 10 s deadline missed under load) and the load average.
 """
 from __future__ import annotations
 
@@ -50,16 +51,17 @@ def cases(config: Path, sandboxes: int) -> dict[str, tuple[list[str], str | None
     }
 
 
-def timed_once(src: str, argv: list[str], check: str | None) -> tuple[float, float]:
-    """(wall ms, CPU ms) of one whole process run from checkout `src`."""
+def timed_once(src: str, argv: list[str], check: str | None) -> tuple[float, float, str | None]:
+    """(wall ms, CPU ms, why it failed or None) of one whole process run from checkout `src`."""
     env = {**os.environ, "PYTHONPATH": src}
     cpu_before = _reaped_children_cpu_ms()
     start = time.perf_counter()
     res = subprocess.run([sys.executable, *argv], cwd=src, env=env, capture_output=True, text=True, timeout=120)
     wall = (time.perf_counter() - start) * 1000
+    failed = None
     if res.returncode != 0 or (check is not None and check not in res.stdout):
-        raise SystemExit(f"{argv} failed in {src} ({res.returncode}):\n{res.stdout[-500:]}\n{res.stderr[-2000:]}")
-    return wall, _reaped_children_cpu_ms() - cpu_before
+        failed = f"exit {res.returncode}: {(res.stderr or res.stdout)[-300:].strip()}"
+    return wall, _reaped_children_cpu_ms() - cpu_before, failed
 
 
 def _reaped_children_cpu_ms() -> float:
@@ -68,23 +70,28 @@ def _reaped_children_cpu_ms() -> float:
     return (ru.ru_utime + ru.ru_stime) * 1000
 
 
-def summarize(walls: list[float], cpus: list[float]) -> dict[str, float]:
+def summarize(walls: list[float], cpus: list[float], failures: list[str]) -> dict:
+    """A failed run (e.g. the CLI's 10 s deadline under load) counts with its time."""
     return {"median_ms": round(statistics.median(walls), 1), "min_ms": round(min(walls), 1),
-            "max_ms": round(max(walls), 1), "cpu_median_ms": round(statistics.median(cpus), 1)}
+            "max_ms": round(max(walls), 1), "cpu_median_ms": round(statistics.median(cpus), 1),
+            "failures": failures}
 
 
 def measure(sides: dict[str, str], config: Path, runs: int, sandboxes: int) -> dict[str, dict]:
     """Every case on every side once per round; the sides' order alternates."""
     todo = cases(config, sandboxes)
-    samples = {side: {name: ([], []) for name in todo} for side in sides}
+    samples: dict[str, dict[str, tuple[list, list, list]]] = {
+        side: {name: ([], [], []) for name in todo} for side in sides}
     loads = []
     order = list(sides)
     for r in range(runs):
         for side in order if r % 2 == 0 else order[::-1]:
             for name, (argv, check) in todo.items():
-                wall, cpu = timed_once(sides[side], argv, check)
+                wall, cpu, failed = timed_once(sides[side], argv, check)
                 samples[side][name][0].append(wall)
                 samples[side][name][1].append(cpu)
+                if failed:
+                    samples[side][name][2].append(failed)
         loads.append(os.getloadavg()[0])
     out: dict[str, dict] = {}
     for side in sides:
@@ -146,6 +153,7 @@ def summary(result: dict) -> str:
         for side in sides:
             case = result[side][name]
             met = "" if "meets_target" not in case else (" met" if case["meets_target"] else " NOT met")
+            met += f" ({len(case['failures'])} runs FAILED)" if case["failures"] else ""
             cells.append(f"{side} {case['median_ms']:.0f} ({case['cpu_median_ms']:.0f} cpu){met}")
         lines.append(f"  {name:15} {target:11} " + "  ".join(cells))
     return "\n".join(lines)
