@@ -113,7 +113,8 @@ def ls(args: argparse.Namespace, config: Config | ClientSettings, c: Client) -> 
             r["rx"], r["tx"] = top_mod.human_rate(rate.rx_bps), top_mod.human_rate(rate.tx_bps)
             r["_raw"]["rates"] = {k: v for k, v in rate.to_dict().items() if v is not None}
         cols[3:3] = ["rx", "tx"]
-    emit([r["_raw"] for r in rows], args.json, "" if args.json else table(rows, cols))  # no table for JSON
+    emit([r["_raw"] for r in rows], args.json, "" if args.json else table(rows, cols),  # no table for JSON
+         compact_when_piped=True)
     return EXIT_OK
 
 
