@@ -10,8 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .api import netagent_pb2 as pb
 from .api import netagent_pb2_grpc as pb_grpc
+from .configfile import DEFAULT_SOCKET
 
-DEFAULT_SOCKET = "/run/netagent/netagent.sock"
 PROTOCOLS = {"tcp": pb.PROTOCOL_TCP, "udp": pb.PROTOCOL_UDP}
 
 

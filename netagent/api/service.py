@@ -56,7 +56,9 @@ class NetAgentService(pb_grpc.NetAgentServicer):
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
         async def run() -> pb.AllocateResponse:
-            net = await self.agent.run_allocate(cv.allocate_op(request, self.agent.config.egress_addresses))
+            config = self.agent.config
+            op = cv.allocate_op(request, config.egress_addresses, config.egress_by_label)
+            net = await self.agent.run_allocate(op)
             return pb.AllocateResponse(sandbox=cv.sandbox_to_proto(net))
         return await self._call("allocate", context, run)
 

@@ -51,7 +51,8 @@ class CoreApi:
     # ---- sandboxes -------------------------------------------------------------
 
     async def allocate(self, sandbox_id: str, spec: AllocateSpec | dict[str, Any] | None = None) -> Network:
-        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec, self.config.egress_addresses))
+        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec, self.config.egress_addresses,
+                                                       self.config.egress_by_label))
 
     async def run_allocate(self, op: ops.Allocate) -> Network:
         rec = self.inventory.allocations.get(op.sandbox_id)
