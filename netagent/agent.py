@@ -490,8 +490,7 @@ class Agent:
         await self.cleaner.call(lambda: conntrack.flush_mark(mark, ~CT_MARK_INGRESS & 0xFFFFFFFF))
 
     def _pool_settings(self) -> PoolSettings:
-        c = self.config
-        return PoolSettings(c.pool.size, c.pool.build_concurrency, c.pool.refill_delay_s)
+        return PoolSettings.of(self.config.pool)
 
     def _sandbox_of_ip(self, ip: str) -> str | None:
         try:
