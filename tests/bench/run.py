@@ -76,6 +76,21 @@ async def settle(agent: Agent) -> None:
     await asyncio.sleep(0.2)
 
 
+async def bench_grpc_only(bed: Testbed, existing: int, samples: int, state: Path) -> dict:
+    """`--grpc-only`: the gRPC figures alone, at N existing (a quick look)."""
+    from tests.bench.grpc_bench import bench_grpc  # imports this module's summary()
+    agent = Agent(Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state,
+                         pool_size=existing + 50, pool_build_concurrency=2))
+    await agent.start()
+    try:
+        await agent.wait_pool_ready(timeout=900)
+        await fill(agent, existing)
+        await settle(agent)
+        return {"grpc": await bench_grpc(agent, state, samples)}
+    finally:
+        await agent.stop()
+
+
 async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) -> dict:
     cfg = Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state,
                  pool_size=existing + 2 * samples + 200, pool_build_concurrency=2)
@@ -145,6 +160,7 @@ def main() -> None:
     ap.add_argument("--baseline-points", default="10,200")
     ap.add_argument("--baseline-samples", type=int, default=30)
     ap.add_argument("--out", default="bench-results/datapath.json")
+    ap.add_argument("--grpc-only", action="store_true", help="only the gRPC figures (no baselines)")
     args = ap.parse_args()
 
     result: dict = {"machine": {"kernel": platform.release(), "python": platform.python_version()},
@@ -152,9 +168,14 @@ def main() -> None:
     bed = Testbed().create()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            result["netagent"] = asyncio.run(bench_agent(bed, args.existing, args.samples, Path(tmp)))
+            run = bench_grpc_only if args.grpc_only else bench_agent
+            result["netagent"] = asyncio.run(run(bed, args.existing, args.samples, Path(tmp)))
     finally:
         bed.destroy()
+    if args.grpc_only:
+        result["targets"] = grpc_targets(result["netagent"]["grpc"], args.existing)
+        print(json.dumps(result, indent=2))
+        return
     points = [int(p) for p in args.baseline_points.split(",")]
     result["baselines"] = {name: bench_baseline(name, points, args.baseline_samples) for name in ("shell", "cni")}
     na = result["netagent"]
