@@ -3,13 +3,18 @@
 Prints a table and writes JSON (default bench-results/datapath.json). Runs in
 namespaces it creates; nothing touches the root netns.
 
-  python -m tests.bench.run [--existing 2000] [--samples 200] [--baseline-points 10,200]
+  python -m tests.bench.run [--existing 2000] [--samples 200] [--baseline-points 10,200] [--grpc-only]
+
+Issue 15 item 5 (10,000 sandboxes) is `--existing 10000`: the warm-allocate
+ratio N / N=10, start-up reconcile of every slot, agent RSS and kernel slab
+per slot are reported at any N.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -76,7 +81,29 @@ async def settle(agent: Agent) -> None:
     await asyncio.sleep(0.2)
 
 
-async def bench_grpc_only(bed: Testbed, existing: int, samples: int, state: Path) -> dict:
+def slab_kb() -> int:
+    """The kernel's slab memory, host-wide (other work on the machine moves it too)."""
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Slab:"))
+
+
+def rss_mb() -> float:
+    """This process's RSS: the agent runs in it."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+async def restart_reconcile(cfg: Config) -> dict:
+    """Start-up reconcile of every slot the stopped agent left (no pool refill)."""
+    t0 = time.perf_counter()
+    agent = Agent(cfg)
+    await agent.start(fill_pool=False)
+    out = {"slots": len(agent.slots), "seconds": round(time.perf_counter() - t0, 2)}
+    await agent.stop()
+    return out
+
+
+async def bench_grpc_only(bed: Testbed, existing: int, samples: int, state: Path, burst_rounds: int) -> dict:
     """`--grpc-only`: the gRPC figures alone, at N existing (a quick look)."""
     from tests.bench.grpc_bench import bench_grpc  # imports this module's summary()
     agent = Agent(Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state,
@@ -86,17 +113,17 @@ async def bench_grpc_only(bed: Testbed, existing: int, samples: int, state: Path
         await agent.wait_pool_ready(timeout=900)
         await fill(agent, existing)
         await settle(agent)
-        return {"grpc": await bench_grpc(agent, state, samples)}
+        return {"grpc": await bench_grpc(agent, state, samples, burst_rounds)}
     finally:
         await agent.stop()
 
 
-async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) -> dict:
+async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path, burst_rounds: int) -> dict:
     cfg = Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state,
                  pool_size=existing + 2 * samples + 200, pool_build_concurrency=2)
     agent = Agent(cfg)
     out: dict = {}
-    t0 = time.perf_counter()
+    slab0, t0 = slab_kb(), time.perf_counter()
     await agent.start()
     await agent.wait_pool_ready(timeout=900)
     out["pool_fill_s"] = {"slots": len(agent.ready), "seconds": round(time.perf_counter() - t0, 2)}
@@ -106,6 +133,10 @@ async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) ->
     a10, r10 = await warm_cycle(agent, "n10", samples)
     await fill(agent, existing)
     await settle(agent)
+    slots = len(agent.slots)
+    out["memory"] = {"slots": slots, "agent_rss_mb": round(rss_mb(), 1),
+                     "kernel_slab_kb_per_slot": round((slab_kb() - slab0) / slots, 1),
+                     "netns_on_host": len(os.listdir("/run/netns"))}
     aN, rN = await warm_cycle(agent, f"n{existing}", samples)
     out["warm_allocate_ms"] = {"N=10": summary(a10), f"N={existing}": summary(aN)}
     out["release_ms"] = {"N=10": summary(r10), f"N={existing}": summary(rN)}
@@ -120,7 +151,7 @@ async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) ->
                                       "commits": agent.stats["commits"] - before}
 
     from tests.bench.grpc_bench import bench_grpc  # imports this module's summary()
-    out["grpc"] = await bench_grpc(agent, state, samples)
+    out["grpc"] = await bench_grpc(agent, state, samples, burst_rounds)
 
     # Cold builds: the slot builder alone, on a build thread, at N existing.
     cold: list[float] = []
@@ -134,6 +165,7 @@ async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path) ->
     await agent.builds.call(build_some)
     out["cold_slot_build_ms"] = summary(cold)
     await agent.stop()
+    out["restart_reconcile"] = await restart_reconcile(agent.config)
     return out
 
 
@@ -161,6 +193,7 @@ def main() -> None:
     ap.add_argument("--baseline-samples", type=int, default=30)
     ap.add_argument("--out", default="bench-results/datapath.json")
     ap.add_argument("--grpc-only", action="store_true", help="only the gRPC figures (no baselines)")
+    ap.add_argument("--burst-rounds", type=int, default=4, help="rounds of the 200-call gRPC burst, per pool policy")
     args = ap.parse_args()
 
     result: dict = {"machine": {"kernel": platform.release(), "python": platform.python_version()},
@@ -169,7 +202,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             run = bench_grpc_only if args.grpc_only else bench_agent
-            result["netagent"] = asyncio.run(run(bed, args.existing, args.samples, Path(tmp)))
+            result["netagent"] = asyncio.run(run(bed, args.existing, args.samples, Path(tmp), args.burst_rounds))
     finally:
         bed.destroy()
     if args.grpc_only:
@@ -190,6 +223,7 @@ def main() -> None:
         "cold_build_ge_3x_shell": result["cold_build_speedup_vs_shell_p50"] >= 3,
         **grpc_targets(na["grpc"], n),
         f"update_policy_widening_p99_at_N={n}_le_5ms": na["update_policy_ms"][f"N={n}"]["widening"]["p99"] <= 5,
+        f"restart_reconcile_at_N={n}_le_30s": na["restart_reconcile"]["seconds"] <= 30,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
