@@ -108,7 +108,7 @@ async def release_all(agent: Agent, tag: str, n: int) -> None:
         await agent.release(f"{tag}-{k}")
 
 
-async def settled(agent: Agent, timeout: float = 120) -> None:
+async def settled(agent: Agent, timeout: float = 900) -> None:
     """The pool at its depth, no build in flight, every released slot cleaned."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -118,7 +118,9 @@ async def settled(agent: Agent, timeout: float = 120) -> None:
             await asyncio.sleep(0.3)
             return
         await asyncio.sleep(0.05)
-    raise TimeoutError(f"pool did not settle: {len(agent.ready)} ready of {agent.pool.target()}")
+    dirty = sum(1 for s in agent.slots.values() if s.value == "dirty")
+    raise TimeoutError(f"pool did not settle in {timeout:.0f} s: {len(agent.ready)} ready of {agent.pool.target()}, "
+                       f"{agent._building} building, {dirty} dirty")
 
 
 async def interleaved(agent: Agent, client: GrpcClient, op: str, rounds: int, n: int) -> dict[str, Any]:
