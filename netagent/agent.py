@@ -337,8 +337,7 @@ class Agent(CoreApi):
         return ruleset.config_elements(self.config, self.host_info.uplink, self.host_info.addresses)
 
     def _pool_settings(self) -> PoolSettings:
-        c = self.config
-        return PoolSettings(c.pool.size, c.pool.build_concurrency, c.pool.refill_delay_s)
+        return PoolSettings.of(self.config.pool)
 
     def _sandbox_of_ip(self, ip: str) -> str | None:
         try:

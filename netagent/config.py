@@ -87,6 +87,10 @@ class PoolConfig(_Section):
     build_concurrency: int = Field(2, ge=1, le=64)
     refill_delay_s: float = Field(0.05, ge=0, le=10)   # refill/clean after this long without API calls
     ready_min_slots: int = Field(8, ge=0)    # READY=1 once this many warm slots exist (capped at size)
+    # Depth follows demand (core/demand.py): size + allocations in the last demand_window_s, up to
+    # max_size (a max_size at or below size: a fixed pool).
+    max_size: int = Field(256, ge=0, le=65536)
+    demand_window_s: float = Field(60.0, gt=0, le=3600)
 
 
 class DnsConfig(_Section):
@@ -172,6 +176,7 @@ class MetricsConfig(_Section):
 LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "pool_size": ("pool", "size"), "pool_build_concurrency": ("pool", "build_concurrency"),
     "pool_refill_delay_s": ("pool", "refill_delay_s"), "ready_min_slots": ("pool", "ready_min_slots"),
+    "pool_max_size": ("pool", "max_size"), "pool_demand_window_s": ("pool", "demand_window_s"),
     "dns_proxy_port": ("dns", "proxy_port"), "dns_upstreams": ("dns", "upstreams"),
     "dns_ttl_floor_s": ("dns", "ttl_floor_s"), "dns_ttl_cap_s": ("dns", "ttl_cap_s"),
     "dns_query_rate": ("dns", "query_rate"), "dns_query_burst": ("dns", "query_burst"),

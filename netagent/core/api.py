@@ -170,6 +170,15 @@ class CoreApi:
         totals = await self.meter.refresh()
         return totals if sandbox_id is None else {sandbox_id: totals.get(sandbox_id, Counts())}
 
+    def last_usage(self, sandbox_id: str | None = None) -> tuple[dict[str, Counts], float]:
+        """As of the meter's last periodic reading (at most usage_interval_s old, no
+        kernel I/O: `netagent ls`), and that reading's time (0: none yet). A sandbox
+        allocated since is left out."""
+        if sandbox_id is not None:
+            require(self.inventory, validate_sandbox_id(sandbox_id))
+        totals, read_at = self.meter.last_reading()
+        return (totals if sandbox_id is None else {k: v for k, v in totals.items() if k == sandbox_id}), read_at
+
     # ---- records from the agent's own subsystems ----------------------------------
 
     async def record_reachability(self, ports: list[ops.Reachability]) -> None:
