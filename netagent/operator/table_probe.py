@@ -11,16 +11,13 @@ import os
 import socket
 import struct
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_NFTABLES = 10
+from ..firewall.generation import _HEADER, _NFGEN, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
+
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
 NFTA_TABLE_NAME = 1
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLMSG_ERROR = 2
+NLM_F_ACK = 0x4
 FAMILIES = {"ip": 2, "inet": 1, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
 
-_HEADER = struct.Struct("=IHHII")   # nlmsghdr: len, type, flags, seq, pid
-_NFGEN = struct.Struct("=BBH")      # nfgenmsg: family, version, res_id
 
 
 def request(family: str, name: str, seq: int = 1) -> bytes:
