@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
 	containernetworking-plugins qemu-system-x86 busybox-static \
-	iputils-ping openssl redis-server tcpdump procps haproxy curl nghttp2-client
+	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client
 CONFIG ?=
 PYTEST_ARGS ?=
 # `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py)
@@ -48,6 +48,8 @@ bench: deps
 	$(PY) -m tests.bench.limit_bench | tee bench-results/limits.json
 # issue 12: CPU time per warm allocate, by thread (a load-independent second measure)
 	$(PY) -m tests.bench.allocate_cpu --out bench-results/allocate_cpu.json
+# issue 16: 100 simulated hosts' publishers on a Redis Cluster, both registry designs (HOSTS_SIM_ARGS=--full: the issue's load)
+	$(PY) -m tests.bench.hosts_sim $(HOSTS_SIM_ARGS) | tee bench-results/hosts_sim.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests

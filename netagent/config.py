@@ -129,7 +129,7 @@ class ProbeConfig(_Section):
 
 
 class RegistryConfig(_Section):
-    # "sqlite:///path", "redis://host:port/db", "" (off). None: sqlite in state_dir.
+    # "sqlite:///path", "redis://host:port/db", "redis+cluster://h:p,h:p", "" (off). None: sqlite in state_dir.
     url: str | None = None
     ttl_s: float = Field(10.0, ge=1, le=3600)
     heartbeat_s: float = Field(3.0, ge=0.2, le=1200)
@@ -139,8 +139,10 @@ class RegistryConfig(_Section):
     def _check(self) -> RegistryConfig:
         if self.heartbeat_s * 2 > self.ttl_s:
             raise ValueError("registry heartbeat_s must be at most half of ttl_s")
-        if self.url and not self.url.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
-            raise ValueError("registry url must be sqlite:///path, redis://host:port/db or empty (off)")
+        if self.url and not self.url.startswith(("sqlite://", "redis://", "rediss://", "unix://",
+                                                 "redis+cluster://", "rediss+cluster://")):
+            raise ValueError("registry url must be sqlite:///path, redis://host:port/db, "
+                             "redis+cluster://host:port,... or empty (off)")
         return self
 
 

@@ -111,7 +111,7 @@ class RedisFeed:
         await self.close()
         try:
             self._pubsub = self.registry.pubsub()
-            await self._pubsub.subscribe(self.registry.change_channel)
+            await self._pubsub.subscribe(*self.registry.change_channels)
             rows = await self.registry.raw_records()
         except (RedisError, OSError, RegistryError) as exc:
             await self.close()

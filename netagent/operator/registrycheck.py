@@ -43,6 +43,9 @@ class RegistryRead:
 
 def shown_url(url: str) -> str:
     """The registry URL without a password."""
+    from ..registry.rediscluster import CLUSTER_SCHEMES, parse_cluster_url
+    if url.startswith(CLUSTER_SCHEMES):
+        return parse_cluster_url(url, "")[2]
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return url
     from ..registry.redis import split_url

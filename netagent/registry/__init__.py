@@ -10,11 +10,13 @@ __all__ = ["Registry", "RegistryError", "NodeIdInUse", "Verdict", "NodeRecord", 
 
 
 def open_registry(url: str) -> Registry:
-    """sqlite:///abs/path.db or redis://host:port/db (also rediss://, unix://)."""
+    """sqlite:///abs/path.db, redis://host:port/db (also rediss://, unix://), or Redis Cluster:
+    redis+cluster://host:port,host:port,... (also rediss+cluster://). ValueError on a malformed URL."""
     if url.startswith("sqlite://"):
         from .sqlite import SqliteRegistry
         return SqliteRegistry(url)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
         from .redis import RedisRegistry
         return RedisRegistry(url)
-    raise ValueError(f"unsupported registry URL {url!r}: use sqlite:///path or redis://host:port/db")
+    raise ValueError(f"unsupported registry URL {url!r}: use sqlite:///path, redis://host:port/db "
+                     "or redis+cluster://host:port,host:port,...")

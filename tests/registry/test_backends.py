@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -73,12 +74,14 @@ async def expiry(write: Awaitable[object], gone: Callable[[], Awaitable[bool]], 
     return gone_at - before
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 async def registry(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "sqlite":
         reg: Registry = SqliteRegistry(f"sqlite://{tmp_path / 'registry.db'}")
-    else:
+    elif request.param == "redis":
         reg = RedisRegistry(request.getfixturevalue("redis_server").url)
+    else:
+        reg = RedisRegistry(request.getfixturevalue("redis_cluster").url)
     try:
         await reg.connect()
         for node_id in ("node-a", "node-b", "node-w"):     # alive for the whole test: their v2 records are served
@@ -294,10 +297,12 @@ async def test_redis_key_layout_is_what_edges_read(redis_server) -> None:
         record = sandbox("sbx-9")
         await reg.put_sandbox(record, LONG_TTL)
         await reg.refresh(node("node-a"), ["sbx-9"], LONG_TTL)
-        assert SandboxRecord.from_json(raw.get("netagent:sbx:sbx-9")) == record
+        bucket = zlib.crc32(b"sbx-9") % 64   # the hash tag: record and bucket set share a slot
+        assert SandboxRecord.from_json(raw.get(f"netagent:{{{bucket}}}:sbx:sbx-9")) == record
         assert NodeRecord.from_json(raw.get("netagent:node:node-a")).node_id == "node-a"
-        assert raw.smembers("netagent:node:node-a:sbx") == {"sbx-9"}
-        for key in ("netagent:sbx:sbx-9", "netagent:node:node-a", "netagent:node:node-a:sbx"):
+        assert raw.smembers(f"netagent:{{{bucket}}}:node:node-a:sbx") == {"sbx-9"}
+        for key in (f"netagent:{{{bucket}}}:sbx:sbx-9", "netagent:node:node-a",
+                    f"netagent:{{{bucket}}}:node:node-a:sbx"):
             assert 0 < raw.pttl(key) <= LONG_TTL * 1000
     finally:
         raw.close()
@@ -311,7 +316,8 @@ async def test_redis_prefix_from_url(redis_server) -> None:
         assert isinstance(reg, RedisRegistry)
         assert await reg.refresh(node(), [], LONG_TTL) is True           # the node record was missing
         await reg.put_sandbox(sandbox("x"), LONG_TTL)
-        assert raw.exists("t1:sbx:x") == 1 and raw.exists("netagent:sbx:x") == 0
+        bucket = zlib.crc32(b"x") % 64
+        assert raw.exists(f"t1:{{{bucket}}}:sbx:x") == 1 and raw.exists(f"netagent:{{{bucket}}}:sbx:x") == 0
         assert await reg.get_sandbox("x") is not None
     finally:
         raw.close()

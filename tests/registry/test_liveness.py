@@ -12,7 +12,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 import redis
@@ -23,17 +22,12 @@ from netagent.edge.maps import unreadable_entries
 from netagent.registry import NodeRecord, PortRecord, SandboxRecord, Verdict, open_registry
 from netagent.registry.base import UnreadableRecord
 from netagent.registry.publisher import RegistryPublisher
+from netagent.registry.redis import RedisRegistry
+from tests.testbed.redis_cluster import raw_set
 
 NODE = "node-a"
 ADDRESS = "10.0.0.1"
 SANDBOXES = 50
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'registry.db'}"
-    return request.getfixturevalue("redis_server").url
 
 
 class Host:
@@ -157,7 +151,7 @@ def write_raw_sandbox(registry_url: str, sandbox_id: str, raw: str) -> None:
             db.execute("INSERT OR REPLACE INTO sandboxes (sandbox_id, node_id, seq, deleted, expires_at, record, "
                        "change_id) VALUES (?, ?, 1, 0, ?, ?, 1)", (sandbox_id, NODE, time.time() + 60, raw))
     else:
-        redis.Redis(unix_socket_path=registry_url[len("unix://"):]).set(f"netagent:sbx:{sandbox_id}", raw, px=60_000)
+        raw_set(registry_url, RedisRegistry(registry_url).sandbox_key(sandbox_id), raw, 60_000)
 
 
 async def test_a_record_of_an_unknown_schema_version_is_refused_never_overwritten_nor_served(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -112,13 +111,6 @@ class Host:
             self._churn.cancel()
             await asyncio.gather(self._churn, return_exceptions=True)
         await self.publisher.stop()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'registry.db'}"
-    return request.getfixturevalue("redis_server").url
 
 
 async def owner_when_stored(reader: Registry, timeout_s: float, node_id: str) -> None:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from netagent.config import Config
 from netagent.errors import ConfigError
@@ -21,6 +20,7 @@ from netagent.registry.base import NodeIdInUse
 from netagent.registry.ownership import node_id_taken
 from netagent.registry.publisher import RegistryPublisher
 from netagent.state import StateStore
+from tests.testbed.redis_cluster import raw_set
 
 
 def node(instance: str | None, address: str = "10.0.0.1", node_id: str = "node-a") -> NodeRecord:
@@ -33,13 +33,6 @@ def test_node_id_taken_only_by_another_live_instance() -> None:
     assert node_id_taken(node("i-2"), "i-1") is True           # another agent
     assert node_id_taken(node(None), "i-1") is False           # an older agent: cannot tell
     assert node_id_taken(node("i-2"), "") is False             # an agent that does not say
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'registry.db'}"
-    return request.getfixturevalue("redis_server").url
 
 
 async def test_a_heartbeat_under_another_instances_live_node_id_is_refused_and_writes_nothing(
@@ -135,8 +128,7 @@ def write_raw_node(registry_url: str, node_id: str, raw: str, ttl_s: float) -> N
             db.execute("INSERT OR REPLACE INTO nodes (node_id, expires_at, record) VALUES (?, ?, ?)",
                        (node_id, time.time() + ttl_s, raw))
     else:
-        redis.Redis(unix_socket_path=registry_url[len("unix://"):]).set(f"netagent:node:{node_id}", raw,
-                                                                        px=int(ttl_s * 1000))
+        raw_set(registry_url, f"netagent:node:{node_id}", raw, int(ttl_s * 1000))
 
 
 async def test_a_node_record_of_an_unknown_schema_version_is_not_overwritten(registry_url: str) -> None:

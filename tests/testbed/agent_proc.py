@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
+import subprocess
 import sys
 
 from netagent.agent import Agent
 from netagent.config import Config
 from netagent.errors import NetagentError
+from tests.testbed import sh
 
 
 async def main() -> None:
@@ -47,6 +50,41 @@ async def main() -> None:
         except NetagentError as exc:
             print(json.dumps({"error": exc.code, "message": str(exc)}), flush=True)
     await agent.stop()
+
+
+class AgentProcess:
+    """The agent in its own process, so it can be killed for real. It answers
+    requests one at a time, in order (tests/testbed/agent_proc.py)."""
+
+    def __init__(self, config_json: str):
+        self.proc = subprocess.Popen([sh.PYTHON, "-m", "tests.testbed.agent_proc", config_json], cwd=sh.REPO,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line, "agent process died during start"
+        self.reconcile = json.loads(line)["ready"]
+
+    def send(self, op: str, **args) -> None:
+        self.proc.stdin.write(json.dumps({"op": op, "args": args}) + "\n")
+        self.proc.stdin.flush()
+
+    def request(self, op: str, **args) -> dict:
+        """The raw reply: {"ok": ...} or {"error": ..., "message": ...}."""
+        self.send(op, **args)
+        line = self.proc.stdout.readline()
+        assert line, f"agent process died during {op}"
+        return json.loads(line)
+
+    def call(self, op: str, **args):
+        reply = self.request(op, **args)
+        assert "ok" in reply, reply
+        return reply["ok"]
+
+    def kill9(self) -> list[dict]:
+        """SIGKILL; asserts that is what ended the process. Returns the replies
+        written before it died that nobody had read."""
+        self.proc.send_signal(signal.SIGKILL)
+        assert self.proc.wait(10) == -signal.SIGKILL, f"agent exited with {self.proc.returncode}, not by SIGKILL"
+        return [json.loads(line) for line in self.proc.stdout.read().splitlines() if line.endswith("}")]
 
 
 if __name__ == "__main__":

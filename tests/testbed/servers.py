@@ -1,6 +1,7 @@
 """Test servers run inside test namespaces (`python -m tests.testbed.servers`).
 
-HTTP on every address of the netns: GET / answers {"client": <peer ip>, "server": <local ip>};
+HTTP on every address of the netns: GET / answers {"client": <peer ip>, "server": <local ip>}
+(plus "name": NAME with `--name NAME`, to tell apart servers with the same address);
 GET /stream?seconds=N sends a chunk every 50 ms for N seconds (long flows);
 GET /bytes?n=N sends payload(N), N pseudo-random bytes (large downloads).
 `--tcp-echo PORT` adds a plain TCP echo server on that port.
@@ -16,6 +17,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+SERVER_NAME = ""   # --name
 
 
 def payload(n: int) -> bytes:
@@ -63,7 +66,10 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
-        body = json.dumps({"client": self.client_address[0], "server": self.connection.getsockname()[0]}).encode()
+        doc = {"client": self.client_address[0], "server": self.connection.getsockname()[0]}
+        if SERVER_NAME:
+            doc["name"] = SERVER_NAME
+        body = json.dumps(doc).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -87,7 +93,10 @@ def main() -> None:
     ap.add_argument("--http", type=int, action="append", default=[])
     ap.add_argument("--tcp-echo", type=int, action="append", default=[])
     ap.add_argument("--bind", default="0.0.0.0")
+    ap.add_argument("--name", default="")
     args = ap.parse_args()
+    global SERVER_NAME
+    SERVER_NAME = args.name
     servers: list[socketserver.BaseServer] = [QuietHTTPServer((args.bind, p), Handler) for p in args.http]
     servers += [EchoServer((args.bind, p), Echo) for p in args.tcp_echo]
     for s in servers:
