@@ -44,6 +44,7 @@ bench: deps
 	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json $(CLI_BENCH_ARGS)
 	$(PY) -m tests.bench.first_payload_bench | tee bench-results/first_payload.json
 	$(PY) -m tests.bench.limit_bench | tee bench-results/limits.json
+	$(PY) -m tests.bench.flow_kill_bench | tee bench-results/flow_kill.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from .access import PortAccess
-from .addressing import CT_MARK_INGRESS, AddressPlan
+from .addressing import AddressPlan
 from .config import Config
 from .core import ops
 from .core import pool as pool_mod
@@ -104,8 +104,7 @@ class Agent:
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
-            lambda: self.cleaner.call(lambda: self._cleaner_fw().usage()), self._open_ips,
-            self._flush_slot_flows, self._submit))
+            lambda: self.cleaner.call(lambda: self._cleaner_fw().usage()), self._open_ips, self._submit))
         self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
         self.metrics.registry.register(self.usage_metrics)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
@@ -441,7 +440,10 @@ class Agent:
         return fw.last_duration_s
 
     async def _after_commit(self, done: list[tuple[ops.Operation, Change]]) -> None:
-        """Once a burst has committed: tell the prober, flush what narrowed, start cleaning."""
+        """Once a burst has committed: tell the prober, end dropped DNS
+        admissions, flush the flows a new egress address ends; then in the
+        background flush the entries of flows the commit killed (their marks are
+        no longer live), take released sandboxes' final usage and clean their slots."""
         drop = [ip for _, c in done for ip in c.drop_fqdn]
         marks = [m for _, c in done for m in c.flush_marks]
         clean = [s for _, c in done for s in c.clean_slots]
@@ -453,6 +455,8 @@ class Agent:
             await self.cleaner.call(lambda: [self.admission.forget(self._cleaner_fw(), ip) for ip in drop])
         if marks:
             await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+        if dead := [m for _, c in done for m in c.dead_marks]:
+            self.pool.spawn(self._flush_dead_marks(dead))
         if shapes := [s for _, c in done for s in c.shape]:
             await self.builds.call(self._shape, shapes)
         for sid, slot, ip in (c for _, change in done for c in change.close_usage):
@@ -460,6 +464,14 @@ class Agent:
             self.pool.spawn(self.meter.close(sid))
         if clean:
             self.pool.spawn(self.pool.clean(clean))
+
+    async def _flush_dead_marks(self, marks: list[int]) -> None:
+        """Off the request path: the flows are already dropped (drop_dead_flow);
+        this only frees their conntrack entries (one walk of the hash each)."""
+        try:
+            await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+        except Exception:
+            log.exception("flushing dead ct marks %s failed; the entries expire on their own", marks)
 
     # ---- helpers ---------------------------------------------------------
 
@@ -484,10 +496,6 @@ class Agent:
 
     def _open_ips(self) -> dict[str, str]:
         return {sid: str(self.plan.slot(rec.slot).sandbox_ip) for sid, rec in self.inventory.allocations.items()}
-
-    async def _flush_slot_flows(self, idx: int) -> None:
-        mark = self.plan.slot(idx).ct_mark
-        await self.cleaner.call(lambda: conntrack.flush_mark(mark, ~CT_MARK_INGRESS & 0xFFFFFFFF))
 
     def _pool_settings(self) -> PoolSettings:
         c = self.config

@@ -1,8 +1,8 @@
 """The usage meter: reads the kernel's usage counters, keeps the ledger
 (usage/ledger.py) and persists it, and closes a released sandbox's usage.
 
-I/O comes in as callables (the kernel reading, the open sandboxes, a conntrack
-flush, the committer), so the meter holds no agent. Readings are serialized:
+I/O comes in as callables (the kernel reading, the open sandboxes, the
+committer), so the meter holds no agent. Readings are serialized:
 the ledger's fold depends on their order.
 """
 from __future__ import annotations
@@ -27,7 +27,6 @@ log = logging.getLogger("netagent.usage")
 class MeterIO:
     read: Callable[[], Awaitable[UsageReading]]       # the kernel's counters (a worker thread)
     open_ips: Callable[[], Mapping[str, str]]         # allocated sandbox -> sandbox IP
-    flush: Callable[[int], Awaitable[None]]           # end a slot's flows (conntrack)
     submit: Callable[[ops.Operation], Awaitable[Any]]  # the committer
 
 
@@ -88,15 +87,14 @@ class UsageMeter:
                 await self.close(sid)
 
     async def close(self, sandbox_id: str) -> None:
-        """Flush the sandbox's flows, read its final count, and record it
-        (USAGE_FINAL) with its elements removed, in one commit."""
+        """Read the sandbox's final count and record it (USAGE_FINAL) with its
+        elements removed, in one commit. Its flows died when the release
+        committed (their ct marks left live_marks), so nothing more is counted."""
         if sandbox_id in self._closing or sandbox_id not in self.pending:
             return
         self._closing.add(sandbox_id)
         ip, slot, clean = self.pending[sandbox_id]
         try:
-            if slot >= 0:
-                await self.io.flush(slot)
             async with self._lock:
                 self.entries.setdefault(sandbox_id, Entry(ip))   # released before its first reading
                 await self._refresh()

@@ -35,9 +35,7 @@ def counts(n: int) -> Counts:
 def meter(store: StateStore, kernel: Kernel, open_ips: dict[str, str], submitted: list) -> UsageMeter:
     async def submit(op):  # type: ignore[no-untyped-def]
         submitted.append(op)
-    async def flush(slot: int) -> None:
-        pass
-    return UsageMeter(store, asyncio.Lock(), MeterIO(kernel.read, lambda: open_ips, flush, submit))
+    return UsageMeter(store, asyncio.Lock(), MeterIO(kernel.read, lambda: open_ips, submit))
 
 
 async def test_a_restart_reads_on_and_a_flushed_table_keeps_what_was_persisted(tmp_path):
