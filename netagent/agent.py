@@ -459,9 +459,10 @@ class Agent:
             self.pool.spawn(self._flush_dead_marks(dead))
         if shapes := [s for _, c in done for s in c.shape]:
             await self.builds.call(self._shape, shapes)
-        for sid, slot, ip in (c for _, change in done for c in change.close_usage):
-            self.meter.release(sid, ip, slot)
-            self.pool.spawn(self.meter.close(sid))
+        if released := [c for _, change in done for c in change.close_usage]:
+            for sid, slot, ip in released:
+                self.meter.release(sid, ip, slot)
+            self.pool.spawn(self.meter.close_pending())
         if clean:
             self.pool.spawn(self.pool.clean(clean))
 

@@ -38,7 +38,6 @@ class UsageMeter:
         self.entries: dict[str, Entry] = {}
         self.pending: dict[str, tuple[str, int, bool]] = {}   # released: sandbox -> (ip, slot, clean it after)
         self._lock = asyncio.Lock()
-        self._closing: set[str] = set()
         self.released_total = Counts()   # finals closed since start (metrics)
 
     def load(self) -> None:
@@ -82,33 +81,38 @@ class UsageMeter:
         self.pending[sandbox_id] = (ip, slot, slot >= 0)
 
     async def close_pending(self) -> None:
-        for sid in list(self.pending):
-            if sid not in self._closing:
-                await self.close(sid)
-
-    async def close(self, sandbox_id: str) -> None:
-        """Read the sandbox's final count and record it (USAGE_FINAL) with its
-        elements removed, in one commit. Its flows died when the release
-        committed (their ct marks left live_marks), so nothing more is counted."""
-        if sandbox_id in self._closing or sandbox_id not in self.pending:
-            return
-        self._closing.add(sandbox_id)
-        ip, slot, clean = self.pending[sandbox_id]
-        try:
-            async with self._lock:
-                self.entries.setdefault(sandbox_id, Entry(ip))   # released before its first reading
+        """Close every released sandbox's usage: one reading of the kernel for
+        all of them (at 20 releases/s, one reading per release would be the
+        meter's whole cost), then a CloseUsage each, submitted together so the
+        committer writes them in one burst. Each records its final count
+        (USAGE_FINAL) with its elements removed, in one commit. Their flows
+        died when their release committed (the ct marks left live_marks), so
+        nothing more is counted."""
+        async with self._lock:
+            batch = list(self.pending)
+            if not batch:
+                return
+            for sid in batch:
+                self.entries.setdefault(sid, Entry(self.pending[sid][0]))   # released before its first reading
+            try:
                 await self._refresh()
-                entry = self.entries[sandbox_id]
-                # held across the commit, so no reading persists the row after it is gone
-                await self.io.submit(ops.CloseUsage(sandbox_id, entry.ip, entry.total.as_dict(),
-                                                    slot if clean else None))
-                self.entries.pop(sandbox_id, None)
-                self.pending.pop(sandbox_id, None)
-                self.released_total = self.released_total + entry.total
+            except NetagentError as exc:
+                log.warning("reading the final usage of %d sandboxes failed (retried): %s", len(batch), exc)
+                return
+            # the lock is held across the commits, so no reading persists a row after it is gone
+            await asyncio.gather(*(self._close(sid) for sid in batch))
+
+    async def _close(self, sandbox_id: str) -> None:
+        _, slot, clean = self.pending[sandbox_id]
+        entry = self.entries[sandbox_id]
+        try:
+            await self.io.submit(ops.CloseUsage(sandbox_id, entry.ip, entry.total.as_dict(), slot if clean else None))
         except NetagentError as exc:
             log.warning("closing usage of %s failed (retried): %s", sandbox_id, exc)
-        finally:
-            self._closing.discard(sandbox_id)
+            return
+        self.entries.pop(sandbox_id, None)
+        self.pending.pop(sandbox_id, None)
+        self.released_total = self.released_total + entry.total
 
     async def run(self, interval: Callable[[], float]) -> None:
         """Read and persist every `interval` s; retry closes that failed."""

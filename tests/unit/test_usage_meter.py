@@ -19,8 +19,10 @@ class Kernel:
     def __init__(self) -> None:
         self.epoch: int | None = 5
         self.count: int | None = 0     # every counter of IP, packets = count, bytes = 100 * count
+        self.reads = 0
 
     async def read(self):  # type: ignore[no-untyped-def]
+        self.reads += 1
         if self.epoch is None:
             return None, {}
         sets = {name: ({IP: (self.count, 100 * self.count)} if self.count is not None else {})
@@ -70,3 +72,15 @@ async def test_a_release_persisted_before_a_crash_is_closed_at_start_up_without_
     await restarted.close_pending()
     assert submitted == [ops.CloseUsage("a", IP, counts(4).as_dict(), None)]   # reconcile cleans the slot
     assert restarted.pending == {} and restarted.entries == {} and restarted.released_total == counts(4)
+
+
+async def test_a_burst_of_releases_is_closed_with_one_reading_of_the_kernel(tmp_path):
+    store, kernel, submitted = StateStore(tmp_path), Kernel(), []
+    m = meter(store, kernel, {}, submitted)
+    kernel.count = 3
+    for slot, sid in enumerate(("a", "b", "c")):
+        m.release(sid, IP, slot)
+    await m.close_pending()
+    assert kernel.reads == 1
+    assert submitted == [ops.CloseUsage(sid, IP, counts(3).as_dict(), slot) for slot, sid in enumerate("abc")]
+    assert m.pending == {} and m.entries == {}
