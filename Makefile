@@ -45,6 +45,7 @@ bench: deps
 	$(PY) -m tests.bench.first_payload_bench | tee bench-results/first_payload.json
 	$(PY) -m tests.bench.limit_bench | tee bench-results/limits.json
 	$(PY) -m tests.bench.flow_kill_bench | tee bench-results/flow_kill.json
+	$(PY) -m tests.bench.churn_bench | tee bench-results/churn.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests
