@@ -1,5 +1,6 @@
-"""The agent: wires the core's owners together and offers the core API
-(allocate, release, get, list, expose, unexpose, update_policy, probe, resync).
+"""The agent: wires the core's owners together, starts and stops them, and
+offers the core API (core/api.py: allocate, release, get, list, expose,
+unexpose, update_policy, probe, ...) plus resync and repair.
 
 A call is validated into a typed operation (core/ops.py), queued for the one
 committer (core/committer.py), planned by the pure planner (core/planner.py)
@@ -13,36 +14,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
-from .access import PortAccess
 from .addressing import AddressPlan
 from .config import Config
 from .core import ops
 from .core import pool as pool_mod
 from .core.admission import DnsAdmission
-from .core.allocation import Allocation
+from .core.api import CoreApi
 from .core.committer import Burst, Committer
 from .core.hostsync import HostTableKeeper
 from .core.inventory import Inventory
-from .core.planner import PlanContext, desired_elements, existing_port, require
+from .core.planner import PlanContext, desired_elements
 from .core.pool import Inflight, PoolSettings, WarmPool
 from .core.repair import Fix, Repairs
 from .core.rows import Change
 from .core.self_repair import RepairWork, SelfRepair
-from .core.views import network_of
-from .datapath import conntrack, shaper
+from .core.views import sandbox_ips
+from .datapath import conntrack
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
 from .datapath.slot_repair import SlotRepairIO
 from .datapath.slot_work import SlotWork
+from .datapath.traffic_work import TrafficWork
 from .denied_flows import DeniedFlowLog
 from .dns.proxy import DnsProxy
 from .dns.startup import start_proxy
-from .errors import Conflict, InvalidArgument
 from .events import EventLog
 from .firewall import elements as el
 from .firewall import nflog, nfqueue, ruleset
@@ -50,20 +48,18 @@ from .firewall.driver import FirewallDriver, HostTable
 from .firstpayload.checker import CheckLinks, FirstPayloadCheck
 from .logs import for_sandbox
 from .metrics import Metrics
-from .models import AllocateSpec, EgressPolicy, Limits, Network, SlotState, validate_port, validate_sandbox_id
+from .models import SlotState
 from .reachability.tracker import AgentLink, Reachability
 from .reconcile import KernelOps, reconcile
 from .state import StateStore
 from .usage.collector import UsageCollector
-from .usage.ledger import Counts
 from .usage.meter import MeterIO, UsageMeter
 from .workers import BuildPool, Cleaner, DnsThreads, HostWorker
 
 log = logging.getLogger("netagent")
-T = TypeVar("T")
 
 
-class Agent:
+class Agent(CoreApi):
     def __init__(self, config: Config, rules_dir: Any = ruleset.RULES_DIR,
                  firewall: Callable[[], FirewallDriver] | None = None):
         self.config = config
@@ -103,8 +99,10 @@ class Agent:
         self.self_repair = SelfRepair(config.prefix, lambda: self.inventory.slots, RepairWork(
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
+        self.traffic = TrafficWork(self.plan, self.builder, self.builds, self.cleaner, self._cleaner_fw,
+                                   lambda: self.config.guest.veth_name)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
-            lambda: self.cleaner.call(lambda: self._cleaner_fw().usage()), self._open_ips, self._submit))
+            self.traffic.read_usage, lambda: sandbox_ips(self.inventory, self.plan), self._submit))
         self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
         self.metrics.registry.register(self.usage_metrics)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
@@ -126,10 +124,6 @@ class Agent:
         return self.inventory.slots
 
     @property
-    def allocations(self) -> Mapping[str, Allocation]:
-        return self.inventory.allocations
-
-    @property
     def ready(self) -> Any:
         return self.pool.ready
 
@@ -141,9 +135,6 @@ class Agent:
     def stats(self) -> dict[str, Any]:
         return {"commits": self.committer.commits, "ruleset_restores": self.keeper.restores,
                 "last_sync_reloaded": self.keeper.last_reloaded, **self._reconciled}
-
-    def _network(self, rec: Allocation) -> Network:
-        return network_of(self.plan, self.config.guest, rec, self.reachability.port_view)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -181,7 +172,7 @@ class Agent:
         self.meter.load()
         await self.resync()
         if shapes := [(r.slot, r.limits) for r in self.inventory.allocations.values() if r.limits.limited]:
-            await self.builds.call(self._shape, shapes)   # a rebuilt slot lost its qdiscs
+            await self.traffic.shape(shapes)   # a rebuilt slot lost its qdiscs
         await self.meter.close_pending()    # released before a crash: final count before cleaning
         self.pool.ready.extend(result.ready)
         if result.dirty:
@@ -253,136 +244,7 @@ class Agent:
         self.host.shutdown()
         self.store.close()
 
-    # ---- public API (each validates into a typed operation, once) ---------
-
-    async def allocate(self, sandbox_id: str, spec: AllocateSpec | dict[str, Any] | None = None) -> Network:
-        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec, self.config.egress_addresses))
-
-    async def run_allocate(self, op: ops.Allocate) -> Network:
-        rec = self.inventory.allocations.get(op.sandbox_id)
-        if rec is not None:
-            return self._existing(rec, op.spec)
-        key = ("allocate", op.sandbox_id)
-        if (pending := self._inflight.pending(key)) is not None:
-            net = await asyncio.shield(pending)
-            return self._existing(self.inventory.allocations[net.sandbox_id], op.spec)
-        started = time.perf_counter()
-        warm = bool(self.pool.ready)
-        net: Network = await self._inflight.run(key, lambda: self._allocate_now(op))
-        self.metrics.observe_allocate(time.perf_counter() - started, warm)
-        return net
-
-    async def _allocate_now(self, op: ops.Allocate) -> Network:
-        slot = await self.pool.take()
-        try:
-            return await self._submit(replace(op, slot=slot, at=time.time()))  # type: ignore[no-any-return]
-        except BaseException:
-            self.pool.give_back(slot)
-            raise
-
-    async def release(self, sandbox_id: str) -> bool:
-        """Release a sandbox's network. Returns False if it was not allocated."""
-        return await self.run_release(ops.Release.of(sandbox_id))
-
-    async def run_release(self, op: ops.Release) -> bool:
-        if (pending := self._inflight.pending(("allocate", op.sandbox_id))) is not None:
-            await asyncio.gather(asyncio.shield(pending), return_exceptions=True)
-        if op.sandbox_id not in self.inventory.allocations:
-            return False
-        started = time.perf_counter()
-        released = bool(await self._inflight.run(("release", op.sandbox_id), lambda: self._submit(op)))
-        self.metrics.observe_release(time.perf_counter() - started)
-        return released
-
-    async def get(self, sandbox_id: str) -> Network:
-        return self._network(require(self.inventory, validate_sandbox_id(sandbox_id)))
-
-    async def list(self, labels: dict[str, str] | None = None) -> list[Network]:
-        labels = labels or {}
-        return [self._network(rec) for rec in sorted(self.inventory.allocations.values(), key=lambda r: r.slot)
-                if all(rec.spec.labels.get(k) == v for k, v in labels.items())]
-
-    async def expose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp",
-                     host_port: int | None = None) -> int:
-        return (await self.run_expose(ops.Expose.of(sandbox_id, guest_port, protocol, host_port,
-                                                    self.config.host_port_range))).host_port
-
-    async def run_expose(self, op: ops.Expose) -> Any:
-        existing = existing_port(self.inventory, op)   # an idempotent retry needs no commit
-        return existing if existing is not None else await self._submit(op)
-
-    async def set_port_access(self, sandbox_id: str, guest_port: int, *, public: bool | None = None,
-                              access_token: str | None = None, host_mask: str | None = None) -> PortAccess:
-        """Edge access of a guest port (exposed or not yet): public, or private with a token
-        (only its SHA-256 is kept), and the Host the guest sees. None leaves a field as it is."""
-        return await self.run_port_access(ops.SetPortAccess.of(sandbox_id, guest_port, public, access_token,
-                                                               host_mask))
-
-    async def run_port_access(self, op: ops.SetPortAccess) -> PortAccess:
-        require(self.inventory, op.sandbox_id)
-        access: PortAccess = await self._submit(op)
-        return access
-
-    async def unexpose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp") -> bool:
-        return await self.run_unexpose(ops.Unexpose.of(sandbox_id, guest_port, protocol))
-
-    async def run_unexpose(self, op: ops.Unexpose) -> bool:
-        rec = require(self.inventory, op.sandbox_id)
-        if (op.guest_port, op.protocol) not in rec.ports:
-            return False
-        return bool(await self._submit(op))
-
-    async def update_policy(self, sandbox_id: str, policy: EgressPolicy | dict[str, Any] | None) -> Network:
-        """Replace the sandbox's egress policy in one transaction. When it narrows,
-        the flows it no longer allows are flushed before this returns."""
-        return await self.run_update_policy(ops.UpdatePolicy.of(sandbox_id, policy))
-
-    async def run_update_policy(self, op: ops.UpdatePolicy) -> Network:
-        require(self.inventory, op.sandbox_id)
-        net: Network = await self._submit(op)
-        return net
-
-    async def set_limits(self, sandbox_id: str, limits: Limits | dict[str, Any] | None) -> Network:
-        """New bandwidth limits (None fields: unlimited), set on the slot's qdiscs before this returns."""
-        return await self.run_set_limits(ops.SetLimits.of(sandbox_id, limits))
-
-    async def run_set_limits(self, op: ops.SetLimits) -> Network:
-        require(self.inventory, op.sandbox_id)
-        net: Network = await self._submit(op)
-        return net
-
-    async def set_egress_address(self, sandbox_id: str, address: str | None) -> Network:
-        """Give the sandbox another SNAT source (None or "": the uplink's); only
-        its own NAT flows are flushed, before this returns."""
-        return await self.run_set_egress(ops.SetEgressAddress.of(sandbox_id, address, self.config.egress_addresses))
-
-    async def run_set_egress(self, op: ops.SetEgressAddress) -> Network:
-        require(self.inventory, op.sandbox_id)
-        net: Network = await self._submit(op)
-        return net
-
-    async def probe(self, sandbox_id: str, guest_port: int, timeout: float | None = None) -> dict[str, Any]:
-        """Probe a guest port now (exposed or not); nothing is stored."""
-        validate_sandbox_id(sandbox_id)
-        validate_port(guest_port, "guest_port")
-        if timeout is not None and not 0 < timeout <= 10:
-            raise InvalidArgument("timeout must be in (0, 10] seconds")
-        return await self.reachability.probe_now(require(self.inventory, sandbox_id), guest_port, timeout)
-
-    async def record_reachability(self, ports: list[ops.Reachability]) -> None:
-        """Store reachability changes with their events (called by the prober's tracker)."""
-        await self._submit(ops.RecordReachability(tuple(ports)))
-
-    async def record_denied(self, flows: list[ops.DeniedFlow]) -> None:
-        """Store FLOW_DENIED events (called by the denied-flow log)."""
-        await self._submit(ops.RecordDenied(tuple(flows)))
-
-    async def usage(self, sandbox_id: str | None = None) -> dict[str, Counts]:
-        """Bytes and packets per allocated sandbox (one, or all), read from the kernel now."""
-        if sandbox_id is not None:
-            require(self.inventory, validate_sandbox_id(sandbox_id))
-        totals = await self.meter.refresh()
-        return totals if sandbox_id is None else {sandbox_id: totals.get(sandbox_id, Counts())}
+    # ---- maintenance -----------------------------------------------------
 
     async def resync(self) -> dict[str, Any]:
         """Reload the ruleset if it drifted and re-add every element, atomically."""
@@ -416,11 +278,6 @@ class Agent:
                                     len(repairs.quarantine))
 
     # ---- the committer's collaborators -----------------------------------------
-
-    async def _submit(self, op: ops.Operation) -> Any:
-        if isinstance(op, ops.CALLER_OPS):
-            self._last_call = time.monotonic()
-        return await self.committer.submit(op)
 
     def _plan_context(self) -> PlanContext:
         return PlanContext(self.plan, self.config.guest, self.config.default_internet, self.reachability.port_view)
@@ -458,7 +315,7 @@ class Agent:
         if dead := [m for _, c in done for m in c.dead_marks]:
             self.pool.spawn(self._flush_dead_marks(dead))
         if shapes := [s for _, c in done for s in c.shape]:
-            await self.builds.call(self._shape, shapes)
+            await self.traffic.shape(shapes)
         if released := [c for _, change in done for c in change.close_usage]:
             for sid, slot, ip in released:
                 self.meter.release(sid, ip, slot)
@@ -490,14 +347,6 @@ class Agent:
         assert self.host_info is not None
         return ruleset.config_elements(self.config, self.host_info.uplink, self.host_info.addresses)
 
-    def _shape(self, shapes: list[tuple[int, Limits]]) -> None:
-        """Builds thread: each slot's qdiscs to its limits."""
-        for idx, limits in shapes:
-            shaper.apply(self.builder.host_ipr(), self.plan.slot(idx), self.config.guest.veth_name, limits)
-
-    def _open_ips(self) -> dict[str, str]:
-        return {sid: str(self.plan.slot(rec.slot).sandbox_ip) for sid, rec in self.inventory.allocations.items()}
-
     def _pool_settings(self) -> PoolSettings:
         c = self.config
         return PoolSettings(c.pool.size, c.pool.build_concurrency, c.pool.refill_delay_s)
@@ -510,9 +359,3 @@ class Agent:
 
     async def _discovered(self, sandbox_id: str, guest_port: int) -> int:
         return await self.expose(sandbox_id, guest_port, "tcp")
-
-    def _existing(self, rec: Allocation, spec: AllocateSpec) -> Network:
-        if rec.spec != spec:
-            raise Conflict(f"sandbox {rec.sandbox_id!r} is already allocated with a different spec")
-        return self._network(rec)
-

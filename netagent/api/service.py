@@ -19,6 +19,7 @@ from ..errors import NetagentError
 from . import convert as cv
 from . import netagent_pb2 as pb
 from . import netagent_pb2_grpc as pb_grpc
+from .status import status_message
 
 log = logging.getLogger("netagent.api")
 T = TypeVar("T")
@@ -46,7 +47,7 @@ class NetAgentService(pb_grpc.NetAgentServicer):
             return await asyncio.wait_for(asyncio.shield(task), remaining)
         except NetagentError as exc:
             self.on_error(op, exc.code)
-            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+            await context.abort(getattr(grpc.StatusCode, exc.code), status_message(str(exc)))
         except TimeoutError:
             self.on_error(op, "DEADLINE_EXCEEDED")
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -169,6 +170,6 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                 yield msg
         except NetagentError as exc:
             self.on_error("watch_events", exc.code)
-            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+            await context.abort(getattr(grpc.StatusCode, exc.code), status_message(str(exc)))
 
 

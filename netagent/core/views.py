@@ -8,6 +8,7 @@ from ..addressing import AddressPlan
 from ..config import GuestPlan
 from ..models import ExposedPort, Network
 from .allocation import Allocation
+from .inventory import Inventory
 
 PortView = Callable[[str, ExposedPort], ExposedPort]   # adds the prober's reachability
 
@@ -28,3 +29,8 @@ def network_of(addresses: AddressPlan, guest: GuestPlan, rec: Allocation, port_v
         limits=rec.limits,
         ports=tuple(port_view(rec.sandbox_id, p)
                     for p in sorted(rec.ports.values(), key=lambda p: (p.protocol.value, p.guest_port))))
+
+
+def sandbox_ips(inventory: Inventory, addresses: AddressPlan) -> dict[str, str]:
+    """Allocated sandbox -> its sandbox IP."""
+    return {sid: str(addresses.slot(rec.slot).sandbox_ip) for sid, rec in inventory.allocations.items()}

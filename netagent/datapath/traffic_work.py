@@ -1,0 +1,35 @@
+"""The kernel work behind usage accounting and bandwidth limits, on worker
+threads: read the usage counters, set a slot's qdiscs. (A released slot's
+flows die with its live marks, datapath.md "Flow kills": nothing to end here.)"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..addressing import AddressPlan
+from ..firewall.driver import FirewallDriver, UsageReading
+from ..models import Limits
+from ..workers import BuildPool, Cleaner
+from . import shaper
+from .slot_builder import SlotBuilder
+
+
+class TrafficWork:
+    def __init__(self, addresses: AddressPlan, builder: SlotBuilder, builds: BuildPool, cleaner: Cleaner,
+                 cleaner_fw: Callable[[], FirewallDriver], guest_veth: Callable[[], str]):
+        self.addresses = addresses
+        self.builder = builder
+        self.builds = builds
+        self.cleaner = cleaner
+        self.cleaner_fw = cleaner_fw
+        self.guest_veth = guest_veth   # read at each call: the config may be swapped (SIGHUP)
+
+    async def read_usage(self) -> UsageReading:
+        return await self.cleaner.call(lambda: self.cleaner_fw().usage())
+
+    async def shape(self, shapes: list[tuple[int, Limits]]) -> None:
+        await self.builds.call(self._shape, shapes)
+
+    def _shape(self, shapes: list[tuple[int, Limits]]) -> None:
+        """Builds thread: each slot's qdiscs to its limits."""
+        for idx, limits in shapes:
+            shaper.apply(self.builder.host_ipr(), self.addresses.slot(idx), self.guest_veth(), limits)
