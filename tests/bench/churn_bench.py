@@ -89,9 +89,10 @@ def drift(samples: list[dict], key: str) -> int:
     return max(s[key] for s in samples[-q:]) - max(s[key] for s in samples[:q])
 
 
-def targets(per_window: list[dict], samples: list[dict], rate: float, existing: int) -> dict:
+def targets(per_window: list[dict], samples: list[dict], rate: float, existing: int, missed: int) -> dict:
     rss_start, rss_end = samples[0]["rss_kb"] / 1024, samples[-1]["rss_kb"] / 1024
     return {
+        "rate_kept": missed == 0,
         "allocate_p99_le_5ms_every_window": all(w.get("allocate_ms", {}).get("p99", 1e9) <= 5 for w in per_window),
         "pool_never_empty": min(s["ready"] for s in samples) > 0,
         "netns_stable": drift(samples, "netns") <= NETNS_DRIFT_MAX,
@@ -212,7 +213,7 @@ def run(bed: Testbed, tmp: Path, existing: int, rate: float, seconds: float, win
         cleaner_s = (samples[-1]["cleaner_sys_ticks"] - samples[0]["cleaner_sys_ticks"]) / CLK_TCK
         out = {
             "existing": existing, "rate_per_s": rate, "seconds": seconds, "pool_size": pool_size,
-            "fill_s": filled["seconds"], "worst_start_lag_s": result["lag_s"],
+            "fill_s": filled["seconds"], "worst_start_lag_s": result["lag_s"], "cycles_missed": result["missed"],
             "load_average": os.getloadavg(), "conntrack_buckets": int(buckets),
             "whole_run": window_figures(cycles, samples),
             "agent_threads_cpu_cores": threads,
@@ -223,7 +224,7 @@ def run(bed: Testbed, tmp: Path, existing: int, rate: float, seconds: float, win
             "rss_mb": {"start": round(samples[0]["rss_kb"] / 1024, 1), "end": round(samples[-1]["rss_kb"] / 1024, 1)},
             "drift": {"netns": drift(samples, "netns"), "conntrack": drift(samples, "conntrack")},
         }
-        out["meets_target"] = targets(per_window, samples, rate, existing)
+        out["meets_target"] = targets(per_window, samples, rate, existing, result["missed"])
     finally:
         if driver is not None and driver.poll() is None:
             driver.kill()

@@ -21,9 +21,10 @@ def test_churn_bench_smoke():
     finally:
         bed.destroy()
     whole = out["whole_run"]
-    assert whole["cycles"] == 15 and whole["flows_ok"] == 15, out   # every cycle had its flow open at release
-    # windows of 1.5 s cover every cycle (more of them if a loaded host made the run overrun)
-    assert len(out["per_window"]) >= 2 and sum(w["cycles"] for w in out["per_window"]) == 15, out
+    # a loaded host may miss cycles (counted); every cycle run had its flow open at release
+    assert whole["cycles"] + out["cycles_missed"] == 15 and whole["flows_ok"] == whole["cycles"] > 0, out
+    # windows of 1.5 s cover every cycle run
+    assert len(out["per_window"]) >= 2 and sum(w["cycles"] for w in out["per_window"]) == whole["cycles"], out
     assert out["cleanup_kernel_cpu"]["cleaner_thread_found"], out
     assert whole["netns"]["min"] >= 3 and whole["agent_cpu_cores"] > 0 and out["rss_mb"]["start"] > 0, out
     assert set(out["meets_target"]) >= {"allocate_p99_le_5ms_every_window", "pool_never_empty", "netns_stable",
