@@ -94,7 +94,8 @@ class Agent(CoreApi):
             allocations=lambda: self.inventory.allocations, slot=self.plan.slot,
             uplink_addresses=lambda: self.host_info.uplink_addresses if self.host_info else [],
             on_host=self.host.call, record=self.record_reachability, expose=self._discovered,
-            spawn=self.pool.spawn, known=self.store.load_reachability), self.metrics)
+            spawn=self.pool.spawn, known=self.store.load_reachability, instance=self.store.instance_id()),
+            self.metrics)
         self.repair_io = SlotRepairIO(self.plan, config.guest, self.builder, self.builds, self.host)
         self.self_repair = SelfRepair(config.prefix, lambda: self.inventory.slots, RepairWork(
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
@@ -139,6 +140,7 @@ class Agent(CoreApi):
     # ---- lifecycle -------------------------------------------------------
 
     async def start(self, fill_pool: bool = True) -> None:
+        await self.reachability.check_node_id()     # before touching the host
         self.host_info = await self.host.call(self._host_setup)
         await self._start_dns_proxy()
         self._tasks.append(asyncio.create_task(self.committer.run(), name="netagent-committer"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -190,6 +191,14 @@ class StateStore:
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def instance_id(self) -> str:
+        """A random id made once per state directory: the same across restarts, another
+        on every other agent (the registry tells node id collisions apart by it)."""
+        if not (value := self.get_meta("instance_id")):
+            value = secrets.token_hex(8)
+            self.set_meta("instance_id", value)
+        return value
 
 
 class Tx:

@@ -1,10 +1,12 @@
 """Registry change feeds for the edge's control plane: a snapshot, then changes.
 
 SQLite: poll rows by change_id (a table-wide counter every stored write bumps),
-and list live ids now and then to notice records that expired without a write.
+and list live ids now and then to notice records that expired without a write
+or whose node died (the queries check the node, docs/registry.md "Liveness").
 Redis: subscribe to the change channel that the agent's write script publishes
-to, then take a snapshot; expiry is tracked
-from each message's TTL and confirmed with PTTL before a record is dropped.
+to, then take a snapshot; a record is served while its node's key lives
+(NodeLiveness: node TTLs read with PTTL, an expiry confirmed before its records
+are dropped); a v1 record's own TTL is tracked from each message too.
 A lost connection raises FeedLost: the control plane then resyncs fully.
 """
 from __future__ import annotations
@@ -12,24 +14,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
 from ..registry import RegistryError
+from ..registry.records import lives_with_node
 from ..registry.redis import RedisRegistry
 from ..registry.sqlite import SqliteRegistry
-from .maps import Entries, entries_from_json
+from .liveness import Change, NodeLiveness
+from .maps import entries_from_json
 
 
 class FeedLost(Exception):
     """The feed may have missed changes: resync from a new snapshot."""
-
-
-@dataclass(frozen=True)
-class Change:
-    sandbox_id: str
-    entries: Entries     # what the maps must now hold for it ({}: nothing, the sandbox is gone)
 
 
 def decode_change(sandbox_id: str, raw: str | None) -> Change:
@@ -95,12 +92,19 @@ class SqliteFeed:
         pass
 
 
+NO_EXPIRY_RECHECK_S = 60.0     # a node key without a TTL (not written by an agent): checked again after this
+
+# (sandbox id, its node id if the record is served while its node lives (v2), map entries)
+Parsed = tuple[str, str | None, dict]
+
+
 class RedisFeed:
     def __init__(self, registry: RedisRegistry, expiry_check_s: float = 0.25) -> None:
         self.registry = registry
         self.expiry_check_s = expiry_check_s
         self._pubsub = None
-        self._deadlines: dict[str, float] = {}     # sandbox id -> monotonic expiry
+        self._deadlines: dict[str, float] = {}     # sandbox id -> monotonic expiry (a record with a TTL: v1)
+        self._nodes = NodeLiveness()
 
     async def snapshot(self) -> list[Change]:
         """Subscribe first, so no change between the snapshot and the first message is lost."""
@@ -113,32 +117,72 @@ class RedisFeed:
             await self.close()
             raise FeedLost(str(exc)) from exc
         now = time.monotonic()
-        changes = [decode_change(sid, raw) for sid, raw, _ in rows]
         self._deadlines = {sid: now + ttl / 1000 for sid, _, ttl in rows if ttl > 0}
-        return [c for c in changes if c.entries]
+        self._nodes = NodeLiveness()
+        parsed = [_parse_record(sid, raw) for sid, raw, _ in rows]
+        await self._learn_nodes({node for _, node, _ in parsed if node})
+        return [c for c in self._apply(parsed) if c.entries]
 
     async def changes(self) -> list[Change]:
         assert self._pubsub is not None, "snapshot() first"
-        changes: list[Change] = []
+        parsed: list[Parsed] = []
         try:
             message = await self._pubsub.get_message(timeout=self.expiry_check_s)
             while message is not None:
                 if message.get("type") == "message":
-                    changes.append(self._parse(message["data"]))
+                    parsed.append(self._parse(message["data"]))
                 message = await self._pubsub.get_message(timeout=0)
         except (RedisError, OSError) as exc:
             raise FeedLost(f"redis change channel: {type(exc).__name__}: {exc}") from exc
-        return changes + await self._expired()
+        changes = await self._learn_nodes({node for _, node, _ in parsed if node})
+        return changes + self._apply(parsed) + await self._expired() + await self._dead_nodes()
 
-    def _parse(self, data: str) -> Change:
+    def _parse(self, data: str) -> Parsed:
         ttl_text, _, raw = data.partition("\n")
-        sid = _sandbox_id_of(raw)
-        change = decode_change(sid, raw)
-        if not change.entries:
-            self._deadlines.pop(sid, None)
-        elif ttl_text.isdigit():
+        sid, node, entries = _parse_record(_sandbox_id_of(raw), raw)
+        if entries and ttl_text.isdigit():
             self._deadlines[sid] = time.monotonic() + int(ttl_text) / 1000
-        return change
+        else:
+            self._deadlines.pop(sid, None)
+        return sid, node, entries
+
+    def _apply(self, parsed: list[Parsed]) -> list[Change]:
+        out = []
+        for sid, node, entries in parsed:
+            change = Change(sid, entries) if node is None else self._nodes.record(sid, node, entries)
+            if change is not None:
+                out.append(change)
+        return out
+
+    async def _node_ttls(self, node_ids: list[str]) -> dict[str, int]:
+        try:
+            return await self.registry.node_ttls(node_ids)
+        except RegistryError as exc:
+            raise FeedLost(str(exc)) from exc
+
+    async def _learn_nodes(self, node_ids: set[str]) -> list[Change]:
+        """Look up the keys of nodes not known alive; serve the records of those alive."""
+        unknown = sorted(self._nodes.unknown(node_ids))
+        out: list[Change] = []
+        if unknown:
+            now = time.monotonic()
+            for node, ttl in (await self._node_ttls(unknown)).items():
+                if ttl != -2:                    # -1: a key without expiry, alive until changed
+                    out += self._nodes.node_alive(node, now + (ttl / 1000 if ttl > 0 else NO_EXPIRY_RECHECK_S))
+        return out
+
+    async def _dead_nodes(self) -> list[Change]:
+        """Nodes whose key may have expired: confirmed with PTTL (a heartbeat since extends it)."""
+        due = self._nodes.due(time.monotonic())
+        out: list[Change] = []
+        if due:
+            now = time.monotonic()
+            for node, ttl in (await self._node_ttls(due)).items():
+                if ttl == -2:
+                    out += self._nodes.node_dead(node)
+                else:
+                    self._nodes.node_alive(node, now + (ttl / 1000 if ttl > 0 else NO_EXPIRY_RECHECK_S))
+        return out
 
     async def _expired(self) -> list[Change]:
         now = time.monotonic()
@@ -153,7 +197,8 @@ class RedisFeed:
                 self._deadlines[sid] = now + ttl / 1000
             else:
                 del self._deadlines[sid]
-                out.append(Change(sid, {}))
+                if (change := self._nodes.record(sid, "", {})) is not None:
+                    out.append(change)
         return out
 
     async def close(self) -> None:
@@ -163,6 +208,18 @@ class RedisFeed:
                 await pubsub.aclose()
             except (RedisError, OSError):
                 pass
+
+
+def _parse_record(sid: str, raw: str) -> Parsed:
+    """The node is named only for a record served while its node lives (v2): a v1
+    record, a tombstone or an unreadable one goes to the maps as it is."""
+    entries = entries_from_json(sid, raw)
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return sid, None, entries
+    node = doc.get("node_id") if isinstance(doc, dict) and lives_with_node(doc.get("v"), doc.get("deleted")) else None
+    return sid, node if isinstance(node, str) and node else None, entries
 
 
 def _sandbox_id_of(raw: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..registry import SandboxRecord
-from ..registry.records import SCHEMA_VERSION
+from ..registry.records import READABLE_VERSIONS
 
 DEFAULT_SHARDS = 64
 # What the HAProxy config accepts as a host label's sandbox id (routing.py: DNS_ID).
@@ -59,13 +59,13 @@ def record_entries(record: SandboxRecord) -> Entries:
 def entries_from_json(sandbox_id: str, raw: str | None) -> Entries:
     """record_entries straight from a stored record's JSON (a full sync reads 50,000 of
     them: this skips building the record objects). None (absent) or a tombstone: {};
-    a record this edge cannot read (not schema v1, malformed): unreadable_entries."""
+    a record this edge cannot read (another schema version, malformed): unreadable_entries."""
     if raw is None:
         return {}
     try:
         doc = json.loads(raw)
-        if doc["v"] != SCHEMA_VERSION or doc["sandbox_id"] != sandbox_id:
-            raise ValueError("not a v1 record of this sandbox")
+        if doc["v"] not in READABLE_VERSIONS or doc["sandbox_id"] != sandbox_id:
+            raise ValueError("not a v1/v2 record of this sandbox")
         if doc["deleted"] is True:
             return {}
         ports = [(int(p["guest_port"]), str(p["protocol"]), int(p["host_port"]), p["reachable"] is True,

@@ -21,9 +21,12 @@ from ..config import Config
 from ..core import ops
 from ..core.allocation import Allocation
 from ..core.rows import AllocationAdded, AllocationDeleted, PortAccessSet, PortAdded, PortDeleted, Row
+from ..errors import ConfigError
 from ..metrics import Metrics
 from ..models import ExposedPort, Protocol
-from ..registry import NodeRecord, PortRecord, SandboxRecord, open_registry
+from ..registry import NodeRecord, PortRecord, RegistryError, SandboxRecord, open_registry
+from ..registry.base import NodeIdInUse, UnreadableRecord
+from ..registry.ownership import INSTANCE_LABEL, node_id_taken
 from ..registry.publisher import RegistryPublisher
 from .discovery import Discovery
 from .prober import Prober
@@ -45,6 +48,7 @@ class AgentLink:
     expose: Callable[[str, int], Awaitable[int]]                 # discovery: expose a TCP port
     spawn: Callable[[Coroutine[Any, Any, None]], None]           # a background task the agent waits for
     known: Callable[[], dict[tuple[str, int], tuple[bool, float]]]  # stored reachability
+    instance: str = ""                                            # this agent's instance id (node record)
 
 
 PUBLIC = PortAccess()
@@ -65,6 +69,28 @@ class Reachability:
         self.changes = 0
         metrics.watch_reachability(self.status)
 
+    async def check_node_id(self) -> None:
+        """Refuse to start (ConfigError) if another live agent uses our node id. An
+        unreachable registry is not a refusal: the heartbeat makes the same check
+        atomically and publishes nothing while the other agent lives."""
+        url = self.config.registry_in_effect()
+        if not url:
+            return
+        registry = open_registry(url)
+        try:
+            stored = await registry.get_node(self.config.node_id)
+            now = await registry.server_time()
+        except UnreadableRecord as exc:
+            raise ConfigError(str(NodeIdInUse.unreadable(self.config.node_id, exc))) from exc
+        except RegistryError as exc:
+            log.warning("could not check node id %r against the registry at start: %s", self.config.node_id, exc)
+            return
+        finally:
+            await registry.close()
+        if node_id_taken(stored, self.link.instance):
+            assert stored is not None
+            raise ConfigError(str(NodeIdInUse.by(self.node_record(), stored, now)))
+
     async def start(self) -> None:
         syn = await self.link.on_host(SynProber)   # its raw socket lives in the host netns
         self.prober = Prober(syn, self.schedule, self._on_change)
@@ -79,6 +105,9 @@ class Reachability:
             self.publisher = RegistryPublisher(open_registry(url), self.node_record, self.record,
                                                lambda: list(self.link.allocations()), c.registry.ttl_s,
                                                c.registry.heartbeat_s)
+            for rec in self.link.allocations().values():   # allocated just before a restart: still claims
+                if (window := rec.created_at + c.registry.ttl_s - time.time()) > 0:
+                    self.publisher.claim(rec.sandbox_id, window)
             self.publisher.start()
         if c.probe.discovery_port_range:
             self.discovery = Discovery(self.link.allocations, self.link.slot, self.link.expose, self.link.spawn,
@@ -99,7 +128,8 @@ class Reachability:
         for row in rows:
             match row:
                 case AllocationAdded(rec):
-                    self._mark(rec.sandbox_id)
+                    if self.publisher:       # maybe a move here: the first writes claim the record
+                        self.publisher.claim(rec.sandbox_id)
                 case AllocationDeleted(rec):
                     self.on_released(rec.sandbox_id)
                 case PortAdded(sid, port):
@@ -153,7 +183,8 @@ class Reachability:
 
     def node_record(self) -> NodeRecord:
         return NodeRecord(self.config.node_id, self.node_address(), time.time(), __version__,
-                          len(self.link.allocations()))
+                          len(self.link.allocations()),
+                          extra={INSTANCE_LABEL: self.link.instance} if self.link.instance else {})
 
     def record(self, sandbox_id: str, seq: int) -> SandboxRecord | None:
         rec = self.link.allocations().get(sandbox_id)

@@ -1,11 +1,12 @@
 """The routing registry: where each sandbox's exposed ports are and whether they answer."""
 from __future__ import annotations
 
-from .base import Registry, RegistryError
+from .base import NodeIdInUse, Registry, RegistryError
+from .ownership import Verdict
 from .records import SCHEMA_VERSION, NodeRecord, PortRecord, SandboxRecord
 
-__all__ = ["Registry", "RegistryError", "NodeRecord", "PortRecord", "SandboxRecord", "SCHEMA_VERSION",
-           "open_registry"]
+__all__ = ["Registry", "RegistryError", "NodeIdInUse", "Verdict", "NodeRecord", "PortRecord", "SandboxRecord",
+           "SCHEMA_VERSION", "open_registry"]
 
 
 def open_registry(url: str) -> Registry:

@@ -1,9 +1,13 @@
-"""Routing-registry records (schema version 1): pure data, JSON in and out.
+"""Routing-registry records (schema version 2): pure data, JSON in and out.
 
 A sandbox record says where a sandbox's exposed ports are and whether they
 answer. Every write carries a per-sandbox sequence number; a backend keeps a
 write only if its sequence is higher than the stored one, so a late or replayed
 write never overwrites a newer one. See docs/registry.md.
+
+v2 (this agent) and v1 (older agents) have the same fields; they differ in
+liveness: a v1 sandbox record lives by its own TTL, a v2 one while its node's
+record lives. Readers check the node either way; a v1-only reader refuses v2.
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # a reader refuses any other `v`
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,10 @@ class SandboxRecord:
         # One canonical port order, so a record equals its own JSON round trip.
         object.__setattr__(self, "ports", tuple(sorted(self.ports, key=lambda p: (p.guest_port, p.protocol))))
 
+    @property
+    def lives_with_node(self) -> bool:
+        return lives_with_node(self.v, self.deleted)
+
     def port(self, guest_port: int, protocol: str = "tcp") -> PortRecord | None:
         return next((p for p in self.ports if p.guest_port == guest_port and p.protocol == protocol), None)
 
@@ -59,7 +68,7 @@ class SandboxRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> SandboxRecord:
-        """Raises ValueError for anything that is not a v1 sandbox record."""
+        """Raises ValueError for anything that is not a v1 or v2 sandbox record."""
         doc = _load(raw, "sandbox")
         try:
             ports = tuple(PortRecord(**p) for p in doc.pop("ports", {}).values())
@@ -87,12 +96,18 @@ class NodeRecord:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> NodeRecord:
-        """Raises ValueError for anything that is not a v1 node record."""
+        """Raises ValueError for anything that is not a v1 or v2 node record."""
         doc = _load(raw, "node")
         try:
             return cls(**doc)
         except TypeError as exc:
             raise ValueError(f"malformed node record: {exc}") from exc
+
+
+def lives_with_node(v: object, deleted: object) -> bool:
+    """A v2 sandbox record (not a tombstone) is stored without expiry and served while
+    its node's record lives; a tombstone and a v1 record live by their own TTL."""
+    return v == 2 and deleted is not True
 
 
 _PORT_DEFAULTS = {"public": True, "token_sha256": "", "host_mask": ""}
@@ -110,6 +125,7 @@ def _load(raw: str | bytes, kind: str) -> dict[str, Any]:
     doc = json.loads(raw)  # json.JSONDecodeError is a ValueError
     if not isinstance(doc, dict):
         raise ValueError(f"malformed {kind} record: not a JSON object")
-    if doc.get("v") != SCHEMA_VERSION:
-        raise ValueError(f"unsupported {kind} record version {doc.get('v')!r}")
+    if doc.get("v") not in READABLE_VERSIONS:
+        raise ValueError(f"unsupported {kind} record version {doc.get('v')!r} (this reader knows "
+                         f"{', '.join(map(str, READABLE_VERSIONS))})")
     return doc

@@ -1,11 +1,12 @@
 """Redis registry backend: one registry shared by many nodes and edge proxies.
 
 Keys (prefix "netagent:", `?prefix=` in the URL overrides it):
-  {prefix}sbx:{sandbox_id}    sandbox record JSON (tombstones too), PX TTL
-  {prefix}node:{node_id}      node record JSON, PX TTL
-  {prefix}node:{node_id}:sbx  SET of the node's sandbox ids, PX TTL
+  {prefix}sbx:{sandbox_id}    sandbox record JSON: a v2 record without expiry (served
+                              while its node key lives), a tombstone with PX TTL
+  {prefix}node:{node_id}      node record JSON, PX TTL (the heartbeat)
+  {prefix}node:{node_id}:sbx  SET of the node's sandbox ids
 
-The seq compare-and-set, the heartbeat and the node listing are Lua scripts,
+The owner check plus seq compare-and-set, the heartbeat and the node listing are Lua scripts,
 so each is atomic. The scripts touch keys built from the prefix, which is fine
 on a standalone (or Sentinel-managed) Redis but not on Redis Cluster.
 
@@ -25,7 +26,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .base import Registry, RegistryError
+from .base import NodeIdInUse, Registry, RegistryError, UnreadableRecord
+from .ownership import INSTANCE_LABEL, Verdict
 from .records import NodeRecord, SandboxRecord
 
 T = TypeVar("T")
@@ -35,31 +37,64 @@ DEFAULT_PREFIX = "netagent:"
 CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 1.0
 
-# KEYS: sandbox key, node set key.  ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel.
-# Writes only if the stored record (live or tombstone) has a lower seq, or is unreadable,
-# and publishes what it stored ("<ttl ms>\n<record JSON>") on the change channel for edges.
+# KEYS: sandbox key, node set key.
+# ARGV: record JSON, seq, ttl ms, "1" if tombstone, sandbox id, channel, node id, "1" if a claim,
+#       "1" if the record lives while its node does (v2, not a tombstone: stored without expiry).
+# The owner check plus seq rule of ownership.decide (returns its Verdict: 0 stale, 1 stored,
+# 2 not the owner, 3 the stored record is of another schema version or malformed: never
+# overwritten), and publishes what it stored ("<ttl ms>\n<record JSON>", ttl -1: none) on
+# the change channel for edges.
 PUT_SANDBOX_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, doc = pcall(cjson.decode, cur)
-  if ok and type(doc) == 'table' and tonumber(doc.seq) and tonumber(doc.seq) >= tonumber(ARGV[2]) then
-    return 0
+  if not ok or type(doc) ~= 'table' or (doc.v ~= 1 and doc.v ~= 2) or not tonumber(doc.seq) then
+    return 3
+  end
+  if doc.node_id == ARGV[7] then
+    if tonumber(doc.seq) >= tonumber(ARGV[2]) then return 0 end
+  elseif ARGV[8] ~= '1' and doc.deleted ~= true then
+    return 2
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+local ttl = ARGV[3]
+if ARGV[9] == '1' then
+  ttl = '-1'
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+end
 if ARGV[4] == '1' then
   redis.call('SREM', KEYS[2], ARGV[5])
 else
   redis.call('SADD', KEYS[2], ARGV[5])
-  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+  if ARGV[9] == '1' then
+    redis.call('PERSIST', KEYS[2])
+  elseif redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  end
 end
-redis.call('PUBLISH', ARGV[6], ARGV[3] .. '\\n' .. ARGV[1])
+redis.call('PUBLISH', ARGV[6], ttl .. '\\n' .. ARGV[1])
 return 1
 """
 
-# KEYS: node key, node set key, then one sandbox key per id.  ARGV: node JSON, ttl ms, node id, then the ids.
-# Extends only records still owned by this node and not tombstones. Returns how many were extended.
+# KEYS: node key, node set key, then one sandbox key per id.
+# ARGV: node JSON, ttl ms, node id, agent instance, then the ids.
+# If a live node record of this id names another instance (ownership.node_id_taken),
+# writes nothing and returns {-1, that record}; {-2, that record} if it is not a
+# readable v1/v2 record (not ours to overwrite either). Otherwise extends the listed (v1)
+# records still owned by this node and not tombstones, and returns {1} if the node record
+# was missing (the agent then writes all its records again), else {0}.
 REFRESH_LUA = """
+local node = redis.call('GET', KEYS[1])
+if node then
+  local ok, doc = pcall(cjson.decode, node)
+  if not ok or type(doc) ~= 'table' or (doc.v ~= 1 and doc.v ~= 2) then return {-2, node} end
+  if ARGV[4] ~= '' and type(doc.extra) == 'table' and type(doc.extra.instance) == 'string'
+     and doc.extra.instance ~= '' and doc.extra.instance ~= ARGV[4] then
+    return {-1, node}
+  end
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local extended = 0
 for i = 3, #KEYS do
@@ -68,7 +103,7 @@ for i = 3, #KEYS do
     local ok, doc = pcall(cjson.decode, cur)
     if ok and type(doc) == 'table' and doc.node_id == ARGV[3] and doc.deleted ~= true then
       redis.call('PEXPIRE', KEYS[i], ARGV[2])
-      redis.call('SADD', KEYS[2], ARGV[i + 1])
+      redis.call('SADD', KEYS[2], ARGV[i + 2])
       extended = extended + 1
     end
   end
@@ -76,7 +111,8 @@ end
 if extended > 0 and redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-return extended
+if node then return {0} end
+return {1}
 """
 
 # KEYS: node set key.  ARGV: sandbox key prefix, node id.
@@ -175,37 +211,52 @@ class RedisRegistry(Registry):
         if client is not None:
             await client.aclose()
 
-    async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
-        keys = [self.sandbox_key(record.sandbox_id), self.node_set_key(record.node_id)]
-        args = [record.to_json(), record.seq, ttl_ms(ttl_s), "1" if record.deleted else "0", record.sandbox_id,
-                self.change_channel]
-        stored = await self._call("put_sandbox", lambda r: self._put_script(keys=keys, args=args))
-        return stored == 1
+    def _put_args(self, rec: SandboxRecord, ttl_s: float, claim: bool) -> tuple[list[str], list[Any]]:
+        keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id)]
+        args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
+                self.change_channel, rec.node_id, "1" if claim else "0", "1" if rec.lives_with_node else "0"]
+        return keys, args
 
-    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
-        """One pipelined round trip for the batch (each write is still its own atomic CAS)."""
+    async def write_many(self, records: list[SandboxRecord], ttl_s: float,
+                         claims: list[bool] | None = None) -> list[Verdict]:
+        """One pipelined round trip for the batch (each write is still its own atomic script)."""
+        flags = claims or [False] * len(records)
+
         async def run(client: aioredis.Redis) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                for rec in records:
-                    keys = [self.sandbox_key(rec.sandbox_id), self.node_set_key(rec.node_id)]
-                    args = [rec.to_json(), rec.seq, ttl_ms(ttl_s), "1" if rec.deleted else "0", rec.sandbox_id,
-                            self.change_channel]
+                for rec, claim in zip(records, flags, strict=True):
+                    keys, args = self._put_args(rec, ttl_s, claim)
                     await self._put_script(keys=keys, args=args, client=pipe)  # queued, not sent
                 return await pipe.execute()
-        return [r == 1 for r in await self._call("put_many", run)]
+        return [Verdict(int(r)) for r in await self._call("write_many", run)]
 
-    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
+    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> bool:
         ids = list(dict.fromkeys(sandbox_ids))
         keys = [self.node_key(node.node_id), self.node_set_key(node.node_id), *map(self.sandbox_key, ids)]
-        args = [node.to_json(), ttl_ms(ttl_s), node.node_id, *ids]
-        await self._call("refresh", lambda r: self._refresh_script(keys=keys, args=args))
+        args = [node.to_json(), ttl_ms(ttl_s), node.node_id, str(node.extra.get(INSTANCE_LABEL, "")), *ids]
+        result = await self._call("refresh", lambda r: self._refresh_script(keys=keys, args=args))
+        if result[0] == -2:
+            try:
+                NodeRecord.from_json(result[1])
+                reason: object = "not a v1 node record"
+            except ValueError as exc:
+                reason = exc
+            raise NodeIdInUse.unreadable(node.node_id, reason)
+        if result[0] == -1:
+            raise NodeIdInUse.by(node, self._decode(NodeRecord, result[1]), await self.server_time())
+        return bool(result[0] == 1)
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
         raw = await self._call("get_sandbox", lambda r: r.get(self.sandbox_key(sandbox_id)))
         if raw is None:
             return None
         record = self._decode(SandboxRecord, raw)
-        return None if record.deleted else record
+        if record.deleted:
+            return None
+        if record.lives_with_node and not await self._call("get_sandbox",
+                                                           lambda r: r.exists(self.node_key(record.node_id))):
+            return None                                 # its node is dead
+        return record
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         raw = await self._call("get_node", lambda r: r.get(self.node_key(node_id)))
@@ -240,6 +291,15 @@ class RedisRegistry(Registry):
         """Remaining TTL of a sandbox key in ms; -2 if absent."""
         return await self._call("pttl", lambda r: r.pttl(self.sandbox_key(sandbox_id)))
 
+    async def node_ttls(self, node_ids: list[str]) -> dict[str, int]:
+        """Remaining TTL of each node's key in ms (-2: absent, its node is dead); one round trip."""
+        async def run(client: aioredis.Redis) -> list[int]:
+            async with client.pipeline(transaction=False) as pipe:
+                for node_id in node_ids:
+                    pipe.pttl(self.node_key(node_id))
+                return await pipe.execute()
+        return dict(zip(node_ids, await self._call("node_ttls", run), strict=True)) if node_ids else {}
+
     def pubsub(self) -> aioredis.client.PubSub:
         return self._ensure_client().pubsub(ignore_subscribe_messages=True)
 
@@ -251,4 +311,4 @@ class RedisRegistry(Registry):
         try:
             return cls.from_json(raw)
         except ValueError as exc:
-            raise RegistryError(f"redis registry {self.safe_url}: unreadable {cls.__name__}: {exc}") from exc
+            raise UnreadableRecord(f"redis registry {self.safe_url}: unreadable {cls.__name__}: {exc}") from exc

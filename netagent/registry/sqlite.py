@@ -3,6 +3,8 @@
 The agent writes and a separate edge process may read the same file, so the
 database runs in WAL mode with a busy timeout. Every sqlite call runs on one
 dedicated thread, never on the event loop. Times are this host's clock.
+A live v2 sandbox record never expires by itself: it is served while its
+node's row is live (NODE_ALIVE); tombstones and node rows expire by TTL.
 """
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import Registry, RegistryError
-from .records import NodeRecord, SandboxRecord
+from .base import NodeIdInUse, Registry, RegistryError, UnreadableRecord
+from .ownership import INSTANCE_LABEL, Stored, Verdict, decide, node_id_taken
+from .records import READABLE_VERSIONS, NodeRecord, SandboxRecord
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 PURGE_INTERVAL_S = 60.0
+NO_EXPIRY = 1e18        # expires_at of a live record: it lives while its node does
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -48,8 +52,8 @@ ALTER TABLE sandboxes ADD COLUMN change_id INTEGER NOT NULL DEFAULT 0
 """
 CHANGE_ID_INDEX = "CREATE INDEX IF NOT EXISTS sandboxes_by_change ON sandboxes(change_id)"
 
-# Compare-and-set in one statement. An expired row counts as absent, so it
-# does not block a write (the same as an expired key in redis).
+# Runs inside BEGIN IMMEDIATE after ownership.decide said yes, so the read of the
+# stored head and this write are one atomic step.
 PUT_SANDBOX = """
 INSERT INTO sandboxes (sandbox_id, node_id, seq, deleted, expires_at, record, change_id)
 VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record,
@@ -57,8 +61,16 @@ VALUES (:sandbox_id, :node_id, :seq, :deleted, :expires_at, :record,
 ON CONFLICT (sandbox_id) DO UPDATE SET
     node_id = excluded.node_id, seq = excluded.seq, deleted = excluded.deleted,
     expires_at = excluded.expires_at, record = excluded.record, change_id = excluded.change_id
-WHERE excluded.seq > sandboxes.seq OR sandboxes.expires_at <= :now
 """
+
+# An expired row counts as absent (the same as an expired key in redis).
+STORED_HEAD = ("SELECT node_id, seq, deleted, CASE WHEN json_valid(record) THEN json_extract(record, '$.v') END "
+               "FROM sandboxes WHERE sandbox_id = ? AND expires_at > ?")
+
+# A v2 sandbox row (expires_at NO_EXPIRY) is served only while its node's row is live
+# (docs/registry.md, "Liveness"); a v1 row by its own expires_at.
+NODE_ALIVE = "EXISTS (SELECT 1 FROM nodes WHERE nodes.node_id = sandboxes.node_id AND nodes.expires_at > :now)"
+SERVED = f"deleted = 0 AND expires_at > :now AND (expires_at < {NO_EXPIRY} OR {NODE_ALIVE})"
 
 UPSERT_NODE = """
 INSERT INTO nodes (node_id, expires_at, record) VALUES (?, ?, ?)
@@ -112,7 +124,7 @@ class SqliteRegistry(Registry):
                              check_same_thread=False)
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode = WAL")
+            switch_to_wal(db)
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(sandboxes)")}
@@ -144,30 +156,43 @@ class SqliteRegistry(Registry):
         finally:
             executor.shutdown(wait=False)
 
-    async def put_sandbox(self, record: SandboxRecord, ttl_s: float) -> bool:
-        return await self._run(self._db_put_sandbox, record, ttl_s)
+    async def write_many(self, records: list[SandboxRecord], ttl_s: float,
+                         claims: list[bool] | None = None) -> list[Verdict]:
+        """One transaction for the batch (a full push rewrites every record)."""
+        flags = claims or [False] * len(records)
 
-    def _db_put_sandbox(self, db: sqlite3.Connection, record: SandboxRecord, ttl_s: float) -> bool:
-        now = time.time()
-        cur = db.execute(PUT_SANDBOX, {
-            "sandbox_id": record.sandbox_id, "node_id": record.node_id, "seq": record.seq,
-            "deleted": int(record.deleted), "expires_at": now + ttl_s, "record": record.to_json(), "now": now,
-        })
-        return cur.rowcount == 1
-
-    async def put_many(self, records: list[SandboxRecord], ttl_s: float) -> list[bool]:
-        """One transaction for the batch (a heartbeat rewrites every record)."""
-        def put_all(db: sqlite3.Connection) -> list[bool]:
+        def write_all(db: sqlite3.Connection) -> list[Verdict]:
             with transaction(db):
-                return [self._db_put_sandbox(db, r, ttl_s) for r in records]
-        return await self._run(put_all)
+                return [self._db_write(db, r, ttl_s, c) for r, c in zip(records, flags, strict=True)]
+        return await self._run(write_all)
 
-    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
-        await self._run(self._db_refresh, node, list(sandbox_ids), ttl_s)
+    def _db_write(self, db: sqlite3.Connection, record: SandboxRecord, ttl_s: float, claim: bool) -> Verdict:
+        now = time.time()
+        row = db.execute(STORED_HEAD, (record.sandbox_id, now)).fetchone()
+        stored = None if row is None else Stored(row[0], row[1], bool(row[2]), row[3] in READABLE_VERSIONS)
+        verdict = decide(stored, record.node_id, record.seq, claim)
+        if verdict == Verdict.STORED:
+            db.execute(PUT_SANDBOX, {
+                "sandbox_id": record.sandbox_id, "node_id": record.node_id, "seq": record.seq,
+                "deleted": int(record.deleted), "expires_at": expiry(record, now, ttl_s), "record": record.to_json(),
+            })
+        return verdict
 
-    def _db_refresh(self, db: sqlite3.Connection, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> None:
+    async def refresh(self, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> bool:
+        return await self._run(self._db_refresh, node, list(sandbox_ids), ttl_s)
+
+    def _db_refresh(self, db: sqlite3.Connection, node: NodeRecord, sandbox_ids: list[str], ttl_s: float) -> bool:
         now = time.time()
         with transaction(db):
+            row = db.execute("SELECT record FROM nodes WHERE node_id = ? AND expires_at > ?",
+                             (node.node_id, now)).fetchone()
+            try:
+                stored = None if row is None else NodeRecord.from_json(row[0])
+            except ValueError as exc:
+                raise NodeIdInUse.unreadable(node.node_id, exc) from exc
+            if node_id_taken(stored, str(node.extra.get(INSTANCE_LABEL, ""))):
+                assert stored is not None
+                raise NodeIdInUse.by(node, stored, now)
             db.execute(UPSERT_NODE, (node.node_id, now + ttl_s, node.to_json()))
             db.execute(EXTEND_SANDBOXES, {"expires_at": now + ttl_s, "node_id": node.node_id, "now": now,
                                           "ids": json.dumps(sandbox_ids)})
@@ -175,18 +200,20 @@ class SqliteRegistry(Registry):
                 self._next_purge = now + PURGE_INTERVAL_S
                 db.execute("DELETE FROM sandboxes WHERE expires_at <= ?", (now,))
                 db.execute("DELETE FROM nodes WHERE expires_at <= ?", (now,))
+        return row is None
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
-        raw = await self._run(self._db_one, "SELECT record FROM sandboxes "
-                              "WHERE sandbox_id = ? AND deleted = 0 AND expires_at > ?", sandbox_id)
+        raw = await self._run(self._db_one, f"SELECT record FROM sandboxes WHERE sandbox_id = :key AND {SERVED}",
+                              sandbox_id)
         return None if raw is None else decode(SandboxRecord, raw, self.path)
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
-        raw = await self._run(self._db_one, "SELECT record FROM nodes WHERE node_id = ? AND expires_at > ?", node_id)
+        raw = await self._run(self._db_one, "SELECT record FROM nodes WHERE node_id = :key AND expires_at > :now",
+                              node_id)
         return None if raw is None else decode(NodeRecord, raw, self.path)
 
     def _db_one(self, db: sqlite3.Connection, query: str, key: str) -> str | None:
-        row = db.execute(query, (key, time.time())).fetchone()
+        row = db.execute(query, {"key": key, "now": time.time()}).fetchone()
         return None if row is None else row[0]
 
     async def node_sandboxes(self, node_id: str) -> list[str]:
@@ -204,33 +231,58 @@ class SqliteRegistry(Registry):
 
     async def changed_since(self, change_id: int, limit: int = 10_000) -> list[tuple[str, int, str | None]]:
         """Rows stored after `change_id`, oldest first: (sandbox_id, change_id, record
-        JSON, or None for a tombstone or an expired row). Page with the last id seen."""
+        JSON, or None for a tombstone, an expired row or a dead node's). Page with the last id seen."""
         return await self._run(self._db_changed_since, change_id, limit)
 
     def _db_changed_since(self, db: sqlite3.Connection, change_id: int,
                           limit: int) -> list[tuple[str, int, str | None]]:
-        rows = db.execute("SELECT sandbox_id, change_id, CASE WHEN deleted = 0 AND expires_at > ? THEN record END "
-                          "FROM sandboxes WHERE change_id > ? ORDER BY change_id LIMIT ?",
-                          (time.time(), change_id, limit))
+        rows = db.execute(f"SELECT sandbox_id, change_id, CASE WHEN {SERVED} THEN record END "
+                          "FROM sandboxes WHERE change_id > :change_id ORDER BY change_id LIMIT :limit",
+                          {"now": time.time(), "change_id": change_id, "limit": limit})
         return list(rows)
 
     async def live_ids(self) -> set[str]:
-        """Ids of every live record."""
+        """Ids of every served record (live, and its node too)."""
         rows = await self._run(lambda db: db.execute(
-            "SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND expires_at > ?", (time.time(),)).fetchall())
+            f"SELECT sandbox_id FROM sandboxes WHERE {SERVED}", {"now": time.time()}).fetchall())
         return {r[0] for r in rows}
 
     async def expiry_scan(self) -> tuple[set[str], int]:
-        """(ids of records that expired without a write and are not purged yet, how many
-        records are live): cheaper than live_ids for noticing expiries in a big table."""
+        """(ids of records that expired, or whose node did, without a write and are not
+        purged yet, how many records are served): cheaper than live_ids for noticing
+        expiries in a big table."""
         def scan(db: sqlite3.Connection) -> tuple[set[str], int]:
-            now = time.time()
+            now = {"now": time.time()}
             expired = {r[0] for r in db.execute(
-                "SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND expires_at <= ?", (now,))}
-            live = db.execute("SELECT COUNT(*) FROM sandboxes WHERE deleted = 0 AND expires_at > ?",
-                              (now,)).fetchone()[0]
+                f"SELECT sandbox_id FROM sandboxes WHERE deleted = 0 AND NOT ({SERVED})", now)}
+            live = db.execute(f"SELECT COUNT(*) FROM sandboxes WHERE {SERVED}", now).fetchone()[0]
             return expired, live
         return await self._run(scan)
+
+
+def switch_to_wal(db: sqlite3.Connection) -> None:
+    """PRAGMA journal_mode = WAL, retried while busy for up to the busy timeout. On a
+    file still in rollback mode, the switch fails at once, without calling the busy
+    handler, while another connection holds the write lock (another opener creating
+    the schema): two processes opening a fresh file together (agent and edge, two
+    publishers) failed so in about 0.5 % of openings. Once the file is in WAL mode
+    (persistent) the pragma takes no lock."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def expiry(record: SandboxRecord, now: float, ttl_s: float) -> float:
+    """A tombstone and a v1 record live `ttl_s`; a v2 record while its node lives."""
+    return NO_EXPIRY if record.lives_with_node else now + ttl_s
 
 
 class transaction:
@@ -253,4 +305,4 @@ def decode(cls: type[R], raw: str | bytes, where: str) -> R:
     try:
         return cls.from_json(raw)
     except ValueError as exc:
-        raise RegistryError(f"registry {where}: unreadable {cls.__name__}: {exc}") from exc
+        raise UnreadableRecord(f"registry {where}: unreadable {cls.__name__}: {exc}") from exc

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from netagent.registry import PortRecord, SandboxRecord
+from netagent.registry import NodeRecord, PortRecord, SandboxRecord
 from netagent.registry.sqlite import SqliteRegistry
 from tests.edge.helpers import wait_listening
 
@@ -121,6 +121,7 @@ async def run(seconds: float, connections: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             registry = SqliteRegistry(f"sqlite:///{tmp}/registry.db")
             await registry.connect()
+            await registry.refresh(NodeRecord("node-1", LOOPBACK, time.time()), [], 3600)   # v2: node alive
             await registry.put_sandbox(SandboxRecord("bench", "node-1", LOOPBACK, 1, time.time(), (
                 PortRecord(3000, "tcp", upstream_port, True, 0.0, 0.0),)), ttl_s=3600)
             await registry.close()

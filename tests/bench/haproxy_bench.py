@@ -33,7 +33,7 @@ from netagent.edge.control import EdgeControl
 from netagent.edge.feeds import open_feed
 from netagent.edge.maps import DEFAULT_SHARDS
 from netagent.edge.runtime import HAProxyRuntime
-from netagent.registry import PortRecord, SandboxRecord, open_registry
+from netagent.registry import NodeRecord, PortRecord, SandboxRecord, open_registry
 from tests.edge.helpers import wait_listening
 from tests.testbed.haproxy_proc import HAProxy, loopback_port
 from tests.testbed.redis_proc import RedisServer
@@ -110,6 +110,7 @@ async def throughput(seconds: float, connections: int, workdir: Path, shards: in
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     registry = open_registry(f"sqlite:///{workdir}/registry.db")
     await registry.connect()
+    await registry.refresh(NodeRecord("node-1", LOOPBACK, time.time()), [], 3600)   # v2 records: node alive
     await registry.put_sandbox(sandbox("bench", guest_port), ttl_s=3600)
     _, pem = wildcard_pem(workdir / "pki", DOMAIN)
     https = loopback_port()
@@ -169,6 +170,7 @@ async def propagation(url: str, records: int, samples: int, workdir: Path) -> di
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     registry = open_registry(url)
     await registry.connect()
+    await registry.refresh(NodeRecord("node-1", LOOPBACK, time.time()), [], 3600)   # v2 records: node alive
     haproxy = HAProxy.for_test(workdir / f"edge-{records}", DOMAIN, threads=1)
     try:
         batch = [sandbox(f"fill{i}", 40000 + i % 1000) for i in range(records)]

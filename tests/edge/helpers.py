@@ -281,9 +281,15 @@ class RawClient:
 
 def sandbox(sandbox_id: str, ports: dict[int, tuple[int, bool | None]], node_address: str = LOOPBACK,
             seq: int = 1, protocol: str = "tcp") -> SandboxRecord:
-    """A record with guest_port -> (host_port, reachable)."""
+    """A record with guest_port -> (host_port, reachable). Schema v1 (EDGE_TEST_V): it
+    lives by its own TTL, so the edge tests need no node heartbeat; v2 records, served
+    while their node lives, are covered in tests/registry/test_liveness.py."""
     return SandboxRecord(sandbox_id, "node-1", node_address, seq, 0.0, tuple(
-        PortRecord(guest, protocol, host, reachable, 0.0, 0.0) for guest, (host, reachable) in sorted(ports.items())))
+        PortRecord(guest, protocol, host, reachable, 0.0, 0.0) for guest, (host, reachable) in sorted(ports.items())),
+        v=EDGE_TEST_V)
+
+
+EDGE_TEST_V = 1
 
 
 def free_port() -> int:

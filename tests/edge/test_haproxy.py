@@ -14,7 +14,7 @@ from netagent.registry import PortRecord, SandboxRecord
 from netagent.registry.sqlite import SqliteRegistry
 
 from .hap import DOMAIN, eventually, running_edge
-from .helpers import LOOPBACK, RawClient, Request, UpstreamServer, free_port, sandbox
+from .helpers import EDGE_TEST_V, LOOPBACK, RawClient, Request, UpstreamServer, free_port, sandbox
 
 JSON = {"Accept": "application/json"}
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
@@ -30,7 +30,7 @@ def private(sandbox_id: str, guest: int, host_port: int, token_sha: str = TOKEN_
             host_mask: str = "") -> SandboxRecord:
     return SandboxRecord(sandbox_id, "node-1", LOOPBACK, seq, 0.0, (
         PortRecord(guest, "tcp", host_port, True, 0.0, 0.0, public=False, token_sha256=token_sha,
-                   host_mask=host_mask),))
+                   host_mask=host_mask),), v=EDGE_TEST_V)
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ async def test_host_mask_rewrites_the_host_the_guest_sees(edge: int, registry: S
     upstream.handlers["/vite"] = localhost_only
     assert await _get(edge, host()) == (403, b"Blocked request. This host is not allowed.")
     masked = SandboxRecord("abc", "node-1", LOOPBACK, 5, 0.0, (
-        PortRecord(3000, "tcp", upstream.port, True, 0.0, 0.0, host_mask="localhost:{port}"),))
+        PortRecord(3000, "tcp", upstream.port, True, 0.0, 0.0, host_mask="localhost:{port}"),), v=EDGE_TEST_V)
     await registry.put_sandbox(masked, ttl_s=300)
     await eventually(lambda: _get_is(edge, host(), 200))
     assert await _get(edge, host()) == (200, b"hello")

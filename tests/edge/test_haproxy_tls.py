@@ -22,7 +22,7 @@ from tests.testbed.haproxy_proc import loopback_port
 from tests.testbed.tls import wildcard_pem
 
 from .hap import DOMAIN, eventually, running_edge
-from .helpers import LOOPBACK, UpstreamServer, sandbox
+from .helpers import EDGE_TEST_V, LOOPBACK, UpstreamServer, sandbox
 
 TOKEN = "tls-token"
 
@@ -124,7 +124,8 @@ async def test_websocket_over_http2_and_its_token(tls_edge, registry, upstream: 
     assert (status, echoed) == ("200", b"echo:ping")
     sha = hashlib.sha256(TOKEN.encode()).hexdigest()
     await registry.put_sandbox(SandboxRecord("priv", "n", LOOPBACK, 1, 0.0, (
-        PortRecord(3000, "tcp", upstream.port, True, 0.0, 0.0, public=False, token_sha256=sha),)), ttl_s=300)
+        PortRecord(3000, "tcp", upstream.port, True, 0.0, 0.0, public=False, token_sha256=sha),), v=EDGE_TEST_V),
+        ttl_s=300)
     await eventually(lambda: _https_is(haproxy, ca, host("priv"), "401"))
     status, _ = await asyncio.to_thread(h2_websocket, haproxy.https_port, str(ca), host("priv"), [])
     assert status == "401"

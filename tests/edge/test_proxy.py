@@ -13,7 +13,7 @@ from netagent.edge import EdgeConfig, EdgeServer
 from netagent.registry import PortRecord, SandboxRecord
 from netagent.registry.sqlite import SqliteRegistry
 
-from .helpers import LOOPBACK, RawClient, UpstreamServer, free_port, sandbox
+from .helpers import EDGE_TEST_V, LOOPBACK, RawClient, UpstreamServer, free_port, sandbox
 
 DOMAIN = "sbx.edge.test"
 SHARED = "edge.shared.test"
@@ -388,7 +388,8 @@ async def test_malformed_chunked_upload_is_400(edge: int) -> None:
 async def test_a_private_port_is_never_served(edge: int, registry: SqliteRegistry, upstream: UpstreamServer) -> None:
     """The Python proxy checks no tokens, so it must not serve a private port at all."""
     await registry.put_sandbox(SandboxRecord("priv", "node-1", LOOPBACK, 1, 0.0, (
-        PortRecord(3000, "tcp", upstream.port, True, 0.0, 0.0, public=False, token_sha256="ab" * 32),)), ttl_s=300)
+        PortRecord(3000, "tcp", upstream.port, True, 0.0, 0.0, public=False, token_sha256="ab" * 32),),
+        v=EDGE_TEST_V), ttl_s=300)
     async with await RawClient.open(edge) as client:
         resp = await client.request("GET", "/", host("priv"), {"X-Access-Token": "anything", **JSON})
     assert resp.status == 401 and upstream.requests == []

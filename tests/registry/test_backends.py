@@ -16,6 +16,7 @@ import pytest
 import redis as syncredis
 
 from netagent.registry import (
+    SCHEMA_VERSION,
     NodeRecord,
     PortRecord,
     Registry,
@@ -35,10 +36,10 @@ EXPIRY_MARGIN = 0.1
 
 
 def sandbox(sandbox_id: str = "sbx-1", seq: int = 1, node_id: str = "node-a", address: str = "10.0.0.1",
-            host_port: int = 30001) -> SandboxRecord:
+            host_port: int = 30001, v: int = SCHEMA_VERSION) -> SandboxRecord:
     port = PortRecord(guest_port=8080, protocol="tcp", host_port=host_port, reachable=True,
                       changed_at=1000.0, checked_at=1001.0)
-    return SandboxRecord(sandbox_id, node_id, address, seq, updated_at=1002.0, ports=(port,))
+    return SandboxRecord(sandbox_id, node_id, address, seq, updated_at=1002.0, ports=(port,), v=v)
 
 
 def node(node_id: str = "node-a") -> NodeRecord:
@@ -80,6 +81,8 @@ async def registry(request: pytest.FixtureRequest, tmp_path: Path):
         reg = RedisRegistry(request.getfixturevalue("redis_server").url)
     try:
         await reg.connect()
+        for node_id in ("node-a", "node-b", "node-w"):     # alive for the whole test: their v2 records are served
+            await reg.refresh(node(node_id), [], LONG_TTL)
         yield reg
     finally:
         await reg.close()
@@ -110,7 +113,8 @@ async def test_put_many_applies_the_seq_rule_to_each_record(registry: Registry) 
     assert {r.seq for r in [await registry.get_sandbox("sbx-1"), await registry.get_sandbox("sbx-3")]} == {5, 1}
 
 
-# One writer process: its own registry object and connection. Once told to go,
+# One writer process: its own registry object and connection (all of the same node,
+# so only the seq decides; moves between nodes: test_moves.py). Once told to go,
 # it writes the same sandbox for `seconds`, each write with seq = microseconds
 # since `base` * writers + index: the writers' seqs interleave in time, so they
 # collide all along. Prints what it attempted and which seqs got stored.
@@ -128,7 +132,7 @@ async def main():
         seq = max(seq + writers, (time.time_ns() - base) // 1000 * writers + index)
         port = PortRecord(8080, "tcp", 20000 + seq % 40000, True, 1000.0, 1001.0)
         attempts += 1
-        if await reg.put_sandbox(SandboxRecord("sbx-1", f"node-{index}", "10.0.0.1", seq, time.time(), (port,)), 30):
+        if await reg.put_sandbox(SandboxRecord("sbx-1", "node-w", "10.0.0.1", seq, time.time(), (port,)), 30):
             stored.append(seq)
     await reg.close()
     print(json.dumps({"attempts": attempts, "last": seq, "stored": stored}))
@@ -163,7 +167,7 @@ async def test_concurrent_writers_in_separate_processes_keep_the_highest_seq(reg
     top = max(r["last"] for r in results)   # the highest seq anyone wrote
     final = await registry.get_sandbox("sbx-1")
     assert final is not None and final.seq == top, (final, top)
-    assert final.node_id == f"node-{top % writers}" and final.ports[0].host_port == 20000 + top % 40000
+    assert final.ports[0].host_port == 20000 + top % 40000
     assert len(seen) > 10 and seen == sorted(seen), seen
     # The writers really wrote at the same time: in the order of the stored
     # seqs, the lead passed from one writer to another many times.
@@ -193,22 +197,22 @@ async def test_stale_tombstone_is_refused(registry: Registry) -> None:
     assert (await registry.get_sandbox("sbx-1")).seq == 7
 
 
-async def test_record_expires_after_ttl(registry: Registry) -> None:
+async def test_a_v1_record_expires_after_ttl(registry: Registry) -> None:
     async def gone() -> bool:
         return await registry.get_sandbox("sbx-1") is None
 
-    await expiry(registry.put_sandbox(sandbox(seq=9), SHORT_TTL), gone, SHORT_TTL)
+    await expiry(registry.put_sandbox(sandbox(seq=9, v=1), SHORT_TTL), gone, SHORT_TTL)
     assert await registry.node_sandboxes("node-a") == []
     # An expired record is absent: it no longer blocks a lower seq.
     assert await registry.put_sandbox(sandbox(seq=1), LONG_TTL) is True
 
 
-async def test_refresh_extends_only_the_nodes_own_live_records(registry: Registry) -> None:
-    await registry.put_sandbox(sandbox("own", node_id="node-a"), SHORT_TTL)
-    await registry.put_sandbox(sandbox("other", node_id="node-b"), SHORT_TTL)
-    await registry.put_sandbox(sandbox("moved", seq=1, node_id="node-a"), SHORT_TTL)
-    await registry.put_sandbox(sandbox("moved", seq=2, node_id="node-b"), SHORT_TTL)
-    await registry.put_sandbox(sandbox("released", seq=1, node_id="node-a"), LONG_TTL)
+async def test_refresh_extends_only_the_nodes_own_live_v1_records(registry: Registry) -> None:
+    await registry.put_sandbox(sandbox("own", node_id="node-a", v=1), SHORT_TTL)
+    await registry.put_sandbox(sandbox("other", node_id="node-b", v=1), SHORT_TTL)
+    await registry.put_sandbox(sandbox("moved", seq=1, node_id="node-a", v=1), SHORT_TTL)
+    await registry.write_sandbox(sandbox("moved", seq=2, node_id="node-b", v=1), SHORT_TTL, claim=True)
+    await registry.put_sandbox(sandbox("released", seq=1, node_id="node-a", v=1), LONG_TTL)
     await registry.put_sandbox(SandboxRecord.tombstone("released", "node-a", 2, time.time()), SHORT_TTL)
     tombstone_expires = time.monotonic() + SHORT_TTL   # at the latest (it was written before this line)
 
@@ -230,19 +234,40 @@ async def test_refresh_extends_only_the_nodes_own_live_records(registry: Registr
 
 
 async def test_node_record_and_its_expiry(registry: Registry) -> None:
-    me = node("node-a")
-    assert await registry.get_node("node-a") is None
+    me = node("node-c")
+    assert await registry.get_node("node-c") is None
 
     async def gone() -> bool:
-        return await registry.get_node("node-a") is None
+        return await registry.get_node("node-c") is None
 
     async def refresh_and_read() -> None:
-        await registry.refresh(me, [], SHORT_TTL)
-        assert await registry.get_node("node-a") == me
+        assert await registry.refresh(me, [], SHORT_TTL) is True       # it was missing
+        assert await registry.get_node("node-c") == me
 
     await expiry(refresh_and_read(), gone, SHORT_TTL)
-    await registry.refresh(me, [], LONG_TTL)
-    assert await registry.get_node("node-a") == me
+    assert await registry.refresh(me, [], LONG_TTL) is True            # expired: missing again
+    assert await registry.get_node("node-c") == me
+    assert await registry.refresh(me, [], LONG_TTL) is False           # live: nothing to rewrite
+
+
+async def test_a_v2_record_is_served_exactly_while_its_node_lives(registry: Registry) -> None:
+    """The record itself never expires: its node's heartbeat decides (a killed host's
+    sandboxes are gone one TTL after its last heartbeat, and back if it returns)."""
+    record = sandbox("sbx-2", node_id="node-c")
+    assert await registry.put_sandbox(record, SHORT_TTL) is True
+    assert await registry.get_sandbox("sbx-2") is None                 # its node has no record yet
+
+    async def gone() -> bool:
+        return await registry.get_sandbox("sbx-2") is None
+
+    async def heartbeat_and_read() -> None:
+        await registry.refresh(node("node-c"), [], SHORT_TTL)
+        assert await registry.get_sandbox("sbx-2") == record
+
+    await expiry(heartbeat_and_read(), gone, SHORT_TTL)
+    assert await registry.node_sandboxes("node-c") == ["sbx-2"]        # kept, for the node's return
+    await registry.refresh(node("node-c"), [], LONG_TTL)
+    assert await registry.get_sandbox("sbx-2") == record               # long after the record's "TTL"
 
 
 async def test_node_sandboxes_lists_live_owned_ids(registry: Registry) -> None:
@@ -250,7 +275,7 @@ async def test_node_sandboxes_lists_live_owned_ids(registry: Registry) -> None:
         await registry.put_sandbox(sandbox(sid, node_id="node-a"), LONG_TTL)
     await registry.put_sandbox(sandbox("b1", node_id="node-b"), LONG_TTL)
     await registry.put_sandbox(SandboxRecord.tombstone("a3", "node-a", 2, time.time()), LONG_TTL)
-    await registry.put_sandbox(sandbox("a4", seq=2, node_id="node-b"), LONG_TTL)  # moved to node-b
+    await registry.write_sandbox(sandbox("a4", seq=2, node_id="node-b"), LONG_TTL, claim=True)  # moved to node-b
     assert await registry.node_sandboxes("node-a") == ["a1", "a2"]
     assert await registry.node_sandboxes("node-b") == ["a4", "b1"]
     assert await registry.node_sandboxes("node-c") == []
@@ -284,6 +309,7 @@ async def test_redis_prefix_from_url(redis_server) -> None:
     raw = syncredis.Redis(unix_socket_path=str(redis_server.socket_path), decode_responses=True)
     try:
         assert isinstance(reg, RedisRegistry)
+        assert await reg.refresh(node(), [], LONG_TTL) is True           # the node record was missing
         await reg.put_sandbox(sandbox("x"), LONG_TTL)
         assert raw.exists("t1:sbx:x") == 1 and raw.exists("netagent:sbx:x") == 0
         assert await reg.get_sandbox("x") is not None

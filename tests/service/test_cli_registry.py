@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from netagent.registry import SandboxRecord, open_registry
+from netagent.registry import NodeRecord, SandboxRecord, open_registry
+from netagent.registry.ownership import Verdict
 from tests.service.daemon import Daemon, write_config
 from tests.service.test_cli_debug import network
 from tests.testbed import sh
@@ -59,11 +60,14 @@ def field(out: str, label: str) -> str:
     return next(line[len(label):].strip() for line in out.splitlines() if line.startswith(label + " "))
 
 
-def put_record(db: Path, record: SandboxRecord) -> bool:
+def put_record(db: Path, record: SandboxRecord, claim: bool = False) -> bool:
+    """`claim`: written as another node taking the sandbox over (docs/registry.md, moves);
+    that node heartbeats once, so its (v2) record is served."""
     async def put() -> bool:
         reg = open_registry(f"sqlite://{db}")
         try:
-            return await reg.put_sandbox(record, 600)
+            await reg.refresh(NodeRecord(record.node_id, record.node_address, time.time()), [], 600)
+            return await reg.write_sandbox(record, 600, claim) == Verdict.STORED
         finally:
             await reg.close()
     return asyncio.run(put())
@@ -157,9 +161,9 @@ def test_status_and_show_flag_registry_drift(bed, quiet_daemon, tmp_path):
     assert shown["registry"]["state"] == "ok" and shown["registryDrift"] == []
     assert record.port(3000).host_port == host_port
 
-    # Someone else writes a newer record: another host port, reachable, another node.
+    # Another node takes it over: another host port, reachable, another node.
     port = dataclasses.replace(record.port(3000), host_port=host_port + 1, reachable=True)
-    assert put_record(db, dataclasses.replace(record, seq=HIGH_SEQ, node_id="other-node", ports=(port,)))
+    assert put_record(db, dataclasses.replace(record, seq=HIGH_SEQ, node_id="other-node", ports=(port,)), claim=True)
     code, out, _ = cli(cfg, "show", "reg-1")
     assert code == 1 and "REGISTRY DRIFT:" in out, out
     assert "node_id 'other-node' in the registry, 'test-node' here" in out

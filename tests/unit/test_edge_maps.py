@@ -10,6 +10,7 @@ import pytest
 from netagent.edge.haconfig import EdgeSettings, render, shard_map
 from netagent.edge.maps import MapMirror, MapOp, entries_from_json, record_entries, shard_of
 from netagent.registry import PortRecord, SandboxRecord
+from netagent.registry.records import READABLE_VERSIONS
 
 SHA = "ab" * 32
 
@@ -58,7 +59,7 @@ def test_entries_from_json_match_the_record_and_refuse_what_they_cannot_read() -
     assert entries_from_json("abc", r.to_json()) == record_entries(r)
     assert entries_from_json("abc", None) == {}
     assert entries_from_json("abc", SandboxRecord.tombstone("abc", "n1", 2, 0.0).to_json()) == {}
-    newer = json.dumps({**json.loads(r.to_json()), "v": 2})
+    newer = json.dumps({**json.loads(r.to_json()), "v": max(READABLE_VERSIONS) + 1})
     for raw in (newer, "not json", "[]", '{"v": 1}', r.to_json().replace('"abc"', '"xyz"')):
         assert entries_from_json("abc", raw) == {"abc": "1"}       # known, every port 502
     assert entries_from_json("abc", rec("abc", port(), address="1.2.3.4 evil").to_json())["abc/3000"] == "|||"

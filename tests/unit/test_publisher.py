@@ -29,6 +29,7 @@ async def test_publishes_changes_tombstones_releases_and_reports_refused_writes(
     reader = open_registry(url)
     # Another writer holds a newer record of "b": ours is refused, and counted.
     await reader.put_sandbox(SandboxRecord("b", "node-2", "192.0.2.9", 2**52, time.time()), 60)
+    await reader.refresh(NodeRecord("node-2", "192.0.2.9", time.time()), [], 60)   # alive: its record is served
     pub.start()
     try:
         async def until(check) -> None:

@@ -19,7 +19,7 @@ def test_sandbox_record_round_trip_and_wire_shape() -> None:
     assert SandboxRecord.from_json(raw) == record
     assert SandboxRecord.from_json(raw.encode()) == record
     doc = json.loads(raw)
-    assert doc["v"] == SCHEMA_VERSION == 1
+    assert doc["v"] == SCHEMA_VERSION == 2
     assert set(doc) == {"sandbox_id", "node_id", "node_address", "seq", "updated_at", "ports", "deleted", "v"}
     assert set(doc["ports"]) == {"22/tcp", "53/udp", "8080/tcp"}
     assert doc["ports"]["53/udp"]["reachable"] is None
@@ -38,7 +38,7 @@ def test_node_record_round_trip() -> None:
     assert NodeRecord.from_json(node.to_json()) == node
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", "2", None])
 def test_other_versions_are_refused(version: object) -> None:
     sandbox = json.loads(SandboxRecord("s", "n", "a", 1, 1.0).to_json())
     node = json.loads(NodeRecord("n", "a", 1.0).to_json())
@@ -46,6 +46,12 @@ def test_other_versions_are_refused(version: object) -> None:
         doc["v"] = version
         with pytest.raises(ValueError, match="unsupported .* version"):
             cls.from_json(json.dumps(doc))
+
+
+def test_v1_records_of_older_agents_are_still_read() -> None:
+    sandbox = SandboxRecord("s", "n", "a", 1, 1.0, v=1)
+    assert SandboxRecord.from_json(sandbox.to_json()) == sandbox and not sandbox.lives_with_node
+    assert SandboxRecord("s", "n", "a", 1, 1.0).lives_with_node          # v2: lives while its node does
 
 
 @pytest.mark.parametrize("raw", ["not json", "[]", '{"v": 1}', '{"v": 1, "sandbox_id": "s", "surprise": 1}'])
