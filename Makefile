@@ -7,6 +7,8 @@ APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptabl
 	iputils-ping openssl redis-server tcpdump procps haproxy curl nghttp2-client
 CONFIG ?=
 PYTEST_ARGS ?=
+# `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py)
+CLI_BENCH_BEFORE ?= green-stop10
 
 PROTO := netagent/api/netagent.proto
 
@@ -41,11 +43,13 @@ bench: deps
 	$(PY) -m tests.bench.haproxy_bench | tee bench-results/haproxy.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
-	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json $(CLI_BENCH_ARGS)
+	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json --before-ref $(CLI_BENCH_BEFORE) $(CLI_BENCH_ARGS)
 	$(PY) -m tests.bench.first_payload_bench | tee bench-results/first_payload.json
 	$(PY) -m tests.bench.limit_bench | tee bench-results/limits.json
 	$(PY) -m tests.bench.flow_kill_bench | tee bench-results/flow_kill.json
 	$(PY) -m tests.bench.churn_bench | tee bench-results/churn.json
+# issue 12: CPU time per warm allocate, by thread (a load-independent second measure)
+	$(PY) -m tests.bench.allocate_cpu --out bench-results/allocate_cpu.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests

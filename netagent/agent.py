@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +46,7 @@ from .events import EventLog
 from .firewall import elements as el
 from .firewall import nflog, nfqueue, ruleset
 from .firewall.driver import FirewallDriver, HostTable
+from .firewall.generation import GenerationWatch
 from .firstpayload.checker import CheckLinks, FirstPayloadCheck
 from .logs import for_sandbox
 from .metrics import Metrics
@@ -65,7 +67,8 @@ class Agent(CoreApi):
         self.config = config
         self.plan = AddressPlan(config)
         # The one place the firewall driver is chosen; each worker thread makes its own.
-        self._make_firewall = firewall or (lambda: HostTable(config.prefix))
+        self.ruleset_generation = GenerationWatch()
+        self._make_firewall = firewall or (lambda: HostTable(config.prefix, watch=self.ruleset_generation))
         self.host_source = ruleset.read_rules(ruleset.HOST_RULES, rules_dir)
         self.builder = SlotBuilder(config, self.plan, ruleset.read_rules(ruleset.SLOT_RULES, rules_dir))
         self.store = StateStore(config.state_dir)
@@ -89,7 +92,7 @@ class Agent(CoreApi):
                              pool_mod.PoolWork(self.slot_work.build, self.slot_work.destroy, self.slot_work.clean),
                              self.committer.submit, lambda: self._last_call, self.metrics.observe_slot_build)
         self.keeper = HostTableKeeper(lambda: ruleset.host_table_text(self.config, self.host_source),
-                                      self._config_elements, self.admission.clear)
+                                      self._config_elements, self.admission.clear, self.ruleset_generation)
         self.reachability = Reachability(config, AgentLink(
             allocations=lambda: self.inventory.allocations, slot=self.plan.slot,
             uplink_addresses=lambda: self.host_info.uplink_addresses if self.host_info else [],
@@ -155,7 +158,8 @@ class Agent(CoreApi):
         if self.config.denied_flow_events:
             await self.denied.start()
         self._tasks.append(asyncio.create_task(self.keeper.watch(
-            lambda: self.config.ruleset_check_interval_s, lambda: self.host.call(lambda: self._host_fw().fingerprint()),
+            lambda: self.config.ruleset_check_interval_s,
+            lambda: self.host.call(lambda: self.keeper.current(self._host_fw(), time.monotonic())),
             self.resync, self.metrics.ruleset_restored), name="netagent-ruleset-watch"))
         self._tasks.append(asyncio.create_task(self.meter.run(lambda: self.config.usage_interval_s),
                                                name="netagent-usage"))
@@ -350,8 +354,7 @@ class Agent(CoreApi):
         return ruleset.config_elements(self.config, self.host_info.uplink, self.host_info.addresses)
 
     def _pool_settings(self) -> PoolSettings:
-        c = self.config
-        return PoolSettings(c.pool.size, c.pool.build_concurrency, c.pool.refill_delay_s)
+        return PoolSettings.of(self.config.pool)
 
     def _sandbox_of_ip(self, ip: str) -> str | None:
         try:

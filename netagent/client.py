@@ -10,8 +10,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .api import netagent_pb2 as pb
 from .api import netagent_pb2_grpc as pb_grpc
+from .configfile import DEFAULT_SOCKET
 
-DEFAULT_SOCKET = "/run/netagent/netagent.sock"
 PROTOCOLS = {"tcp": pb.PROTOCOL_TCP, "udp": pb.PROTOCOL_UDP}
 
 
@@ -90,9 +90,11 @@ class Client:
         req = pb.ProbePortRequest(sandbox_id=sandbox_id, guest_port=guest_port, timeout_ms=timeout_ms)
         return self.stub.ProbePort(req, timeout=self.timeout)
 
-    def usage(self, sandbox_id: str = "") -> list[pb.SandboxUsage]:
-        """One sandbox's usage, or every allocated sandbox's (empty id)."""
-        return list(self.stub.GetUsage(pb.GetUsageRequest(sandbox_id=sandbox_id), timeout=self.timeout).usage)
+    def usage(self, sandbox_id: str = "", *, last_reading: bool = False) -> list[pb.SandboxUsage]:
+        """One sandbox's usage, or every allocated sandbox's (empty id): read now,
+        or as of the agent's last periodic reading (no kernel I/O; ls)."""
+        req = pb.GetUsageRequest(sandbox_id=sandbox_id, last_reading=last_reading)
+        return list(self.stub.GetUsage(req, timeout=self.timeout).usage)
 
     def set_limits(self, sandbox_id: str, egress_bps: int = 0, ingress_bps: int = 0,
                    burst_bytes: int = 0) -> pb.Sandbox:

@@ -13,6 +13,7 @@ from . import configfile
 from .addressing import check_names_fit
 from .configfile import DEFAULT_PATH, default_path, env_overrides  # noqa: F401 - the config API
 from .errors import ConfigError
+from .models import LABEL_KEY_RE
 
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
@@ -86,6 +87,10 @@ class PoolConfig(_Section):
     build_concurrency: int = Field(2, ge=1, le=64)
     refill_delay_s: float = Field(0.05, ge=0, le=10)   # refill/clean after this long without API calls
     ready_min_slots: int = Field(8, ge=0)    # READY=1 once this many warm slots exist (capped at size)
+    # Depth follows demand (core/demand.py): size + allocations in the last demand_window_s, up to
+    # max_size (a max_size at or below size: a fixed pool).
+    max_size: int = Field(256, ge=0, le=65536)
+    demand_window_s: float = Field(60.0, gt=0, le=3600)
 
 
 class DnsConfig(_Section):
@@ -140,7 +145,7 @@ class RegistryConfig(_Section):
 
 
 class ApiConfig(_Section):
-    socket: Path = Path("/run/netagent/netagent.sock")
+    socket: Path = Path(configfile.DEFAULT_SOCKET)
     socket_group: str | None = None
     tcp_address: str | None = None      # "host:port"; requires tls_cert, tls_key and tls_ca (mTLS)
     tls_cert: Path | None = None
@@ -169,6 +174,7 @@ class MetricsConfig(_Section):
 LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "pool_size": ("pool", "size"), "pool_build_concurrency": ("pool", "build_concurrency"),
     "pool_refill_delay_s": ("pool", "refill_delay_s"), "ready_min_slots": ("pool", "ready_min_slots"),
+    "pool_max_size": ("pool", "max_size"), "pool_demand_window_s": ("pool", "demand_window_s"),
     "dns_proxy_port": ("dns", "proxy_port"), "dns_upstreams": ("dns", "upstreams"),
     "dns_ttl_floor_s": ("dns", "ttl_floor_s"), "dns_ttl_cap_s": ("dns", "ttl_cap_s"),
     "dns_query_rate": ("dns", "query_rate"), "dns_query_burst": ("dns", "query_burst"),
@@ -217,6 +223,9 @@ class Config(BaseModel):
     # source (AllocateSpec.egress_address, SetEgressAddress); the operator puts
     # them on the uplink.
     egress_addresses: list[ipaddress.IPv4Address] = Field(default_factory=list)
+    # Egress address by label: "key=value" -> one of egress_addresses, for
+    # sandboxes allocated with that label and no egress_address of their own.
+    egress_by_label: dict[str, ipaddress.IPv4Address] = Field(default_factory=dict)
     usage_interval_s: float = Field(2.0, gt=0, le=60)  # read + persist usage counters (usage/meter.py)
     denied_flow_events: bool = True          # FLOW_DENIED events + log lines from nflog (5/s per sandbox)
     log_json: bool = False
@@ -318,6 +327,16 @@ class Config(BaseModel):
     @model_validator(mode="after")
     def _names_fit(self) -> Config:
         check_names_fit(self.prefix, self.transit_cidr, self.guest.guest_ip)
+        return self
+
+    @model_validator(mode="after")
+    def _egress_by_label(self) -> Config:
+        for selector, address in self.egress_by_label.items():
+            key, sep, value = selector.partition("=")
+            if not sep or not LABEL_KEY_RE.match(key) or not value or len(value) > 256:
+                raise ValueError(f"egress_by_label: {selector!r} is not 'key=value' (a label key, a value)")
+            if address not in self.egress_addresses:
+                raise ValueError(f"egress_by_label: {selector} -> {address} is not one of egress_addresses")
         return self
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/netagent/netagent.toml")
+DEFAULT_SOCKET = "/run/netagent/netagent.sock"   # the API socket: the agent, the client, the light CLI
 
 
 def default_path() -> str | None:

@@ -44,7 +44,9 @@ def agent_config(bed: Testbed, state_dir, **over) -> Config:
     over.setdefault("dns_upstreams", ["192.0.2.53"])
     over.setdefault("dns_ttl_floor_s", 1)
     return Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state_dir,
-                  pool_size=over.pop("pool_size", 2), ruleset_check_interval_s=0.5, **over)
+                  pool_size=(size := over.pop("pool_size", 2)),
+                  pool_max_size=over.pop("pool_max_size", size),  # a fixed pool unless a test asks for growth
+                  ruleset_check_interval_s=0.5, **over)
 
 
 @pytest.fixture

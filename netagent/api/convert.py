@@ -2,7 +2,7 @@
 operation (core/ops.py) before anything runs; replies become proto messages."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address
 from typing import Annotated, Any
 
@@ -35,13 +35,14 @@ def usage_to_proto(sandbox_id: str, usage: dict[str, dict[str, int]]) -> pb.Sand
     return pb.SandboxUsage(sandbox_id=sandbox_id, egress=path("egress"), ingress=path("ingress"), host=path("host"))
 
 
-def allocate_op(r: pb.AllocateRequest, egress_addresses: Sequence[IPv4Address] = ()) -> ops.Allocate:
+def allocate_op(r: pb.AllocateRequest, egress_addresses: Sequence[IPv4Address] = (),
+                egress_by_label: Mapping[str, IPv4Address] | None = None) -> ops.Allocate:
     spec: dict[str, Any] = {"policy": policy_from_proto(r.policy), "labels": dict(r.labels)}
     if r.egress_address:
         spec["egress_address"] = r.egress_address
     if r.HasField("limits"):
         spec["limits"] = limits_from_proto(r.limits)
-    return ops.Allocate.of(r.sandbox_id, spec, egress_addresses)
+    return ops.Allocate.of(r.sandbox_id, spec, egress_addresses, egress_by_label)
 
 
 def limits_from_proto(m: pb.Limits) -> dict[str, int | None]:

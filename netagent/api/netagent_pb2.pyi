@@ -429,16 +429,20 @@ class SandboxUsage(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., egress: _Optional[_Union[UsagePath, _Mapping]] = ..., ingress: _Optional[_Union[UsagePath, _Mapping]] = ..., host: _Optional[_Union[UsagePath, _Mapping]] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
-    __slots__ = ("sandbox_id",)
+    __slots__ = ("sandbox_id", "last_reading")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_READING_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+    last_reading: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., last_reading: _Optional[bool] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
-    __slots__ = ("usage",)
+    __slots__ = ("usage", "read_unix_ms")
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    READ_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     usage: _containers.RepeatedCompositeFieldContainer[SandboxUsage]
-    def __init__(self, usage: _Optional[_Iterable[_Union[SandboxUsage, _Mapping]]] = ...) -> None: ...
+    read_unix_ms: int
+    def __init__(self, usage: _Optional[_Iterable[_Union[SandboxUsage, _Mapping]]] = ..., read_unix_ms: _Optional[int] = ...) -> None: ...
 
 class SetEgressAddressRequest(_message.Message):
     __slots__ = ("sandbox_id", "egress_address")

@@ -56,7 +56,9 @@ class NetAgentService(pb_grpc.NetAgentServicer):
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
         async def run() -> pb.AllocateResponse:
-            net = await self.agent.run_allocate(cv.allocate_op(request, self.agent.config.egress_addresses))
+            config = self.agent.config
+            op = cv.allocate_op(request, config.egress_addresses, config.egress_by_label)
+            net = await self.agent.run_allocate(op)
             return pb.AllocateResponse(sandbox=cv.sandbox_to_proto(net))
         return await self._call("allocate", context, run)
 
@@ -138,8 +140,13 @@ class NetAgentService(pb_grpc.NetAgentServicer):
 
     async def GetUsage(self, request: pb.GetUsageRequest, context: Any) -> pb.GetUsageResponse:
         async def run() -> pb.GetUsageResponse:
-            totals = await self.agent.usage(request.sandbox_id or None)
-            return pb.GetUsageResponse(usage=[cv.usage_to_proto(sid, c.as_dict()) for sid, c in sorted(totals.items())])
+            if request.last_reading:   # no kernel I/O (netagent ls)
+                totals, read_at = self.agent.last_usage(request.sandbox_id or None)
+            else:
+                totals = await self.agent.usage(request.sandbox_id or None)
+                read_at = self.agent.last_usage()[1]
+            return pb.GetUsageResponse(usage=[cv.usage_to_proto(sid, c.as_dict()) for sid, c in sorted(totals.items())],
+                                       read_unix_ms=int(read_at * 1000))
         return await self._call("get_usage", context, run)
 
     async def ProbePort(self, request: pb.ProbePortRequest, context: Any) -> pb.ProbePortResponse:

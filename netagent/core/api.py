@@ -51,7 +51,8 @@ class CoreApi:
     # ---- sandboxes -------------------------------------------------------------
 
     async def allocate(self, sandbox_id: str, spec: AllocateSpec | dict[str, Any] | None = None) -> Network:
-        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec, self.config.egress_addresses))
+        return await self.run_allocate(ops.Allocate.of(sandbox_id, spec, self.config.egress_addresses,
+                                                       self.config.egress_by_label))
 
     async def run_allocate(self, op: ops.Allocate) -> Network:
         rec = self.inventory.allocations.get(op.sandbox_id)
@@ -168,6 +169,15 @@ class CoreApi:
             require(self.inventory, validate_sandbox_id(sandbox_id))
         totals = await self.meter.refresh()
         return totals if sandbox_id is None else {sandbox_id: totals.get(sandbox_id, Counts())}
+
+    def last_usage(self, sandbox_id: str | None = None) -> tuple[dict[str, Counts], float]:
+        """As of the meter's last periodic reading (at most usage_interval_s old, no
+        kernel I/O: `netagent ls`), and that reading's time (0: none yet). A sandbox
+        allocated since is left out."""
+        if sandbox_id is not None:
+            require(self.inventory, validate_sandbox_id(sandbox_id))
+        totals, read_at = self.meter.last_reading()
+        return (totals if sandbox_id is None else {k: v for k, v in totals.items() if k == sandbox_id}), read_at
 
     # ---- records from the agent's own subsystems ----------------------------------
 

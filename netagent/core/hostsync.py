@@ -9,14 +9,23 @@ from collections.abc import Awaitable, Callable
 
 from ..firewall.driver import FirewallDriver
 from ..firewall.elements import Element
+from ..firewall.generation import GenerationWatch
 
 log = logging.getLogger("netagent.hostsync")
+
+# With an unchanged ruleset generation the table is still listed this often:
+# a guard against a foreign commit taken for ours, which needs a commit of
+# ours that the kernel did not count racing one that it did.
+FULL_CHECK_EVERY_S = 60.0
 
 
 class HostTableKeeper:
     def __init__(self, rules_text: Callable[[], str], fixed: Callable[[], list[Element]],
-                 on_reloaded: Callable[[], None]):
+                 on_reloaded: Callable[[], None], watch: GenerationWatch | None = None):
         self.rules_text = rules_text   # the rendered host table
+        self.generations = watch or GenerationWatch()
+        self.listings = 0              # full checks: the table listed and fingerprinted
+        self._listed_at = float("-inf")
         self.fixed = fixed             # config elements (uplinks, always_deny...)
         self.on_reloaded = on_reloaded
         self.fingerprint: str | None = None   # of the rules we last loaded
@@ -35,6 +44,20 @@ class HostTableKeeper:
             self.on_reloaded()  # a reloaded table has no fqdn_ips
             self.last_reloaded = True
         return fw.last_duration_s
+
+    def current(self, fw: FirewallDriver, now: float) -> str | None:
+        """Worker thread: the table's fingerprint, or ours unlisted when no commit
+        but our own has happened since the table last matched it."""
+        generation = fw.generation()
+        if self.generations.unchanged(generation) and now - self._listed_at < FULL_CHECK_EVERY_S:
+            return self.fingerprint
+        found = fw.fingerprint()
+        self.listings += 1
+        self._listed_at = now
+        if found is not None and found == self.fingerprint:
+            with self.generations.lock:
+                self.generations.verified = generation   # read before the listing: never ahead of it
+        return found
 
     async def watch(self, interval: Callable[[], float], current: Callable[[], Awaitable[str | None]],
                     resync: Callable[[], Awaitable[object]], restored: Callable[[], None]) -> None:

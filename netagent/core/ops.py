@@ -6,7 +6,7 @@ from there on they travel typed. The planner never re-checks them.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -37,14 +37,35 @@ class Allocate:
     policy: Policy
     slot: int = -1       # the warm slot, chosen by the agent before planning
     at: float = 0.0      # creation time (the planner reads no clock)
+    egress_address: IPv4Address | None = None   # the SNAT source: the spec's, or its labels' (egress_for)
 
     @classmethod
     def of(cls, sandbox_id: object, spec: AllocateSpec | dict[str, Any] | None = None,
-           egress_addresses: Sequence[IPv4Address] = ()) -> Allocate:
+           egress_addresses: Sequence[IPv4Address] = (),
+           egress_by_label: Mapping[str, IPv4Address] | None = None) -> Allocate:
         sid = validate_sandbox_id(sandbox_id)
         parsed = AllocateSpec.parse(spec)
         check_egress_address(parsed.egress_address, egress_addresses)
-        return cls(sid, parsed, Policy.of(parsed.policy))
+        return cls(sid, parsed, Policy.of(parsed.policy), egress_address=egress_for(parsed, egress_by_label or {}))
+
+
+def egress_for(spec: AllocateSpec, by_label: Mapping[str, IPv4Address]) -> IPv4Address | None:
+    """The spec's own egress address, else the one its labels select
+    (config egress_by_label, "key=value" -> address, validated with the
+    config). Labels selecting two different addresses are refused."""
+    if spec.egress_address is not None:
+        return spec.egress_address
+    matched = sorted(selector for selector in by_label if _selects(selector, spec.labels))
+    chosen = {by_label[selector] for selector in matched}
+    if len(chosen) > 1:
+        raise InvalidArgument(f"labels {', '.join(matched)} select different egress addresses "
+                              f"({', '.join(sorted(map(str, chosen)))}): give egress_address explicitly")
+    return next(iter(chosen), None)
+
+
+def _selects(selector: str, labels: Mapping[str, str]) -> bool:
+    key, _, value = selector.partition("=")
+    return labels.get(key) == value
 
 
 def check_egress_address(address: IPv4Address | None, configured: Sequence[IPv4Address]) -> None:

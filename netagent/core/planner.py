@@ -112,7 +112,7 @@ def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
     if inv.slots.get(op.slot) != SlotState.READY or op.slot in inv.slot_owner:
         raise Unavailable(f"slot {op.slot} is not a ready slot")
     policy = resolve(op.policy, ctx.default_internet)
-    egress = str(op.spec.egress_address) if op.spec.egress_address else None
+    egress = str(op.egress_address) if op.egress_address else None
     rec = Allocation(op.sandbox_id, op.slot, op.spec, op.at, policy.model, policy.compiled, egress_address=egress,
                      limits=op.spec.limits)
     net = ctx.network(rec)

@@ -8,6 +8,7 @@ back to the pool or is torn down. A DIRTY slot is never handed out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -15,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import PoolConfig
 from ..errors import Exhausted, NetagentError, Unavailable
 from ..models import SlotState
 from ..state import StateStore
 from . import ops
+from .demand import Demand
 from .inventory import Inventory
 from .rows import Row, SlotDeleted, SlotSet
 
@@ -27,9 +30,15 @@ log = logging.getLogger("netagent.pool")
 
 @dataclass(frozen=True)
 class PoolSettings:
-    size: int
+    size: int               # warm slots kept when idle
     build_concurrency: int
     refill_delay_s: float   # background work waits this long after the last API call
+    max_size: int = 0       # depth bound under demand (core/demand.py); below size: no growth
+    demand_window_s: float = 60.0
+
+    @classmethod
+    def of(cls, pool: PoolConfig) -> PoolSettings:
+        return cls(pool.size, pool.build_concurrency, pool.refill_delay_s, pool.max_size, pool.demand_window_s)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class WarmPool:
         self.observe_build = observe_build
         self.ready: deque[int] = deque()
         self.building = 0
+        self.demand = Demand()
         self._wake = asyncio.Event()
         self._built = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -86,8 +96,14 @@ class WarmPool:
 
     # ---- taking and returning slots ------------------------------------------
 
+    def target(self) -> int:
+        """The depth to keep now: the configured size plus recent demand, bounded."""
+        s = self.settings()
+        return self.demand.target(time.monotonic(), s.size, s.max_size, s.demand_window_s)
+
     async def take(self) -> int:
         """A warm slot; else build one now; else wait for a build in flight."""
+        self.demand.record(time.monotonic())
         self._wake.set()
         while True:
             if self.ready:
@@ -185,7 +201,7 @@ class WarmPool:
                 await asyncio.sleep(1.0)
                 self.spawn(self.clean([idx]))
                 continue
-            if len(self.ready) >= self.settings().size:
+            if len(self.ready) >= self.target():
                 self.spawn(self._destroy_quietly(idx))
                 continue
             await self._write(SlotSet(idx, SlotState.READY))
@@ -196,19 +212,27 @@ class WarmPool:
         calls for the CPU and the GIL: let a burst of calls pass first, unless
         the pool runs low."""
         s = self.settings()
-        low = max(1, s.size // 4)
-        while len(self.ready) >= low and time.monotonic() - self.last_call() < s.refill_delay_s:
+        while len(self.ready) >= max(1, self.target() // 4) and time.monotonic() - self.last_call() < s.refill_delay_s:
             await asyncio.sleep(s.refill_delay_s)
 
     async def fill(self) -> None:
-        """Keep `size` warm slots (forever; cancel to stop)."""
+        """Keep `target()` warm slots (forever; cancel to stop). Above it (demand
+        has passed), one surplus slot is torn down per quiet moment."""
         backoff = 0.0
         while True:
             s = self.settings()
-            missing = min(s.size - len(self.ready) - self.building, self.capacity - len(self.inventory().slots))
+            target = self.target()
+            missing = min(target - len(self.ready) - self.building, self.capacity - len(self.inventory().slots))
             if missing <= 0:
+                if len(self.ready) > target and not self.building:
+                    await self.wait_quiet()
+                    if len(self.ready) > self.target():
+                        await self._destroy_quietly(self.ready.pop())
+                    continue
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):   # re-read the target as demand ages
+                    async with asyncio.timeout(max(1.0, s.demand_window_s / 10)):
+                        await self._wake.wait()
                 continue
             await self.wait_quiet()
             n = min(missing, s.build_concurrency)

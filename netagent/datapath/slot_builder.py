@@ -6,17 +6,18 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import threading
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import netns
 from ..addressing import AddressPlan, SlotAddresses
 from ..config import Config
 from ..firewall.nft import connect
 from ..firewall.ruleset import fingerprint, slot_script
-from .devconf import route_devices
+from . import rtnl
+from .devconf import link_conf
 from .tap import create_persistent_tap
 
 
@@ -33,6 +34,13 @@ class SlotBuilder:
         if ipr is None:
             ipr = self._local.ipr = IPRoute()
         return ipr
+
+    def host_rtnl(self) -> rtnl.Rtnl:
+        """This thread's raw rtnetlink socket in the host netns (the build path)."""
+        nl = getattr(self._local, "rtnl", None)
+        if nl is None:
+            nl = self._local.rtnl = rtnl.Rtnl()
+        return nl
 
     def build(self, index: int) -> SlotAddresses:
         slot = self.plan.slot(index)
@@ -51,19 +59,18 @@ class SlotBuilder:
 
     def _build_inside(self, slot: SlotAddresses, host_fd: int) -> None:
         g = self.config.guest
-        with IPRoute() as ipr:
-            ipr.link("set", index=1, state="up")  # lo
-            ipr.link("add", ifname=g.veth_name, kind="veth", mtu=g.mtu,
-                     peer={"ifname": slot.host_veth, "net_ns_fd": host_fd, "mtu": g.mtu})
-            create_persistent_tap(g.tap_name)
-            tap = socket.if_nametoindex(g.tap_name)  # one ioctl; link_lookup costs a netlink dump
-            veth = socket.if_nametoindex(g.veth_name)
-            route_devices([tap, veth])  # forwarding on, no IPv6: netlink, not /proc/sys
-            ipr.link("set", index=tap, address=g.tap_mac, mtu=g.mtu, state="up")
-            ipr.addr("add", index=tap, address=str(g.gateway_ip), prefixlen=g.prefixlen)
-            ipr.addr("add", index=veth, address=str(slot.sandbox_ip), prefixlen=31)
-            ipr.link("set", index=veth, state="up")
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(slot.host_ip), oif=veth, flags=4)  # RTNH_F_ONLINK
+        create_persistent_tap(g.tap_name)   # no rtnetlink for tun: an ioctl
+        tap = socket.if_nametoindex(g.tap_name)
+        veth = tap + 1   # a fresh netns holds only lo and the tap: this index is free
+        with rtnl.Rtnl() as nl:   # opened inside the slot netns; one batch, one send
+            nl.run([rtnl.link_up(1),  # lo
+                    rtnl.veth_add(g.veth_name, g.mtu, slot.host_veth, host_fd, index=veth),
+                    link_conf(tap), link_conf(veth),  # forwarding on, no IPv6: netlink, not /proc/sys
+                    rtnl.link_set(tap, mac=g.tap_mac, mtu=g.mtu, up=True),
+                    rtnl.addr_add(tap, str(g.gateway_ip), g.prefixlen),
+                    rtnl.addr_add(veth, str(slot.sandbox_ip), 31),
+                    rtnl.link_up(veth),   # before the route: an onlink route needs its device up
+                    rtnl.default_route_onlink(str(slot.host_ip), veth)])
         connect().run(slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
     def host_link_ids(self, index: int) -> tuple[int | None, int | None]:
@@ -72,8 +79,9 @@ class SlotBuilder:
             ifindex = socket.if_nametoindex(self.plan.host_veth(index))
         except OSError:
             return None, None
-        link = self.host_ipr().get_links(ifindex)[0]
-        return ifindex, link.get_attr("IFLA_LINK_NETNSID")
+        replies = self.host_rtnl().run([rtnl.get_link(ifindex)])
+        netnsid = rtnl.link_attr(replies[0], rtnl.IFLA_LINK_NETNSID) if replies else None
+        return ifindex, struct.unpack("=i", netnsid)[0] if netnsid else None
 
     def rules_text(self, index: int) -> str:
         """The in-slot ruleset of this slot, as loaded."""
@@ -93,20 +101,15 @@ class SlotBuilder:
             connect().run(replace + slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
     def _build_host_side(self, slot: SlotAddresses) -> None:
-        ipr = self.host_ipr()
         index = socket.if_nametoindex(slot.host_veth)
-        route_devices([index])  # no IPv6 link-local, so no neighbour discovery chatter either
-        ipr.addr("add", index=index, address=str(slot.host_ip), prefixlen=31)
-        ipr.link("set", index=index, state="up")
+        self.host_rtnl().run([link_conf(index),  # no IPv6 link-local, so no neighbour discovery chatter either
+                              rtnl.addr_add(index, str(slot.host_ip), 31),
+                              rtnl.link_up(index)])
 
     def destroy(self, index: int) -> None:
         """Remove the slot's kernel objects; absent objects are not an error."""
         slot = self.plan.slot(index)
-        try:
-            self.host_ipr().link("del", ifname=slot.host_veth)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENODEV, errno.ENOENT):
-                raise
+        self.host_rtnl().run([rtnl.link_del(slot.host_veth)], ok_errors=frozenset({errno.ENODEV, errno.ENOENT}))
         netns.delete(slot.netns)
 
     def flush_slot_conntrack(self, index: int) -> None:

@@ -8,11 +8,12 @@ in one place (`Agent.__init__` takes a factory). Set names come from
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from . import elements as el
 from . import names, ruleset, xt_queue
+from .generation import GenerationWatch, read_generation
 from .nft import Nft, connect
 
 # (table handle or None, set name -> sandbox IP -> (packets, bytes))
@@ -34,6 +35,9 @@ class FirewallDriver(Protocol):
 
     def fingerprint(self) -> str | None:
         """Of the table's rules (None: no table)."""
+
+    def generation(self) -> int | None:
+        """The netns' ruleset generation (None: this driver cannot tell)."""
 
     def has(self, element: el.Element) -> bool: ...
 
@@ -61,9 +65,22 @@ class FirewallDriver(Protocol):
 class HostTable:
     """FirewallDriver over libnftables, for `inet <table>` in the calling thread's netns."""
 
-    def __init__(self, table: str, nft: Nft | None = None):
+    def __init__(self, table: str, nft: Nft | None = None, watch: GenerationWatch | None = None):
         self.table = table
         self.nft = nft or connect()
+        self.watch = watch   # shared by the agent's threads in the host netns
+
+    def _commit(self, run: Callable[[], object]) -> None:
+        """A transaction of ours; with a watch, tell it the generation it made."""
+        if self.watch is None:
+            run()
+            return
+        with self.watch.lock:
+            run()
+            self.watch.own_commit(read_generation())
+
+    def generation(self) -> int | None:
+        return read_generation()
 
     @property
     def last_duration_s(self) -> float:
@@ -71,16 +88,17 @@ class HostTable:
 
     def apply(self, ops: Sequence[el.Op]) -> None:
         if ops:
-            self.nft.run_json(el.to_json(self.table, list(ops)))
+            self._commit(lambda: self.nft.run_json(el.to_json(self.table, list(ops))))
 
     def refill(self, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
         t = self.table
         flush = "".join(f"flush set inet {t} {s}\n" for s in names.STATE_SETS)
         flush += "".join(f"flush map inet {t} {m}\n" for m in names.STATE_MAPS)
-        self.nft.run(flush + el.to_text(t, list(fixed)) + el.to_text(t, list(dynamic)))
+        self._commit(lambda: self.nft.run(flush + el.to_text(t, list(fixed)) + el.to_text(t, list(dynamic))))
 
     def reload(self, rules_text: str, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
-        self.nft.run(ruleset.replace_table_script(self.table, rules_text, list(fixed), list(dynamic)))
+        self._commit(lambda: self.nft.run(ruleset.replace_table_script(self.table, rules_text, list(fixed),
+                                                                        list(dynamic))))
 
     def fingerprint(self) -> str | None:
         return self.nft.table_fingerprint(self.table)
@@ -93,7 +111,7 @@ class HostTable:
 
     def admit(self, set_name: str, keys: Sequence[tuple[el.Key, int]]) -> None:
         # add, delete, add again: the only way to restart an element's timeout
-        self.nft.run_json(el.timed_json(self.table, set_name, list(keys)))
+        self._commit(lambda: self.nft.run_json(el.timed_json(self.table, set_name, list(keys))))
 
     def counters(self) -> dict[str, int]:
         return self.nft.counters(self.table)

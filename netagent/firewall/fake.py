@@ -69,6 +69,9 @@ class FakeFirewall:
     def fingerprint(self) -> str | None:
         return ruleset.fingerprint(self.rules_text) if self.sets is not None and self.rules_text else None
 
+    def generation(self) -> int | None:
+        return None   # the keeper then lists (fingerprints) on every check
+
     def has(self, element: el.Element) -> bool:
         return self.sets is not None and element.key in self.sets.get(element.set, {})
 

@@ -9,7 +9,6 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import netns
-from ..firewall.nft import connect
 
 if TYPE_CHECKING:   # element plans and the Config pull in pydantic: only show needs them
     from ..config import Config
@@ -43,8 +42,10 @@ def link_exists(name: str) -> bool:
 
 
 def table_loaded(config: Any) -> bool:
-    """Is the agent's table there (`config`: a Config or quick.ClientSettings)."""
-    return in_netns(config.host_netns, lambda: connect().has_table(config.prefix))
+    """Is the agent's table there (`config`: a Config or quick.ClientSettings).
+    One netlink request: libnftables would list the whole ruleset first."""
+    from .table_probe import table_exists
+    return in_netns(config.host_netns, lambda: table_exists("inet", config.prefix))
 
 
 def expected_elements(sandbox: dict[str, Any]) -> list[el.Element]:
@@ -67,6 +68,7 @@ def expected_elements(sandbox: dict[str, Any]) -> list[el.Element]:
 def sandbox_drift(config: Config, sandbox: dict[str, Any]) -> list[dict[str, str]]:
     """Kernel objects and nft elements the sandbox should have but lacks."""
     from ..firewall import elements as el
+    from ..firewall.nft import connect
     net = sandbox["network"]
     wanted = expected_elements(sandbox)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import configfile
+from ..configfile import DEFAULT_SOCKET
 
-DEFAULT_SOCKET = "/run/netagent/netagent.sock"
 DEFAULT_PREFIX = "na"
 
 

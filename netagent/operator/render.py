@@ -23,8 +23,15 @@ def pairs(data: dict[str, Any]) -> str:
     return "\n".join(f"{k.ljust(width)}  {_flat(v)}" for k, v in data.items())
 
 
-def emit(data: Any, as_json: bool, human: str) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True) if as_json else human)
+def emit(data: Any, as_json: bool, human: str, *, compact_when_piped: bool = False) -> None:
+    """`compact_when_piped`: JSON on one line unless stdout is a terminal (the same
+    content; `indent` forces json's pure-Python encoder, 4x slower: ls at 2,000)."""
+    if not as_json:
+        print(human)
+    elif compact_when_piped and not sys.stdout.isatty():
+        print(json.dumps(data, sort_keys=True, separators=(",", ":")))
+    else:
+        print(json.dumps(data, indent=2, sort_keys=True))
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> int:

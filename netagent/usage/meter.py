@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ class UsageMeter:
         self.pending: dict[str, tuple[str, int, bool]] = {}   # released: sandbox -> (ip, slot, clean it after)
         self._lock = asyncio.Lock()
         self.released_total = Counts()   # finals closed since start (metrics)
+        self.read_at = 0.0                 # wall time of the last kernel reading (0: none yet)
+        self._last_totals: dict[str, Counts] = {}   # open sandboxes' totals at that reading
 
     def load(self) -> None:
         """The persisted ledger (start-up). Released rows close before reconcile
@@ -55,6 +58,7 @@ class UsageMeter:
 
     async def _refresh(self) -> dict[str, Counts]:
         epoch, by_set = await self.io.read()
+        read_at = time.time()
         open_ips = self.io.open_ips()
         for sid, ip in open_ips.items():
             if sid not in self.entries:
@@ -69,7 +73,17 @@ class UsageMeter:
             async with self.db_lock:
                 with self.store.transaction() as tx:
                     tx.save_usage(changed)
-        return {sid: self.entries[sid].total for sid in open_ips if sid in self.entries}
+        totals = {sid: self.entries[sid].total for sid in open_ips if sid in self.entries}
+        self.read_at, self._last_totals = read_at, totals
+        return totals
+
+    def last_reading(self) -> tuple[dict[str, Counts], float]:
+        """Allocated sandboxes' totals as of the last reading, and its time (no kernel
+        I/O: what `netagent ls` shows). A sandbox allocated since has none yet. The
+        totals are kept from the reading: summing 2,000 ledger entries again per
+        call cost as much as building List's answer."""
+        open_ips = self.io.open_ips()
+        return {sid: t for sid, t in self._last_totals.items() if sid in open_ips}, self.read_at
 
     def open_totals(self) -> dict[str, Counts]:
         """As of the last reading (no kernel I/O): allocated and not yet closed sandboxes."""

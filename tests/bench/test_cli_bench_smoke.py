@@ -15,4 +15,6 @@ def test_cli_bench_smoke():
     assert out["sandboxes"] == 3 and out["runs"] == 1, out
     for name in TARGETS_MS:
         assert out["after"][name]["median_ms"] > 0 and "meets_target" in out["after"][name], out
+        assert out["after"][name]["failures"] == [], out
     assert out["after"]["python_startup"]["median_ms"] > 0, out
+    assert out["after"]["ls_json"]["cpu_median_ms"] > 0 and out["loadavg_1m"]["median"] >= 0, out

@@ -14,6 +14,7 @@ def test_first_payload_bench_smoke():
     out = asyncio.run(run(flows=20, seconds=0.3, runs=1))
     assert set(out["first_byte_ms"]) == {"plain", "nfqueue", "tproxy"}, out
     assert all(v > 0 for v in out["bulk_gbps"].values()), out
-    # the checked sandbox's flows went through the queue: its ACK and ClientHello each
-    assert out["packets_queued_for_the_checked_sandbox"] >= 2 * 20, out
+    # the checked sandbox's flows went through the queue: each ClientHello (20 new flows and
+    # the bulk flow), not the handshake's bare ACK, which the kernel passes
+    assert 20 + 1 <= out["packets_queued_for_the_checked_sandbox"] < 2 * 20, out
     assert isinstance(out["meets_target"], bool)

@@ -77,3 +77,26 @@ async def test_each_sandbox_leaves_from_its_egress_address_and_a_change_flushes_
         await agent.stop()
         for g in guests:
             g.stop()
+
+
+async def test_a_label_gives_its_sandboxes_the_labels_egress_address(bed, tmp_path):
+    for addr in (EGRESS_A, EGRESS_B):
+        sh.ip("addr", "add", f"{addr}/24", "dev", "up0", ns=bed.host)
+    cfg = agent_config(bed, tmp_path / "state", egress_addresses=[EGRESS_A, EGRESS_B],
+                       egress_by_label={"team=red": EGRESS_B})
+    agent = Agent(cfg)
+    await agent.start()
+    guests: list[LightGuest] = []
+    try:
+        red = await agent.allocate("lbl-red", {"labels": {"team": "red"}})
+        own = await agent.allocate("lbl-own", {"labels": {"team": "red"}, "egress_address": EGRESS_A})
+        plain = await agent.allocate("lbl-none", {"labels": {"team": "blue"}})
+        assert (red.egress_address, own.egress_address, plain.egress_address) == (EGRESS_B, EGRESS_A, "")
+        guests = [LightGuest.attach(bed, n, name) for n, name in ((red, "r"), (own, "o"), (plain, "n"))]
+        assert [client_address(g) for g in guests] == [EGRESS_B, EGRESS_A, UPLINK_IP]
+        # a retried allocate (same spec) is the same sandbox, still with the label's address
+        assert (await agent.allocate("lbl-red", {"labels": {"team": "red"}})).egress_address == EGRESS_B
+    finally:
+        await agent.stop()
+        for g in guests:
+            g.stop()

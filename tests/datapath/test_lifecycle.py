@@ -114,6 +114,32 @@ async def test_nft_flush_ruleset_is_repaired(bed, agent):
     assert ok, body
 
 
+async def test_the_ruleset_watch_lists_the_table_only_after_a_foreign_commit(bed, agent):
+    """Our own commits leave the watcher on the cheap generation read; a rule
+    edited by someone else is still found and undone within 3 check intervals."""
+    interval = agent.config.ruleset_check_interval_s
+    await agent.allocate("gen-1", {"policy": {"internet": False}})
+    await agent.wait_pool_ready()
+    await asyncio.sleep(3 * interval)          # a check after the last build verifies the table
+    listed = agent.keeper.listings
+    for i in range(3):                          # element commits of ours, from the host and cleaner threads
+        await agent.allocate(f"gen-x{i}", {})
+        await agent.release(f"gen-x{i}")
+    await agent.wait_pool_ready()
+    await asyncio.sleep(4 * interval)
+    assert agent.keeper.listings == listed, \
+        f"the table was listed {agent.keeper.listings - listed} times after only our own commits"
+
+    chain = ["nft", "list", "chain", "inet", bed.agent_prefix, "forward"]
+    sh.run("nft", "insert", "rule", "inet", bed.agent_prefix, "forward", "counter", "comment", '"foreign"', ns=bed.host)
+    edited = time.monotonic()
+    undone = await eventually(lambda: "foreign" not in sh.run(*chain, ns=bed.host).stdout, timeout=10, interval=0.05)
+    took = time.monotonic() - edited
+    assert undone, "a foreign rule in the forward chain was never undone"
+    assert took <= 3 * interval, f"undone after {took:.2f} s, more than 3 check intervals"
+    assert agent.keeper.listings > listed
+
+
 def _table_exists(bed) -> bool:
     return sh.run("nft", "list", "table", "inet", bed.agent_prefix, ns=bed.host, check=False).returncode == 0
 

@@ -21,6 +21,7 @@ def write_config(bed, tmp: Path, **over) -> Path:
         "node_id": "test-node", "metrics_address": "127.0.0.1:0", "metrics_refresh_s": 0.5,
         "dns_upstreams": ["192.0.2.53"], "dns_ttl_floor_s": 1,
     } | over
+    values.setdefault("pool_max_size", values["pool_size"])   # a fixed pool unless a test asks for growth
     lines = []
     for key, value in values.items():
         if isinstance(value, bool):

@@ -69,6 +69,46 @@ def test_get_usage_metrics_and_usage_final_event_over_grpc(bed, tmp_path):
         daemon.stop()
 
 
+def test_last_reading_answers_from_the_meter_without_reading_the_kernel(bed, tmp_path):
+    """GetUsage(last_reading) and `ls`: the counts of the last reading, however
+    much was sent since (no periodic reading here: usage_interval_s is 60 s)."""
+    bed.start_module(bed.inet, "tests.testbed.udp_traffic", "echo", str(ECHO_PORT), WEB_IP)
+    daemon = Daemon(write_config(bed, tmp_path, usage_interval_s=60)).start()
+    guest = None
+    try:
+        with daemon.client() as c:
+            guest = LightGuest.attach(bed, c.allocate("last-1").network, "a")
+
+            def send() -> int:
+                out = json.loads(sh.run(sh.PYTHON, "-m", "tests.testbed.udp_traffic", "send", WEB_IP,
+                                        str(ECHO_PORT), "4", "1000", ns=guest.name).stdout)
+                return sum(n + 28 for n in out["sent"])
+
+            def last(sandbox_id: str = "") -> pb.GetUsageResponse:
+                return c.stub.GetUsage(pb.GetUsageRequest(sandbox_id=sandbox_id, last_reading=True), timeout=10)
+
+            first = send()
+            before = last()
+            assert list(before.usage) == [] and before.read_unix_ms == 0   # never read yet: nobody
+            [fresh] = c.usage("last-1")                                     # reads the kernel now
+            assert fresh.egress.sent.bytes == first
+            read = last()
+            assert [u.egress.sent.bytes for u in read.usage] == [first] and read.read_unix_ms > 0
+            second = send()
+            assert last("last-1") == read                                   # the kernel was not read again
+            ls = json.loads(_cli(daemon, "ls", "--json"))
+            assert [int(s["usage"]["egress"]["sent"]["bytes"]) for s in ls] == [first]
+            assert [u.egress.sent.bytes for u in c.usage()] == [first + second]
+            assert [u.egress.sent.bytes for u in last().usage] == [first + second]
+            with pytest.raises(grpc.RpcError) as err:
+                last("nobody")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        if guest is not None:
+            guest.stop()
+        daemon.stop()
+
+
 def _cli(daemon, *args: str) -> str:
     return sh.run(sh.PYTHON, "-m", "netagent", *args, "--config", str(daemon.config)).stdout
 

@@ -13,6 +13,7 @@ Addresses (TEST-NET and friends, all inside namespaces made here):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -127,7 +128,8 @@ class LightGuest:
         sh.ip("netns", "add", self.name)
         sh.ip("link", "set", "lo", "up", ns=self.name)
         sh.ip("tuntap", "add", "eth0", "mode", "tap", ns=self.name)
-        sh.ip("link", "set", "eth0", "address", self.mac, "up", ns=self.name)
+        # a deep queue on the guest's side of the relay: bursts wait instead of being dropped
+        sh.ip("link", "set", "eth0", "address", self.mac, "txqueuelen", "10000", "up", ns=self.name)
         sh.ip("addr", "add", f"{self.guest_ip}/{self.prefixlen}", "dev", "eth0", ns=self.name)
         sh.ip("route", "add", "default", "via", self.gateway, ns=self.name)
         self.relay = subprocess.Popen([sh.PYTHON, "-m", "tests.testbed.relay", self.slot_netns, self.tap,
@@ -138,11 +140,21 @@ class LightGuest:
     def fetch(self, url: str, timeout: float = 3.0) -> tuple[bool, str]:
         return self.bed.fetch(self.name, url, timeout)
 
+    def wire_drops(self) -> int:
+        """Frames the relay did not take in time, both ways (the two taps' TX
+        drops): losses of the test bed's wire, not of the agent's rules."""
+        return _tx_dropped(self.name, "eth0") + _tx_dropped(self.slot_netns, self.tap)
+
     def stop(self) -> None:
         if self.relay:
             self.relay.kill()
             self.relay.wait(5)
         sh.ip("netns", "del", self.name, check=False)
+
+
+def _tx_dropped(ns: str, ifname: str) -> int:
+    [link] = json.loads(sh.run("ip", "-s", "-j", "link", "show", "dev", ifname, ns=ns).stdout)
+    return int(link["stats64"]["tx"]["dropped"])
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1) -> bool:  # type: ignore[no-untyped-def]

@@ -1,5 +1,6 @@
 """The CLI's light path (issue 18): `--help` and the commands status and ls
-import no kernel library, no gRPC and no pydantic they do not need. Checked in
+import no kernel library, no gRPC and no pydantic they do not need (status
+asks netlink for its table check: operator/table_probe.py). Checked in
 a fresh interpreter, since this process has imported everything already."""
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ def test_every_command_parses_without_importing_its_code():
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
 
 
-def test_status_and_ls_code_imports_grpc_but_no_pyroute2_or_pydantic():
-    loaded = imported_by("from netagent.operator import commands, quick; quick.ClientSettings.read(None)", [])
+def test_status_and_ls_code_imports_grpc_but_no_pyroute2_nftables_or_pydantic():
+    loaded = imported_by("from netagent.operator import commands, kernel, quick, table_probe; "
+                         "quick.ClientSettings.read(None)", [])
     assert "grpc" in loaded          # they do talk to the agent
-    assert not loaded & {"pyroute2", "pydantic"}, sorted(loaded & {"pyroute2", "pydantic"})
+    assert not loaded & {"pyroute2", "nftables", "pydantic"}, sorted(loaded & {"pyroute2", "nftables", "pydantic"})
 
 
 def test_client_settings_read_flat_and_section_keys_and_env(tmp_path):

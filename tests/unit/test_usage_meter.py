@@ -84,3 +84,18 @@ async def test_a_burst_of_releases_is_closed_with_one_reading_of_the_kernel(tmp_
     assert kernel.reads == 1
     assert submitted == [ops.CloseUsage(sid, IP, counts(3).as_dict(), slot) for slot, sid in enumerate("abc")]
     assert m.pending == {} and m.entries == {}
+
+
+async def test_the_last_reading_answers_without_reading_the_kernel_and_only_for_open_sandboxes(tmp_path):
+    store, kernel, submitted = StateStore(tmp_path), Kernel(), []
+    open_ips = {"a": IP}
+    m = meter(store, kernel, open_ips, submitted)
+    assert m.last_reading() == ({}, 0.0)            # nothing read yet: nobody, never
+    kernel.count = 3
+    await m.refresh()
+    kernel.count = 8                                # counted since; not read
+    totals, read_at = m.last_reading()
+    assert totals == {"a": counts(3)} and read_at > 0
+    open_ips["b"] = "10.12.0.3"                     # allocated after the reading
+    del open_ips["a"]                               # released (closed later)
+    assert m.last_reading() == ({}, read_at)
