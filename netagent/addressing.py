@@ -11,6 +11,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 CT_MARK_INGRESS = 0x80000000   # ingress flows differ from egress ones in this bit only
+# A narrowing policy gives the sandbox's new egress flows a new mark (the slot's
+# mark with its generation XORed into these bits), so the old flows fall out of
+# the host table's live_marks set and die at once, with no conntrack walk.
+CT_MARK_GEN_SHIFT = 16
+CT_MARK_GENERATIONS = 256
+CT_MARK_ANY_GEN = 0x7F00FFFF   # mask: a slot's flows of every generation, both directions
 MAX_IFNAME = 15                # bytes of a Linux interface name
 
 
@@ -27,6 +33,8 @@ def check_names_fit(prefix: str, transit_cidr: ipaddress.IPv4Network, guest_ip: 
     longest = f"{prefix}v{transit_cidr.num_addresses // 2 - 1}"
     if len(longest.encode()) > MAX_IFNAME:
         raise ValueError(f"prefix too long: interface {longest!r} would exceed {MAX_IFNAME} bytes")
+    if transit_cidr.num_addresses // 2 > 0x10000:
+        raise ValueError("transit_cidr may hold at most 65,536 slots (/15): a ct mark holds 16 bits of slot index")
     if guest_ip in transit_cidr:
         raise ValueError("transit_cidr must not contain the guest address")
 
@@ -40,6 +48,18 @@ class SlotAddresses:
     sandbox_ip: ipaddress.IPv4Address   # odd end, in the slot netns
     ct_mark: int       # conntrack mark of flows the sandbox starts
     ct_mark_in: int    # ... and of flows to it (exposed ports, the host)
+
+    def egress_mark(self, generation: int) -> int:
+        """The mark of flows the sandbox starts under its policy generation
+        `generation` (0: ct_mark). Unique per slot and generation modulo
+        CT_MARK_GENERATIONS, because slot indexes stay below 65,536."""
+        return self.ct_mark ^ ((generation % CT_MARK_GENERATIONS) << CT_MARK_GEN_SHIFT)
+
+    @property
+    def any_mark(self) -> tuple[int, int]:
+        """(value, mask) matching the slot's flows of every generation and both
+        directions; the kernel compares mark & mask with the value as given."""
+        return self.ct_mark & CT_MARK_ANY_GEN, CT_MARK_ANY_GEN
 
 
 class AddressPlan:

@@ -106,8 +106,7 @@ class Agent(CoreApi):
         self.traffic = TrafficWork(self.plan, self.builder, self.builds, self.cleaner, self._cleaner_fw,
                                    lambda: self.config.guest.veth_name)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
-            self.traffic.read_usage, lambda: sandbox_ips(self.inventory, self.plan),
-            self.traffic.flush_slot_flows, self._submit))
+            self.traffic.read_usage, lambda: sandbox_ips(self.inventory, self.plan), self._submit))
         self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
         self.metrics.registry.register(self.usage_metrics)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
@@ -304,7 +303,10 @@ class Agent(CoreApi):
         return fw.last_duration_s
 
     async def _after_commit(self, done: list[tuple[ops.Operation, Change]]) -> None:
-        """Once a burst has committed: tell the prober, flush what narrowed, start cleaning."""
+        """Once a burst has committed: tell the prober, end dropped DNS
+        admissions, flush the flows a new egress address ends; then in the
+        background flush the entries of flows the commit killed (their marks are
+        no longer live), take released sandboxes' final usage and clean their slots."""
         drop = [ip for _, c in done for ip in c.drop_fqdn]
         marks = [m for _, c in done for m in c.flush_marks]
         clean = [s for _, c in done for s in c.clean_slots]
@@ -316,13 +318,24 @@ class Agent(CoreApi):
             await self.cleaner.call(lambda: [self.admission.forget(self._cleaner_fw(), ip) for ip in drop])
         if marks:
             await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+        if dead := [m for _, c in done for m in c.dead_marks]:
+            self.pool.spawn(self._flush_dead_marks(dead))
         if shapes := [s for _, c in done for s in c.shape]:
             await self.traffic.shape(shapes)
-        for sid, slot, ip in (c for _, change in done for c in change.close_usage):
-            self.meter.release(sid, ip, slot)
-            self.pool.spawn(self.meter.close(sid))
+        if released := [c for _, change in done for c in change.close_usage]:
+            for sid, slot, ip in released:
+                self.meter.release(sid, ip, slot)
+            self.pool.spawn(self.meter.close_pending())
         if clean:
             self.pool.spawn(self.pool.clean(clean))
+
+    async def _flush_dead_marks(self, marks: list[int]) -> None:
+        """Off the request path: the flows are already dropped (drop_dead_flow);
+        this only frees their conntrack entries (one walk of the hash each)."""
+        try:
+            await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
+        except Exception:
+            log.exception("flushing dead ct marks %s failed; the entries expire on their own", marks)
 
     # ---- helpers ---------------------------------------------------------
 

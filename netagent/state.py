@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS allocations (
     slot_idx INTEGER NOT NULL UNIQUE REFERENCES slots(idx),
     spec TEXT NOT NULL,
     policy TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    mark_generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS ports (
     sandbox_id TEXT NOT NULL REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
@@ -112,6 +113,13 @@ class StateStore:
         self.db.execute("PRAGMA synchronous=NORMAL")  # kill -9 safe; see docs/architecture.md
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after a state file may have been written."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(allocations)")}
+        if "mark_generation" not in columns:
+            self.db.execute("ALTER TABLE allocations ADD COLUMN mark_generation INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -144,13 +152,13 @@ class StateStore:
         for (sid, port), a in self.load_port_access().items():
             access.setdefault(sid, {})[port] = a
         allocations = {}
-        for sid, idx, spec, policy_json, created in self.db.execute(
-                "SELECT sandbox_id, slot_idx, spec, policy, created_at FROM allocations"):
+        for sid, idx, spec, policy_json, created, generation in self.db.execute(
+                "SELECT sandbox_id, slot_idx, spec, policy, created_at, mark_generation FROM allocations"):
             policy = EgressPolicy.model_validate_json(policy_json)
             allocations[sid] = Allocation(sid, idx, AllocateSpec.model_validate_json(spec), created, policy,
                                           compile_policy(policy), ports.get(sid, {}), egress_address=egress.get(sid),
                                           limits=limits.get(sid, Limits()),
-                                          access=access.get(sid, {}))
+                                          access=access.get(sid, {}), mark_generation=generation)
         return Snapshot(slots, allocations)
 
     def load_reachability(self) -> dict[tuple[str, int], tuple[bool, float]]:
@@ -210,8 +218,8 @@ class Tx:
                 self.add_allocation(rec)
             case AllocationDeleted(rec):
                 self.delete_allocation(rec.sandbox_id)
-            case PolicySet(sid, policy, _):
-                self.set_policy(sid, policy)
+            case PolicySet(sid, policy, _, generation):
+                self.set_policy(sid, policy, generation)
             case PortAdded(sid, port):
                 self.add_port(sid, port)
             case PortDeleted(sid, port):
@@ -257,16 +265,18 @@ class Tx:
         self.db.execute("DELETE FROM slots WHERE idx=?", (idx,))
 
     def add_allocation(self, rec: Allocation) -> None:
-        self.db.execute("INSERT INTO allocations(sandbox_id, slot_idx, spec, policy, created_at) "
-                        "VALUES (?, ?, ?, ?, ?)", (rec.sandbox_id, rec.slot, rec.spec.model_dump_json(),
-                                                   rec.policy.model_dump_json(), rec.created_at))
+        self.db.execute("INSERT INTO allocations(sandbox_id, slot_idx, spec, policy, created_at, mark_generation) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (rec.sandbox_id, rec.slot, rec.spec.model_dump_json(),
+                                                      rec.policy.model_dump_json(), rec.created_at,
+                                                      rec.mark_generation))
         if rec.egress_address:
             self.set_egress(rec.sandbox_id, rec.egress_address)
         if rec.limits.limited:
             self.set_limits(rec.sandbox_id, rec.limits)
 
-    def set_policy(self, sandbox_id: str, policy: EgressPolicy) -> None:
-        self.db.execute("UPDATE allocations SET policy=? WHERE sandbox_id=?", (policy.model_dump_json(), sandbox_id))
+    def set_policy(self, sandbox_id: str, policy: EgressPolicy, mark_generation: int) -> None:
+        self.db.execute("UPDATE allocations SET policy=?, mark_generation=? WHERE sandbox_id=?",
+                        (policy.model_dump_json(), mark_generation, sandbox_id))
 
     def add_event(self, ts: float, type_: str, sandbox_id: str, data: str) -> int:
         cur = self.db.execute("INSERT INTO events(ts, type, sandbox_id, data) VALUES (?, ?, ?, ?)",

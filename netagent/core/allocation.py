@@ -25,3 +25,4 @@ class Allocation:
     egress_address: str | None = None    # the SNAT source now (None: the uplink's)
     limits: Limits = Limits()            # the bandwidth limits now
     access: Mapping[int, PortAccess] = field(default_factory=dict)   # edge access by guest port (default public)
+    mark_generation: int = 0   # bumped by each narrowing policy: its egress ct mark (SlotAddresses.egress_mark)

@@ -154,8 +154,9 @@ class Inventory:
                 self.slot_owner.pop(rec.slot, None)
                 for p in rec.ports.values():
                     self.host_ports[p.protocol].pop(p.host_port, None)
-            case PolicySet(sid, policy, compiled):
-                self.allocations[sid] = replace(self.allocations[sid], policy=policy, compiled=compiled)
+            case PolicySet(sid, policy, compiled, generation):
+                self.allocations[sid] = replace(self.allocations[sid], policy=policy, compiled=compiled,
+                                                mark_generation=generation)
             case PortAdded(sid, port):
                 rec = self.allocations[sid]
                 self.allocations[sid] = replace(rec, ports={**rec.ports, (port.guest_port, port.protocol): port})

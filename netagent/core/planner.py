@@ -120,16 +120,16 @@ def plan_allocate(inv: Inventory, op: ops.Allocate, ctx: PlanContext) -> Change:
     return Change(
         reply=net,
         rows=(SlotSet(op.slot, SlotState.ALLOCATED), AllocationAdded(rec)),
-        nft=tuple(el.add(el.policy_elements(slot, policy.compiled) + egress_elements(slot, egress)
-                         + el.usage_elements(str(slot.sandbox_ip)))),
+        nft=tuple(el.add(allocation_elements(slot, rec) + el.usage_elements(str(slot.sandbox_ip)))),
         shape=((op.slot, rec.limits),) if rec.limits.limited else (),
         events=(Event("allocated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),))
 
 
 def allocation_elements(slot: SlotAddresses, rec: Allocation) -> list[el.Element]:
-    """Every element an allocation owns: its policy, its egress address and its exposed ports."""
-    return el.policy_elements(slot, rec.compiled) + egress_elements(slot, rec.egress_address) + [
-        el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
+    """Every element an allocation owns: its ct marks, policy, egress address and exposed ports."""
+    ports = [el.port_element(slot, p.protocol.value, p.host_port, p.guest_port) for p in rec.ports.values()]
+    return [*el.mark_elements(slot, rec.mark_generation), *el.policy_elements(slot, rec.compiled),
+            *egress_elements(slot, rec.egress_address), *ports]
 
 
 def egress_elements(slot: SlotAddresses, address: str | None) -> list[el.Element]:
@@ -157,7 +157,7 @@ def plan_set_egress(inv: Inventory, op: ops.SetEgressAddress, ctx: PlanContext) 
         reply=net, rows=(EgressSet(rec.sandbox_id, op.address),),
         nft=tuple(el.delete(egress_elements(slot, rec.egress_address)) + el.add(egress_elements(slot, op.address))),
         events=(Event("policy_updated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),),
-        flush_marks=(slot.ct_mark,))
+        flush_marks=(slot.egress_mark(rec.mark_generation),))
 
 
 def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
@@ -166,9 +166,10 @@ def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
         return Change(reply=False)
     quarantined = inv.slots.get(rec.slot) == SlotState.QUARANTINED   # stays so: nothing to clean
     slot = ctx.addresses.slot(rec.slot)
-    # The usage elements stay until the final count is read (CloseUsage), which
-    # then cleans the slot; the sandbox's flows are flushed first, so nothing
-    # more is counted.
+    # Deleting its marks from live_marks kills every flow of the sandbox when
+    # this commits, so its usage counters see nothing more; they stay until the
+    # final count is read (CloseUsage), which then hands the slot to the
+    # cleaner (the conntrack walk, off the request path).
     return Change(
         reply=True,
         rows=(AllocationDeleted(rec), UsageReleased(rec.sandbox_id, str(slot.sandbox_ip), rec.slot))
@@ -185,8 +186,11 @@ def plan_close_usage(op: ops.CloseUsage) -> Change:
 
 
 def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -> Change:
-    """Replace the policy in one transaction; when it narrows, flows it no
-    longer allows are flushed (and DNS admissions of dropped domains end)."""
+    """Replace the policy in one transaction. When it narrows, the sandbox's
+    egress flows get a new mark generation: the old mark leaves live_marks in
+    the same transaction, so every flow the sandbox started is dead when this
+    commits (flows to it, on exposed ports, keep their mark). DNS admissions
+    of dropped domains end, and the dead entries are flushed later."""
     rec = require(inv, op.sandbox_id)
     new = resolve(op.policy, ctx.default_internet)
     slot = ctx.addresses.slot(rec.slot)
@@ -194,17 +198,21 @@ def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -
     nft: list[el.Op] = []
     if old_c != new_c:
         nft = el.delete(el.policy_elements(slot, old_c)) + el.add(el.policy_elements(slot, new_c))
-    flush_marks: tuple[int, ...] = ()
+    generation = rec.mark_generation
+    dead_marks: tuple[int, ...] = ()
     drop_fqdn: tuple[str, ...] = ()
     if narrows(old_c, new_c):
-        flush_marks = (slot.ct_mark,)  # only flows the sandbox started
+        generation += 1
+        nft += (el.delete(el.egress_mark_elements(slot, rec.mark_generation))
+                + el.add(el.egress_mark_elements(slot, generation)))
+        dead_marks = (slot.egress_mark(rec.mark_generation),)
         if set(old_c.domains) - set(new_c.domains):
             drop_fqdn = (str(slot.sandbox_ip),)
     net = ctx.network(replace(rec, policy=new.model, compiled=new_c))
     return Change(
-        reply=net, rows=(PolicySet(rec.sandbox_id, new.model, new_c),), nft=tuple(nft),
+        reply=net, rows=(PolicySet(rec.sandbox_id, new.model, new_c, generation),), nft=tuple(nft),
         events=(Event("policy_updated", rec.sandbox_id, {"sandbox": net.model_dump(mode="json")}),),
-        flush_marks=flush_marks, drop_fqdn=drop_fqdn)
+        dead_marks=dead_marks, drop_fqdn=drop_fqdn)
 
 
 def existing_port(inv: Inventory, op: ops.Expose) -> ExposedPort | None:

@@ -38,6 +38,7 @@ class PolicySet:
     sandbox_id: str
     policy: EgressPolicy
     compiled: CompiledPolicy
+    mark_generation: int
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Change:
     events: tuple[Event, ...] = ()
     port_cursor: tuple[Protocol, int] | None = None   # the host-port picker's next start
     flush_marks: tuple[int, ...] = ()    # ct marks flushed before the caller hears back
+    dead_marks: tuple[int, ...] = ()     # ct marks that left live_marks (flows dropped): flushed in the background
     drop_fqdn: tuple[str, ...] = ()      # sandbox IPs whose DNS admissions end now
     clean_slots: tuple[int, ...] = ()    # released slots to clean in the background
     shape: tuple[tuple[int, Limits], ...] = ()  # (slot, limits): qdiscs to set after the commit

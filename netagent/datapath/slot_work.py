@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from .. import netns
-from ..addressing import CT_MARK_INGRESS, AddressPlan
+from ..addressing import AddressPlan
 from ..firewall import elements as el
 from ..firewall import names
 from ..firewall.driver import FirewallDriver
@@ -49,10 +49,11 @@ class SlotWork:
         await self.cleaner.call(self._clean, idx)
 
     def _clean(self, idx: int) -> None:
-        """Cleaner thread: flows of both directions, leftover elements, DNS
-        admissions, then the slot's own conntrack."""
+        """Cleaner thread: flows of both directions and every mark generation
+        (already dead: their marks left live_marks at release), leftover
+        elements, DNS admissions, then the slot's own conntrack."""
         slot = self.addresses.slot(idx)
-        conntrack.flush_mark(slot.ct_mark, ~CT_MARK_INGRESS & 0xFFFFFFFF)
+        conntrack.flush_mark(*slot.any_mark)
         fw = self.cleaner_fw()
         leftover = el.Element(names.EGRESS_MODE, str(slot.sandbox_ip))
         if fw.has(leftover):  # one added by hand, or by a bug, would let the next tenant out early

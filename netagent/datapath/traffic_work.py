@@ -1,14 +1,15 @@
 """The kernel work behind usage accounting and bandwidth limits, on worker
-threads: read the usage counters, set a slot's qdiscs, end a slot's flows."""
+threads: read the usage counters, set a slot's qdiscs. (A released slot's
+flows die with its live marks, datapath.md "Flow kills": nothing to end here.)"""
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..addressing import CT_MARK_INGRESS, AddressPlan
+from ..addressing import AddressPlan
 from ..firewall.driver import FirewallDriver, UsageReading
 from ..models import Limits
 from ..workers import BuildPool, Cleaner
-from . import conntrack, shaper
+from . import shaper
 from .slot_builder import SlotBuilder
 
 
@@ -32,8 +33,3 @@ class TrafficWork:
         """Builds thread: each slot's qdiscs to its limits."""
         for idx, limits in shapes:
             shaper.apply(self.builder.host_ipr(), self.addresses.slot(idx), self.guest_veth(), limits)
-
-    async def flush_slot_flows(self, idx: int) -> None:
-        """End the slot's flows of both directions (the ingress bit is masked out)."""
-        mark = self.addresses.slot(idx).ct_mark
-        await self.cleaner.call(lambda: conntrack.flush_mark(mark, ~CT_MARK_INGRESS & 0xFFFFFFFF))

@@ -33,9 +33,19 @@ def slot_elements(slot: SlotAddresses) -> list[Element]:
     return [
         Element(names.SBX_IFACES, slot.host_veth),
         Element(names.SBX_SRC, (slot.host_veth, str(slot.sandbox_ip))),
-        Element(names.SLOT_MARK, str(slot.sandbox_ip), slot.ct_mark),
         Element(names.SLOT_MARK_IN, str(slot.sandbox_ip), slot.ct_mark_in),
     ]
+
+
+def egress_mark_elements(slot: SlotAddresses, generation: int) -> list[Element]:
+    """The mark given to flows the sandbox starts, and that mark as live."""
+    mark = slot.egress_mark(generation)
+    return [Element(names.SLOT_MARK, str(slot.sandbox_ip), mark), Element(names.LIVE_MARKS, mark)]
+
+
+def mark_elements(slot: SlotAddresses, generation: int) -> list[Element]:
+    """An allocation's marks: its flows live exactly as long as these do."""
+    return egress_mark_elements(slot, generation) + [Element(names.LIVE_MARKS, slot.ct_mark_in)]
 
 
 def egress_element(slot: SlotAddresses, internet: bool) -> Element:

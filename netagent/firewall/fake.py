@@ -44,7 +44,8 @@ class FakeFirewall:
             if e.set not in work:
                 raise Unavailable(f"nftables transaction failed: no set {e.set}")
             if op.verb == "add":
-                work[e.set].setdefault(e.key, e.value)
+                if work[e.set].setdefault(e.key, e.value) != e.value:  # the kernel refuses it too
+                    raise Unavailable(f"nftables transaction failed: {e.set} has {e.key!r} with another value")
             elif e.key in work[e.set]:
                 del work[e.set][e.key]
             else:

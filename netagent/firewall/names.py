@@ -13,8 +13,10 @@ EDGE_ADDRESSES = "edge_addresses"     # hairpin: edge ip . port pairs sandboxes 
 # Per slot, for as long as its kernel objects exist.
 SBX_IFACES = "sbx_ifaces"
 SBX_SRC = "sbx_src"
-SLOT_MARK = "slot_mark"
 SLOT_MARK_IN = "slot_mark_in"
+# Per allocation, churn (#15): its egress mark (by generation) and live marks.
+SLOT_MARK = "slot_mark"
+LIVE_MARKS = "live_marks"
 # Per allocation: egress policy and exposed ports.
 EGRESS_MODE = "egress_mode"
 ALLOW_NET = "allow_net"
@@ -49,7 +51,8 @@ MAPS = (EGRESS_MODE, PORT_DNAT, SLOT_MARK, SLOT_MARK_IN, EGRESS_SNAT)
 # Sets and maps whose whole content is derived from config + state (a full
 # sync flushes and refills exactly these).
 STATE_SETS = (UPLINKS, ALWAYS_DENY, ALWAYS_ALLOW, EDGE_ADDRESSES, SBX_IFACES, SBX_SRC,
-              ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED, SNI_CHECK)
+              ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED, SNI_CHECK,
+              LIVE_MARKS)
 STATE_MAPS = MAPS
 ALL = STATE_SETS + STATE_MAPS + (FQDN_IPS,) + tuple(USAGE_SETS.values())
 

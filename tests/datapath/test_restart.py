@@ -36,6 +36,9 @@ def _compare_state_and_kernel(bed, proc: AgentProcess) -> None:
     assert {i for i, state in table.items() if state == "allocated"} == {n["slot"] for n in nets}
     egress = {e[0] for e in elements(bed.host, t, "egress_mode")}
     assert egress == {n["sandbox_ip"] for n in nets}
+    # Two live ct marks per sandbox (its flows and flows to it), no leftover.
+    assert {e[0] for e in elements(bed.host, t, "slot_mark")} == egress
+    assert len(elements(bed.host, t, "live_marks")) == 2 * len(nets)
     dnat = {(e[0]["concat"][0], e[0]["concat"][1]) for e in elements(bed.host, t, "port_dnat")}
     assert dnat == {(p["protocol"], p["host_port"]) for n in nets for p in n["ports"]}
     assert {n for n in sh.netns_list() if n.startswith(f"{t}-")} == {f"{t}-{i}" for i in table}

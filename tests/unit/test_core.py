@@ -6,13 +6,13 @@ import asyncio
 
 import pytest
 
-from netagent.addressing import AddressPlan
+from netagent.addressing import CT_MARK_GENERATIONS, AddressPlan
 from netagent.config import Config
 from netagent.core import ops
 from netagent.core.committer import Burst, Committer
 from netagent.core.inventory import Inventory, Overlay
 from netagent.core.planner import PlanContext, desired_elements, plan
-from netagent.core.rows import Change
+from netagent.core.rows import Change, SlotSet
 from netagent.errors import Conflict, Exhausted, InvalidArgument, NotFound, Unavailable
 from netagent.events import EventLog
 from netagent.firewall import elements as el
@@ -49,7 +49,11 @@ def test_allocate_plans_rows_elements_event_and_reply_without_touching_the_inven
     assert inv.allocations == {} and inv.slots[0] == SlotState.READY  # nothing mutated
     assert change.reply.sandbox_id == "a" and change.reply.sandbox_ip == "10.12.0.1"
     assert [type(r).__name__ for r in change.rows] == ["SlotSet", "AllocationAdded"]
-    assert change.nft == tuple(el.add([el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN)]
+    s = ADDR.slot(0)
+    assert change.nft == tuple(el.add([el.Element(names.SLOT_MARK, "10.12.0.1", s.ct_mark),
+                                       el.Element(names.LIVE_MARKS, s.ct_mark),
+                                       el.Element(names.LIVE_MARKS, s.ct_mark_in),
+                                       el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN)]
                                       + el.usage_elements("10.12.0.1")))
     assert [e.type for e in change.events] == ["allocated"]
     assert change.rows[1].allocation.policy.internet is True   # host default frozen in
@@ -91,7 +95,8 @@ def test_release_removes_every_element_it_owns_and_marks_the_slot_dirty():
     apply(inv, ops.Expose.of("a", 80))
     change = plan(inv, ops.Release.of("a"), CTX)
     deleted = {o.element for o in change.nft if o.verb == "delete"}
-    assert {e.set for e in deleted} == {names.EGRESS_MODE, names.ALLOW_PORT, names.PORT_DNAT}
+    assert {e.set for e in deleted} == {names.EGRESS_MODE, names.ALLOW_PORT, names.PORT_DNAT, names.SLOT_MARK,
+                                        names.LIVE_MARKS}
     # the usage counters stay until the final count is read; closing them cleans the slot
     assert change.reply is True and change.clean_slots == () and change.close_usage == (("a", 0, "10.12.0.1"),)
     inv.apply_change(change)
@@ -135,10 +140,11 @@ def test_policy_change_swaps_elements_and_flushes_only_when_it_narrows():
     inv = inventory()
     apply(inv, alloc("a", 0, {"policy": {"allow_out": ["allowed.test"], "internet": False}}))
     widen = apply(inv, ops.UpdatePolicy.of("a", {"allow_out": ["allowed.test", "203.0.113.7"], "internet": False}))
-    assert widen.flush_marks == () and widen.drop_fqdn == ()
+    assert widen.dead_marks == () and widen.drop_fqdn == ()
     assert el.Op("add", el.Element(names.ALLOW_NET, ("10.12.0.1", "203.0.113.7"))) in widen.nft
     narrow = apply(inv, ops.UpdatePolicy.of("a", {"internet": False}))
-    assert narrow.flush_marks == (ADDR.slot(0).ct_mark,) and narrow.drop_fqdn == ("10.12.0.1",)
+    assert narrow.dead_marks == (ADDR.slot(0).ct_mark,) and narrow.drop_fqdn == ("10.12.0.1",)
+    assert widen.rows[0].mark_generation == 0 and inv.allocations["a"].mark_generation == 1
     assert inv.allocations["a"].compiled.domains == ()
     same = plan(inv, ops.UpdatePolicy.of("a", {"internet": False}), CTX)
     assert same.nft == () and [e.type for e in same.events] == ["policy_updated"]
@@ -173,7 +179,7 @@ def test_desired_elements_cover_live_slots_and_allocations():
     apply(inv, alloc("a", 0))
     apply(inv, ops.Expose.of("a", 80))
     want = set(desired_elements(inv, ADDR))
-    assert want == set(el.slot_elements(ADDR.slot(0))) | {
+    assert want == set(el.slot_elements(ADDR.slot(0))) | set(el.mark_elements(ADDR.slot(0), 0)) | {
         el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN), el.port_element(ADDR.slot(0), "tcp", 20000, 80),
         *el.usage_elements("10.12.0.1")}
 
@@ -269,3 +275,69 @@ def test_port_access_is_planned_like_any_change_and_the_token_never_passes_the_b
     with pytest.raises(NotFound):
         plan(inv, ops.SetPortAccess.of("nobody", 3000, public=True), CTX)
     assert apply(inv, ops.SetPortAccess.of("a", 3000, public=True)).reply.token_sha256 == op.token_sha256
+
+
+# ---- walk-free flow kills (#15): the marks the planner emits ----------------------------
+
+
+def loaded_firewall() -> FakeFirewall:
+    fw = FakeFirewall()
+    fw.reload("table inet na {}", [], [])
+    return fw
+
+
+def live_marks(fw: FakeFirewall) -> set:
+    return set(fw.sets[names.LIVE_MARKS])
+
+
+def test_narrowing_replaces_the_egress_mark_in_the_same_transaction_and_keeps_the_ingress_mark():
+    inv = inventory()
+    fw = loaded_firewall()
+    fw.apply(list(apply(inv, alloc("a", 0)).nft))
+    s = ADDR.slot(0)
+    assert live_marks(fw) == {s.ct_mark, s.ct_mark_in} and fw.sets[names.SLOT_MARK]["10.12.0.1"] == s.ct_mark
+    fw.apply(list(apply(inv, ops.UpdatePolicy.of("a", {"internet": False})).nft))
+    new = s.egress_mark(1)
+    assert new not in (s.ct_mark, s.ct_mark_in)
+    assert live_marks(fw) == {new, s.ct_mark_in}            # the old egress flows are dead
+    assert fw.sets[names.SLOT_MARK]["10.12.0.1"] == new      # new flows get the new mark
+    widen = apply(inv, ops.UpdatePolicy.of("a", {"internet": True}))
+    assert widen.dead_marks == () and inv.allocations["a"].mark_generation == 1  # widening kills nothing
+
+
+def test_release_removes_both_live_marks_and_a_reused_slot_starts_a_fresh_allocation():
+    inv = inventory()
+    fw = loaded_firewall()
+    fw.apply(list(apply(inv, alloc("a", 0)).nft))
+    fw.apply(list(apply(inv, ops.UpdatePolicy.of("a", {"internet": False})).nft))
+    fw.apply(list(apply(inv, ops.Release.of("a")).nft))
+    assert live_marks(fw) == set() and fw.sets[names.SLOT_MARK] == {}
+    inv.apply(SlotSet(0, SlotState.READY))
+    fw.apply(list(apply(inv, alloc("b", 0)).nft))
+    assert live_marks(fw) == {ADDR.slot(0).ct_mark, ADDR.slot(0).ct_mark_in}
+
+
+def test_egress_marks_are_unique_per_slot_and_generation_and_the_clean_mask_matches_all_of_a_slots():
+    marks = {ADDR.slot(i).egress_mark(g): (i, g) for i in range(ADDR.capacity) for g in range(CT_MARK_GENERATIONS)}
+    assert len(marks) == ADDR.capacity * CT_MARK_GENERATIONS
+    ins = {ADDR.slot(i).ct_mark_in for i in range(ADDR.capacity)}
+    assert not ins & set(marks)
+    s, other = ADDR.slot(3), ADDR.slot(4)
+    value, mask = s.any_mark
+    for m in (s.egress_mark(0), s.egress_mark(200), s.ct_mark_in):
+        assert m & mask == value
+    for m in (other.egress_mark(7), other.ct_mark_in):
+        assert m & mask != value
+
+
+def test_the_mark_generation_survives_a_restart(tmp_path):
+    store = StateStore(tmp_path)
+    inv = inventory()
+    with store.transaction() as tx:
+        for row in apply(inv, alloc("a", 0)).rows:
+            tx.write(row)
+    with store.transaction() as tx:
+        for row in apply(inv, ops.UpdatePolicy.of("a", {"internet": False})).rows:
+            tx.write(row)
+    store.close()
+    assert StateStore(tmp_path).load().allocations["a"].mark_generation == 1

@@ -102,7 +102,9 @@ def test_element_json_groups_ops_and_deletes_idempotently():
     assert dele[1]["delete"]["element"]["elem"] == ["10.12.0.7"]
     text = el.to_text("na", el.slot_elements(s))
     assert 'add element inet na sbx_src { "nav3" . 10.12.0.7 }' in text
-    assert f"add element inet na slot_mark {{ 10.12.0.7 : {s.ct_mark} }}" in text
+    assert f"add element inet na slot_mark_in {{ 10.12.0.7 : {s.ct_mark_in} }}" in text
+    marks = el.to_text("na", el.mark_elements(s, 0))
+    assert f"add element inet na live_marks {{ {s.ct_mark}, {s.ct_mark_in} }}" in marks
 
 
 def test_ruleset_rendering_and_config_elements():

@@ -19,8 +19,10 @@ class Kernel:
     def __init__(self) -> None:
         self.epoch: int | None = 5
         self.count: int | None = 0     # every counter of IP, packets = count, bytes = 100 * count
+        self.reads = 0
 
     async def read(self):  # type: ignore[no-untyped-def]
+        self.reads += 1
         if self.epoch is None:
             return None, {}
         sets = {name: ({IP: (self.count, 100 * self.count)} if self.count is not None else {})
@@ -35,9 +37,7 @@ def counts(n: int) -> Counts:
 def meter(store: StateStore, kernel: Kernel, open_ips: dict[str, str], submitted: list) -> UsageMeter:
     async def submit(op):  # type: ignore[no-untyped-def]
         submitted.append(op)
-    async def flush(slot: int) -> None:
-        pass
-    return UsageMeter(store, asyncio.Lock(), MeterIO(kernel.read, lambda: open_ips, flush, submit))
+    return UsageMeter(store, asyncio.Lock(), MeterIO(kernel.read, lambda: open_ips, submit))
 
 
 async def test_a_restart_reads_on_and_a_flushed_table_keeps_what_was_persisted(tmp_path):
@@ -72,6 +72,18 @@ async def test_a_release_persisted_before_a_crash_is_closed_at_start_up_without_
     await restarted.close_pending()
     assert submitted == [ops.CloseUsage("a", IP, counts(4).as_dict(), None)]   # reconcile cleans the slot
     assert restarted.pending == {} and restarted.entries == {} and restarted.released_total == counts(4)
+
+
+async def test_a_burst_of_releases_is_closed_with_one_reading_of_the_kernel(tmp_path):
+    store, kernel, submitted = StateStore(tmp_path), Kernel(), []
+    m = meter(store, kernel, {}, submitted)
+    kernel.count = 3
+    for slot, sid in enumerate(("a", "b", "c")):
+        m.release(sid, IP, slot)
+    await m.close_pending()
+    assert kernel.reads == 1
+    assert submitted == [ops.CloseUsage(sid, IP, counts(3).as_dict(), slot) for slot, sid in enumerate("abc")]
+    assert m.pending == {} and m.entries == {}
 
 
 async def test_the_last_reading_answers_without_reading_the_kernel_and_only_for_open_sandboxes(tmp_path):

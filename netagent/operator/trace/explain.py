@@ -25,6 +25,7 @@ DROP_REASONS = {
     "drop_unallocated": "the sandbox is not allocated",
     "drop_to_host": "to the host itself (only replies and the DNS proxy port are allowed)",
     "drop_to_sandbox": "to a sandbox without an exposed port or an established flow",
+    "drop_dead_flow": "a flow of a released sandbox, or one its narrowed policy ended (its ct mark is not live)",
     "drop_egress_blocked": "internet off",
     "drop_not_uplink": "not out of an uplink",
     "drop_conn_limit": "too many concurrent connections (conn_limit)",
