@@ -96,12 +96,6 @@ class Nft:
         """Every chain of every table (family, table, name, hook, policy...)."""
         return [o["chain"] for o in self._list_json("chains") if "chain" in o]
 
-    def has_table(self, table: str) -> bool:
-        """Does `table inet <table>` exist. Lists table names only: unlike any
-        listing of the table itself, it does not fetch the sets' elements."""
-        rc, out, _ = self._ctx.cmd("list tables inet")
-        return rc == 0 and f"table inet {table}" in out.splitlines()
-
     def chain_has_rules(self, family: str, table: str, chain: str) -> bool:
         return any("rule" in o for o in self._list_json(f"chain {family} {table} {chain}"))
 
