@@ -228,6 +228,7 @@ class Agent(CoreApi):
     async def stop(self) -> None:
         """Stop background work. The datapath stays exactly as it is."""
         committer, others = self._tasks[0], self._tasks[1:]
+        self.pool.stopping = True   # a failing clean is not retried; the slot stays dirty for the next start
         for task in others:
             task.cancel()
         for server in self._dns_servers or ():

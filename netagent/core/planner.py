@@ -84,7 +84,7 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
         case ops.SlotIncidents():
             return plan_incidents(inv, op)
         case ops.CloseUsage():
-            return plan_close_usage(op)
+            return plan_close_usage(inv, op)
         case ops.Resync():
             return Change(full_sync=True)
     raise TypeError(f"not an operation: {op!r}")
@@ -179,10 +179,13 @@ def plan_release(inv: Inventory, op: ops.Release, ctx: PlanContext) -> Change:
         close_usage=((rec.sandbox_id, -1 if quarantined else rec.slot, str(slot.sandbox_ip)),))
 
 
-def plan_close_usage(op: ops.CloseUsage) -> Change:
+def plan_close_usage(inv: Inventory, op: ops.CloseUsage) -> Change:
+    """The final count; then the slot goes to the cleaner, once: a retried
+    CloseUsage whose first try committed finds the slot no longer DIRTY."""
+    dirty = op.slot is not None and op.slot >= 0 and inv.slots.get(op.slot) == SlotState.DIRTY
     return Change(rows=(UsageClosed(op.sandbox_id),), nft=tuple(el.delete(el.usage_elements(op.ip))),
                   events=(Event("usage_final", op.sandbox_id, {"usage": op.final}),),
-                  clean_slots=() if op.slot is None or op.slot < 0 else (op.slot,))
+                  clean_slots=(op.slot,) if dirty else ())
 
 
 def plan_update_policy(inv: Inventory, op: ops.UpdatePolicy, ctx: PlanContext) -> Change:

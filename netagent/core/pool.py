@@ -27,6 +27,9 @@ from .rows import Row, SlotDeleted, SlotSet
 
 log = logging.getLogger("netagent.pool")
 
+CLEAN_ATTEMPTS = 3     # failed cleans of one slot before it is torn down instead
+CLEAN_RETRY_S = 1.0
+
 
 @dataclass(frozen=True)
 class PoolSettings:
@@ -70,6 +73,9 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._built = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._cleaning: set[int] = set()
+        self._clean_failures: dict[int, int] = {}
+        self.stopping = False   # set by Agent.stop: no new retries
 
     def wake(self) -> None:
         self._wake.set()
@@ -191,21 +197,50 @@ class WarmPool:
         ct mark, slot netns fully), check for leftover elements, then return it
         to the pool or tear it down. A host flush walks the kernel's whole
         conntrack hash (~13 ms here), so release does not wait for it, and each
-        walk waits for a quiet moment."""
+        walk waits for a quiet moment.
+
+        A slot no longer DIRTY (cleaned by an earlier request, or torn down) is
+        skipped. A failed clean is retried; after CLEAN_ATTEMPTS failures the
+        slot is torn down instead (a fresh build replaces it), so one broken
+        slot (its veth gone, say) never retries for ever and never holds up
+        stop. While stopping it stays DIRTY: the next start's reconcile cleans it."""
         for idx in slots:
-            await self.wait_quiet()
+            if self.inventory().slots.get(idx) != SlotState.DIRTY or idx in self._cleaning:
+                log.debug("slot %d: clean skipped (not dirty, or being cleaned)", idx)
+                continue
+            self._cleaning.add(idx)
             try:
-                await self.work.clean(idx)
-            except Exception:
-                log.exception("cleaning slot %d failed; retrying in 1 s (it stays dirty)", idx)
-                await asyncio.sleep(1.0)
-                self.spawn(self.clean([idx]))
-                continue
-            if len(self.ready) >= self.target():
+                await self._clean_one(idx)
+            finally:
+                self._cleaning.discard(idx)
+
+    async def _clean_one(self, idx: int) -> None:
+        await self.wait_quiet()
+        try:
+            await self.work.clean(idx)
+        except Exception as exc:
+            failures = self._clean_failures[idx] = self._clean_failures.get(idx, 0) + 1
+            if self.stopping:
+                log.warning("cleaning slot %d failed while stopping: %s; it stays dirty for the next start", idx, exc)
+            elif failures >= CLEAN_ATTEMPTS:
+                log.error("cleaning slot %d failed %d times (last: %s); tearing it down instead", idx, failures, exc)
+                self._clean_failures.pop(idx, None)
                 self.spawn(self._destroy_quietly(idx))
-                continue
-            await self._write(SlotSet(idx, SlotState.READY))
-            self.ready.append(idx)
+            else:
+                log.exception("cleaning slot %d failed; retrying in 1 s (it stays dirty)", idx)
+                self.spawn(self._retry_clean(idx))
+            return
+        self._clean_failures.pop(idx, None)
+        if len(self.ready) >= self.target():
+            self.spawn(self._destroy_quietly(idx))
+            return
+        await self._write(SlotSet(idx, SlotState.READY))
+        self.ready.append(idx)
+
+    async def _retry_clean(self, idx: int) -> None:
+        await asyncio.sleep(CLEAN_RETRY_S)
+        if not self.stopping:
+            await self.clean([idx])
 
     async def wait_quiet(self) -> None:
         """Background work (refill builds, conntrack walks) competes with API

@@ -4,9 +4,10 @@ from __future__ import annotations
 from netagent.core import ops
 from netagent.core.inventory import Inventory
 from netagent.core.planner import plan
-from netagent.core.rows import UsageClosed
+from netagent.core.rows import SlotSet, UsageClosed
 from netagent.firewall import elements as el
 from netagent.firewall import names
+from netagent.models import SlotState
 from netagent.usage.ledger import KEYS, Counts, Entry, observe, reading_of
 
 
@@ -45,8 +46,20 @@ def test_reading_of_needs_every_set():
 
 def test_close_usage_records_the_final_count_removes_the_counters_then_cleans():
     final = counts(4).as_dict()
-    change = plan(Inventory((20000, 20010)), ops.CloseUsage("a", "10.12.0.1", final, 3), None)  # type: ignore[arg-type]
+    inv = Inventory((20000, 20010))
+    inv.apply(SlotSet(3, SlotState.DIRTY))
+    change = plan(inv, ops.CloseUsage("a", "10.12.0.1", final, 3), None)  # type: ignore[arg-type]
     assert change.rows == (UsageClosed("a"),) and change.clean_slots == (3,)
     assert {o.element for o in change.nft if o.verb == "delete"} == set(el.usage_elements("10.12.0.1"))
     assert [(e.type, e.data) for e in change.events] == [("usage_final", {"usage": final})]
     assert plan(Inventory((20000, 20010)), ops.CloseUsage("a", "10.12.0.1", final, None), None).clean_slots == ()  # type: ignore[arg-type]
+
+
+def test_a_retried_close_usage_cleans_the_slot_only_once():
+    """Its first try committed and the slot was cleaned (READY) or torn down:
+    a second clean of it would fight the next tenant or a missing veth."""
+    final = counts(4).as_dict()
+    inv = Inventory((20000, 20010))
+    inv.apply(SlotSet(3, SlotState.READY))
+    assert plan(inv, ops.CloseUsage("a", "10.12.0.1", final, 3), None).clean_slots == ()  # type: ignore[arg-type]
+    assert plan(Inventory((20000, 20010)), ops.CloseUsage("a", "10.12.0.1", final, 3), None).clean_slots == ()  # type: ignore[arg-type]

@@ -1,0 +1,94 @@
+"""The warm pool's cleaning of released slots, against fake kernel work:
+a slot is cleaned once, a clean that keeps failing ends in a teardown
+instead of retrying for ever, and stop is never held up by retries."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from netagent.core import ops, pool
+from netagent.core.inventory import Inventory
+from netagent.core.pool import PoolSettings, PoolWork, WarmPool
+from netagent.core.rows import SlotSet
+from netagent.models import SlotState
+from netagent.state import StateStore
+
+
+class FakeWork:
+    def __init__(self, clean_fails: int = 0):
+        self.clean_fails = clean_fails
+        self.cleaned: list[int] = []
+        self.destroyed: list[int] = []
+
+    async def build(self, idx: int) -> None:
+        pass
+
+    async def destroy(self, idx: int) -> None:
+        self.destroyed.append(idx)
+
+    async def clean(self, idx: int) -> None:
+        self.cleaned.append(idx)
+        await asyncio.sleep(0.01)
+        if self.clean_fails:
+            self.clean_fails -= 1
+            raise OSError("no interface with this name")
+
+
+def make_pool(tmp_path, work: FakeWork, size: int = 4) -> tuple[WarmPool, Inventory, list[ops.Operation]]:
+    inv = Inventory((20000, 20010))
+    submitted: list[ops.Operation] = []
+
+    async def submit(op: ops.Operation) -> None:
+        submitted.append(op)
+
+    p = WarmPool(StateStore(tmp_path), asyncio.Lock(), lambda: inv, 8, "of the test",
+                 lambda: PoolSettings(size, 1, 0.0), PoolWork(work.build, work.destroy, work.clean),
+                 submit, lambda: 0.0)
+    return p, inv, submitted
+
+
+async def released_then_settled(p: WarmPool, inv: Inventory, idx: int, stop: bool = False) -> None:
+    inv.apply(SlotSet(idx, SlotState.DIRTY))
+    await p.clean([idx])
+    p.stopping = stop
+    async with asyncio.timeout(5):
+        await p.drain()
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(pool, "CLEAN_RETRY_S", 0.01)
+
+
+async def test_a_slot_asked_twice_is_cleaned_once(tmp_path):
+    work = FakeWork()
+    p, inv, _ = make_pool(tmp_path, work)
+    inv.apply(SlotSet(1, SlotState.DIRTY))
+    await asyncio.gather(p.clean([1]), p.clean([1]))
+    await p.clean([1])   # after it: READY, not dirty
+    assert work.cleaned == [1]
+    assert inv.slots[1] == SlotState.READY and list(p.ready) == [1]
+
+
+async def test_a_clean_that_keeps_failing_tears_the_slot_down(tmp_path):
+    work = FakeWork(clean_fails=100)
+    p, inv, submitted = make_pool(tmp_path, work)
+    await released_then_settled(p, inv, 1)
+    assert work.cleaned == [1] * pool.CLEAN_ATTEMPTS
+    assert submitted == [ops.SlotGone(1)] and work.destroyed == [1]
+    assert 1 not in inv.slots and not p.ready
+
+
+async def test_a_clean_that_fails_once_is_retried(tmp_path):
+    work = FakeWork(clean_fails=1)
+    p, inv, _ = make_pool(tmp_path, work)
+    await released_then_settled(p, inv, 1)
+    assert work.cleaned == [1, 1] and inv.slots[1] == SlotState.READY and not work.destroyed
+
+
+async def test_stopping_ends_the_retries_and_the_slot_stays_dirty(tmp_path):
+    work = FakeWork(clean_fails=100)
+    p, inv, _ = make_pool(tmp_path, work)
+    await released_then_settled(p, inv, 1, stop=True)
+    assert work.cleaned == [1] and inv.slots[1] == SlotState.DIRTY and not work.destroyed
