@@ -15,6 +15,7 @@ from . import elements as el
 from . import names, ruleset, xt_queue
 from .generation import GenerationWatch, read_generation
 from .nft import Nft, connect
+from .table_probe import table_handle
 
 # (table handle or None, set name -> sandbox IP -> (packets, bytes))
 UsageReading = tuple[int | None, dict[str, dict[str, tuple[int, int]]]]
@@ -117,7 +118,7 @@ class HostTable:
         return self.nft.counters(self.table)
 
     def usage(self) -> UsageReading:
-        handle = self.nft.table_handle(self.table)
+        handle = table_handle("inet", self.table)   # one netlink request: libnftables would cache every element
         if handle is None:
             return None, {}
         return handle, {name: self.nft.element_counters(self.table, name) for name in names.USAGE_SETS.values()}

@@ -20,7 +20,7 @@ NFTA_GEN_ID = 1
 NLM_F_REQUEST = 0x1
 NLMSG_ERROR = 2
 
-# shared with operator/table_probe.py
+# shared with firewall/table_probe.py
 _HEADER = struct.Struct("=IHHII")   # nlmsghdr: len, type, flags, seq, pid
 _NFGEN = struct.Struct("=BBH")      # nfgenmsg: family, version, res_id
 

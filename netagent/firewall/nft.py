@@ -116,13 +116,6 @@ class Nft:
         return {o["counter"]["name"]: o["counter"]["packets"]
                 for o in self._list_json(f"counters table inet {table}") if "counter" in o}
 
-    def table_handle(self, table: str) -> int | None:
-        """The table's handle: a new table (after a flush or a reload) gets a new one."""
-        for t in self.tables():
-            if t["name"] == table:
-                return int(t["handle"])
-        return None
-
     def element_counters(self, table: str, name: str) -> dict[str, tuple[int, int]]:
         """IPv4 key -> (packets, bytes) of a set whose elements carry counters
         ({} if it is gone). Text, not JSON: 2.7x faster to list at 2,000

@@ -44,7 +44,7 @@ def link_exists(name: str) -> bool:
 def table_loaded(config: Any) -> bool:
     """Is the agent's table there (`config`: a Config or quick.ClientSettings).
     One netlink request: libnftables would list the whole ruleset first."""
-    from .table_probe import table_exists
+    from ..firewall.table_probe import table_exists
     return in_netns(config.host_netns, lambda: table_exists("inet", config.prefix))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
+from netagent.firewall.table_probe import table_exists
 from netagent.operator.kernel import in_netns
-from netagent.operator.table_probe import table_exists
 from tests.conftest import require_datapath_prereqs
 from tests.testbed import sh
 

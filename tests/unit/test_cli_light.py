@@ -1,6 +1,6 @@
 """The CLI's light path (issue 18): `--help` and the commands status and ls
 import no kernel library, no gRPC and no pydantic they do not need (status
-asks netlink for its table check: operator/table_probe.py). Checked in
+asks netlink for its table check: firewall/table_probe.py). Checked in
 a fresh interpreter, since this process has imported everything already."""
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_every_command_parses_without_importing_its_code():
 
 
 def test_status_and_ls_code_imports_grpc_but_no_pyroute2_nftables_or_pydantic():
-    loaded = imported_by("from netagent.operator import commands, kernel, quick, table_probe; "
+    loaded = imported_by("from netagent.operator import commands, kernel, quick; from netagent.firewall import table_probe; "
                          "quick.ClientSettings.read(None)", [])
     assert "grpc" in loaded          # they do talk to the agent
     assert not loaded & {"pyroute2", "nftables", "pydantic"}, sorted(loaded & {"pyroute2", "nftables", "pydantic"})

@@ -1,4 +1,4 @@
-"""The netlink table probe's messages (netagent/operator/table_probe.py), pure;
+"""The netlink table probe's messages (netagent/firewall/table_probe.py), pure;
 tests/datapath/test_table_probe.py asks a real kernel."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from netagent.operator import table_probe as tp
+from netagent.firewall import table_probe as tp
 
 
 def reply(kind: int, payload: bytes, seq: int = 1) -> bytes:
@@ -44,3 +44,14 @@ def test_the_answer_reads_found_missing_ack_and_errors():
     with pytest.raises(OSError) as exc:
         tp.answer(error(-errno.EPERM))
     assert exc.value.errno == errno.EPERM
+
+
+def test_lookup_gives_the_tables_handle() -> None:
+    name = b"na\0\0"
+    attrs = struct.pack("=HH", 4 + len(name), tp.NFTA_TABLE_NAME) + name
+    attrs += struct.pack("=HH", 12, tp.NFTA_TABLE_HANDLE) + struct.pack("!Q", 77)
+    body = struct.pack("=BBH", 1, 0, 0) + attrs
+    kind = (tp.NFNL_SUBSYS_NFTABLES << 8) | tp.NFT_MSG_NEWTABLE
+    reply = struct.pack("=IHHII", 16 + len(body), kind, 0, 1, 0) + body
+    assert tp.lookup(reply) == (True, 77)
+    assert tp.answer(reply) is True

@@ -11,10 +11,11 @@ import os
 import socket
 import struct
 
-from ..firewall.generation import _HEADER, _NFGEN, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
+from .generation import _HEADER, _NFGEN, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
 
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
 NFTA_TABLE_NAME = 1
+NFTA_TABLE_HANDLE = 4
 NLM_F_ACK = 0x4
 FAMILIES = {"ip": 2, "inet": 1, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
 
@@ -37,6 +38,12 @@ def request(family: str, name: str, seq: int = 1) -> bytes:
 def answer(data: bytes, seq: int = 1) -> bool | None:
     """What the kernel's reply says: True (the table came back), False (ENOENT),
     None (only an ack so far: read on). OSError for any other error."""
+    found = lookup(data, seq)
+    return None if found is None else found[0]
+
+
+def lookup(data: bytes, seq: int = 1) -> tuple[bool, int | None] | None:
+    """(True, the table's handle) or (False, None) for ENOENT; None: read on."""
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, kind, _, msg_seq, _ = _HEADER.unpack_from(data, offset)
@@ -44,24 +51,48 @@ def answer(data: bytes, seq: int = 1) -> bool | None:
             raise OSError(errno.EPROTO, "malformed netlink reply")
         if msg_seq == seq:
             if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE:
-                return True
+                return True, _handle(data, offset + _HEADER.size + _NFGEN.size, offset + length)
             if kind == NLMSG_ERROR:
                 (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
                 if code == -errno.ENOENT:
-                    return False
+                    return False, None
                 if code != 0:
                     raise OSError(-code, f"nft GETTABLE: {os.strerror(-code)}")
         offset += (length + 3) & ~3
     return None
 
 
+def _handle(data: bytes, attr: int, end: int) -> int | None:
+    while attr + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, attr)
+        if alen < 4:
+            return None
+        if atype & 0x3FFF == NFTA_TABLE_HANDLE and alen >= 12:
+            return int(struct.unpack_from("!Q", data, attr + 4)[0])
+        attr += (alen + 3) & ~3
+    return None
+
+
+def table_handle(family: str, name: str) -> int | None:
+    """The table's handle in the calling thread's netns (None: no such table).
+    A new table (after a flush or a reload) gets a new one."""
+    exists, handle = _ask(family, name)
+    if exists and handle is None:
+        raise OSError(errno.EPROTO, "nft GETTABLE: a table without a handle")
+    return handle
+
+
 def table_exists(family: str, name: str) -> bool:
     """Ask the kernel of the calling thread's netns (root: CAP_NET_ADMIN)."""
+    return _ask(family, name)[0]
+
+
+def _ask(family: str, name: str) -> tuple[bool, int | None]:
     msg = request(family, name)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         sock.settimeout(5)
         sock.sendto(msg, (0, 0))
         while True:
-            found = answer(sock.recv(65536))
+            found = lookup(sock.recv(65536))
             if found is not None:
                 return found
