@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from . import elements as el
-from . import names, ruleset, xt_queue
+from . import element_probe, names, ruleset, xt_queue
 from .generation import GenerationWatch, read_generation
 from .nft import Nft, connect
 from .table_probe import table_handle
@@ -105,6 +105,10 @@ class HostTable:
         return self.nft.table_fingerprint(self.table)
 
     def has(self, element: el.Element) -> bool:
+        # netlink for an IPv4 key: libnftables' `get element` lists every set first
+        key = element_probe.ipv4_key(element.key) if isinstance(element.key, str) else None
+        if key is not None:
+            return element_probe.has_element("inet", self.table, element.set, key)
         return self.nft.has_element(self.table, element.set, el.key_text(element))
 
     def elements(self, set_name: str) -> list[el.Element]:

@@ -1,9 +1,10 @@
-"""`netagent status`'s table check against a real kernel, in a netns this test
-makes (and removes)."""
+"""The netlink probes against a real kernel, in a netns each test makes (and
+removes): `netagent status`'s table check, and the slot cleaner's element check."""
 from __future__ import annotations
 
 import os
 
+from netagent.firewall.element_probe import has_element, ipv4_key
 from netagent.firewall.table_probe import table_exists
 from netagent.operator.kernel import in_netns
 from tests.conftest import require_datapath_prereqs
@@ -24,5 +25,30 @@ def test_table_exists_sees_only_the_named_inet_table_of_its_netns():
         sh.run("nft", "add", "element", "inet", "na", "s", "{ 10.0.0.1, 10.0.0.2 }", ns=ns)
         assert in_netns(path, lambda: table_exists("inet", "na")) is True
         assert in_netns(path, lambda: table_exists("inet", "nb")) is False
+    finally:
+        sh.ip("netns", "del", ns, check=False)
+
+
+def test_has_element_finds_exactly_the_keys_of_the_named_set():
+    require_datapath_prereqs()
+    ns = f"eprobe{os.getpid():x}"
+    sh.ip("netns", "add", ns)
+    try:
+        path = f"/run/netns/{ns}"
+
+        def has(table: str, set_name: str, ip: str) -> bool:
+            return in_netns(path, lambda: has_element("inet", table, set_name, ipv4_key(ip) or b""))
+        assert has("na", "m", "10.12.0.5") is False                  # no table at all
+        sh.run("nft", "add", "table", "inet", "na", ns=ns)
+        sh.run("nft", "add", "map", "inet", "na", "m", "{ type ipv4_addr : verdict; }", ns=ns)
+        sh.run("nft", "add", "set", "inet", "na", "s", "{ type ipv4_addr; }", ns=ns)
+        sh.run("nft", "add", "element", "inet", "na", "m", "{ 10.12.0.5 : accept }", ns=ns)
+        sh.run("nft", "add", "element", "inet", "na", "s", "{ 10.12.0.6 }", ns=ns)
+        assert has("na", "m", "10.12.0.5") is True
+        assert has("na", "m", "10.12.0.6") is False                  # in the other set only
+        assert has("na", "s", "10.12.0.6") is True
+        assert has("na", "nosuch", "10.12.0.5") is False
+        sh.run("nft", "delete", "element", "inet", "na", "m", "{ 10.12.0.5 }", ns=ns)
+        assert has("na", "m", "10.12.0.5") is False
     finally:
         sh.ip("netns", "del", ns, check=False)
