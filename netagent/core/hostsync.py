@@ -55,8 +55,9 @@ class HostTableKeeper:
         self.listings += 1
         self._listed_at = now
         if found is not None and found == self.fingerprint:
-            with self.generations.lock:
-                self.generations.verified = generation   # read before the listing: never ahead of it
+            if generation is not None:
+                with self.generations.lock:
+                    self.generations.listed(generation)   # read before the listing: never ahead of it
         return found
 
     async def watch(self, interval: Callable[[], float], current: Callable[[], Awaitable[str | None]],

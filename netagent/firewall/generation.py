@@ -70,18 +70,43 @@ def read_generation() -> int:
 
 class GenerationWatch:
     """Which generation of the host netns' ruleset was last seen to hold our
-    rules. Our own commits run under `lock` and advance it when they are the
-    only commit since (generation + 1); any other commit leaves it behind, so
-    the watcher's next check lists the table."""
+    rules. Our own commits run under `lock` and record the generation they
+    made; `verified` advances over every run of our own generations, so any
+    other commit leaves it behind and the watcher's next check lists the table.
+
+    Our generations are kept, not only the next one: a listing takes tens of
+    ms at 2,000 sandboxes, and our commits made during it come before the
+    listing's generation is known. Dropping them kept the watcher listing
+    back to back under steady churn (profiled: docs/performance.md)."""
+
+    KEEP = 4096   # our generations remembered ahead of `verified`
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.verified: int | None = None
+        self._ours: set[int] = set()
 
     def own_commit(self, generation: int) -> None:
-        """Call under `lock`, with the generation read just after our commit."""
-        if self.verified is not None and generation == self.verified + 1:
-            self.verified = generation
+        """Call under `lock`, with the generation read just after our commit
+        (if another commit slipped in between, ours stays unrecorded: a gap,
+        so the table is listed, never trusted wrongly)."""
+        self._ours.add(generation)
+        self._advance()
+
+    def listed(self, generation: int) -> None:
+        """Call under `lock`: the table held our rules at `generation`
+        (read before the listing, so never ahead of it)."""
+        self.verified = generation
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.verified is not None:
+            while self.verified + 1 in self._ours:
+                self.verified += 1
+            self._ours = {g for g in self._ours if g > self.verified} if len(self._ours) > 64 else self._ours
+            self._ours.discard(self.verified)
+        if len(self._ours) > self.KEEP:
+            self._ours = set(sorted(self._ours)[-self.KEEP:])
 
     def unchanged(self, generation: int | None) -> bool:
         return generation is not None and generation == self.verified

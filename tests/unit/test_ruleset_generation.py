@@ -35,6 +35,29 @@ def test_only_our_own_next_commit_moves_the_verified_generation() -> None:
     assert not watch.unchanged(8) and watch.verified == 6
 
 
+def test_our_commits_during_a_listing_still_count_once_it_verifies() -> None:
+    """Steady churn: a listing reads generation 10, our commits 11 and 12
+    land while it runs, then it matches. Without them remembered, every
+    later check listed again (back to back at 2,000 sandboxes)."""
+    watch = gen.GenerationWatch()
+    watch.verified = 9
+    watch.own_commit(11)                   # 10 was someone else's: the gap stays
+    watch.own_commit(12)
+    assert watch.verified == 9
+    watch.listed(10)                       # the listing (begun at 10) found our rules
+    assert watch.unchanged(12)
+    watch.own_commit(14)                   # 13 was someone else's
+    assert not watch.unchanged(14) and watch.verified == 12
+
+
+def test_remembered_generations_stay_bounded() -> None:
+    watch = gen.GenerationWatch()
+    watch.verified = 0
+    for g in range(2, 3 * gen.GenerationWatch.KEEP, 2):   # every other one foreign
+        watch.own_commit(g)
+    assert watch.verified == 0 and len(watch._ours) <= gen.GenerationWatch.KEEP
+
+
 class StubTable:
     def __init__(self) -> None:
         self.gen: int | None = 1
