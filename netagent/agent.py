@@ -106,7 +106,8 @@ class Agent(CoreApi):
         self.traffic = TrafficWork(self.plan, self.builder, self.builds, self.cleaner, self._cleaner_fw,
                                    lambda: self.config.guest.veth_name)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
-            self.traffic.read_usage, lambda: sandbox_ips(self.inventory, self.plan), self._submit))
+            self.traffic.read_usage, self.traffic.read_usage_of, lambda: sandbox_ips(self.inventory, self.plan),
+            self._submit))
         self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
         self.metrics.registry.register(self.usage_metrics)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)

@@ -26,6 +26,9 @@ class TrafficWork:
     async def read_usage(self) -> UsageReading:
         return await self.cleaner.call(lambda: self.cleaner_fw().usage())
 
+    async def read_usage_of(self, ips: list[str]) -> UsageReading:
+        return await self.cleaner.call(lambda: self.cleaner_fw().usage_of(ips))
+
     async def shape(self, shapes: list[tuple[int, Limits]]) -> None:
         await self.builds.call(self._shape, shapes)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from . import elements as el
 from . import element_probe, names, ruleset, xt_queue
+from . import elements as el
 from .generation import GenerationWatch, read_generation
 from .nft import Nft, connect
 from .table_probe import table_handle
@@ -53,6 +53,9 @@ class FirewallDriver(Protocol):
     def usage(self) -> UsageReading:
         """The usage counter sets (set -> key -> (packets, bytes)) and the
         table's handle (None: no table)."""
+
+    def usage_of(self, ips: Sequence[str]) -> UsageReading:
+        """`usage` for these sandbox IPs only (closing released sandboxes)."""
 
     def delete_table(self) -> bool: ...
 
@@ -126,6 +129,12 @@ class HostTable:
         if handle is None:
             return None, {}
         return handle, {name: self.nft.element_counters(self.table, name) for name in names.USAGE_SETS.values()}
+
+    def usage_of(self, ips: Sequence[str]) -> UsageReading:
+        handle = table_handle("inet", self.table)
+        if handle is None:
+            return None, {}
+        return handle, element_probe.counters("inet", self.table, list(names.USAGE_SETS.values()), list(ips))
 
     def delete_table(self) -> bool:
         return self.nft.delete_table(self.table)

@@ -105,6 +105,10 @@ class FakeFirewall:
         return self.handle, {name: {str(ip): self.usage_counts.get(name, {}).get(str(ip), (0, 0))
                                     for ip in self.sets.get(name, {})} for name in names.USAGE_SETS.values()}
 
+    def usage_of(self, ips: Sequence[str]) -> tuple[int | None, dict[str, dict[str, tuple[int, int]]]]:
+        handle, by_set = self.usage()
+        return handle, {name: {ip: c for ip, c in keys.items() if ip in ips} for name, keys in by_set.items()}
+
     def delete_table(self) -> bool:
         existed, self.sets, self.rules_text = self.sets is not None, None, None
         return existed

@@ -27,6 +27,7 @@ log = logging.getLogger("netagent.usage")
 @dataclass(frozen=True)
 class MeterIO:
     read: Callable[[], Awaitable[UsageReading]]       # the kernel's counters (a worker thread)
+    read_of: Callable[[list[str]], Awaitable[UsageReading]]   # the same, for these sandbox IPs only
     open_ips: Callable[[], Mapping[str, str]]         # allocated sandbox -> sandbox IP
     submit: Callable[[ops.Operation], Awaitable[Any]]  # the committer
 
@@ -63,8 +64,16 @@ class UsageMeter:
         for sid, ip in open_ips.items():
             if sid not in self.entries:
                 self.entries[sid] = Entry(ip)
+        await self._observe(list(self.entries), epoch, by_set)
+        totals = {sid: self.entries[sid].total for sid in open_ips if sid in self.entries}
+        self.read_at, self._last_totals = read_at, totals
+        return totals
+
+    async def _observe(self, sandbox_ids: list[str], epoch: int | None, by_set: Mapping[str, Any]) -> None:
+        """Fold a reading into these sandboxes' entries and persist the changed ones."""
         changed: list[tuple[str, str, str]] = []
-        for sid, entry in list(self.entries.items()):
+        for sid in sandbox_ids:
+            entry = self.entries[sid]
             new = observe(entry, reading_of(entry.ip, by_set), epoch)
             if new != entry:
                 self.entries[sid] = new
@@ -73,9 +82,6 @@ class UsageMeter:
             async with self.db_lock:
                 with self.store.transaction() as tx:
                     tx.save_usage(changed)
-        totals = {sid: self.entries[sid].total for sid in open_ips if sid in self.entries}
-        self.read_at, self._last_totals = read_at, totals
-        return totals
 
     def last_reading(self) -> tuple[dict[str, Counts], float]:
         """Allocated sandboxes' totals as of the last reading, and its time (no kernel
@@ -96,7 +102,8 @@ class UsageMeter:
 
     async def close_pending(self) -> None:
         """Close every released sandbox's usage: one reading of the kernel for
-        all of them (at 20 releases/s, one reading per release would be the
+        all of them, of their own elements only (one keyed netlink request per
+        counter; at 20 releases/s, a full reading per release would be the
         meter's whole cost), then a CloseUsage each, submitted together so the
         committer writes them in one burst. Each records its final count
         (USAGE_FINAL) with its elements removed, in one commit. Their flows
@@ -108,8 +115,9 @@ class UsageMeter:
                 return
             for sid in batch:
                 self.entries.setdefault(sid, Entry(self.pending[sid][0]))   # released before its first reading
-            try:
-                await self._refresh()
+            try:   # their elements only: a full reading lists every sandbox's (~0.15 s at 2,000)
+                epoch, by_set = await self.io.read_of(sorted({self.entries[sid].ip for sid in batch}))
+                await self._observe(batch, epoch, by_set)
             except NetagentError as exc:
                 log.warning("reading the final usage of %d sandboxes failed (retried): %s", len(batch), exc)
                 return

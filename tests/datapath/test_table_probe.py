@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from netagent.firewall.element_probe import has_element, ipv4_key
+from netagent.firewall.element_probe import counters, has_element, ipv4_key
 from netagent.firewall.table_probe import table_exists
 from netagent.operator.kernel import in_netns
 from tests.conftest import require_datapath_prereqs
@@ -50,5 +50,21 @@ def test_has_element_finds_exactly_the_keys_of_the_named_set():
         assert has("na", "nosuch", "10.12.0.5") is False
         sh.run("nft", "delete", "element", "inet", "na", "m", "{ 10.12.0.5 }", ns=ns)
         assert has("na", "m", "10.12.0.5") is False
+    finally:
+        sh.ip("netns", "del", ns, check=False)
+
+
+def test_counters_reads_the_named_keys_counters_and_leaves_out_absent_ones():
+    require_datapath_prereqs()
+    ns = f"cprobe{os.getpid():x}"
+    sh.ip("netns", "add", ns)
+    try:
+        sh.run("nft", "add", "table", "inet", "na", ns=ns)
+        sh.run("nft", "add", "set", "inet", "na", "s", "{ type ipv4_addr; counter; }", ns=ns)
+        sh.run("nft", "add", "element", "inet", "na", "s", "{ 10.12.0.5 counter packets 7 bytes 900, 10.12.0.6 }",
+               ns=ns)
+        got = in_netns(f"/run/netns/{ns}", lambda: counters("inet", "na", ["s", "gone"],
+                                                            ["10.12.0.5", "10.12.0.6", "10.12.0.7"]))
+        assert got == {"s": {"10.12.0.5": (7, 900), "10.12.0.6": (0, 0)}, "gone": {}}
     finally:
         sh.ip("netns", "del", ns, check=False)

@@ -41,8 +41,8 @@ def test_every_command_parses_without_importing_its_code():
 
 
 def test_status_and_ls_code_imports_grpc_but_no_pyroute2_nftables_or_pydantic():
-    loaded = imported_by("from netagent.operator import commands, kernel, quick; from netagent.firewall import table_probe; "
-                         "quick.ClientSettings.read(None)", [])
+    loaded = imported_by("from netagent.operator import commands, kernel, quick; "
+                         "from netagent.firewall import table_probe; quick.ClientSettings.read(None)", [])
     assert "grpc" in loaded          # they do talk to the agent
     assert not loaded & {"pyroute2", "nftables", "pydantic"}, sorted(loaded & {"pyroute2", "nftables", "pydantic"})
 

@@ -58,3 +58,14 @@ def test_the_answer_reads_found_missing_ack_and_errors():
 def test_only_plain_ipv4_keys_have_netlink_bytes():
     assert ep.ipv4_key("10.12.0.5") == bytes([10, 12, 0, 5])
     assert ep.ipv4_key("10.12.0.0/24") is None and ep.ipv4_key("fd00::1") is None
+
+
+def test_the_counter_is_read_from_the_element_the_kernel_returned():
+    # as a 6.x kernel answers for `10.12.0.5 counter packets 7 bytes 900`
+    elem = (b"\x0c\x00\x01\x00\x08\x00\x01\x00\n\x0c\x00\x05,\x00\x07\x00\x0c\x00\x01\x00counter\x00"
+            b"\x1c\x00\x02\x00\x0c\x00\x01\x00\x00\x00\x00\x00\x00\x00\x03\x84\x0c\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x07")
+    assert ep.counter_of(elem) == (7, 900)
+    assert ep.counter_of(elem[:12]) is None                           # the key alone: no counter
+    reply_ = reply(NEWSETELEM, b"\1\0\0\0" + struct.pack("=HH", 4 + 4 + len(elem), ep.NFTA_SET_ELEM_LIST_ELEMENTS)
+                   + struct.pack("=HH", 4 + len(elem), ep.NFTA_LIST_ELEM) + elem)
+    assert ep.element(reply_) == elem
