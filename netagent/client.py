@@ -23,6 +23,8 @@ class TlsFiles:
 
 
 class Client:
+    rpc_error = grpc.RpcError   # what a failed call raises (the CLI catches it; lightrpc has its own)
+
     def __init__(self, target: str | None = None, *, socket_path: str | None = None,
                  tls: TlsFiles | None = None, timeout: float = 10.0, server_name: str | None = None):
         self.target = target or f"unix://{socket_path or DEFAULT_SOCKET}"

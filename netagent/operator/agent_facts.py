@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
 from ..config import Config
 from .registrycheck import shown_url
 
@@ -34,5 +32,5 @@ def effective(config: Config, client: Any) -> Config:
     """The agent's view if it answers, else the CLI's own config."""
     try:
         return from_agent(config, client.host_info())
-    except grpc.RpcError:
+    except client.rpc_error:
         return config

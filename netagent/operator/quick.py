@@ -32,10 +32,9 @@ class ClientSettings:
 
     def effective(self, client: Any) -> ClientSettings:
         """With the agent's prefix and netns if it answers (else these)."""
-        import grpc
         try:
             info = client.host_info()
-        except grpc.RpcError:
+        except client.rpc_error:
             return self
         return replace(self, prefix=info.prefix or self.prefix, host_netns=info.host_netns or None)
 
