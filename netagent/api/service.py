@@ -78,8 +78,12 @@ class NetAgentService(pb_grpc.NetAgentServicer):
             if req.state not in ("", "allocated"):
                 from ..errors import InvalidArgument
                 raise InvalidArgument(f"state: unknown state {req.state!r} (known: allocated)")
-            nets = await self.agent.list(req.labels)
-            return pb.ListResponse(sandboxes=[cv.sandbox_to_proto(n) for n in nets])
+            agent = self.agent
+            records = sorted((rec for rec in agent.inventory.allocations.values()
+                              if all(rec.spec.labels.get(k) == v for k, v in req.labels.items())),
+                             key=lambda rec: rec.slot)
+            return pb.ListResponse(sandboxes=cv.sandboxes_to_proto(agent.plan, agent.config.guest, records,
+                                                                   agent.reachability.port_view))
         return await self._call("list", context, run)
 
     async def UpdatePolicy(self, request: pb.UpdatePolicyRequest, context: Any) -> pb.Sandbox:
