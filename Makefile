@@ -7,8 +7,9 @@ APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptabl
 	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client
 CONFIG ?=
 PYTEST_ARGS ?=
-# `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py)
-CLI_BENCH_BEFORE ?= green-stop10
+# `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py):
+# main before the CLI's light client (issue 18 part 2)
+CLI_BENCH_BEFORE ?= b222542
 
 PROTO := netagent/api/netagent.proto
 
