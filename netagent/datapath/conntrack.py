@@ -6,13 +6,28 @@ import threading
 
 from pyroute2 import NFCTSocket
 
+_local = threading.local()
+
 
 def flush_mark(mark: int, mask: int = 0xFFFFFFFF) -> None:
     """Delete every entry whose mark matches under `mask`, in the calling
     thread's netns. The kernel walks its whole (global) conntrack hash for
-    this: ~13 ms for 262,144 buckets here, whatever the number of entries."""
-    with NFCTSocket() as ct:
-        ct.flush(mark=mark, mark_mask=mask)
+    this: ~13 ms for 262,144 buckets here, whatever the number of entries.
+    The socket is kept per thread and netns: closing a netfilter netlink
+    socket waits for nf_tables' commit mutex and an RCU grace period
+    (firewall/nlsock.py), and would hold up the host's nft commits."""
+    ino = os.stat("/proc/thread-self/ns/net").st_ino
+    cached = getattr(_local, "ct", None)
+    if cached is None or cached[1] != ino:
+        if cached is not None:
+            cached[0].close()
+        cached = _local.ct = (NFCTSocket(), ino)
+    try:
+        cached[0].flush(mark=mark, mark_mask=mask)
+    except BaseException:
+        _local.ct = None
+        cached[0].close()
+        raise
 
 
 def flush_all() -> None:

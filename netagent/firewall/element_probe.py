@@ -11,10 +11,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import socket
 import struct
 
-from .generation import _HEADER, _NFGEN, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
+from . import nlsock
+from .generation import _HEADER, _NFGEN, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
 from .nfnetlink import attr
 from .table_probe import FAMILIES, NLM_F_ACK
 
@@ -120,36 +120,28 @@ def counter_of(elem: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _get(sock: socket.socket, family: str, table: str, set_name: str, key: bytes, seq: int) -> bytes | bool:
-    sock.sendto(request(family, table, set_name, key, seq), (0, 0))
-    while True:
-        found = element(sock.recv(65536), seq)
-        if found is not None:
-            return found
+def _get(family: str, table: str, set_name: str, key: bytes) -> bytes | bool:
+    request(family, table, set_name, key)   # bad input refused before any I/O
+    return nlsock.ask(lambda seq: request(family, table, set_name, key, seq), element)
 
 
 def has_element(family: str, table: str, set_name: str, key: bytes) -> bool:
-    """Ask the kernel of the calling thread's netns (root: CAP_NET_ADMIN)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        sock.settimeout(5)
-        return _get(sock, family, table, set_name, key, 1) is not False
+    """Ask the kernel of the calling thread's netns (root: CAP_NET_ADMIN), on
+    the thread's kept socket (firewall/nlsock.py says why)."""
+    return _get(family, table, set_name, key) is not False
 
 
 def counters(family: str, table: str, set_names: list[str], ips: list[str]) -> dict[str, dict[str, tuple[int, int]]]:
     """set -> IPv4 key -> (packets, bytes) for these keys of counter sets,
     one keyed request each (absent keys and sets are left out): what closing
     a few released sandboxes needs, without listing thousands of elements."""
+    keys = {ip: ipv4_key(ip) for ip in ips}
+    if bad := [ip for ip, key in keys.items() if key is None]:
+        raise ValueError(f"not IPv4 keys: {bad}")
     out: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in set_names}
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        sock.settimeout(5)
-        seq = 0
-        for name in set_names:
-            for ip in ips:
-                key = ipv4_key(ip)
-                if key is None:
-                    raise ValueError(f"not an IPv4 key: {ip!r}")
-                seq += 1
-                elem = _get(sock, family, table, name, key, seq)
-                if elem is not False and (count := counter_of(elem)) is not None:
-                    out[name][ip] = count
+    for name in set_names:
+        for ip, key in keys.items():
+            elem = _get(family, table, name, key or b"")
+            if elem is not False and (count := counter_of(elem)) is not None:
+                out[name][ip] = count
     return out

@@ -13,6 +13,8 @@ import socket
 import struct
 import threading
 
+from . import nlsock
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
@@ -58,14 +60,9 @@ def answer(data: bytes, seq: int = 1) -> int | None:
 
 
 def read_generation() -> int:
-    """The ruleset generation of the calling thread's netns."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        sock.settimeout(5)
-        sock.sendto(request(), (0, 0))
-        while True:
-            gen = answer(sock.recv(65536))
-            if gen is not None:
-                return gen
+    """The ruleset generation of the calling thread's netns (on the thread's
+    kept socket: firewall/nlsock.py says why)."""
+    return nlsock.ask(request, answer)
 
 
 class GenerationWatch:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import struct
 
-from .generation import _HEADER, _NFGEN, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
+from . import nlsock
+from .generation import _HEADER, _NFGEN, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
 
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
 NFTA_TABLE_NAME = 1
@@ -88,11 +88,5 @@ def table_exists(family: str, name: str) -> bool:
 
 
 def _ask(family: str, name: str) -> tuple[bool, int | None]:
-    msg = request(family, name)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        sock.settimeout(5)
-        sock.sendto(msg, (0, 0))
-        while True:
-            found = lookup(sock.recv(65536))
-            if found is not None:
-                return found
+    request(family, name)   # bad input refused before any I/O
+    return nlsock.ask(lambda seq: request(family, name, seq), lookup)
