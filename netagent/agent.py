@@ -327,9 +327,18 @@ class Agent(CoreApi):
         if released := [c for _, change in done for c in change.close_usage]:
             for sid, slot, ip in released:
                 self.meter.release(sid, ip, slot)
-            self.pool.spawn(self.meter.close_pending())
+            self.pool.spawn(self._close_usage_when_quiet())
         if clean:
             self.pool.spawn(self.pool.clean(clean))
+
+    async def _close_usage_when_quiet(self) -> None:
+        """Final counts of released sandboxes, then their slots' cleaning: at a
+        quiet moment (as the pool's own background work), so a burst of
+        calls does not queue a CloseUsage commit behind each release; the
+        waiting ones close together in one reading and one burst. Their flows
+        are dead already (live_marks), so waiting counts nothing more."""
+        await self.pool.wait_quiet()
+        await self.meter.close_pending()
 
     async def _flush_dead_marks(self, marks: list[int]) -> None:
         """Off the request path: the flows are already dropped (drop_dead_flow);
