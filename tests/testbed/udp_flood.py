@@ -3,13 +3,14 @@
   sink ADDR PORT            (prints "ready") answer the first datagram, then
                             count the rest; once 1 s passes without one, print
                             the count and exit
-  send HOST PORT SECONDS    one datagram and its answer, then 64-byte datagrams
-                            as fast as possible for SECONDS
+  send HOST PORT SECONDS [PPS]  one datagram and its answer, then 64-byte
+                            datagrams as fast as possible (or at PPS) for SECONDS
   flood ADDR PORT           (prints "ready") for each request datagram
-                            "SECONDS", send 64-byte datagrams back to its sender
-                            as fast as possible for SECONDS; forever
-  ask HOST PORT SECONDS     ask a flood server for SECONDS of datagrams and
-                            count them until 1 s passes without one
+                            "SECONDS [PPS]", send 64-byte datagrams back to its
+                            sender as fast as possible (or at PPS) for SECONDS;
+                            forever
+  ask HOST PORT SECONDS [PPS]  ask a flood server for SECONDS of datagrams (at
+                            PPS) and count them until 1 s passes without one
 
 sink and ask print one JSON line: {"packets": N, "span": S}, S the seconds
 from the first datagram counted to the last. A limiter passes rate x S +
@@ -46,10 +47,14 @@ def count(sock: socket.socket, first_timeout: float) -> dict[str, float]:
         packets += 1
 
 
-def blast(sock: socket.socket, seconds: float, peer: tuple[str, int] | None = None) -> int:
+def blast(sock: socket.socket, seconds: float, peer: tuple[str, int] | None = None, pps: float = 0) -> int:
+    """Datagrams for `seconds`, as fast as possible or (pps) paced per 64."""
     sent = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    start = time.monotonic()
+    end = start + seconds
+    while (now := time.monotonic()) < end:
+        if pps and (ahead := start + sent / pps - now) > 0:
+            time.sleep(ahead)
         for _ in range(64):   # check the clock once per 64 datagrams
             try:
                 sock.sendto(PAYLOAD, peer) if peer else sock.send(PAYLOAD)
@@ -70,14 +75,14 @@ def sink(addr: str, port: int) -> None:
         print(json.dumps(count(s, 10)), flush=True)
 
 
-def send(host: str, port: int, seconds: float) -> None:
+def send(host: str, port: int, seconds: float, pps: float) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect((host, port))
         s.settimeout(5)
         s.send(b"hello")
         s.recv(2048)   # the flow is established: only the packet-rate limit applies
         started = time.monotonic()
-        sent = blast(s, seconds)
+        sent = blast(s, seconds, pps=pps)
         print(json.dumps({"sent": sent, "seconds": round(time.monotonic() - started, 4)}), flush=True)
 
 
@@ -87,14 +92,15 @@ def flood(addr: str, port: int) -> None:
         print("ready", flush=True)
         while True:
             data, peer = s.recvfrom(2048)
-            blast(s, float(data), peer)
+            seconds, _, pps = data.decode().partition(" ")
+            blast(s, float(seconds), peer, float(pps or 0))
 
 
-def ask(host: str, port: int, seconds: float) -> None:
+def ask(host: str, port: int, seconds: float, pps: float) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
         s.connect((host, port))
-        s.send(str(seconds).encode())
+        s.send(f"{seconds} {pps}".encode())
         print(json.dumps(count(s, 10)), flush=True)
 
 
@@ -103,11 +109,11 @@ def main() -> None:
     if mode == "sink":
         sink(args[0], int(args[1]))
     elif mode == "send":
-        send(args[0], int(args[1]), float(args[2]))
+        send(args[0], int(args[1]), float(args[2]), float(args[3]) if len(args) > 3 else 0)
     elif mode == "flood":
         flood(args[0], int(args[1]))
     elif mode == "ask":
-        ask(args[0], int(args[1]), float(args[2]))
+        ask(args[0], int(args[1]), float(args[2]), float(args[3]) if len(args) > 3 else 0)
     else:
         raise SystemExit(f"unknown mode {mode}")
 
