@@ -104,7 +104,7 @@ class Agent(CoreApi):
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
         self.traffic = TrafficWork(self.plan, self.builder, self.builds, self.cleaner, self._cleaner_fw,
-                                   lambda: self.config.guest.veth_name)
+                                   lambda: self.config.guest)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
             self.traffic.read_usage, self.traffic.read_usage_of, lambda: sandbox_ips(self.inventory, self.plan),
             self._submit))
