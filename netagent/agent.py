@@ -104,7 +104,7 @@ class Agent(CoreApi):
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
         self.traffic = TrafficWork(self.plan, self.builder, self.builds, self.cleaner, self._cleaner_fw,
-                                   lambda: self.config.guest.veth_name)
+                                   lambda: self.config.guest)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
             self.traffic.read_usage, self.traffic.read_usage_of, lambda: sandbox_ips(self.inventory, self.plan),
             self._submit))
@@ -327,9 +327,18 @@ class Agent(CoreApi):
         if released := [c for _, change in done for c in change.close_usage]:
             for sid, slot, ip in released:
                 self.meter.release(sid, ip, slot)
-            self.pool.spawn(self.meter.close_pending())
+            self.pool.spawn(self._close_usage_when_quiet())
         if clean:
             self.pool.spawn(self.pool.clean(clean))
+
+    async def _close_usage_when_quiet(self) -> None:
+        """Final counts of released sandboxes, then their slots' cleaning: at a
+        quiet moment (as the pool's own background work), so a burst of
+        calls does not queue a CloseUsage commit behind each release; the
+        waiting ones close together in one reading and one burst. Their flows
+        are dead already (live_marks), so waiting counts nothing more."""
+        await self.pool.wait_quiet()
+        await self.meter.close_pending()
 
     async def _flush_dead_marks(self, marks: list[int]) -> None:
         """Off the request path: the flows are already dropped (drop_dead_flow);

@@ -63,17 +63,21 @@ class EgressPolicy(BaseModel):
 
 
 class Limits(BaseModel):
-    """Bandwidth limits of one sandbox, enforced by tbf qdiscs (datapath/shaper.py).
+    """Bandwidth and packet-rate limits of one sandbox. Bits/s: tbf qdiscs
+    (datapath/shaper.py); packets/s: an nft policer in the slot (datapath/pps.py).
     None: unlimited. egress: what it sends; ingress: what it receives."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     egress_bps: int | None = Field(None, ge=8_000, le=32_000_000_000)    # tbf's 32-bit bytes/s rate
     ingress_bps: int | None = Field(None, ge=8_000, le=32_000_000_000)
     burst_bytes: int | None = Field(None, ge=1_600, le=1_000_000_000)   # None: 10 ms of the rate, >= 16 KiB
+    egress_pps: int | None = Field(None, ge=10, le=100_000_000)
+    ingress_pps: int | None = Field(None, ge=10, le=100_000_000)
+    burst_packets: int | None = Field(None, ge=1, le=10_000_000)   # None: pps.default_burst (0.1 s, >= 10)
 
     @property
     def limited(self) -> bool:
-        return self.egress_bps is not None or self.ingress_bps is not None
+        return any(v is not None for v in (self.egress_bps, self.ingress_bps, self.egress_pps, self.ingress_pps))
 
     @classmethod
     def parse(cls, data: Limits | dict | None) -> Limits:

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from ..core import ops
 from ..errors import InvalidArgument
-from ..models import EgressPolicy, ExposedPort, Network, Protocol, validate_sandbox_id
+from ..models import EgressPolicy, ExposedPort, Limits, Network, Protocol, validate_sandbox_id
 from ..netns import path_of as netns_path_of
 from . import netagent_pb2 as pb
 
@@ -48,7 +48,12 @@ def allocate_op(r: pb.AllocateRequest, egress_addresses: Sequence[IPv4Address] =
 
 def limits_from_proto(m: pb.Limits) -> dict[str, int | None]:
     return {"egress_bps": m.egress_bps or None, "ingress_bps": m.ingress_bps or None,
-            "burst_bytes": m.burst_bytes or None}
+            "burst_bytes": m.burst_bytes or None, "egress_pps": m.egress_pps or None,
+            "ingress_pps": m.ingress_pps or None, "burst_packets": m.burst_packets or None}
+
+
+def limits_to_proto(limits: Limits) -> pb.Limits:
+    return pb.Limits(**{name: getattr(limits, name) or 0 for name in Limits.model_fields})
 
 
 def set_limits_op(r: pb.SetLimitsRequest) -> ops.SetLimits:
@@ -151,8 +156,7 @@ def sandboxes_to_proto(plan: Any, guest: Any, records: Sequence[Any], port_view:
                                host_veth=slot.host_veth, slot=rec.slot, **host),
             policy=policy, labels=rec.spec.labels, ports=[port_to_proto(port_view(rec.sandbox_id, p)) for p in ports],
             state="allocated", created_unix_ms=int(rec.created_at * 1000), egress_address=rec.egress_address or "",
-            limits=pb.Limits(egress_bps=rec.limits.egress_bps or 0, ingress_bps=rec.limits.ingress_bps or 0,
-                             burst_bytes=rec.limits.burst_bytes or 0)))
+            limits=limits_to_proto(rec.limits)))
     return out
 
 
@@ -168,5 +172,4 @@ def sandbox_to_proto(n: Network | dict[str, Any]) -> pb.Sandbox:
                            host_veth=n.host_veth, boot_ip_arg=n.boot_ip_arg, slot=n.slot),
         policy=policy, labels=n.spec.labels, ports=[port_to_proto(p) for p in n.ports],
         state="allocated", created_unix_ms=int(n.created_at * 1000), egress_address=n.egress_address,
-        limits=pb.Limits(egress_bps=n.limits.egress_bps or 0, ingress_bps=n.limits.ingress_bps or 0,
-                         burst_bytes=n.limits.burst_bytes or 0))
+        limits=limits_to_proto(n.limits))

@@ -453,14 +453,20 @@ class SetEgressAddressRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., egress_address: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("egress_bps", "ingress_bps", "burst_bytes")
+    __slots__ = ("egress_bps", "ingress_bps", "burst_bytes", "egress_pps", "ingress_pps", "burst_packets")
     EGRESS_BPS_FIELD_NUMBER: _ClassVar[int]
     INGRESS_BPS_FIELD_NUMBER: _ClassVar[int]
     BURST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_PPS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_PPS_FIELD_NUMBER: _ClassVar[int]
+    BURST_PACKETS_FIELD_NUMBER: _ClassVar[int]
     egress_bps: int
     ingress_bps: int
     burst_bytes: int
-    def __init__(self, egress_bps: _Optional[int] = ..., ingress_bps: _Optional[int] = ..., burst_bytes: _Optional[int] = ...) -> None: ...
+    egress_pps: int
+    ingress_pps: int
+    burst_packets: int
+    def __init__(self, egress_bps: _Optional[int] = ..., ingress_bps: _Optional[int] = ..., burst_bytes: _Optional[int] = ..., egress_pps: _Optional[int] = ..., ingress_pps: _Optional[int] = ..., burst_packets: _Optional[int] = ...) -> None: ...
 
 class SetLimitsRequest(_message.Message):
     __slots__ = ("sandbox_id", "limits")

@@ -203,7 +203,7 @@ class NetAgentServicer:
     def SetLimits(self, request, context):
         """---- end sticky egress addresses ----
         ---- bandwidth limits (issue #14) ----
-        New limits for a sandbox, set on its qdiscs before the reply.
+        New limits for a sandbox, set in the kernel (qdiscs, packet-rate table) before the reply.
         ---- end bandwidth limits ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

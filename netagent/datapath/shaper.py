@@ -1,4 +1,5 @@
-"""Per-sandbox bandwidth limits: a tbf qdisc on each end of the slot's veth.
+"""Per-sandbox bandwidth limits: a tbf qdisc on each end of the slot's veth
+(and, through `apply`, the packet-rate table of datapath/pps.py).
 
 What the sandbox receives is shaped on the host veth (its egress is toward
 the slot); what it sends, on the slot's own veth0 (its egress is toward the
@@ -17,7 +18,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import netns
 from ..addressing import SlotAddresses
+from ..config import GuestPlan
 from ..models import Limits
+from . import pps
 
 MIN_BURST = 16 * 1024
 LATENCY = "50ms"     # queue bound: packets that would wait longer are dropped
@@ -41,9 +44,11 @@ def set_root(ipr: IPRoute, ifname: str, bps: int | None, burst: int | None) -> N
             raise
 
 
-def apply(host_ipr: IPRoute, slot: SlotAddresses, slot_veth: str, limits: Limits) -> None:
-    """Both ends, on the calling thread (in the host netns): the slot side
-    is set from inside the slot's netns."""
+def apply(host_ipr: IPRoute, slot: SlotAddresses, guest: GuestPlan, limits: Limits) -> None:
+    """All of `limits` on one slot, from the calling thread (in the host netns):
+    the host veth's qdisc here; the slot veth's qdisc and the packet-rate table
+    from inside the slot's netns."""
     set_root(host_ipr, slot.host_veth, limits.ingress_bps, limits.burst_bytes)
     with netns.entered(netns.path_of(slot.netns)), IPRoute() as ipr:
-        set_root(ipr, slot_veth, limits.egress_bps, limits.burst_bytes)
+        set_root(ipr, guest.veth_name, limits.egress_bps, limits.burst_bytes)
+        pps.apply(guest.tap_name, limits)

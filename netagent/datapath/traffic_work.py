@@ -1,11 +1,12 @@
-"""The kernel work behind usage accounting and bandwidth limits, on worker
-threads: read the usage counters, set a slot's qdiscs. (A released slot's
+"""The kernel work behind usage accounting and bandwidth and packet-rate limits,
+on worker threads: read the usage counters, set a slot's qdiscs and packet-rate table. (A released slot's
 flows die with its live marks, datapath.md "Flow kills": nothing to end here.)"""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from ..addressing import AddressPlan
+from ..config import GuestPlan
 from ..firewall.driver import FirewallDriver, UsageReading
 from ..models import Limits
 from ..workers import BuildPool, Cleaner
@@ -15,13 +16,13 @@ from .slot_builder import SlotBuilder
 
 class TrafficWork:
     def __init__(self, addresses: AddressPlan, builder: SlotBuilder, builds: BuildPool, cleaner: Cleaner,
-                 cleaner_fw: Callable[[], FirewallDriver], guest_veth: Callable[[], str]):
+                 cleaner_fw: Callable[[], FirewallDriver], guest: Callable[[], GuestPlan]):
         self.addresses = addresses
         self.builder = builder
         self.builds = builds
         self.cleaner = cleaner
         self.cleaner_fw = cleaner_fw
-        self.guest_veth = guest_veth   # read at each call: the config may be swapped (SIGHUP)
+        self.guest = guest   # read at each call: the config may be swapped (SIGHUP)
 
     async def read_usage(self) -> UsageReading:
         return await self.cleaner.call(lambda: self.cleaner_fw().usage())
@@ -33,6 +34,6 @@ class TrafficWork:
         await self.builds.call(self._shape, shapes)
 
     def _shape(self, shapes: list[tuple[int, Limits]]) -> None:
-        """Builds thread: each slot's qdiscs to its limits."""
+        """Builds thread: each slot's qdiscs and packet-rate table to its limits."""
         for idx, limits in shapes:
-            shaper.apply(self.builder.host_ipr(), self.addresses.slot(idx), self.guest_veth(), limits)
+            shaper.apply(self.builder.host_ipr(), self.addresses.slot(idx), self.guest(), limits)

@@ -44,7 +44,8 @@ def exposed_port(m: Any) -> dict[str, Any]:
 
 
 def limits(m: Any) -> dict[str, Any]:
-    return {"egressBps": str(m.egress_bps), "ingressBps": str(m.ingress_bps), "burstBytes": str(m.burst_bytes)}
+    return {"egressBps": str(m.egress_bps), "ingressBps": str(m.ingress_bps), "burstBytes": str(m.burst_bytes),
+            "egressPps": str(m.egress_pps), "ingressPps": str(m.ingress_pps), "burstPackets": str(m.burst_packets)}
 
 
 def sandbox(m: Any) -> dict[str, Any]:

@@ -33,6 +33,8 @@ def test_list_answers_what_get_answers_for_every_sandbox(unprobed_daemon):
         c.expose("ls-ports", 22)
         c.allocate("ls-limited")
         c.set_limits("ls-limited", egress_bps=8_000_000, ingress_bps=16_000_000)
+        c.stub.Allocate(pb.AllocateRequest(sandbox_id="ls-pps", limits=pb.Limits(egress_pps=1_000, burst_packets=20)),
+                        timeout=30)
         c.release("ls-plain")   # a freed slot: List must skip it
         c.allocate("ls-again")
         deadline = time.monotonic() + 10    # the fast probes' result: what port_view adds
@@ -44,13 +46,14 @@ def test_list_answers_what_get_answers_for_every_sandbox(unprobed_daemon):
         listed = c.list()
         assert [s.sandbox_id for s in listed] == sorted((s.sandbox_id for s in listed),
                                                         key=lambda sid: c.get(sid).network.slot)
-        assert sorted(s.sandbox_id for s in listed) == ["ls-again", "ls-limited", "ls-off", "ls-ports"]
+        assert sorted(s.sandbox_id for s in listed) == ["ls-again", "ls-limited", "ls-off", "ls-ports", "ls-pps"]
         for sbx in listed:
             assert sbx == c.get(sbx.sandbox_id), sbx.sandbox_id
         by_id = {s.sandbox_id: s for s in listed}
         assert [p.guest_port for p in by_id["ls-ports"].ports] == [22, 8080, 5353]   # TCP first, by port
         assert by_id["ls-ports"].ports[1].HasField("reachable") and by_id["ls-ports"].ports[1].checked_unix_ms
         assert by_id["ls-limited"].limits.egress_bps == 8_000_000
+        assert (by_id["ls-pps"].limits.egress_pps, by_id["ls-pps"].limits.burst_packets) == (1_000, 20)
         assert by_id["ls-off"].policy.HasField("internet") and not by_id["ls-off"].policy.internet
 
         assert [s.sandbox_id for s in c.list(labels={"team": "a"})] == [
