@@ -6,17 +6,21 @@ import difflib
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
 from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
 
+POOL_SIZE = 4
+
 
 @pytest.fixture
 def quiet_daemon(bed, tmp_path):
-    """No registry: nothing in the output moves between two runs."""
-    d = Daemon(write_config(bed, tmp_path, registry_url="")).start()
+    """No registry: nothing in the output moves between two runs (once the
+    warm pool has refilled)."""
+    d = Daemon(write_config(bed, tmp_path, registry_url="", pool_size=POOL_SIZE)).start()
     try:
         yield d
     finally:
@@ -62,6 +66,10 @@ def test_status_ls_and_show_print_the_same_through_both_clients(quiet_daemon):
         for i in range(3):
             c.allocate(f"lr-{i}", labels={"team": "a", "n": str(i)}, internet=i != 1, allow_out=["203.0.113.0/24"])
         c.expose("lr-0", 5353, "udp")   # UDP is not probed: nothing changes between the two runs
+        deadline = time.monotonic() + 30     # the warm pool refilled: readySlots stays put
+        while c.host_info().ready_slots < POOL_SIZE:
+            assert time.monotonic() < deadline, "the warm pool did not refill"
+            time.sleep(0.1)
 
     for args in (("status", "--json"), ("ls", "--json"), ("show", "lr-0", "--json")):
         (code_l, out_l, err_l), (code_g, out_g, err_g) = both(quiet_daemon, *args)
