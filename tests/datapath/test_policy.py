@@ -171,6 +171,31 @@ async def test_new_connection_rate_limit_bites(bed, tmp_path):
         await agent.stop()
 
 
+async def test_the_new_flow_rate_limit_counts_flows_not_datagrams_of_an_unanswered_udp_flow(bed, tmp_path):
+    """A one-way UDP stream (metrics, logs) stays `ct state new` as no reply
+    comes; 1,000 datagrams/s of it must not be policed as 1,000 new flows/s
+    by the 200/s new-flow limit."""
+    import asyncio
+
+    from netagent.agent import Agent
+    from tests.conftest import agent_config
+    from tests.testbed import sh
+    agent = Agent(agent_config(bed, tmp_path / "state"))
+    await agent.start()
+    try:
+        guest = LightGuest.attach(bed, await agent.allocate("udp-1"), "a")
+        sink = bed.start_module(bed.inet, "tests.testbed.udp_flood", "quiet-sink", WEB_IP, "9030")
+        out = await asyncio.to_thread(sh.run, sh.PYTHON, "-m", "tests.testbed.udp_flood", "send-oneway", WEB_IP,
+                                      "9030", "2.0", "1000", ns=guest.name, timeout=30)
+        sent = json.loads(out.stdout)["sent"]
+        got = json.loads(await asyncio.to_thread(sink.stdout.readline))["packets"]
+        # policed as flows it would get 200/s x 2 s + a burst of 400 = 800
+        assert sent >= 1900 and got >= 0.95 * sent, (sent, got)
+        assert counter_packets(bed.host, bed.agent_prefix, "drop_conn_rate") == 0
+    finally:
+        await agent.stop()
+
+
 # Resolve NAME through SERVER:53 (UDP), then connect to the first A record's
 # HTTP port. Prints: "<rcode> <addresses> <connected|unreachable|->".
 _RESOLVE_AND_CONNECT = r"""

@@ -3,8 +3,10 @@
   sink ADDR PORT            (prints "ready") answer the first datagram, then
                             count the rest; once 1 s passes without one, print
                             the count and exit
+  quiet-sink ADDR PORT      the same, never answering (the flow stays "new")
   send HOST PORT SECONDS [PPS]  one datagram and its answer, then 64-byte
                             datagrams as fast as possible (or at PPS) for SECONDS
+  send-oneway HOST PORT SECONDS PPS  the datagrams alone, no answer asked
   flood ADDR PORT           (prints "ready") for each request datagram
                             "SECONDS [PPS]", send 64-byte datagrams back to its
                             sender as fast as possible (or at PPS) for SECONDS;
@@ -18,7 +20,8 @@ burst of a flood that arrives faster than its rate for all of S, so a test
 compares with that and is immune to how long the flood waited in queues
 on its way. send prints {"sent": N, "seconds": S}. Why the answer first: a
 UDP flow without a reply stays `ct state new`, and the host table's new-flow
-rate limit (conn_rate, 200/s) would police every datagram of it. ADDR: the
+rate limit policed every datagram of it (fixed since: it counts a flow's
+first packet; quiet-sink and send-oneway test that). ADDR: the
 servers answer from the address asked (a netns with many), as conntrack expects.
 """
 from __future__ import annotations
@@ -64,15 +67,16 @@ def blast(sock: socket.socket, seconds: float, peer: tuple[str, int] | None = No
     return sent
 
 
-def sink(addr: str, port: int) -> None:
+def sink(addr: str, port: int, answer: bool = True) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
         s.bind((addr, port))
         print("ready", flush=True)
-        s.settimeout(60)
-        _, peer = s.recvfrom(2048)
-        s.sendto(b"ok", peer)
-        print(json.dumps(count(s, 10)), flush=True)
+        if answer:
+            s.settimeout(60)
+            _, peer = s.recvfrom(2048)
+            s.sendto(b"ok", peer)
+        print(json.dumps(count(s, 60 if not answer else 10)), flush=True)
 
 
 def send(host: str, port: int, seconds: float, pps: float) -> None:
@@ -81,6 +85,14 @@ def send(host: str, port: int, seconds: float, pps: float) -> None:
         s.settimeout(5)
         s.send(b"hello")
         s.recv(2048)   # the flow is established: only the packet-rate limit applies
+        started = time.monotonic()
+        sent = blast(s, seconds, pps=pps)
+        print(json.dumps({"sent": sent, "seconds": round(time.monotonic() - started, 4)}), flush=True)
+
+
+def send_oneway(host: str, port: int, seconds: float, pps: float) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
         started = time.monotonic()
         sent = blast(s, seconds, pps=pps)
         print(json.dumps({"sent": sent, "seconds": round(time.monotonic() - started, 4)}), flush=True)
@@ -106,8 +118,10 @@ def ask(host: str, port: int, seconds: float, pps: float) -> None:
 
 def main() -> None:
     mode, args = sys.argv[1], sys.argv[2:]
-    if mode == "sink":
-        sink(args[0], int(args[1]))
+    if mode in ("sink", "quiet-sink"):
+        sink(args[0], int(args[1]), answer=mode == "sink")
+    elif mode == "send-oneway":
+        send_oneway(args[0], int(args[1]), float(args[2]), float(args[3]))
     elif mode == "send":
         send(args[0], int(args[1]), float(args[2]), float(args[3]) if len(args) > 3 else 0)
     elif mode == "flood":
