@@ -30,10 +30,13 @@ EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_R
 
 def usage_to_proto(sandbox_id: str, usage: dict[str, dict[str, int]]) -> pb.SandboxUsage:
     """A ledger total (usage/ledger.py Counts.as_dict(): "egress_sent" -> packets, bytes)."""
-    def path(name: str) -> pb.UsagePath:
-        return pb.UsagePath(sent=pb.UsageCounter(**usage[f"{name}_sent"]),
-                            received=pb.UsageCounter(**usage[f"{name}_received"]))
-    return pb.SandboxUsage(sandbox_id=sandbox_id, egress=path("egress"), ingress=path("ingress"), host=path("host"))
+    # nested dicts, one constructor: 40% faster than a message per counter
+    # (2,000 sandboxes per `netagent ls`; docs/performance.md, "CLI start-up")
+    return pb.SandboxUsage(
+        sandbox_id=sandbox_id,
+        egress={"sent": usage["egress_sent"], "received": usage["egress_received"]},
+        ingress={"sent": usage["ingress_sent"], "received": usage["ingress_received"]},
+        host={"sent": usage["host_sent"], "received": usage["host_received"]})
 
 
 def allocate_op(r: pb.AllocateRequest, egress_addresses: Sequence[IPv4Address] = (),

@@ -63,3 +63,15 @@ def test_a_retried_close_usage_cleans_the_slot_only_once():
     inv.apply(SlotSet(3, SlotState.READY))
     assert plan(inv, ops.CloseUsage("a", "10.12.0.1", final, 3), None).clean_slots == ()  # type: ignore[arg-type]
     assert plan(Inventory((20000, 20010)), ops.CloseUsage("a", "10.12.0.1", final, 3), None).clean_slots == ()  # type: ignore[arg-type]
+
+
+def test_usage_to_proto_puts_every_counter_in_its_own_field():
+    from netagent.api import convert as cv
+    data = {f"{path}_{way}": {"packets": 10 * i + j, "bytes": 1000 * i + j}
+            for i, path in enumerate(("egress", "ingress", "host")) for j, way in enumerate(("sent", "received"))}
+    m = cv.usage_to_proto("s-1", data)
+    assert m.sandbox_id == "s-1"
+    for path in ("egress", "ingress", "host"):
+        for way in ("sent", "received"):
+            c = getattr(getattr(m, path), way)
+            assert (c.packets, c.bytes) == (data[f"{path}_{way}"]["packets"], data[f"{path}_{way}"]["bytes"])
