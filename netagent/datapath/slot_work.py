@@ -55,10 +55,11 @@ class SlotWork:
         slot = self.addresses.slot(idx)
         conntrack.flush_mark(*slot.any_mark)
         fw = self.cleaner_fw()
-        leftover = el.Element(names.EGRESS_MODE, str(slot.sandbox_ip))
-        if fw.has(leftover):  # one added by hand, or by a bug, would let the next tenant out early
-            log.warning("slot %d had a leftover egress_mode element for %s; removing it", idx, slot.sandbox_ip)
-            fw.apply([el.Op("delete", leftover)])
+        for mode in (names.EGRESS_OPEN, names.EGRESS_BLOCKED):
+            leftover = el.Element(mode, str(slot.sandbox_ip))
+            if fw.has(leftover):  # one added by hand, or by a bug, would let the next tenant out early
+                log.warning("slot %d had a leftover %s element for %s; removing it", idx, mode, slot.sandbox_ip)
+                fw.apply([el.Op("delete", leftover)])
         shaper.apply(self.builder.host_ipr(), slot, self.builder.config.guest, Limits())  # unlimited again
         # usage counters start from 0 for the next tenant (CloseUsage removed them already)
         fw.apply(el.delete(el.usage_elements(str(slot.sandbox_ip))))

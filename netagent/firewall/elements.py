@@ -49,7 +49,7 @@ def mark_elements(slot: SlotAddresses, generation: int) -> list[Element]:
 
 
 def egress_element(slot: SlotAddresses, internet: bool) -> Element:
-    return Element(names.EGRESS_MODE, str(slot.sandbox_ip), names.MODE_OPEN if internet else names.MODE_BLOCKED)
+    return Element(names.EGRESS_OPEN if internet else names.EGRESS_BLOCKED, str(slot.sandbox_ip))
 
 
 def policy_elements(slot: SlotAddresses, policy: CompiledPolicy) -> list[Element]:

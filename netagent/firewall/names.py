@@ -17,8 +17,10 @@ SLOT_MARK_IN = "slot_mark_in"
 # Per allocation, churn (#15): its egress mark (by generation) and live marks.
 SLOT_MARK = "slot_mark"
 LIVE_MARKS = "live_marks"
-# Per allocation: egress policy and exposed ports.
-EGRESS_MODE = "egress_mode"
+# Per allocation: egress policy and exposed ports. The egress mode is which of
+# two plain sets holds the sandbox IP (not a verdict map: see rules/netagent.nft).
+EGRESS_OPEN = "egress_open"
+EGRESS_BLOCKED = "egress_blocked"
 ALLOW_NET = "allow_net"
 ALLOW_PORT = "allow_port"
 DENY_NET = "deny_net"
@@ -47,15 +49,11 @@ USAGE_SETS = {
     ("host", "received"): "usage_host_received",
 }
 
-MAPS = (EGRESS_MODE, PORT_DNAT, SLOT_MARK, SLOT_MARK_IN, EGRESS_SNAT)
+MAPS = (PORT_DNAT, SLOT_MARK, SLOT_MARK_IN, EGRESS_SNAT)
 # Sets and maps whose whole content is derived from config + state (a full
 # sync flushes and refills exactly these).
 STATE_SETS = (UPLINKS, ALWAYS_DENY, ALWAYS_ALLOW, EDGE_ADDRESSES, SBX_IFACES, SBX_SRC,
-              ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED, SNI_CHECK,
-              LIVE_MARKS)
+              EGRESS_OPEN, EGRESS_BLOCKED, ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED,
+              SNI_CHECK, LIVE_MARKS)
 STATE_MAPS = MAPS
 ALL = STATE_SETS + STATE_MAPS + (FQDN_IPS,) + tuple(USAGE_SETS.values())
-
-# The verdicts egress_mode maps a sandbox to.
-MODE_OPEN = "jump mode_open"
-MODE_BLOCKED = "jump mode_blocked"

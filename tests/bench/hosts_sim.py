@@ -139,6 +139,9 @@ async def worker(url: str, first: int, count: int, sandboxes: int, churn: float,
     print(json.dumps({"hosts": count, "cpu_s": cpu, "changes": sum(h.changes for h in hosts),
                       "errors": sum(h.pub.errors for h in hosts), "refused": sum(h.pub.refused for h in hosts)}),
           flush=True)
+    # heartbeats go on until the parent has taken the edge's full sync (EOF on
+    # stdin): a v2 record counts only while its node is alive
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     for h in hosts:
         await h.pub.stop()
 

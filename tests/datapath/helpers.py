@@ -9,20 +9,25 @@ from tests.testbed import sh
 def sandbox_elements(ns: str, table: str, sandbox_ip: str) -> dict[str, list]:
     """Every per-sandbox element keyed by this sandbox IP, by set."""
     out = {}
-    for name in ("egress_mode", "allow_net", "allow_port", "deny_net", "deny_port"):
+    for name in ("egress_open", "egress_blocked", "allow_net", "allow_port", "deny_net", "deny_port"):
         found = [e for e in elements(ns, table, name) if sandbox_ip in json.dumps(e)]
         out[name] = sorted(json.dumps(e, sort_keys=True) for e in found)
     return out
 
 
 def elements(ns: str, table: str, name: str) -> list:
-    kind = "map" if name in ("egress_mode", "port_dnat", "slot_mark", "slot_mark_in", "egress_snat") else "set"
+    kind = "map" if name in ("port_dnat", "slot_mark", "slot_mark_in", "egress_snat") else "set"
     out = sh.run("nft", "-j", "list", kind, "inet", table, name, ns=ns).stdout
     for obj in json.loads(out)["nftables"]:
         body = obj.get(kind)
         if body:
             return body.get("elem", [])
     return []
+
+
+def egress_ips(ns: str, table: str) -> list[str]:
+    """Sandbox IPs with an egress mode (in egress_open or egress_blocked)."""
+    return elements(ns, table, "egress_open") + elements(ns, table, "egress_blocked")
 
 
 def counter_packets(ns: str, table: str, name: str) -> int:

@@ -15,7 +15,7 @@ from netagent.agent import Agent
 from netagent.errors import Conflict, Exhausted, InvalidArgument, NotFound
 from netagent.firewall import nft as nft_mod
 from tests.conftest import agent_config
-from tests.datapath.helpers import conntrack_count, counter_packets, elements, table_elements
+from tests.datapath.helpers import conntrack_count, counter_packets, egress_ips, elements, table_elements
 from tests.testbed import sh
 from tests.testbed.bed import ECHO_PORT, HTTP_PORT, METADATA_IP, UPLINK_IP, WEB_IP, LightGuest, eventually
 
@@ -49,7 +49,7 @@ async def test_release_leaves_no_netns_link_element_or_conntrack(bed, tmp_path):
         assert await eventually(lambda: conntrack_count(bed.host, "-m", mark) == 0, timeout=5)
         assert await eventually(lambda: not slot_netns(bed) and not host_veths(bed), timeout=10)
         t = bed.agent_prefix
-        for name in ("egress_mode", "port_dnat", "sbx_ifaces", "sbx_src", "slot_mark"):
+        for name in ("egress_open", "egress_blocked", "port_dnat", "sbx_ifaces", "sbx_src", "slot_mark"):
             assert elements(bed.host, t, name) == [], name
         assert agent.slots == {} and agent.allocations == {}
         with pytest.raises(NotFound):
@@ -86,7 +86,7 @@ async def test_nft_flush_ruleset_is_repaired(bed, agent):
     guest = LightGuest.attach(bed, net, "a")
     await agent.wait_pool_ready()  # no slot build may change the sets after the snapshot
     before = table_elements(bed.host, bed.agent_prefix)
-    for name in ("uplinks", "always_deny", "sbx_ifaces", "sbx_src", "slot_mark", "slot_mark_in", "egress_mode",
+    for name in ("uplinks", "always_deny", "sbx_ifaces", "sbx_src", "slot_mark", "slot_mark_in", "egress_open",
                  "allow_port", "deny_net", "dns_locked", "port_dnat"):
         assert before[name], f"{name} is empty: the snapshot would prove nothing about it"
     assert set(before) >= set(nft_mod.SETS + nft_mod.MAPS)
@@ -149,7 +149,7 @@ async def test_calls_are_idempotent_and_bad_input_is_refused_without_side_effect
     assert await agent.allocate("idem-1", {"labels": {"team": "a"}}) == net
     with pytest.raises(Conflict):
         await agent.allocate("idem-1", {"labels": {"team": "b"}})
-    before = (dict(agent.slots), len(elements(bed.host, bed.agent_prefix, "egress_mode")))
+    before = (dict(agent.slots), len(egress_ips(bed.host, bed.agent_prefix)))
     for bad in ("", "UPPER", "a b", "x" * 58, "-lead", "trail-", "semi;colon", None, 7):
         with pytest.raises(InvalidArgument):
             await agent.allocate(bad)  # type: ignore[arg-type]
@@ -164,7 +164,7 @@ async def test_calls_are_idempotent_and_bad_input_is_refused_without_side_effect
         await agent.expose("idem-1", 80, "tcp", host_port=22)  # outside the range
     with pytest.raises(NotFound):
         await agent.expose("nobody", 80)
-    assert (dict(agent.slots), len(elements(bed.host, bed.agent_prefix, "egress_mode"))) == before
+    assert (dict(agent.slots), len(egress_ips(bed.host, bed.agent_prefix))) == before
 
     p = await agent.expose("idem-1", 80)
     assert await agent.expose("idem-1", 80) == p
@@ -188,7 +188,7 @@ async def test_concurrent_burst_is_one_transaction_and_retries_coalesce(bed, tmp
         assert agent.stats["commits"] - commits <= 2, "a burst must coalesce into one or two transactions"
         assert len({n.sandbox_ip for n in nets[:50]}) == 50
         assert nets[50:] == nets[:10]  # concurrent retries got the same network
-        assert len(elements(bed.host, bed.agent_prefix, "egress_mode")) == 50
+        assert len(egress_ips(bed.host, bed.agent_prefix)) == 50
     finally:
         await agent.stop()
 
@@ -218,11 +218,11 @@ async def test_200_slots_allocate_and_release_cleanly(bed, tmp_path):
         nets = await asyncio.gather(*(agent.allocate(i) for i in ids))
         assert len({n.sandbox_ip for n in nets}) == 200
         assert len(slot_netns(bed)) == 200 and len(host_veths(bed)) == 200
-        assert len(elements(bed.host, bed.agent_prefix, "egress_mode")) == 200
+        assert len(egress_ips(bed.host, bed.agent_prefix)) == 200
         assert all(await asyncio.gather(*(agent.release(i) for i in ids)))
         assert await eventually(lambda: not slot_netns(bed) and not host_veths(bed), timeout=60)
         assert elements(bed.host, bed.agent_prefix, "sbx_ifaces") == []
-        assert elements(bed.host, bed.agent_prefix, "egress_mode") == []
+        assert egress_ips(bed.host, bed.agent_prefix) == []
     finally:
         await agent.stop()
 
@@ -284,11 +284,11 @@ async def test_a_leftover_element_is_removed_before_the_slot_is_reused(bed, tmp_
         net = await agent.allocate("left-1")
         await agent.release("left-1")
         # Someone (or a bug) puts the egress element back while the slot is dirty.
-        sh.run("nft", "add", "element", "inet", bed.agent_prefix, "egress_mode",
-               f"{{ {net.sandbox_ip} : jump mode_open }}", ns=bed.host)
+        sh.run("nft", "add", "element", "inet", bed.agent_prefix, "egress_open",
+               f"{{ {net.sandbox_ip} }}", ns=bed.host)
         assert net.slot not in agent.ready
         assert await eventually(lambda: net.slot in agent.ready or net.slot not in agent.slots, timeout=10)
-        assert elements(bed.host, bed.agent_prefix, "egress_mode") == []
+        assert egress_ips(bed.host, bed.agent_prefix) == []
     finally:
         await agent.stop()
 

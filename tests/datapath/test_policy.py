@@ -75,7 +75,7 @@ async def test_smtp_is_blocked_even_when_allowed(bed, agent):
 async def test_bad_policies_are_refused_without_changing_the_ruleset(bed, agent):
     net = await agent.allocate("bad-1", {"policy": {"internet": False, "allow_out": ["203.0.113.0/24"]}})
     before = sandbox_elements(bed.host, bed.agent_prefix, net.sandbox_ip)
-    assert before["allow_net"] and before["egress_mode"]
+    assert before["allow_net"] and before["egress_blocked"]
     bad = [
         {"allow_out": ["203.0.113.0/24", "203.0.113.300"]},
         {"deny_out": ["evil.test"]},

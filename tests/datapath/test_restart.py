@@ -6,7 +6,7 @@ import random
 import time
 
 from tests.conftest import agent_config
-from tests.datapath.helpers import elements
+from tests.datapath.helpers import egress_ips, elements
 from tests.testbed import sh
 from tests.testbed.agent_proc import AgentProcess
 from tests.testbed.bed import HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest, eventually
@@ -34,7 +34,7 @@ def _compare_state_and_kernel(bed, proc: AgentProcess) -> None:
     t = bed.agent_prefix
     assert set(table.values()) <= {"ready", "allocated"}, f"not settled: {table}"
     assert {i for i, state in table.items() if state == "allocated"} == {n["slot"] for n in nets}
-    egress = {e[0] for e in elements(bed.host, t, "egress_mode")}
+    egress = set(egress_ips(bed.host, t))
     assert egress == {n["sandbox_ip"] for n in nets}
     # Two live ct marks per sandbox (its flows and flows to it), no leftover.
     assert {e[0] for e in elements(bed.host, t, "slot_mark")} == egress

@@ -111,6 +111,6 @@ def _leftovers(bed) -> list[str]:
     t = bed.agent_prefix
     found = [n for n in sh.netns_list() if n.startswith(f"{t}-")]
     found += [link for link in sh.links(bed.host) if link.startswith(f"{t}v")]
-    for name in ("egress_mode", "port_dnat", "sbx_ifaces", "slot_mark"):
+    for name in ("egress_open", "egress_blocked", "port_dnat", "sbx_ifaces", "slot_mark"):
         found += [f"{name}:{e}" for e in elements(bed.host, t, name)]
     return found

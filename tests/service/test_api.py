@@ -257,10 +257,9 @@ def test_concurrent_policy_updates_of_one_sandbox_all_succeed_and_the_kernel_mat
         final = c.get("pol-1").policy
         assert final in (open_deny, closed_allow)
     got = {name: len(elems) for name, elems in sandbox_elements(bed.host, bed.agent_prefix, ip).items()}
-    mode = sandbox_elements(bed.host, bed.agent_prefix, ip)["egress_mode"]
     if final == open_deny:
-        assert got == {"egress_mode": 1, "allow_net": 0, "allow_port": 0, "deny_net": 1, "deny_port": 0}
-        assert "mode_open" in mode[0]
+        assert got == {"egress_open": 1, "egress_blocked": 0, "allow_net": 0, "allow_port": 0, "deny_net": 1,
+                       "deny_port": 0}
     else:
-        assert got == {"egress_mode": 1, "allow_net": 1, "allow_port": 2, "deny_net": 0, "deny_port": 0}
-        assert "mode_blocked" in mode[0]
+        assert got == {"egress_open": 0, "egress_blocked": 1, "allow_net": 1, "allow_port": 2, "deny_net": 0,
+                       "deny_port": 0}

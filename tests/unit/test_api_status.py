@@ -14,7 +14,7 @@ from netagent.errors import Unavailable
 # What a failed nft transaction of 400 elements says: one line per element, ~40 KiB.
 FAILED_TRANSACTION = "commit failed: " + "\n".join(
     f"Error: Could not process rule: No such file or directory\n"
-    f"delete element inet na egress_mode {{ 10.12.{i // 128}.{2 * (i % 128) + 1} }}" for i in range(400))
+    f"delete element inet na egress_open {{ 10.12.{i // 128}.{2 * (i % 128) + 1} }}" for i in range(400))
 
 
 def test_a_short_message_is_kept_whole() -> None:

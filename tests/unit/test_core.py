@@ -53,7 +53,7 @@ def test_allocate_plans_rows_elements_event_and_reply_without_touching_the_inven
     assert change.nft == tuple(el.add([el.Element(names.SLOT_MARK, "10.12.0.1", s.ct_mark),
                                        el.Element(names.LIVE_MARKS, s.ct_mark),
                                        el.Element(names.LIVE_MARKS, s.ct_mark_in),
-                                       el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN)]
+                                       el.Element(names.EGRESS_OPEN, "10.12.0.1")]
                                       + el.usage_elements("10.12.0.1")))
     assert [e.type for e in change.events] == ["allocated"]
     assert change.rows[1].allocation.policy.internet is True   # host default frozen in
@@ -95,7 +95,7 @@ def test_release_removes_every_element_it_owns_and_marks_the_slot_dirty():
     apply(inv, ops.Expose.of("a", 80))
     change = plan(inv, ops.Release.of("a"), CTX)
     deleted = {o.element for o in change.nft if o.verb == "delete"}
-    assert {e.set for e in deleted} == {names.EGRESS_MODE, names.ALLOW_PORT, names.PORT_DNAT, names.SLOT_MARK,
+    assert {e.set for e in deleted} == {names.EGRESS_BLOCKED, names.ALLOW_PORT, names.PORT_DNAT, names.SLOT_MARK,
                                         names.LIVE_MARKS}
     # the usage counters stay until the final count is read; closing them cleans the slot
     assert change.reply is True and change.clean_slots == () and change.close_usage == (("a", 0, "10.12.0.1"),)
@@ -180,7 +180,7 @@ def test_desired_elements_cover_live_slots_and_allocations():
     apply(inv, ops.Expose.of("a", 80))
     want = set(desired_elements(inv, ADDR))
     assert want == set(el.slot_elements(ADDR.slot(0))) | set(el.mark_elements(ADDR.slot(0), 0)) | {
-        el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN), el.port_element(ADDR.slot(0), "tcp", 20000, 80),
+        el.Element(names.EGRESS_OPEN, "10.12.0.1"), el.port_element(ADDR.slot(0), "tcp", 20000, 80),
         *el.usage_elements("10.12.0.1")}
 
 

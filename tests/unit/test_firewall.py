@@ -29,10 +29,14 @@ def test_every_name_the_agent_fills_is_declared_in_the_rules_file_with_its_kind(
     assert {m for m in re.findall(r"@([a-z_]+)", text)} - dynamic <= set(names.ALL)
 
 
-def test_the_verdicts_name_chains_of_the_rules_file():
+def test_no_verdict_map_holds_jumps_to_validate_at_each_commit():
+    """An element with a jump verdict makes the kernel validate the whole table
+    at commit (O(elements)); the egress mode is two plain sets instead."""
     text = ruleset.read_rules(ruleset.HOST_RULES)
-    for verdict in (names.MODE_OPEN, names.MODE_BLOCKED):
-        assert re.search(rf"^\s*chain {verdict.split()[1]} \{{", text, re.M), verdict
+    assert not re.search(r"type [a-z_. ]+: verdict", text)
+    for mode, chain in ((names.EGRESS_OPEN, "mode_open"), (names.EGRESS_BLOCKED, "mode_blocked")):
+        assert re.search(rf"^\s*chain {chain} \{{", text, re.M), chain
+        assert len(re.findall(rf"ip saddr @{mode} jump {chain}$", text, re.M)) == 3, mode
 
 
 def loaded() -> FakeFirewall:
@@ -79,7 +83,7 @@ def test_fake_refill_replaces_state_sets_but_keeps_dns_admissions():
 
 def test_listed_json_elements_parse_back_to_the_elements_that_were_added():
     for e in (el.Element(names.PORT_DNAT, ("tcp", 20000), ("10.12.0.1", 80)),
-              el.Element(names.EGRESS_MODE, "10.12.0.1", names.MODE_OPEN),
+              el.Element(names.EGRESS_OPEN, "10.12.0.1"),
               el.Element(names.ALLOW_NET, ("10.12.0.1", "203.0.113.0/24"))):
         item = el.to_json("na", el.add([e]))["nftables"][0]["add"]["element"]["elem"][0]
         assert el.from_json_item(e.set, item) == e

@@ -95,11 +95,12 @@ def test_element_json_groups_ops_and_deletes_idempotently():
     s = plan.slot(3)
     ops = el.add([el.egress_element(s, True), el.port_element(s, "tcp", 20001, 8080)])
     doc = el.to_json("na", ops)["nftables"]
-    assert doc[0]["add"]["element"]["elem"] == [["10.12.0.7", {"jump": {"target": "mode_open"}}]]
+    assert doc[0]["add"]["element"] == {"family": "inet", "table": "na", "name": "egress_open", "elem": ["10.12.0.7"]}
     assert doc[1]["add"]["element"]["elem"] == [[{"concat": ["tcp", 20001]}, {"concat": ["10.12.0.7", 8080]}]]
     dele = el.to_json("na", el.delete([el.egress_element(s, False)]))["nftables"]
     assert [list(c)[0] for c in dele] == ["add", "delete"]
     assert dele[1]["delete"]["element"]["elem"] == ["10.12.0.7"]
+    assert dele[1]["delete"]["element"]["name"] == "egress_blocked"
     text = el.to_text("na", el.slot_elements(s))
     assert 'add element inet na sbx_src { "nav3" . 10.12.0.7 }' in text
     assert f"add element inet na slot_mark_in {{ 10.12.0.7 : {s.ct_mark_in} }}" in text

@@ -66,7 +66,7 @@ def test_policy_elements_render_for_nft():
                                     deny_out=(":25",)))
     elements = el.policy_elements(slot, c)
     names = [e.set for e in elements]
-    assert names == ["egress_mode", "allow_net", "allow_port", "allow_port", "deny_port", "deny_port"]
+    assert names == ["egress_blocked", "allow_net", "allow_port", "allow_port", "deny_port", "deny_port"]
     doc = el.to_json("na", el.add(elements))["nftables"]
     assert doc[1]["add"]["element"]["elem"] == [
         {"concat": ["10.12.0.5", {"prefix": {"addr": "203.0.113.0", "len": 24}}]}]
