@@ -33,7 +33,7 @@ from .core.repair import Fix, Repairs
 from .core.rows import Change
 from .core.self_repair import RepairWork, SelfRepair
 from .core.views import sandbox_ips
-from .datapath import conntrack
+from .datapath import conntrack, link_counters
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
 from .datapath.slot_repair import SlotRepairIO
@@ -210,7 +210,7 @@ class Agent(CoreApi):
         self.metrics.set_state(by_state, len(self.ready), len(self.allocations), self.plan.capacity)
         veths = {sid: self.plan.host_veth(rec.slot) for sid, rec in self.allocations.items()}
         ready = [self.plan.host_veth(i) for i in self.ready]
-        await self.cleaner.call(lambda: self.metrics.refresh_link_stats(self.builder.host_ipr(), veths, ready))
+        await self.cleaner.call(lambda: self.metrics.refresh_link_stats(link_counters.dump(), veths, ready))
         drops = await self.cleaner.call(lambda: self._cleaner_fw().counters())
         self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
         self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total)

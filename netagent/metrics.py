@@ -135,17 +135,6 @@ class LinkStatsCollector(Collector):
         yield tx
 
 
-def read_link_counters(links: Iterable[Any]) -> dict[str, tuple[int, int]]:
-    """ifname -> (rx_bytes, tx_bytes) from one RTM_GETLINK dump."""
-    out: dict[str, tuple[int, int]] = {}
-    for link in links:
-        name = link.get("IFLA_IFNAME")
-        stats = link.get("IFLA_STATS64") or link.get("IFLA_STATS")
-        if name and stats:
-            out[name] = (int(stats.get("rx_bytes") or 0), int(stats.get("tx_bytes") or 0))
-    return out
-
-
 class _QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -247,13 +236,15 @@ class Metrics:
         self._allocations.set(allocations)
         self._capacity.set(capacity)
 
-    def refresh_link_stats(self, ipr: Any, veth_by_sandbox: dict[str, str], ready_veths: Iterable[str] = ()) -> None:
-        """One blocking link dump: call from a worker thread in the host netns.
+    def refresh_link_stats(self, counters: dict[str, tuple[int, int]], veth_by_sandbox: dict[str, str],
+                           ready_veths: Iterable[str] = ()) -> None:
+        """counters: ifname -> (rx_bytes, tx_bytes) of one link dump (datapath/link_counters.py,
+        on a worker thread in the host netns).
 
         veth_by_sandbox: allocated sandboxes -> host veth. ready_veths (optional): host veths
         of warm slots; with them a new tenant's bytes count from allocation, not from the
         first refresh after it."""
-        self.link_stats.update(read_link_counters(ipr.get_links()), veth_by_sandbox, ready_veths)
+        self.link_stats.update(counters, veth_by_sandbox, ready_veths)
 
     # ---- exposition --------------------------------------------------------
 

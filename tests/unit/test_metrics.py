@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pyroute2 import IPRoute
 
 from netagent import netns
+from netagent.datapath import link_counters
 from netagent.metrics import Metrics
 from netagent.models import SlotState
 
@@ -41,19 +41,9 @@ def names(m: Metrics) -> set[str]:
     return {name for name, _ in samples(m)}
 
 
-def links(**counters: tuple[int, int]) -> list[dict]:
-    """A fake RTM_GETLINK dump: veth name -> (rx_bytes, tx_bytes) as the host sees them."""
-    return [{"IFLA_IFNAME": n, "IFLA_STATS64": {"rx_bytes": rx, "tx_bytes": tx}} for n, (rx, tx) in counters.items()]
-
-
-class FakeIPRoute:
-    def __init__(self) -> None:
-        self.dump: list[dict] = []
-        self.calls = 0
-
-    def get_links(self) -> list[dict]:
-        self.calls += 1
-        return self.dump
+def links(**counters: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """A link dump: veth name -> (rx_bytes, tx_bytes) as the host sees them."""
+    return dict(counters)
 
 
 def test_every_metric_is_rendered_and_parses():
@@ -116,28 +106,23 @@ def test_each_instance_has_its_own_registry():
 
 
 def test_per_sandbox_labels_are_opt_in():
-    ipr = FakeIPRoute()
     off, on = Metrics(), Metrics(per_sandbox_labels=True)
     for m in (off, on):
-        ipr.dump = links(nav0=(100, 100))
-        m.refresh_link_stats(ipr, {}, ready_veths=["nav0"])
-        ipr.dump = links(nav0=(1100, 600))
-        m.refresh_link_stats(ipr, {"sbx-a": "nav0"})
+        m.refresh_link_stats(links(nav0=(100, 100)), {}, ready_veths=["nav0"])
+        m.refresh_link_stats(links(nav0=(1100, 600)), {"sbx-a": "nav0"})
     assert "sandbox_id" not in off.render().decode()
     assert not set(PER_SANDBOX) & names(off)
     assert value(off, "netagent_sandboxes_tx_bytes_total") == 1000
     assert value(on, "netagent_sandbox_tx_bytes_total", sandbox_id="sbx-a") == 1000
     assert value(on, "netagent_sandbox_rx_bytes_total", sandbox_id="sbx-a") == 500
     assert value(on, "netagent_sandboxes_rx_bytes_total") == 500
-    assert ipr.calls == 4   # one dump per refresh
 
 
 def test_traffic_counters_follow_tenants_and_stay_monotonic():
-    m, ipr = Metrics(per_sandbox_labels=True), FakeIPRoute()
+    m = Metrics(per_sandbox_labels=True)
 
     def refresh(veths: dict[str, str], ready: tuple[str, ...] = (), **counters: tuple[int, int]) -> None:
-        ipr.dump = links(**counters)
-        m.refresh_link_stats(ipr, veths, ready_veths=ready)
+        m.refresh_link_stats(links(**counters), veths, ready_veths=ready)
 
     # A slot that was never seen idle: its first tenant counts from its first refresh.
     refresh({"old": "nav1"}, nav1=(5000, 5000))
@@ -218,25 +203,31 @@ def _udp_socket_in(ns: str, bind: tuple[str, int]) -> socket.socket:
         return pool.submit(make).result()
 
 
+def _counters_in(ns: str) -> dict[str, tuple[int, int]]:
+    def dump() -> dict[str, tuple[int, int]]:
+        with netns.entered(netns.path_of(ns)):
+            return link_counters.dump()
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(dump).result()
+
+
 def test_refresh_link_stats_reads_real_veth_counters(veth_between_two_netns):
     host, sbx = veth_between_two_netns
     m = Metrics(per_sandbox_labels=True)
-    ipr = IPRoute(netns=host)
     server = _udp_socket_in(host, ("10.250.0.0", 0))
     client = _udp_socket_in(sbx, ("10.250.0.1", 0))
     try:
-        m.refresh_link_stats(ipr, {}, ready_veths=["nmxh"])   # warm slot: the baseline
+        m.refresh_link_stats(_counters_in(host), {}, ready_veths=["nmxh"])   # warm slot: the baseline
         payload = b"x" * 1000
         for _ in range(5):   # sandbox -> host, and a reply back
             client.sendto(payload, server.getsockname())
             data, peer = server.recvfrom(2000)
             server.sendto(data[:400], peer)
             assert client.recv(2000) == payload[:400]
-        m.refresh_link_stats(ipr, {"sbx-real": "nmxh"})
+        m.refresh_link_stats(_counters_in(host), {"sbx-real": "nmxh"})
     finally:
         server.close()
         client.close()
-        ipr.close()
     sent = value(m, "netagent_sandbox_tx_bytes_total", sandbox_id="sbx-real")
     received = value(m, "netagent_sandbox_rx_bytes_total", sandbox_id="sbx-real")
     assert sent is not None and sent >= 5 * 1000
