@@ -77,7 +77,7 @@ REGISTRY_FIELDS = ("registry", "registryHealthy", "registryError", "registryLast
 
 def status(args: argparse.Namespace, config: Config | ClientSettings, c: Client) -> int:
     from . import kernel
-    info = to_dict(c.host_info())
+    info = to_dict(getattr(config, "agent_info", None) or c.host_info())   # one GetHostInfo per run
     info["health"] = c.health()
     try:
         info["ruleset"] = "loaded" if kernel.table_loaded(config) else "MISSING"

@@ -5,7 +5,7 @@ as agent_facts does for the other commands."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import configfile
@@ -19,6 +19,7 @@ class ClientSettings:
     socket: str
     prefix: str = DEFAULT_PREFIX
     host_netns: str | None = None       # a path, like Config.host_netns
+    agent_info: Any = field(default=None, compare=False)   # the HostInfo `effective` read (status reuses it)
 
     @classmethod
     def read(cls, path: str | None, environ: dict[str, str] | None = None) -> ClientSettings:
@@ -36,7 +37,7 @@ class ClientSettings:
             info = client.host_info()
         except client.rpc_error:
             return self
-        return replace(self, prefix=info.prefix or self.prefix, host_netns=info.host_netns or None)
+        return replace(self, prefix=info.prefix or self.prefix, host_netns=info.host_netns or None, agent_info=info)
 
 
 def netns_path(name: object) -> str | None:
