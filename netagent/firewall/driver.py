@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from . import element_probe, names, ruleset, xt_queue
+from . import counter_objects, element_probe, names, ruleset, xt_queue
 from . import elements as el
 from .generation import GenerationWatch, read_generation
 from .nft import Nft, connect
@@ -122,7 +122,9 @@ class HostTable:
         self._commit(lambda: self.nft.run_json(el.timed_json(self.table, set_name, list(keys))))
 
     def counters(self) -> dict[str, int]:
-        return self.nft.counters(self.table)
+        # netlink: libnftables' listing fetches every set element first (and
+        # starts over when a commit lands meanwhile, as under churn)
+        return counter_objects.packets("inet", self.table)
 
     def usage(self) -> UsageReading:
         handle = table_handle("inet", self.table)   # one netlink request: libnftables would cache every element

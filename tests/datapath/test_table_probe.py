@@ -68,3 +68,23 @@ def test_counters_reads_the_named_keys_counters_and_leaves_out_absent_ones():
         assert got == {"s": {"10.12.0.5": (7, 900), "10.12.0.6": (0, 0)}, "gone": {}}
     finally:
         sh.ip("netns", "del", ns, check=False)
+
+
+def test_counter_objects_read_every_named_counter_of_the_table_only():
+    from netagent.firewall.counter_objects import packets
+    require_datapath_prereqs()
+    ns = f"oprobe{os.getpid():x}"
+    sh.ip("netns", "add", ns)
+    try:
+        path = f"/run/netns/{ns}"
+        assert in_netns(path, lambda: packets("inet", "na")) == {}           # no table: none
+        sh.run("nft", "add", "table", "inet", "na", ns=ns)
+        sh.run("nft", "add", "counter", "inet", "na", "drop_a", "{ packets 7 bytes 700 }", ns=ns)
+        sh.run("nft", "add", "counter", "inet", "na", "drop_b", ns=ns)
+        sh.run("nft", "add", "quota", "inet", "na", "q", "{ over 1 mbytes }", ns=ns)     # not a counter
+        sh.run("nft", "add", "table", "inet", "nb", ns=ns)
+        sh.run("nft", "add", "counter", "inet", "nb", "other", "{ packets 3 bytes 30 }", ns=ns)
+        assert in_netns(path, lambda: packets("inet", "na")) == {"drop_a": 7, "drop_b": 0}
+        assert in_netns(path, lambda: packets("inet", "nb")) == {"other": 3}
+    finally:
+        sh.ip("netns", "del", ns, check=False)
