@@ -16,8 +16,8 @@ import struct
 from collections.abc import Callable
 
 from . import nlsock
-from .element_probe import _attr, _name
 from .generation import _HEADER, _NFGEN, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
+from .nfnetlink import attr, cstring, first
 from .table_probe import FAMILIES
 
 NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ = 18, 19
@@ -33,14 +33,10 @@ def request(family: str, table: str, seq: int = 1) -> bytes:
     if family not in FAMILIES:
         raise ValueError(f"unknown nft family {family!r} (known: {', '.join(FAMILIES)})")
     body = (_NFGEN.pack(FAMILIES[family], 0, 0)
-            + _attr_bytes(NFTA_OBJ_TABLE, _name(table))
-            + _attr_bytes(NFTA_OBJ_TYPE, struct.pack("!I", NFT_OBJECT_COUNTER)))
+            + attr(NFTA_OBJ_TABLE, cstring(table))
+            + attr(NFTA_OBJ_TYPE, struct.pack("!I", NFT_OBJECT_COUNTER)))
     kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ
     return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
-
-
-def _attr_bytes(kind: int, payload: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
 def reader(out: dict[str, int]) -> Callable[[bytes, int], dict[str, int] | None]:
@@ -69,9 +65,9 @@ def reader(out: dict[str, int]) -> Callable[[bytes, int], dict[str, int] | None]
 
 
 def _counter(attrs: bytes, out: dict[str, int]) -> None:
-    name = _attr(attrs, NFTA_OBJ_NAME)
-    data = _attr(attrs, NFTA_OBJ_DATA)
-    packets = _attr(data, NFTA_COUNTER_PACKETS) if data is not None else None
+    name = first(attrs, NFTA_OBJ_NAME)
+    data = first(attrs, NFTA_OBJ_DATA)
+    packets = first(data, NFTA_COUNTER_PACKETS) if data is not None else None
     if name and packets is not None and len(packets) == 8:
         out[name.split(b"\0", 1)[0].decode()] = int(struct.unpack("!Q", packets)[0])
 

@@ -15,7 +15,7 @@ import struct
 
 from . import nlsock
 from .generation import _HEADER, _NFGEN, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
-from .nfnetlink import attr
+from .nfnetlink import attr, attrs, cstring, first
 from .table_probe import FAMILIES, NLM_F_ACK
 
 NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = 12, 13
@@ -37,13 +37,6 @@ def ipv4_key(text: str) -> bytes | None:
         return None
 
 
-def _name(value: str) -> bytes:
-    raw = value.encode()
-    if not raw or len(raw) > 255 or b"\0" in raw:
-        raise ValueError(f"bad nft name {value!r}")
-    return raw + b"\0"
-
-
 def request(family: str, table: str, set_name: str, key: bytes, seq: int = 1) -> bytes:
     """The GETSETELEM message for one key (ValueError on bad input)."""
     if family not in FAMILIES:
@@ -52,8 +45,8 @@ def request(family: str, table: str, set_name: str, key: bytes, seq: int = 1) ->
         raise ValueError(f"bad nft element key of {len(key)} bytes")
     elem = attr(NFTA_SET_ELEM_KEY | NLA_F_NESTED, attr(NFTA_DATA_VALUE, key))
     body = (_NFGEN.pack(FAMILIES[family], 0, 0)
-            + attr(NFTA_SET_ELEM_LIST_TABLE, _name(table))
-            + attr(NFTA_SET_ELEM_LIST_SET, _name(set_name))
+            + attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
+            + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
             + attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, attr(NFTA_LIST_ELEM | NLA_F_NESTED, elem)))
     kind = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM
     return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
@@ -77,8 +70,8 @@ def element(data: bytes, seq: int = 1) -> bytes | bool | None:
         if msg_seq == seq:
             if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM:
                 body = data[offset + _HEADER.size + _NFGEN.size:offset + length]
-                elements = _attr(body, NFTA_SET_ELEM_LIST_ELEMENTS)
-                return (_attr(elements, NFTA_LIST_ELEM) if elements else None) or b""
+                elements = first(body, NFTA_SET_ELEM_LIST_ELEMENTS)
+                return (first(elements, NFTA_LIST_ELEM) if elements else None) or b""
             if kind == NLMSG_ERROR:
                 (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
                 if code == -errno.ENOENT:
@@ -90,31 +83,16 @@ def element(data: bytes, seq: int = 1) -> bytes | bool | None:
     return None
 
 
-def _attrs(data: bytes) -> list[tuple[int, bytes]]:
-    out, pos = [], 0
-    while pos + 4 <= len(data):
-        alen, atype = struct.unpack_from("=HH", data, pos)
-        if alen < 4:
-            break
-        out.append((atype & 0x3FFF, data[pos + 4:pos + alen]))
-        pos += (alen + 3) & ~3
-    return out
-
-
-def _attr(data: bytes, kind: int) -> bytes | None:
-    return next((v for t, v in _attrs(data) if t == kind), None)
-
-
 def counter_of(elem: bytes) -> tuple[int, int] | None:
     """(packets, bytes) of the element's counter expression (None: it has none)."""
-    exprs = [v for t, v in _attrs(elem) if t == NFTA_SET_ELEM_EXPR]
-    for t, v in _attrs(elem):
-        if t == NFTA_SET_ELEM_EXPRESSIONS:
-            exprs += [e for k, e in _attrs(v) if k == NFTA_LIST_ELEM]
+    exprs = [v for t, v in attrs(elem) if t & 0x3FFF == NFTA_SET_ELEM_EXPR]
+    for t, v in attrs(elem):
+        if t & 0x3FFF == NFTA_SET_ELEM_EXPRESSIONS:
+            exprs += [e for k, e in attrs(v) if k & 0x3FFF == NFTA_LIST_ELEM]
     for expr in exprs:
-        if _attr(expr, NFTA_EXPR_NAME) == b"counter\0":
-            data = _attr(expr, NFTA_EXPR_DATA) or b""
-            nbytes, packets = _attr(data, NFTA_COUNTER_BYTES), _attr(data, NFTA_COUNTER_PACKETS)
+        if first(expr, NFTA_EXPR_NAME) == b"counter\0":
+            data = first(expr, NFTA_EXPR_DATA) or b""
+            nbytes, packets = first(data, NFTA_COUNTER_BYTES), first(data, NFTA_COUNTER_PACKETS)
             if nbytes is not None and packets is not None and len(nbytes) == len(packets) == 8:
                 return struct.unpack("!Q", packets)[0], struct.unpack("!Q", nbytes)[0]
     return None

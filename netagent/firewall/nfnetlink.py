@@ -40,6 +40,19 @@ def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
         pos += (size + 3) & ~3
 
 
+def first(buf: bytes, kind: int) -> bytes | None:
+    """The value of the first attribute of this type (flags ignored), or None."""
+    return next((value for k, value in attrs(buf) if k & 0x3FFF == kind), None)
+
+
+def cstring(value: str) -> bytes:
+    """A NUL-terminated name attribute value (ValueError if empty, too long or holding NUL)."""
+    raw = value.encode()
+    if not raw or len(raw) > 255 or b"\0" in raw:
+        raise ValueError(f"bad nft name {value!r}")
+    return raw + b"\0"
+
+
 def check_ack(sock: socket.socket, what: str) -> None:
     """Read the kernel's answer to a request sent with NLM_F_ACK; raise on an error."""
     reply = sock.recv(4096)
