@@ -72,6 +72,7 @@ class AddressPlan:
         self._netns_re = re.compile(rf"^{re.escape(self.prefix)}-(\d+)$")
         self._veth_re = re.compile(rf"^{re.escape(self.prefix)}v(\d+)$")
         self._sandbox_index: dict[str, int] = {}
+        self._sandbox_ip_text: dict[int, str] = {}
 
     def netns(self, index: int) -> str:
         return f"{self.prefix}-{self._check(index)}"
@@ -90,6 +91,15 @@ class AddressPlan:
             ct_mark=self.ct_mark_base + index,
             ct_mark_in=(self.ct_mark_base + index) | CT_MARK_INGRESS,
         )
+
+    def sandbox_ip_text(self, index: int) -> str:
+        """The slot's sandbox IP as text, kept: the usage meter and List ask for
+        every allocated sandbox's (6.5 us each through `slot`; 13 ms a reading
+        at 2,000 sandboxes, on the event loop). Bounded by the plan's capacity."""
+        text = self._sandbox_ip_text.get(index)
+        if text is None:
+            text = self._sandbox_ip_text[index] = str(self.slot(index).sandbox_ip)
+        return text
 
     def index_of_sandbox_ip(self, ip: str | ipaddress.IPv4Address) -> int:
         # A dict hit instead of an IPv4Address parse: the first-payload check

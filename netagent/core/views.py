@@ -33,4 +33,4 @@ def network_of(addresses: AddressPlan, guest: GuestPlan, rec: Allocation, port_v
 
 def sandbox_ips(inventory: Inventory, addresses: AddressPlan) -> dict[str, str]:
     """Allocated sandbox -> its sandbox IP."""
-    return {sid: str(addresses.slot(rec.slot).sandbox_ip) for sid, rec in inventory.allocations.items()}
+    return {sid: addresses.sandbox_ip_text(rec.slot) for sid, rec in inventory.allocations.items()}

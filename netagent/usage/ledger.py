@@ -45,6 +45,9 @@ class Counts:
         return cls.of({k: (int(v["packets"]), int(v["bytes"])) for k, v in data.items() if k in KEYS})
 
 
+_ZERO = Counts().values
+
+
 @dataclass(frozen=True)
 class Entry:
     ip: str                  # the sandbox IP the kernel elements are keyed by
@@ -54,7 +57,8 @@ class Entry:
 
     @property
     def total(self) -> Counts:
-        return self.base + self.last
+        # most sandboxes never saw a counter restart: no sum to build
+        return self.last if self.base.values == _ZERO else self.base + self.last
 
     def to_json(self) -> dict[str, Any]:
         return {"base": self.base.as_dict(), "last": self.last.as_dict(), "epoch": self.epoch}

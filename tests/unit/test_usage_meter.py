@@ -8,7 +8,7 @@ import asyncio
 from netagent.core import ops
 from netagent.core.rows import UsageReleased
 from netagent.firewall import names
-from netagent.state import StateStore
+from netagent.state import StateStore, Tx
 from netagent.usage.ledger import KEYS, Counts
 from netagent.usage.meter import MeterIO, UsageMeter
 
@@ -108,3 +108,53 @@ async def test_the_last_reading_answers_without_reading_the_kernel_and_only_for_
     open_ips["b"] = "10.12.0.3"                     # allocated after the reading
     del open_ips["a"]                               # released (closed later)
     assert m.last_reading() == ({}, read_at)
+
+
+class ManyKernel:
+    """Every sandbox's counters at `count`; one reading for all of them."""
+    def __init__(self, ips: list[str]) -> None:
+        self.ips, self.count, self.epoch = ips, 1, 5
+
+    async def read(self):  # type: ignore[no-untyped-def]
+        return self.epoch, {name: {ip: (self.count, 100 * self.count) for ip in self.ips} for name in names.USAGE_SETS.values()}
+
+    async def read_of(self, ips: list[str]):  # type: ignore[no-untyped-def]
+        raise AssertionError("not used")
+
+
+async def test_a_reading_lets_the_event_loop_run_between_chunks_and_skips_only_what_did_not_move(tmp_path, monkeypatch):
+    """At thousands of sandboxes a reading's fold is tens of ms of Python on the
+    event loop: it must yield (allocates wait behind it otherwise), and an
+    unchanged sandbox is neither folded again nor written."""
+    from netagent.usage import meter as meter_module
+    monkeypatch.setattr(meter_module, "FOLD_CHUNK", 4)
+    ips = {f"s{i}": f"10.12.0.{2 * i + 1}" for i in range(20)}
+    kernel, store = ManyKernel(list(ips.values())), StateStore(tmp_path)
+    m = UsageMeter(store, asyncio.Lock(), MeterIO(kernel.read, kernel.read_of, lambda: ips, None))  # type: ignore[arg-type]
+    saved: list[int] = []
+    real_save = Tx.save_usage
+    monkeypatch.setattr(Tx, "save_usage", lambda tx, rows: (saved.append(len(rows)), real_save(tx, rows))[1])
+
+    turns = 0
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = turns
+    totals = await m.refresh()
+    during = turns - before
+    assert totals["s3"] == counts(1)
+    assert during >= 20 // 4 - 1, during          # the loop ran between chunks
+
+    await m.refresh()                              # nothing moved
+    kernel.count = 2
+    ips_changed = await m.refresh()
+    task.cancel()
+    assert saved == [20, 20], saved                # the unchanged reading wrote nothing
+    assert ips_changed["s7"] == counts(2)
+    kernel.epoch = 6                               # a replaced table counting the same: a restart, not "unchanged"
+    assert (await m.refresh())["s7"] == counts(4)
