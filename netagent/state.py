@@ -9,6 +9,7 @@ import contextlib
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ class StateStore:
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         self._migrate()
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
 
     def _migrate(self) -> None:
         """Columns added after a state file may have been written."""
@@ -121,7 +124,28 @@ class StateStore:
         if "mark_generation" not in columns:
             self.db.execute("ALTER TABLE allocations ADD COLUMN mark_generation INTEGER NOT NULL DEFAULT 0")
 
+    def checkpoint_elsewhere(self) -> None:
+        """From now on the WAL is copied into the database only by `checkpoint`,
+        which the agent calls on a worker thread. By default SQLite does it
+        inside whichever commit crosses 1,000 pages, with an fsync: under
+        churn that was a 12-22 ms commit on the event loop every few seconds
+        (docs/performance.md, "Sustained churn")."""
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database without waiting for readers or
+        writers (PASSIVE), on a connection of its own: call it from one
+        thread at a time, off the event loop."""
+        with self._checkpoint_lock:
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
+        with self._checkpoint_lock:   # a checkpoint still running on its thread finishes first
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
         self.db.close()
 
     def tx(self) -> Tx:
