@@ -61,6 +61,8 @@ def _link(data: bytes, attr: int, end: int, out: dict[str, tuple[int, int]]) -> 
             name = data[attr + 4:attr + alen].split(b"\0", 1)[0].decode()
         elif kind == IFLA_STATS64 and alen >= 4 + 32:   # rx_packets, tx_packets, rx_bytes, tx_bytes
             counts = struct.unpack_from("=QQ", data, attr + 4 + 16)
+            if name is not None:
+                break   # the kernel puts the name first: the rest (link info, inet6 devconf...) is not needed
         elif kind == IFLA_STATS and counts is None and alen >= 4 + 16:
             counts = struct.unpack_from("=II", data, attr + 4 + 8)
         attr += (alen + 3) & ~3
