@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_NEWROUTE = 20, 24
+RTM_DELQDISC = 37
+TC_H_ROOT = 0xFFFFFFFF
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
@@ -35,6 +37,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBi")
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_TCMSG = struct.Struct("=BxxxiIII")   # family, ifindex, handle, parent, info
 
 
 def nla(kind: int, payload: bytes) -> bytes:
@@ -108,6 +111,12 @@ def default_route_onlink(gateway: str, oif: int) -> Request:
                        RTNH_F_ONLINK) + nla(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) \
         + nla(RTA_OIF, struct.pack("=I", oif))
     return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"add default via {gateway} dev ifindex {oif}")
+
+
+def qdisc_del_root(index: int) -> Request:
+    """Delete the link's root qdisc (the kernel puts its default back)."""
+    return Request(RTM_DELQDISC, 0, _TCMSG.pack(socket.AF_UNSPEC, index, 0, TC_H_ROOT, 0),
+                   f"delete the root qdisc of ifindex {index}")
 
 
 def link_attr(message: bytes, kind: int) -> bytes | None:

@@ -10,17 +10,18 @@ bytes/s rate, hence Limits' bound of 32 Gbit/s.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
+from collections.abc import Callable
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import netns
 from ..addressing import SlotAddresses
 from ..config import GuestPlan
 from ..models import Limits
-from . import pps
+from . import pps, rtnl
 
 MIN_BURST = 16 * 1024
 LATENCY = "50ms"     # queue bound: packets that would wait longer are dropped
@@ -31,24 +32,24 @@ def tbf_params(bps: int, burst: int | None) -> dict[str, object]:
     return {"rate": f"{bps}bit", "burst": burst or max(bps // 8 // 100, MIN_BURST), "latency": LATENCY}
 
 
-def set_root(ipr: IPRoute, ifname: str, bps: int | None, burst: int | None) -> None:
-    """Replace the link's root qdisc with tbf at `bps`, or (None) back to the default."""
+def set_root(ipr: Callable[[], IPRoute], nl: rtnl.Rtnl, ifname: str, bps: int | None, burst: int | None) -> None:
+    """Replace the link's root qdisc with tbf at `bps` (pyroute2, made on demand), or
+    (None) back to the default with one raw RTM_DELQDISC: every clean of a released
+    slot takes this path, and pyroute2's request layer is Python holding the GIL."""
     index = socket.if_nametoindex(ifname)
     if bps is not None:
-        ipr.tc("replace", "tbf", index, **tbf_params(bps, burst))
+        ipr().tc("replace", "tbf", index, **tbf_params(bps, burst))
         return
-    try:
-        ipr.tc("del", index=index, parent=0xFFFFFFFF)   # TC_H_ROOT
-    except NetlinkError as exc:
-        if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):  # no root qdisc of ours: nothing to do
-            raise
+    nl.run([rtnl.qdisc_del_root(index)],   # refused when no root qdisc of ours is there: nothing to do
+           ok_errors=frozenset({errno.ENOENT, errno.EINVAL, errno.ENODEV}))
 
 
-def apply(host_ipr: IPRoute, slot: SlotAddresses, guest: GuestPlan, limits: Limits) -> None:
+def apply(host_ipr: Callable[[], IPRoute], host_rtnl: rtnl.Rtnl, slot: SlotAddresses, guest: GuestPlan,
+          limits: Limits) -> None:
     """All of `limits` on one slot, from the calling thread (in the host netns):
     the host veth's qdisc here; the slot veth's qdisc and the packet-rate table
     from inside the slot's netns."""
-    set_root(host_ipr, slot.host_veth, limits.ingress_bps, limits.burst_bytes)
-    with netns.entered(netns.path_of(slot.netns)), IPRoute() as ipr:
-        set_root(ipr, guest.veth_name, limits.egress_bps, limits.burst_bytes)
+    set_root(host_ipr, host_rtnl, slot.host_veth, limits.ingress_bps, limits.burst_bytes)
+    with netns.entered(netns.path_of(slot.netns)), rtnl.Rtnl() as nl, contextlib.ExitStack() as made:
+        set_root(lambda: made.enter_context(IPRoute()), nl, guest.veth_name, limits.egress_bps, limits.burst_bytes)
         pps.apply(guest.tap_name, limits)

@@ -36,4 +36,4 @@ class TrafficWork:
     def _shape(self, shapes: list[tuple[int, Limits]]) -> None:
         """Builds thread: each slot's qdiscs and packet-rate table to its limits."""
         for idx, limits in shapes:
-            shaper.apply(self.builder.host_ipr(), self.addresses.slot(idx), self.guest(), limits)
+            shaper.apply(self.builder.host_ipr, self.builder.host_rtnl(), self.addresses.slot(idx), self.guest(), limits)
