@@ -61,8 +61,10 @@ class SlotWork:
                 log.warning("slot %d had a leftover %s element for %s; removing it", idx, mode, slot.sandbox_ip)
                 fw.apply([el.Op("delete", leftover)])
         shaper.apply(self.builder.host_ipr, self.builder.host_rtnl(), slot, self.builder.config.guest, Limits())  # unlimited again
-        # usage counters start from 0 for the next tenant (CloseUsage removed them already)
-        fw.apply(el.delete(el.usage_elements(str(slot.sandbox_ip))))
+        # usage counters start from 0 for the next tenant. CloseUsage removed them
+        # already: look (netlink, cheap) before committing a transaction per release
+        if left := [e for e in el.usage_elements(str(slot.sandbox_ip)) if fw.has(e)]:
+            fw.apply(el.delete(left))
         self.forget_admissions(fw, str(slot.sandbox_ip))
         self.builder.flush_slot_conntrack(idx)
 
