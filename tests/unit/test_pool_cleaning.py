@@ -92,3 +92,79 @@ async def test_stopping_ends_the_retries_and_the_slot_stays_dirty(tmp_path):
     p, inv, _ = make_pool(tmp_path, work)
     await released_then_settled(p, inv, 1, stop=True)
     assert work.cleaned == [1] and inv.slots[1] == SlotState.DIRTY and not work.destroyed
+
+
+class CountingWork(FakeWork):
+    """Builds counted; cleans wait until `cleans_may_finish` is set."""
+    def __init__(self) -> None:
+        super().__init__()
+        self.built: list[int] = []
+        self.cleans_may_finish = asyncio.Event()
+
+    async def build(self, idx: int) -> None:
+        self.built.append(idx)
+
+    async def clean(self, idx: int) -> None:
+        await self.cleans_may_finish.wait()
+        self.cleaned.append(idx)
+
+
+async def test_a_released_slot_on_its_way_back_is_not_replaced_by_a_build(tmp_path):
+    """Under churn the refill counted only ready slots: each release made it
+    build a new slot, and the cleaned one was then torn down as surplus."""
+    work = CountingWork()
+    inv = Inventory((20000, 20010))
+
+    async def submit(op: ops.Operation) -> None:
+        if isinstance(op, ops.SlotReady):
+            inv.apply(SlotSet(op.slot, SlotState.READY))
+    p = WarmPool(StateStore(tmp_path), asyncio.Lock(), lambda: inv, 16, "of the test",
+                 lambda: PoolSettings(4, 1, 0.0), PoolWork(work.build, work.destroy, work.clean), submit, lambda: 0.0)
+    fill = asyncio.create_task(p.fill())
+    try:
+        async with asyncio.timeout(5):
+            await p.wait_ready(4, lambda: 16, timeout=5)
+        assert len(work.built) == 4
+        idx = await p.take()                       # allocated...
+        inv.apply(SlotSet(idx, SlotState.DIRTY))   # ...and released
+        p.coming_back(idx)
+        cleaning = asyncio.create_task(p.clean([idx]))
+        await asyncio.sleep(0.2)                   # the refill ran meanwhile
+        assert len(work.built) == 4, "built a replacement for a slot being cleaned"
+        work.cleans_may_finish.set()
+        async with asyncio.timeout(5):
+            await cleaning
+        await asyncio.sleep(0.1)
+        assert list(p.ready).count(idx) == 1 and len(p.ready) == 4
+        assert work.destroyed == [] and len(work.built) == 4
+    finally:
+        fill.cancel()
+        await asyncio.gather(fill, return_exceptions=True)
+
+
+async def test_a_slot_that_does_not_come_back_is_replaced(tmp_path):
+    work = CountingWork()
+    inv = Inventory((20000, 20010))
+
+    async def submit(op: ops.Operation) -> None:
+        if isinstance(op, ops.SlotReady):
+            inv.apply(SlotSet(op.slot, SlotState.READY))
+        if isinstance(op, ops.SlotGone):
+            inv.apply(SlotSet(op.slot, SlotState.DIRTY))
+    p = WarmPool(StateStore(tmp_path), asyncio.Lock(), lambda: inv, 16, "of the test",
+                 lambda: PoolSettings(4, 1, 0.0), PoolWork(work.build, work.destroy, work.clean), submit, lambda: 0.0)
+    fill = asyncio.create_task(p.fill())
+    try:
+        async with asyncio.timeout(5):
+            await p.wait_ready(4, lambda: 16, timeout=5)
+        idx = await p.take()
+        inv.apply(SlotSet(idx, SlotState.DIRTY))
+        p.coming_back(idx)
+        inv.apply(SlotSet(idx, SlotState.QUARANTINED))   # it will not be cleaned after all
+        await p.clean([idx])                             # skipped: not dirty
+        async with asyncio.timeout(5):
+            await p.wait_ready(4, lambda: 16, timeout=5)
+        assert len(work.built) == 5
+    finally:
+        fill.cancel()
+        await asyncio.gather(fill, return_exceptions=True)
