@@ -109,10 +109,8 @@ class CountingWork(FakeWork):
         self.cleaned.append(idx)
 
 
-async def test_a_released_slot_on_its_way_back_is_not_replaced_by_a_build(tmp_path):
-    """Under churn the refill counted only ready slots: each release made it
-    build a new slot, and the cleaned one was then torn down as surplus."""
-    work = CountingWork()
+def filling_pool(tmp_path, work: CountingWork) -> tuple[WarmPool, Inventory]:
+    """A pool of 4 whose SlotReady commits mark the slot ready."""
     inv = Inventory((20000, 20010))
 
     async def submit(op: ops.Operation) -> None:
@@ -120,6 +118,14 @@ async def test_a_released_slot_on_its_way_back_is_not_replaced_by_a_build(tmp_pa
             inv.apply(SlotSet(op.slot, SlotState.READY))
     p = WarmPool(StateStore(tmp_path), asyncio.Lock(), lambda: inv, 16, "of the test",
                  lambda: PoolSettings(4, 1, 0.0), PoolWork(work.build, work.destroy, work.clean), submit, lambda: 0.0)
+    return p, inv
+
+
+async def test_a_released_slot_on_its_way_back_is_not_replaced_by_a_build(tmp_path):
+    """Under churn the refill counted only ready slots: each release made it
+    build a new slot, and the cleaned one was then torn down as surplus."""
+    work = CountingWork()
+    p, inv = filling_pool(tmp_path, work)
     fill = asyncio.create_task(p.fill())
     try:
         async with asyncio.timeout(5):
@@ -144,15 +150,7 @@ async def test_a_released_slot_on_its_way_back_is_not_replaced_by_a_build(tmp_pa
 
 async def test_a_slot_that_does_not_come_back_is_replaced(tmp_path):
     work = CountingWork()
-    inv = Inventory((20000, 20010))
-
-    async def submit(op: ops.Operation) -> None:
-        if isinstance(op, ops.SlotReady):
-            inv.apply(SlotSet(op.slot, SlotState.READY))
-        if isinstance(op, ops.SlotGone):
-            inv.apply(SlotSet(op.slot, SlotState.DIRTY))
-    p = WarmPool(StateStore(tmp_path), asyncio.Lock(), lambda: inv, 16, "of the test",
-                 lambda: PoolSettings(4, 1, 0.0), PoolWork(work.build, work.destroy, work.clean), submit, lambda: 0.0)
+    p, inv = filling_pool(tmp_path, work)
     fill = asyncio.create_task(p.fill())
     try:
         async with asyncio.timeout(5):
