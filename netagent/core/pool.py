@@ -146,7 +146,8 @@ class WarmPool:
             self._wake.set()   # the refill looks again: it may have to build after all
 
     def low_water(self) -> int:
-        """Below this many ready slots the pool builds and cleans at once, whatever waits."""
+        """Below this many ready slots cleaning no longer waits for a quiet moment,
+        and the refill builds whatever is on its way back."""
         return max(1, self.target() // 4)
 
     def give_back(self, idx: int) -> None:
@@ -278,10 +279,7 @@ class WarmPool:
         while True:
             s = self.settings()
             target = self.target()
-            # slots being cleaned count as coming back unless the pool runs low
-            returning = len(self._returning) if len(self.ready) >= self.low_water() else 0
-            missing = min(target - len(self.ready) - self.building - returning,
-                          self.capacity - len(self.inventory().slots))
+            missing = self._missing(target)
             if missing <= 0:
                 if len(self.ready) > target and not self.building:
                     await self.wait_quiet()
@@ -294,6 +292,9 @@ class WarmPool:
                         await self._wake.wait()
                 continue
             await self.wait_quiet()
+            missing = self._missing(self.target())   # releases may have come meanwhile
+            if missing <= 0:
+                continue
             n = min(missing, s.build_concurrency)
             results = await asyncio.gather(*(self.build() for _ in range(n)), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
@@ -303,6 +304,13 @@ class WarmPool:
                 await asyncio.sleep(backoff)
             else:
                 backoff = 0.0
+
+    def _missing(self, target: int) -> int:
+        """Slots to build now: up to the depth, counting released slots on their
+        way back; but never fewer ready or building than the low-water mark."""
+        have = len(self.ready) + self.building
+        want = max(target - have - len(self._returning), self.low_water() - have)
+        return min(want, self.capacity - len(self.inventory().slots))
 
     async def wait_ready(self, want: int, free: Callable[[], int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
