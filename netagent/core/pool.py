@@ -307,9 +307,13 @@ class WarmPool:
 
     def _missing(self, target: int) -> int:
         """Slots to build now: up to the depth, counting released slots on their
-        way back; but never fewer ready or building than the low-water mark."""
+        way back. Not below half the low-water mark whatever is on its way back
+        (cleaning is stuck, say). Not the low-water mark itself: under steady
+        churn the pool sits there (cleaning waits for it), and building there
+        replaced slots that were about to come back (196 builds and teardowns
+        a minute at 20 cycles/s)."""
         have = len(self.ready) + self.building
-        want = max(target - have - len(self._returning), self.low_water() - have)
+        want = max(target - have - len(self._returning), max(1, self.low_water() // 2) - have)
         return min(want, self.capacity - len(self.inventory().slots))
 
     async def wait_ready(self, want: int, free: Callable[[], int], timeout: float) -> None:
