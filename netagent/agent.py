@@ -57,7 +57,7 @@ from .reconcile import KernelOps, reconcile
 from .state import StateStore
 from .usage.collector import UsageCollector
 from .usage.meter import MeterIO, UsageMeter
-from .workers import BuildPool, Cleaner, DnsThreads, HostWorker
+from .workers import BuildPool, Cleaner, DnsThreads, HostWorker, Readers
 
 log = logging.getLogger("netagent")
 
@@ -76,6 +76,7 @@ class Agent(CoreApi):
         self.host = HostWorker(config.host_netns)
         self.builds = BuildPool(config.host_netns, config.pool.build_concurrency)
         self.cleaner = Cleaner(config.host_netns)
+        self.readers = Readers(config.host_netns)
         self.dns_threads = DnsThreads(config.host_netns)
         self.host_info: HostInfo | None = None
         self.events = EventLog(self.store, config.events_retained)
@@ -105,7 +106,7 @@ class Agent(CoreApi):
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
         self.traffic = TrafficWork(self.plan, self.builder, self.builds, self.cleaner, self._cleaner_fw,
-                                   lambda: self.config.guest)
+                                   self.readers, self._readers_fw, lambda: self.config.guest)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
             self.traffic.read_usage, self.traffic.read_usage_of, lambda: sandbox_ips(self.inventory, self.plan),
             self._submit))
@@ -222,8 +223,8 @@ class Agent(CoreApi):
         self.metrics.set_state(by_state, len(self.ready), len(self.allocations), self.plan.capacity)
         veths = {sid: self.plan.host_veth(rec.slot) for sid, rec in self.allocations.items()}
         ready = [self.plan.host_veth(i) for i in self.ready]
-        await self.cleaner.call(lambda: self.metrics.refresh_link_stats(link_counters.dump(), veths, ready))
-        drops = await self.cleaner.call(lambda: self._cleaner_fw().counters())
+        await self.readers.call(lambda: self.metrics.refresh_link_stats(link_counters.dump(), veths, ready))
+        drops = await self.readers.call(lambda: self._readers_fw().counters())
         self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
         self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total)
 
@@ -260,6 +261,7 @@ class Agent(CoreApi):
         self._tasks.clear()
         self.builds.shutdown()
         self.cleaner.shutdown()
+        self.readers.shutdown()
         self.dns_threads.shutdown()
         self.host.shutdown()
         self.store.close()
@@ -370,6 +372,9 @@ class Agent(CoreApi):
 
     def _cleaner_fw(self) -> FirewallDriver:
         return self.cleaner.local("firewall", self._make_firewall)
+
+    def _readers_fw(self) -> FirewallDriver:
+        return self.readers.local("firewall", self._make_firewall)
 
     async def _on_host_fw(self, fn: Callable[[FirewallDriver], None]) -> None:
         await self.host.call(lambda: fn(self._host_fw()))

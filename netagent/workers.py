@@ -70,6 +70,15 @@ class Cleaner(_Executor):
         lower_thread_priority()
 
 
+class Readers(_Executor):
+    """Periodic kernel readings (the metrics' link and drop counters, the usage
+    counters): on a thread of their own, so a slow reading (a second or more
+    under churn) never keeps released slots waiting for the cleaner."""
+
+    def __init__(self, host_netns: str | None):
+        super().__init__(host_netns, 1, "netagent-read")
+
+
 class DnsThreads(_Executor):
     """Upstream DNS queries: their sockets must be made in the host netns."""
 

@@ -60,7 +60,8 @@ class SlotWork:
             if fw.has(leftover):  # one added by hand, or by a bug, would let the next tenant out early
                 log.warning("slot %d had a leftover %s element for %s; removing it", idx, mode, slot.sandbox_ip)
                 fw.apply([el.Op("delete", leftover)])
-        shaper.apply(self.builder.host_ipr, self.builder.host_rtnl(), slot, self.builder.config.guest, Limits())  # unlimited again
+        b = self.builder
+        shaper.apply(b.host_ipr, b.host_rtnl(), slot, b.config.guest, Limits())  # unlimited again
         # usage counters start from 0 for the next tenant. CloseUsage removed them
         # already: look (netlink, cheap) before committing a transaction per release
         if left := [e for e in el.usage_elements(str(slot.sandbox_ip)) if fw.has(e)]:

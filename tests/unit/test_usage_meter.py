@@ -116,7 +116,8 @@ class ManyKernel:
         self.ips, self.count, self.epoch = ips, 1, 5
 
     async def read(self):  # type: ignore[no-untyped-def]
-        return self.epoch, {name: {ip: (self.count, 100 * self.count) for ip in self.ips} for name in names.USAGE_SETS.values()}
+        counts = {ip: (self.count, 100 * self.count) for ip in self.ips}
+        return self.epoch, {name: dict(counts) for name in names.USAGE_SETS.values()}
 
     async def read_of(self, ips: list[str]):  # type: ignore[no-untyped-def]
         raise AssertionError("not used")
