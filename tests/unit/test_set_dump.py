@@ -149,3 +149,15 @@ def test_an_interrupted_dump_is_started_over_then_given_up(monkeypatch):
     assert sd.counters("inet", "na", ["gone", "usage_host_sent"]) == {"gone": {},
                                                                        "usage_host_sent": {"10.12.0.1": (2, 2)}}
 
+
+def test_the_driver_turns_a_failed_dump_into_unavailable(monkeypatch):
+    """UsageMeter.run survives NetagentError only: an OSError would end it."""
+    from netagent.errors import Unavailable
+    from netagent.firewall import driver
+
+    def given_up(*_):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EAGAIN, "interrupted")
+    monkeypatch.setattr(driver, "table_handle", lambda family, table: 5)
+    monkeypatch.setattr(sd, "counters", given_up)
+    with pytest.raises(Unavailable):
+        driver.HostTable("na", nft=object()).usage()  # type: ignore[arg-type]
