@@ -68,3 +68,22 @@ def redis_server(tmp_path):
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def set_dump_slow_reads(monkeypatch):
+    """How often firewall/set_dump.py left its fast path: messages it walked
+    element by element, and elements it read with the generic attribute walker."""
+    from netagent.firewall import element_probe, nfnetlink, set_dump
+    counts = {"messages walked": 0, "generic walker": 0}
+
+    def walk(buf: bytes):  # type: ignore[no-untyped-def]
+        counts["messages walked"] += 1
+        return nfnetlink.attrs(buf)
+
+    def generic(elem: bytes):  # type: ignore[no-untyped-def]
+        counts["generic walker"] += 1
+        return element_probe.counter_of(elem)
+    monkeypatch.setattr(set_dump, "attrs", walk)
+    monkeypatch.setattr(set_dump, "counter_of", generic)
+    return counts

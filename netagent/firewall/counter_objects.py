@@ -10,22 +10,18 @@ refresh"). Building and reading the messages is pure; `packets` does the I/O.
 """
 from __future__ import annotations
 
-import errno
-import os
 import struct
-from collections.abc import Callable
 
 from . import nlsock
-from .generation import _HEADER, _NFGEN, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
-from .nfnetlink import attr, cstring, first
+from .generation import _HEADER, _NFGEN, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST
+from .nfnetlink import NLM_F_DUMP, attr, cstring, first
 from .table_probe import FAMILIES
 
 NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ = 18, 19
+NEWOBJ = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ
 NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
 NFT_OBJECT_COUNTER = 1
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
-NLM_F_DUMP = 0x300
-NLMSG_DONE = 3
 
 
 def request(family: str, table: str, seq: int = 1) -> bytes:
@@ -39,42 +35,21 @@ def request(family: str, table: str, seq: int = 1) -> bytes:
     return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def reader(out: dict[str, int]) -> Callable[[bytes, int], dict[str, int] | None]:
-    """An answer callable for nlsock.ask: adds name -> packets of each counter
-    object to `out`; returns `out` once the dump is done, None to read on.
-    A missing table ends the dump empty."""
-    def answer(data: bytes, seq: int) -> dict[str, int] | None:
-        pos = 0
-        while pos + _HEADER.size <= len(data):
-            length, kind, _, msg_seq, _ = _HEADER.unpack_from(data, pos)
-            if length < _HEADER.size:
-                raise OSError(errno.EPROTO, "malformed netlink reply")
-            if msg_seq == seq:
-                if kind == NLMSG_DONE:
-                    return out
-                if kind == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, pos + _HEADER.size)
-                    if code == -errno.ENOENT:
-                        return out
-                    raise OSError(-code, f"nft GETOBJ: {os.strerror(-code)}")
-                if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ:
-                    _counter(data[pos + _HEADER.size + _NFGEN.size:pos + length], out)
-            pos += (length + 3) & ~3
-        return None
-    return answer
-
-
-def _counter(attrs: bytes, out: dict[str, int]) -> None:
-    name = first(attrs, NFTA_OBJ_NAME)
-    data = first(attrs, NFTA_OBJ_DATA)
-    packets = first(data, NFTA_COUNTER_PACKETS) if data is not None else None
-    if name and packets is not None and len(packets) == 8:
-        out[name.split(b"\0", 1)[0].decode()] = int(struct.unpack("!Q", packets)[0])
+def counters_of(objects: list[bytes]) -> dict[str, int]:
+    """name -> packets of each counter object, from the NEWOBJ messages' attributes."""
+    out: dict[str, int] = {}
+    for attrs in objects:
+        name = first(attrs, NFTA_OBJ_NAME)
+        data = first(attrs, NFTA_OBJ_DATA)
+        packets = first(data, NFTA_COUNTER_PACKETS) if data is not None else None
+        if name and packets is not None and len(packets) == 8:
+            out[name.split(b"\0", 1)[0].decode()] = int(struct.unpack("!Q", packets)[0])
+    return out
 
 
 def packets(family: str, table: str) -> dict[str, int]:
-    """Packets of every named counter of the table, in the calling thread's netns."""
+    """Packets of every named counter of the table ({}: no table), in the
+    calling thread's netns."""
     request(family, table)   # bad input refused before any I/O
-    out: dict[str, int] = {}
-    return nlsock.ask(lambda seq: request(family, table, seq), reader(out))
+    return counters_of(nlsock.dump(lambda seq: request(family, table, seq), NEWOBJ, "nft GETOBJ"))
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from . import counter_objects, element_probe, names, ruleset, xt_queue
+from ..errors import Unavailable
+from . import counter_objects, element_probe, names, ruleset, set_dump, xt_queue
 from . import elements as el
 from .generation import GenerationWatch, read_generation
 from .nft import Nft, connect
@@ -130,7 +131,12 @@ class HostTable:
         handle = table_handle("inet", self.table)   # one netlink request: libnftables would cache every element
         if handle is None:
             return None, {}
-        return handle, {name: self.nft.element_counters(self.table, name) for name in names.USAGE_SETS.values()}
+        # netlink dumps: libnftables' listing caches every set's elements first
+        # and starts over when a commit lands meanwhile (firewall/set_dump.py)
+        try:
+            return handle, set_dump.counters("inet", self.table, names.USAGE_SETS.values())
+        except OSError as exc:   # e.g. commits kept interrupting a dump: the meter skips this reading
+            raise Unavailable(f"reading the usage counters: {exc}") from exc
 
     def usage_of(self, ips: Sequence[str]) -> UsageReading:
         handle = table_handle("inet", self.table)
