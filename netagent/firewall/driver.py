@@ -128,21 +128,23 @@ class HostTable:
         return counter_objects.packets("inet", self.table)
 
     def usage(self) -> UsageReading:
-        handle = table_handle("inet", self.table)   # one netlink request: libnftables would cache every element
-        if handle is None:
-            return None, {}
         # netlink dumps: libnftables' listing caches every set's elements first
         # and starts over when a commit lands meanwhile (firewall/set_dump.py)
-        try:
-            return handle, set_dump.counters("inet", self.table, names.USAGE_SETS.values())
-        except OSError as exc:   # e.g. commits kept interrupting a dump: the meter skips this reading
-            raise Unavailable(f"reading the usage counters: {exc}") from exc
+        return self._reading(lambda: set_dump.counters("inet", self.table, names.USAGE_SETS.values()))
 
     def usage_of(self, ips: Sequence[str]) -> UsageReading:
-        handle = table_handle("inet", self.table)
-        if handle is None:
-            return None, {}
-        return handle, element_probe.counters("inet", self.table, list(names.USAGE_SETS.values()), list(ips))
+        return self._reading(lambda: element_probe.counters("inet", self.table, list(names.USAGE_SETS.values()),
+                                                            list(ips)))
+
+    def _reading(self, read: Callable[[], dict[str, dict[str, tuple[int, int]]]]) -> UsageReading:
+        """The table's handle (one netlink request: libnftables would cache every
+        element) and the counters; a kernel error is Unavailable, which the
+        meter logs and retries (an OSError would end its task)."""
+        try:
+            handle = table_handle("inet", self.table)
+            return (None, {}) if handle is None else (handle, read())
+        except OSError as exc:   # e.g. commits kept interrupting a dump
+            raise Unavailable(f"reading the usage counters: {exc}") from exc
 
     def delete_table(self) -> bool:
         return self.nft.delete_table(self.table)

@@ -161,3 +161,9 @@ def test_the_driver_turns_a_failed_dump_into_unavailable(monkeypatch):
     monkeypatch.setattr(sd, "counters", given_up)
     with pytest.raises(Unavailable):
         driver.HostTable("na", nft=object()).usage()  # type: ignore[arg-type]
+    monkeypatch.setattr(driver.element_probe, "counters", given_up)   # closing released sandboxes' usage
+    with pytest.raises(Unavailable):
+        driver.HostTable("na", nft=object()).usage_of(["10.12.0.1"])  # type: ignore[arg-type]
+    monkeypatch.setattr(driver, "table_handle", given_up)
+    with pytest.raises(Unavailable):
+        driver.HostTable("na", nft=object()).usage()  # type: ignore[arg-type]
