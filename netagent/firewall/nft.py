@@ -107,11 +107,6 @@ class Nft:
             self._ctx.set_stateless_output(False)
         return fingerprint(out) if rc == 0 else None
 
-    def counters(self, table: str) -> dict[str, int]:
-        """Packets of every named counter of the table."""
-        return {o["counter"]["name"]: o["counter"]["packets"]
-                for o in self._list_json(f"counters table inet {table}") if "counter" in o}
-
     # ---- elements -----------------------------------------------------------
 
     def has_element(self, table: str, name: str, key: str) -> bool:
