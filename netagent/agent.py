@@ -190,6 +190,9 @@ class Agent(CoreApi):
         self.inventory = result.inventory    # install the snapshot
         self.keeper.fingerprint = self.store.get_meta("ruleset_fingerprint")
         self.meter.load()
+        # what the kernel counted while no agent ran, read before the resync:
+        # a reload (rules changed by an upgrade, or drifted) starts every counter at 0
+        await self.meter.refresh()
         await self.resync()
         if shapes := [(r.slot, r.limits) for r in self.inventory.allocations.values() if r.limits.limited]:
             await self.traffic.shape(shapes)   # a rebuilt slot lost its qdiscs

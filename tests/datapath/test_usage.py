@@ -1,10 +1,11 @@
 """Usage accounting (issue #14): known UDP traffic through each path is billed
-exactly (IP bytes: payload + 8 UDP + 20 IPv4), across a kill -9 of the agent
-and `nft flush ruleset`, and the final count arrives as USAGE_FINAL."""
+exactly (IP bytes: payload + 8 UDP + 20 IPv4), across a kill -9 of the agent,
+a restart that reloads the table and `nft flush ruleset`, and the final count arrives as USAGE_FINAL."""
 from __future__ import annotations
 
 import json
 
+from netagent.state import StateStore
 from tests.conftest import agent_config
 from tests.datapath.test_restart import AgentProcess
 from tests.testbed import sh
@@ -60,6 +61,17 @@ def test_known_bytes_on_each_path_are_billed_exactly_across_kill9_and_flush(bed,
         # kill -9: the kernel keeps counting while the agent is gone; nothing is lost
         agent.kill9()
         want = plus(want, one_round(bed, guest, host_port, 500, dns_too=False))   # no resolver without it
+        agent = AgentProcess(cfg)
+        procs.append(agent)
+        assert agent.call("usage", sandbox_id="bill-1") == {"bill-1": want}
+
+        # an upgrade whose rules differ: the start reloads the table, whose new
+        # elements count from 0; what was counted while no agent ran is read first
+        agent.kill9()
+        store = StateStore(tmp_path / "state")
+        store.set_meta("ruleset_fingerprint", "from-an-older-version")
+        store.close()
+        want = plus(want, one_round(bed, guest, host_port, 600, dns_too=False))
         agent = AgentProcess(cfg)
         procs.append(agent)
         assert agent.call("usage", sandbox_id="bill-1") == {"bill-1": want}
