@@ -10,22 +10,18 @@ refresh"). Building and reading the messages is pure; `packets` does the I/O.
 """
 from __future__ import annotations
 
-import errno
-import os
 import struct
 from collections.abc import Callable
 
 from . import nlsock
 from .generation import _HEADER, _NFGEN, NFNL_SUBSYS_NFTABLES, NLM_F_REQUEST, NLMSG_ERROR
-from .nfnetlink import attr, cstring, first
+from .nfnetlink import NLM_F_DUMP, NLMSG_DONE, attr, cstring, first, replies
 from .table_probe import FAMILIES
 
 NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ = 18, 19
 NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
 NFT_OBJECT_COUNTER = 1
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
-NLM_F_DUMP = 0x300
-NLMSG_DONE = 3
 
 
 def request(family: str, table: str, seq: int = 1) -> bytes:
@@ -44,22 +40,11 @@ def reader(out: dict[str, int]) -> Callable[[bytes, int], dict[str, int] | None]
     object to `out`; returns `out` once the dump is done, None to read on.
     A missing table ends the dump empty."""
     def answer(data: bytes, seq: int) -> dict[str, int] | None:
-        pos = 0
-        while pos + _HEADER.size <= len(data):
-            length, kind, _, msg_seq, _ = _HEADER.unpack_from(data, pos)
-            if length < _HEADER.size:
-                raise OSError(errno.EPROTO, "malformed netlink reply")
-            if msg_seq == seq:
-                if kind == NLMSG_DONE:
-                    return out
-                if kind == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", data, pos + _HEADER.size)
-                    if code == -errno.ENOENT:
-                        return out
-                    raise OSError(-code, f"nft GETOBJ: {os.strerror(-code)}")
-                if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ:
-                    _counter(data[pos + _HEADER.size + _NFGEN.size:pos + length], out)
-            pos += (length + 3) & ~3
+        for kind, _, body in replies(data, seq, "nft GETOBJ"):
+            if kind in (NLMSG_DONE, NLMSG_ERROR):   # the dump's end, or ENOENT
+                return out
+            if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ:
+                _counter(body, out)
         return None
     return answer
 

@@ -1,15 +1,19 @@
-"""nfnetlink framing shared by the nflog, nfqueue and xt_queue wires. Pure,
-except `check_ack` (reads one reply from a socket)."""
+"""nfnetlink framing shared by the nflog, nfqueue and xt_queue wires and the
+nftables probes. Pure, except `check_ack` (reads one reply from a socket)."""
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
 from collections.abc import Iterator
 
 NETLINK_NETFILTER = 12
-NLMSG_ERROR = 2
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK = 1, 4
+NLM_F_DUMP_INTR = 0x10   # on a dump's message: a commit landed since the dump began
+NLM_F_DUMP = 0x300
+_NLMSGHDR = struct.Struct("=IHHII")   # len, type, flags, seq, pid
 
 
 def attr(kind: int, payload: bytes) -> bytes:
@@ -26,6 +30,25 @@ def messages(data: bytes, kind: int) -> Iterator[bytes]:
             return
         if msg_kind == kind:
             yield data[pos + 20:pos + length]
+        pos += (length + 3) & ~3
+
+
+def replies(data: bytes, seq: int, what: str) -> Iterator[tuple[int, int, bytes]]:
+    """(type, flags, attributes past nfgenmsg) of each message of one datagram
+    that answers request `seq`. NLMSG_DONE ends a dump; NLMSG_ERROR comes only
+    for ENOENT (no such table); acks are skipped; another error raises OSError."""
+    pos = 0
+    while pos + _NLMSGHDR.size <= len(data):
+        length, kind, flags, msg_seq, _ = _NLMSGHDR.unpack_from(data, pos)
+        if length < _NLMSGHDR.size:
+            raise OSError(errno.EPROTO, "malformed netlink reply")
+        if msg_seq == seq:
+            if kind != NLMSG_ERROR:
+                yield kind, flags, data[pos + _NLMSGHDR.size + 4:pos + length]
+            elif (code := -struct.unpack_from("=i", data, pos + _NLMSGHDR.size)[0]) == errno.ENOENT:
+                yield kind, flags, b""
+            elif code:
+                raise OSError(code, f"{what}: {os.strerror(code)}")
         pos += (length + 3) & ~3
 
 
