@@ -52,15 +52,21 @@ def replies(data: bytes, seq: int, what: str) -> Iterator[tuple[int, int, bytes]
         pos += (length + 3) & ~3
 
 
-def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type without flags, value) of each attribute."""
+def spans(buf: bytes) -> Iterator[tuple[int, int, int]]:
+    """(type without the nested flag, start of its header, end of its value) of each attribute."""
     pos = 0
     while pos + 4 <= len(buf):
         size, kind = struct.unpack_from("=HH", buf, pos)
         if size < 4:
             return
-        yield kind & 0x7FFF, buf[pos + 4:pos + size]
+        yield kind & 0x7FFF, pos, pos + size
         pos += (size + 3) & ~3
+
+
+def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type without flags, value) of each attribute."""
+    for kind, start, end in spans(buf):
+        yield kind, buf[start + 4:end]
 
 
 def first(buf: bytes, kind: int) -> bytes | None:
