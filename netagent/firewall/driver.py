@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from . import counter_objects, element_probe, names, ruleset, xt_queue
+from . import counter_objects, element_probe, names, rules_probe, ruleset, xt_queue
 from . import elements as el
 from .generation import GenerationWatch, read_generation
 from .nft import Nft, connect
@@ -105,7 +105,9 @@ class HostTable:
                                                                         list(dynamic))))
 
     def fingerprint(self) -> str | None:
-        return self.nft.table_fingerprint(self.table)
+        # netlink: libnftables' listing fetched every set element first, and
+        # started over when a commit landed meanwhile (firewall/rules_probe.py)
+        return rules_probe.fingerprint("inet", self.table)
 
     def has(self, element: el.Element) -> bool:
         # netlink for an IPv4 key: libnftables' `get element` lists every set first
