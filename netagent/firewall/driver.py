@@ -8,6 +8,7 @@ in one place (`Agent.__init__` takes a factory). Set names come from
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -105,9 +106,10 @@ class HostTable:
                                                                         list(dynamic))))
 
     def fingerprint(self) -> str | None:
-        # netlink: libnftables' listing fetched every set element first, and
-        # started over when a commit landed meanwhile (firewall/rules_probe.py)
-        return rules_probe.fingerprint("inet", self.table)
+        # netlink dumps (firewall/rules_probe.py), under the watch's lock: a
+        # commit of our other threads landing inside a dump would make it read again
+        with self.watch.lock if self.watch is not None else contextlib.nullcontext():
+            return rules_probe.fingerprint("inet", self.table)
 
     def has(self, element: el.Element) -> bool:
         # netlink for an IPv4 key: libnftables' `get element` lists every set first

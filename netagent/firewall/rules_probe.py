@@ -46,8 +46,10 @@ NFTA_DYNSET_EXPR, NFTA_DYNSET_EXPRESSIONS = 7, 10
 # Their dump is live state (packets and bytes, bytes consumed, last seen).
 STATEFUL = frozenset({b"counter\0", b"quota\0", b"last\0"})
 # Reads of one dump before giving up. Any commit, elements too, interrupts a
-# dump whose chunks it falls between: at ~500 element commits/s from another
-# process a quarter of the rules dumps were, and 5 tries failed 7 calls of 200.
+# dump it lands inside (the rules dump is 3 chunks): at ~500 element commits/s
+# from another process a quarter of the rules dumps were, and 5 tries failed
+# 7 calls of 200. No bound outlasts every commit rate: the agent's own commits
+# wait (HostTable.fingerprint holds the generation watch's lock).
 TRIES = 10
 
 DONE, MISSING, RESTART = "done", "missing", "restart"
@@ -111,30 +113,36 @@ def request(part: Part, family: str, table: str, seq: int = 1) -> bytes:
     return _HEADER.pack(_HEADER.size + len(body), kind, flags, seq, 0) + body
 
 
-def reader(part: Part, table: str, out: list[bytes]) -> Callable[[bytes, int], str | None]:
-    """An answer callable for nlsock.ask: appends each of `table`'s objects (its
-    attributes, as they came) to `out` and returns DONE at the end, MISSING for
-    ENOENT, RESTART when a commit interrupted the dump (read to its end first:
-    the socket takes no new dump while one runs); None: read on.
-
-    Objects of other tables are dropped here: the kernel (6.18) filters rules,
-    sets and objects by table, but dumps every table's chains (flowtables:
-    this kernel cannot make one, so not seen)."""
-    name, reply = cstring(table), (NFNL_SUBSYS_NFTABLES << 8) | (part.get - 1)
+def reader(part: Part, out: list[bytes]) -> Callable[[bytes, int], str | None]:
+    """An answer callable for nlsock.ask: appends the attributes of each object
+    in the reply to `out` and returns DONE at the end, MISSING for ENOENT,
+    RESTART when a commit interrupted the dump (read to its end first: the
+    socket takes no new dump while one runs); None: read on. Nothing more: the
+    kernel makes a dump's next chunk when the last is read, and the less runs
+    between two reads, the fewer commits land between two chunks."""
+    reply = (NFNL_SUBSYS_NFTABLES << 8) | (part.get - 1)
     interrupted = False
 
     def answer(data: bytes, seq: int) -> str | None:
         nonlocal interrupted
-        for kind, flags, body in replies(data, seq, f"nft table {table}"):
+        for kind, flags, body in replies(data, seq, "nft table dump"):
             interrupted |= bool(flags & NLM_F_DUMP_INTR)
             if kind == NLMSG_ERROR:
                 return MISSING
-            if kind == reply and first(body, TABLE_ATTR) == name:
+            if kind == reply:
                 out.append(body)
             if kind == NLMSG_DONE or (kind == reply and part.get == NFT_MSG_GETTABLE):
                 return RESTART if interrupted else DONE
         return None
     return answer
+
+
+def of_table(table: str, objects: list[bytes]) -> list[bytes]:
+    """The objects of this table: the kernel (6.18) filters rules, sets and
+    objects by table, but dumps every table's chains (flowtables: this kernel
+    cannot make one, so not seen)."""
+    name = cstring(table)
+    return [body for body in objects if first(body, TABLE_ATTR) == name]
 
 
 def canonical(part: Part, body: bytes) -> bytes:
@@ -155,14 +163,12 @@ def digest(objects: list[list[bytes]]) -> str:
 def _read(part: Part, family: str, table: str, tries: int) -> list[bytes] | None:
     """The table's objects of one part (None: no such table), on the thread's
     kept socket. A dump interrupted by a commit is read again; OSError after
-    `tries`. Objects are kept raw until the end: the kernel makes a dump's next
-    chunk when the last is read, so the less Python runs between, the fewer
-    commits fall between chunks."""
+    `tries`."""
     for _ in range(tries):
         out: list[bytes] = []
-        end = nlsock.ask(functools.partial(request, part, family, table), reader(part, table, out))
+        end = nlsock.ask(functools.partial(request, part, family, table), reader(part, out))
         if end != RESTART:
-            return out if end == DONE else None
+            return of_table(table, out) if end == DONE else None
     raise OSError(errno.EAGAIN, f"nft table {table}: a dump interrupted by commits {tries} times running")
 
 

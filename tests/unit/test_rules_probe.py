@@ -57,9 +57,9 @@ def rule(*exprs: bytes, table: str = "na", handle: int = 5) -> bytes:
 CMP = expr("cmp", u32(1, 1) + u32(2, 0) + attr(3 | NESTED, attr(1, b"\x06\0\0\0")))
 
 
-def read(part: rp.Part, *datagrams: bytes, table: str = "na") -> tuple[list[str | None], list[bytes]]:
+def read(part: rp.Part, *datagrams: bytes) -> tuple[list[str | None], list[bytes]]:
     out: list[bytes] = []
-    answer = rp.reader(part, table, out)
+    answer = rp.reader(part, out)
     return [answer(d, 1) for d in datagrams], out
 
 
@@ -77,12 +77,12 @@ def test_the_table_is_asked_for_alone_and_the_rest_dumped_filtered_to_it():
             rp.request(RULES, family, table)
 
 
-def test_a_dump_is_read_to_its_end_keeping_only_the_tables_objects():
+def test_a_dump_is_read_to_its_end_and_only_the_tables_objects_kept():
     chain = attr(1, b"na\0") + u64(2, 7) + attr(3, b"forward\0") + u32(rp.NFTA_CHAIN_USE, 3)
     other = attr(1, b"nb\0") + u64(2, 9) + attr(3, b"input\0")
     ends, out = read(CHAINS, reply(CHAINS, chain) + reply(CHAINS, other), reply(CHAINS, chain, seq=7) + done())
     assert ends == [None, rp.DONE]
-    assert out == [chain]
+    assert out == [chain, other] and rp.of_table("na", out) == [chain]
     assert rp.canonical(CHAINS, chain) == attr(1, b"na\0") + u64(2, 7) + attr(3, b"forward\0")   # no use count
 
 
