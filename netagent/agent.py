@@ -188,6 +188,10 @@ class Agent(CoreApi):
         kernel = KernelOps(w.kernel_slots, w.build, w.destroy, w.reload_rules, self.builder.rules_fingerprint())
         result = await reconcile(self.store, self.plan, kernel, self.config.host_port_range)
         self.inventory = result.inventory    # install the snapshot
+        # One stored by a version before firewall/rules_probe.py hashed a listing
+        # and never matches: the first sync then reloads the table once, as
+        # after an upgrade that changes rules/netagent.nft (elements refilled in
+        # the same transaction, flows kept; DNS admissions re-made on next answer).
         self.keeper.fingerprint = self.store.get_meta("ruleset_fingerprint")
         self.meter.load()
         # what the kernel counted while no agent ran, read before the resync:

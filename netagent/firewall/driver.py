@@ -8,11 +8,12 @@ in one place (`Agent.__init__` takes a factory). Set names come from
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..errors import Unavailable
-from . import counter_objects, element_probe, names, ruleset, set_dump, xt_queue
+from . import counter_objects, element_probe, names, rules_probe, ruleset, set_dump, xt_queue
 from . import elements as el
 from .generation import GenerationWatch, read_generation
 from .nft import Nft, connect
@@ -106,7 +107,10 @@ class HostTable:
                                                                         list(dynamic))))
 
     def fingerprint(self) -> str | None:
-        return self.nft.table_fingerprint(self.table)
+        # netlink dumps (firewall/rules_probe.py), under the watch's lock: a
+        # commit of our other threads landing inside a dump would make it read again
+        with self.watch.lock if self.watch is not None else contextlib.nullcontext():
+            return rules_probe.fingerprint("inet", self.table)
 
     def has(self, element: el.Element) -> bool:
         # netlink for an IPv4 key: libnftables' `get element` lists every set first

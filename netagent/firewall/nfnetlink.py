@@ -32,15 +32,21 @@ def messages(data: bytes, kind: int) -> Iterator[bytes]:
         pos += (length + 3) & ~3
 
 
-def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type without flags, value) of each attribute."""
+def spans(buf: bytes) -> Iterator[tuple[int, int, int]]:
+    """(type without the nested flag, start of its header, end of its value) of each attribute."""
     pos = 0
     while pos + 4 <= len(buf):
         size, kind = struct.unpack_from("=HH", buf, pos)
         if size < 4:
             return
-        yield kind & 0x7FFF, buf[pos + 4:pos + size]
+        yield kind & 0x7FFF, pos, pos + size
         pos += (size + 3) & ~3
+
+
+def attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type without flags, value) of each attribute."""
+    for kind, start, end in spans(buf):
+        yield kind, buf[start + 4:end]
 
 
 def first(buf: bytes, kind: int) -> bytes | None:
@@ -99,13 +105,13 @@ def dump_reader(kind: int, what: str) -> Callable[[bytes, int], Dump | None]:
                 if msg_kind in (NLMSG_DONE, NLMSG_ERROR):
                     # DONE carries the dump callback's error (0, or -ENOENT
                     # when the set went away midway); ERROR the request's
+                    # (0: the ack that ends a single GET sent with NLM_F_ACK)
                     (code,) = struct.unpack_from("=i", data, pos + 16) if length >= 20 else (0,)
                     if code == -errno.ENOENT:
                         return True, []
                     if code:
                         raise OSError(-code, f"{what}: {os.strerror(-code)}")
-                    if msg_kind == NLMSG_DONE:
-                        return (False, []) if interrupted else (True, bodies)
+                    return (False, []) if interrupted else (True, bodies)
                 elif msg_kind == kind and length >= 20:
                     res_ids.add(data[pos + 18:pos + 20])
                     interrupted = interrupted or len(res_ids) > 1

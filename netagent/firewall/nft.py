@@ -14,7 +14,6 @@ import nftables
 
 from ..errors import Unavailable
 from . import names
-from .fingerprint import fingerprint
 
 # The sets and maps whose content is derived from config + state (names.py holds the names).
 SETS = names.STATE_SETS
@@ -95,17 +94,6 @@ class Nft:
     def chain_has_rules(self, family: str, table: str, chain: str) -> bool:
         return any("rule" in o for o in self._list_json(f"chain {family} {table} {chain}"))
 
-    def table_fingerprint(self, table: str) -> str | None:
-        """Fingerprint of the table's rules, without elements or counters. Cheap at
-        any number of sandboxes: terse listing omits set elements."""
-        self._ctx.set_terse_output(True)
-        self._ctx.set_stateless_output(True)
-        try:
-            rc, out, _ = self._ctx.cmd(f"list table inet {table}")
-        finally:
-            self._ctx.set_terse_output(False)
-            self._ctx.set_stateless_output(False)
-        return fingerprint(out) if rc == 0 else None
 
     # ---- elements -----------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Render the rulesets in rules/ for loading. Pure: text in, text out."""
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from pathlib import Path
@@ -8,7 +9,6 @@ from pathlib import Path
 from ..config import Config
 from . import names
 from .elements import Element, to_text
-from .fingerprint import fingerprint  # noqa: F401 - callers use ruleset.fingerprint
 
 RULES_DIR = Path(__file__).resolve().parent.parent.parent / "rules"
 HOST_RULES = "netagent.nft"
@@ -18,6 +18,11 @@ _QUIC_RULE = r"^\s*ip saddr @sni_check udp dport 443 .*jump deny_quic\n"
 _LABEL_RULE = (r"^\s*ip saddr @sni_check tcp dport .*tcp option fastopen exists .*drop\n"
                r"\s*oifname @uplinks ip saddr @sni_check tcp dport .*ct label set 100 accept\n")
 
+
+
+def fingerprint(text: str) -> str:
+    """Of a rendered ruleset (the slot rules; the fake driver's host table)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def read_rules(name: str, rules_dir: Path = RULES_DIR) -> str:

@@ -79,9 +79,9 @@ def _tun() -> tuple[str, str, str, str]:
 def _nftables(config: Config) -> tuple[str, str, str, str]:
     try:
         from ..firewall.nft import connect
-        nft = connect()
-        version = nft.works()
-        loaded = nft.table_fingerprint(config.prefix) is not None
+        from ..firewall.table_probe import table_exists
+        version = connect().works()
+        loaded = table_exists("inet", config.prefix)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return ("nf_tables", "fail", str(exc), "apt-get install nftables python3-nftables; modprobe nf_tables")
     if not version:

@@ -106,3 +106,13 @@ def test_a_driver_that_cannot_tell_its_generation_is_listed_every_time() -> None
     for t in range(3):
         k.current(table, float(t))
     assert table.listed == 3
+
+
+def test_the_table_is_fingerprinted_under_the_lock_our_commits_take(monkeypatch) -> None:
+    """Our other threads' commits wait: one landing inside a dump would make it read again."""
+    from netagent.firewall import driver, rules_probe
+    watch = gen.GenerationWatch()
+    held = []
+    monkeypatch.setattr(rules_probe, "fingerprint", lambda family, table: held.append(watch.lock.locked()) or "fp")
+    assert driver.HostTable("na", nft=object(), watch=watch).fingerprint() == "fp"  # type: ignore[arg-type]
+    assert held == [True] and not watch.lock.locked()
