@@ -313,7 +313,8 @@ class WarmPool:
         replaced slots that were about to come back (196 builds and teardowns
         a minute at 20 cycles/s)."""
         have = len(self.ready) + self.building
-        want = max(target - have - len(self._returning), max(1, self.low_water() // 2) - have)
+        floor = min(target, max(1, self.low_water() // 2))   # a pool of size 0 keeps none
+        want = max(target - have - len(self._returning), floor - have)
         return min(want, self.capacity - len(self.inventory().slots))
 
     async def wait_ready(self, want: int, free: Callable[[], int], timeout: float) -> None:

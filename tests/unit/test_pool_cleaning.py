@@ -166,3 +166,16 @@ async def test_a_slot_that_does_not_come_back_is_replaced(tmp_path):
     finally:
         fill.cancel()
         await asyncio.gather(fill, return_exceptions=True)
+
+
+async def test_a_pool_of_size_zero_builds_nothing(tmp_path):
+    work = CountingWork()
+    p, _ = filling_pool(tmp_path, work)
+    p.settings = lambda: PoolSettings(0, 1, 0.0)
+    fill = asyncio.create_task(p.fill())
+    try:
+        await asyncio.sleep(0.2)
+        assert work.built == []
+    finally:
+        fill.cancel()
+        await asyncio.gather(fill, return_exceptions=True)
