@@ -9,9 +9,11 @@ host's softirq share, the host netns's conntrack count, the number of slot
 netns, the pool depth (HostInfo.ready_slots); agent RSS at the start and end
 of the churn; targets with `meets_target` flags. Prints JSON.
 
-    python -m tests.bench.churn_bench [--existing 2000] [--rate 20] [--seconds 60] [--long]
+    python -m tests.bench.churn_bench [--existing 2000] [--rate 20] [--seconds 60] [--long] [--trace FILE]
 
 `--long` is the issue's full run: 5 minutes. The default is one minute.
+`--trace FILE` records where each allocate's time went inside the daemon
+(tests/bench/latency_trace/) and adds trace_report's summary to the JSON.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from netagent import netns
 from netagent.client import Client
+from tests.bench import trace_report
 from tests.bench.run import summary
 from tests.service.daemon import Daemon, write_config
 from tests.testbed.bed import Testbed
@@ -149,6 +152,8 @@ class Sampler:
 
     def sample(self) -> dict:
         user, system = proc_ticks(f"/proc/{self.pid}/stat")
+        # the cleaner thread starts with the first clean: until then it has used nothing
+        self.cleaner = self.cleaner or cleaner_tid(self.pid)
         _, cleaner_sys = proc_ticks(f"/proc/{self.pid}/task/{self.cleaner}/stat") if self.cleaner else (0, 0)
         cpu = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
         rss = next(int(line.split()[1]) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines()
@@ -185,9 +190,9 @@ def wait_settled(client: Client, pool_size: int, timeout: float = 900) -> None:
 
 
 def run(bed: Testbed, tmp: Path, existing: int, rate: float, seconds: float, window: float,
-        pool_size: int = POOL_SIZE) -> dict:
+        pool_size: int = POOL_SIZE, trace: Path | None = None) -> dict:
     config = write_config(bed, tmp, pool_size=pool_size, metrics_refresh_s=5.0, ruleset_check_interval_s=1.0)
-    daemon = Daemon(config).start(timeout=300)
+    daemon = Daemon(config, env=trace_env(trace) if trace else None).start(timeout=300)
     driver = None
     try:
         client = daemon.client(timeout=30)
@@ -233,7 +238,16 @@ def run(bed: Testbed, tmp: Path, existing: int, rate: float, seconds: float, win
         stopped = stop_daemon(daemon)
     # a cleaning backlog shows here; None: still busy after 300 s, killed
     out["daemon_stop_s"] = round(time.perf_counter() - stopping, 2) if stopped else None
+    if trace is not None and stopped:
+        out["trace"] = trace_report.report(trace)
     return out
+
+
+def trace_env(trace: Path) -> dict[str, str]:
+    """The daemon loads tests/bench/latency_trace/sitecustomize.py and writes its trace at exit."""
+    here = str(Path(__file__).parent / "latency_trace")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p),
+            "LATENCY_TRACE": str(trace)}
 
 
 def stop_daemon(daemon: Daemon, timeout: float = 300) -> bool:
@@ -253,12 +267,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--long", action="store_true", help=f"the full run: {LONG_SECONDS} s")
     ap.add_argument("--window", type=float, default=60)
+    ap.add_argument("--trace", type=Path, help="trace the daemon's allocates into this file, and report them "
+                                               "(tests/bench/latency_trace/)")
     args = ap.parse_args()
     bed = Testbed().create()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = run(bed, Path(tmp), args.existing, args.rate, LONG_SECONDS if args.long else args.seconds,
-                      args.window)
+                      args.window, trace=args.trace)
     finally:
         bed.destroy()
     print(json.dumps(out, indent=2))

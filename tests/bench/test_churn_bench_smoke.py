@@ -1,5 +1,6 @@
 """Smoke test for tests/bench/churn_bench.py: 3 live sandboxes, 5 cycles/s for
-3 s, so the bench code cannot rot (the figures themselves are `make bench`'s)."""
+3 s, traced, so the bench code and its latency tracer cannot rot (the figures
+themselves are `make bench`'s)."""
 import os
 import tempfile
 from pathlib import Path
@@ -17,7 +18,8 @@ def test_churn_bench_smoke():
     bed = testbed.Testbed().create()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            out = run(bed, Path(tmp), existing=3, rate=5, seconds=3, window=1.5, pool_size=4)
+            out = run(bed, Path(tmp), existing=3, rate=5, seconds=3, window=1.5, pool_size=4,
+                      trace=Path(tmp) / "trace.jsonl")
     finally:
         bed.destroy()
     whole = out["whole_run"]
@@ -27,5 +29,8 @@ def test_churn_bench_smoke():
     assert len(out["per_window"]) >= 2 and sum(w["cycles"] for w in out["per_window"]) == whole["cycles"], out
     assert out["cleanup_kernel_cpu"]["cleaner_thread_found"], out
     assert whole["netns"]["min"] >= 3 and whole["agent_cpu_cores"] > 0 and out["rss_mb"]["start"] > 0, out
+    # the latency trace saw every churn allocate, each with its commit's phases
+    assert out["trace"]["allocates"] == whole["cycles"], out["trace"]
+    assert set(out["trace"]["phases_ms"]) >= {"handler", "queue", "plan", "nft", "db", "after", "reply"}, out["trace"]
     assert set(out["meets_target"]) >= {"allocate_p99_le_5ms_every_window", "pool_never_empty", "netns_stable",
                                         "conntrack_stable", "rss_growth_le_10MB"}, out
