@@ -98,10 +98,11 @@ class Client:
         req = pb.GetUsageRequest(sandbox_id=sandbox_id, last_reading=last_reading)
         return list(self.stub.GetUsage(req, timeout=self.timeout).usage)
 
-    def set_limits(self, sandbox_id: str, egress_bps: int = 0, ingress_bps: int = 0,
-                   burst_bytes: int = 0) -> pb.Sandbox:
-        """New bandwidth limits (0: unlimited; burst 0: automatic)."""
-        limits = pb.Limits(egress_bps=egress_bps, ingress_bps=ingress_bps, burst_bytes=burst_bytes)
+    def set_limits(self, sandbox_id: str, egress_bps: int = 0, ingress_bps: int = 0, burst_bytes: int = 0,
+                   egress_pps: int = 0, ingress_pps: int = 0, burst_packets: int = 0) -> pb.Sandbox:
+        """New bandwidth and packet-rate limits, all of them (0: unlimited; a burst of 0: automatic)."""
+        limits = pb.Limits(egress_bps=egress_bps, ingress_bps=ingress_bps, burst_bytes=burst_bytes,
+                           egress_pps=egress_pps, ingress_pps=ingress_pps, burst_packets=burst_packets)
         return self.stub.SetLimits(pb.SetLimitsRequest(sandbox_id=sandbox_id, limits=limits), timeout=self.timeout)
 
     def set_egress_address(self, sandbox_id: str, address: str = "") -> pb.Sandbox:

@@ -32,7 +32,7 @@ def test_list_answers_what_get_answers_for_every_sandbox(unprobed_daemon):
         c.expose("ls-ports", 5353, "udp")
         c.expose("ls-ports", 22)
         c.allocate("ls-limited")
-        c.set_limits("ls-limited", egress_bps=8_000_000, ingress_bps=16_000_000)
+        c.set_limits("ls-limited", egress_bps=8_000_000, ingress_bps=16_000_000, ingress_pps=5_000)
         c.stub.Allocate(pb.AllocateRequest(sandbox_id="ls-pps", limits=pb.Limits(egress_pps=1_000, burst_packets=20)),
                         timeout=30)
         c.release("ls-plain")   # a freed slot: List must skip it
@@ -52,7 +52,7 @@ def test_list_answers_what_get_answers_for_every_sandbox(unprobed_daemon):
         by_id = {s.sandbox_id: s for s in listed}
         assert [p.guest_port for p in by_id["ls-ports"].ports] == [22, 8080, 5353]   # TCP first, by port
         assert by_id["ls-ports"].ports[1].HasField("reachable") and by_id["ls-ports"].ports[1].checked_unix_ms
-        assert by_id["ls-limited"].limits.egress_bps == 8_000_000
+        assert (by_id["ls-limited"].limits.egress_bps, by_id["ls-limited"].limits.ingress_pps) == (8_000_000, 5_000)
         assert (by_id["ls-pps"].limits.egress_pps, by_id["ls-pps"].limits.burst_packets) == (1_000, 20)
         assert by_id["ls-off"].policy.HasField("internet") and not by_id["ls-off"].policy.internet
 
