@@ -201,6 +201,7 @@ class WarmPool:
         await self.submit(ops.SlotGone(idx))
         await self.work.destroy(idx)
         await self._write(SlotDeleted(idx))
+        self._back_or_gone(idx)   # a released slot torn down instead of cleaned (its cleans kept failing)
 
     async def _destroy_quietly(self, idx: int) -> None:
         try:
@@ -223,9 +224,9 @@ class WarmPool:
         slot (its veth gone, say) never retries for ever and never holds up
         stop. While stopping it stays DIRTY: the next start's reconcile cleans it."""
         for idx in slots:
-            if self.inventory().slots.get(idx) != SlotState.DIRTY or idx in self._cleaning:
+            if (state := self.inventory().slots.get(idx)) != SlotState.DIRTY or idx in self._cleaning:
                 log.debug("slot %d: clean skipped (not dirty, or being cleaned)", idx)
-                if self.inventory().slots.get(idx) != SlotState.DIRTY:
+                if state != SlotState.DIRTY:
                     self._back_or_gone(idx)
                 continue
             self._cleaning.add(idx)
@@ -233,7 +234,7 @@ class WarmPool:
                 await self._clean_one(idx)
             finally:
                 self._cleaning.discard(idx)
-                if self.inventory().slots.get(idx) != SlotState.DIRTY:   # ready, or torn down
+                if self.inventory().slots.get(idx) == SlotState.READY:
                     self._back_or_gone(idx)
 
     async def _clean_one(self, idx: int) -> None:

@@ -4,6 +4,8 @@ instead of retrying for ever, and stop is never held up by retries."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -95,7 +97,8 @@ async def test_stopping_ends_the_retries_and_the_slot_stays_dirty(tmp_path):
 
 
 class CountingWork(FakeWork):
-    """Builds counted; cleans wait until `cleans_may_finish` is set."""
+    """Builds counted; cleans wait until `cleans_may_finish` is set (then fail
+    `clean_fails` times)."""
     def __init__(self) -> None:
         super().__init__()
         self.built: list[int] = []
@@ -106,7 +109,7 @@ class CountingWork(FakeWork):
 
     async def clean(self, idx: int) -> None:
         await self.cleans_may_finish.wait()
-        self.cleaned.append(idx)
+        await super().clean(idx)
 
 
 def filling_pool(tmp_path, work: CountingWork) -> tuple[WarmPool, Inventory]:
@@ -121,19 +124,35 @@ def filling_pool(tmp_path, work: CountingWork) -> tuple[WarmPool, Inventory]:
     return p, inv
 
 
+@contextlib.asynccontextmanager
+async def filling(p: WarmPool) -> AsyncIterator[None]:
+    """The pool's refill running for the block."""
+    task = asyncio.create_task(p.fill())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def released(p: WarmPool, inv: Inventory) -> int:
+    """A ready slot taken and released: dirty, on its way back."""
+    async with asyncio.timeout(5):
+        await p.wait_ready(4, lambda: 16, timeout=5)
+    idx = await p.take()
+    inv.apply(SlotSet(idx, SlotState.DIRTY))
+    p.coming_back(idx)
+    return idx
+
+
 async def test_a_released_slot_on_its_way_back_is_not_replaced_by_a_build(tmp_path):
     """Under churn the refill counted only ready slots: each release made it
     build a new slot, and the cleaned one was then torn down as surplus."""
     work = CountingWork()
     p, inv = filling_pool(tmp_path, work)
-    fill = asyncio.create_task(p.fill())
-    try:
-        async with asyncio.timeout(5):
-            await p.wait_ready(4, lambda: 16, timeout=5)
+    async with filling(p):
+        idx = await released(p, inv)
         assert len(work.built) == 4
-        idx = await p.take()                       # allocated...
-        inv.apply(SlotSet(idx, SlotState.DIRTY))   # ...and released
-        p.coming_back(idx)
         cleaning = asyncio.create_task(p.clean([idx]))
         await asyncio.sleep(0.2)                   # the refill ran meanwhile
         assert len(work.built) == 4, "built a replacement for a slot being cleaned"
@@ -143,39 +162,38 @@ async def test_a_released_slot_on_its_way_back_is_not_replaced_by_a_build(tmp_pa
         await asyncio.sleep(0.1)
         assert list(p.ready).count(idx) == 1 and len(p.ready) == 4
         assert work.destroyed == [] and len(work.built) == 4
-    finally:
-        fill.cancel()
-        await asyncio.gather(fill, return_exceptions=True)
 
 
 async def test_a_slot_that_does_not_come_back_is_replaced(tmp_path):
     work = CountingWork()
     p, inv = filling_pool(tmp_path, work)
-    fill = asyncio.create_task(p.fill())
-    try:
-        async with asyncio.timeout(5):
-            await p.wait_ready(4, lambda: 16, timeout=5)
-        idx = await p.take()
-        inv.apply(SlotSet(idx, SlotState.DIRTY))
-        p.coming_back(idx)
+    async with filling(p):
+        idx = await released(p, inv)
         inv.apply(SlotSet(idx, SlotState.QUARANTINED))   # it will not be cleaned after all
         await p.clean([idx])                             # skipped: not dirty
         async with asyncio.timeout(5):
             await p.wait_ready(4, lambda: 16, timeout=5)
         assert len(work.built) == 5
-    finally:
-        fill.cancel()
-        await asyncio.gather(fill, return_exceptions=True)
+
+
+async def test_a_slot_torn_down_after_failed_cleans_is_replaced(tmp_path):
+    work = CountingWork()
+    work.clean_fails = 100
+    work.cleans_may_finish.set()
+    p, inv = filling_pool(tmp_path, work)
+    async with filling(p):
+        idx = await released(p, inv)
+        await p.clean([idx])
+        async with asyncio.timeout(5):
+            await p.drain()                              # retries, then the teardown
+            await p.wait_ready(4, lambda: 16, timeout=5)
+        assert work.destroyed == [idx] and len(work.built) == 5
 
 
 async def test_a_pool_of_size_zero_builds_nothing(tmp_path):
     work = CountingWork()
     p, _ = filling_pool(tmp_path, work)
     p.settings = lambda: PoolSettings(0, 1, 0.0)
-    fill = asyncio.create_task(p.fill())
-    try:
+    async with filling(p):
         await asyncio.sleep(0.2)
         assert work.built == []
-    finally:
-        fill.cancel()
-        await asyncio.gather(fill, return_exceptions=True)
