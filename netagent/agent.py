@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,7 +53,7 @@ from .metrics import Metrics
 from .models import SlotState
 from .reachability.tracker import AgentLink, Reachability
 from .reconcile import KernelOps, reconcile
-from .state import StateStore
+from .state import StateStore, checkpoints
 from .usage.collector import UsageCollector
 from .usage.meter import MeterIO, UsageMeter
 from .workers import BuildPool, Cleaner, DnsThreads, HostWorker, Readers
@@ -167,21 +166,12 @@ class Agent(CoreApi):
         self._tasks.append(asyncio.create_task(self.meter.run(lambda: self.config.usage_interval_s),
                                                name="netagent-usage"))
         self.store.checkpoint_elsewhere()
-        self._tasks.append(asyncio.create_task(self._checkpoints(), name="netagent-checkpoint"))
+        self._tasks.append(asyncio.create_task(checkpoints(self.store), name="netagent-checkpoint"))
         if self.config.self_repair:
             await self.repair_io.listen(self.self_repair.on_notices, self.self_repair.overflowed)
             self._tasks.append(asyncio.create_task(self.self_repair.run(), name="netagent-self-repair"))
         if fill_pool:
             self._tasks.append(asyncio.create_task(self.pool.fill(), name="netagent-pool"))
-
-    async def _checkpoints(self) -> None:
-        """The state file's WAL copied into it every second, off the event loop (state.py says why)."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await asyncio.to_thread(self.store.checkpoint)
-            except sqlite3.Error:
-                log.exception("state checkpoint failed (retried)")
 
     async def _reconcile(self) -> None:
         w = self.slot_work

@@ -5,8 +5,10 @@ kill -9 between any two instructions leaves nothing it cannot fix.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -35,6 +37,8 @@ from .core.rows import (
 )
 from .models import AllocateSpec, EgressPolicy, ExposedPort, Limits, Protocol, SlotState
 from .policy import compile_policy
+
+log = logging.getLogger("netagent.state")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
@@ -331,3 +335,14 @@ class Tx:
 
 def dumps(obj: object) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+async def checkpoints(store: StateStore, every_s: float = 1.0) -> None:
+    """Forever (cancel to stop): the WAL copied into the database every
+    `every_s`, on a worker thread (StateStore.checkpoint_elsewhere says why)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(store.checkpoint)
+        except sqlite3.Error:
+            log.exception("state checkpoint failed (retried)")

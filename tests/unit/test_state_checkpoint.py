@@ -2,9 +2,10 @@
 inside a commit on the event loop (state.py, `checkpoint_elsewhere`)."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
-from netagent.state import StateStore
+from netagent.state import StateStore, checkpoints
 
 
 def wal_frames_after_one_more_write(store: StateStore) -> int:
@@ -34,5 +35,19 @@ def test_commits_do_not_checkpoint_and_checkpoint_copies_the_wal(tmp_path):
     store.checkpoint_elsewhere()
     write_pages(store, 1500)
     store.checkpoint()
+    assert wal_frames_after_one_more_write(store) < 10
+    store.close()
+
+
+async def test_the_agents_checkpoint_task_copies_the_wal(tmp_path):
+    store = StateStore(tmp_path)
+    store.checkpoint_elsewhere()
+    write_pages(store, 1500)
+    task = asyncio.create_task(checkpoints(store, every_s=0.01))
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     assert wal_frames_after_one_more_write(store) < 10
     store.close()
