@@ -1,9 +1,25 @@
 """Reading back what the agent put in the kernel (tests only)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 
+from tests.conftest import require_datapath_prereqs
 from tests.testbed import sh
+
+
+@contextlib.contextmanager
+def scratch_netns(stem: str) -> Iterator[str]:
+    """An empty netns of the test's own (named stem + pid), removed even on failure."""
+    require_datapath_prereqs()
+    ns = f"{stem}{os.getpid():x}"
+    sh.ip("netns", "add", ns)
+    try:
+        yield ns
+    finally:
+        sh.ip("netns", "del", ns, check=False)
 
 
 def sandbox_elements(ns: str, table: str, sandbox_ip: str) -> dict[str, list]:

@@ -3,14 +3,11 @@
 the thread's kept socket, or all of a visited netns on a socket of its own."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from netagent.datapath import conntrack
 from netagent.operator.kernel import in_netns
-from tests.conftest import require_datapath_prereqs
-from tests.datapath.helpers import conntrack_count
+from tests.datapath.helpers import conntrack_count, scratch_netns
 from tests.testbed import sh
 
 
@@ -21,15 +18,8 @@ def insert(ns: str, sport: int, mark: int) -> None:
 
 @pytest.fixture
 def two_netns():
-    require_datapath_prereqs()
-    names = [f"ctf{os.getpid():x}a", f"ctf{os.getpid():x}b"]
-    for ns in names:
-        sh.ip("netns", "add", ns)
-    try:
-        yield names
-    finally:
-        for ns in names:
-            sh.ip("netns", "del", ns, check=False)
+    with scratch_netns("ctfa") as ns, scratch_netns("ctfb") as other:
+        yield ns, other
 
 
 def test_flush_mark_deletes_exactly_the_entries_matching_under_the_mask(two_netns):

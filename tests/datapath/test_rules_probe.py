@@ -3,12 +3,9 @@ a real kernel: rules/netagent.nft rendered and filled as the agent loads it, in
 a netns each test makes (and removes); packets go over that netns' loopback only."""
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import threading
 import time
-from collections.abc import Iterator
 
 from netagent import netns
 from netagent.addressing import AddressPlan
@@ -17,24 +14,12 @@ from netagent.firewall import elements as el
 from netagent.firewall import nlsock, rules_probe, ruleset
 from netagent.firewall.nft import connect
 from netagent.operator.kernel import in_netns
-from tests.conftest import require_datapath_prereqs
-from tests.datapath.helpers import counter_packets
+from tests.datapath.helpers import counter_packets, scratch_netns
 from tests.testbed import sh
 
 CONFIG = Config(prefix="rfp", uplink="up0", state_dir="/nonexistent")
 TABLE = CONFIG.prefix
 SOURCE = ruleset.read_rules(ruleset.HOST_RULES)
-
-
-@contextlib.contextmanager
-def scratch_netns(stem: str) -> Iterator[str]:
-    require_datapath_prereqs()
-    ns = f"{stem}{os.getpid():x}"
-    sh.ip("netns", "add", ns)
-    try:
-        yield ns
-    finally:
-        sh.ip("netns", "del", ns, check=False)
 
 
 def sandbox_elements(sandboxes: range) -> list[el.Element]:

@@ -7,7 +7,6 @@ over)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from netagent import netns
 from netagent.firewall import names, nfnetlink, set_dump
 from netagent.firewall.ruleset import read_rules
 from netagent.operator.kernel import in_netns
-from tests.conftest import require_datapath_prereqs
+from tests.datapath.helpers import scratch_netns
 from tests.testbed import sh
 
 SETS = list(names.USAGE_SETS.values())
@@ -57,18 +56,13 @@ def listed(ns: str, set_name: str) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture
 def usage_ns() -> Iterator[str]:
-    require_datapath_prereqs()
-    ns = f"sdump{os.getpid():x}"
-    sh.ip("netns", "add", ns)
-    try:
+    with scratch_netns("sdump") as ns:
         lines = [table_text()]
         for k, name in enumerate(SETS):
             items = ", ".join(f"{ip(i)} counter packets {p} bytes {b}" for i in range(N) for p, b in [counts(i, k)])
             lines.append(f"add element inet na {name} {{ {items} }}\n")
         sh.run("nft", "-f", "-", ns=ns, input="".join(lines), timeout=120)
         yield ns
-    finally:
-        sh.ip("netns", "del", ns, check=False)
 
 
 def test_the_dumps_read_what_libnftables_lists(usage_ns, set_dump_slow_reads):

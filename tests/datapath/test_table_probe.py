@@ -2,20 +2,15 @@
 removes): `netagent status`'s table check, and the slot cleaner's element check."""
 from __future__ import annotations
 
-import os
-
 from netagent.firewall.element_probe import counters, has_element, ipv4_key
 from netagent.firewall.table_probe import table_exists
 from netagent.operator.kernel import in_netns
-from tests.conftest import require_datapath_prereqs
+from tests.datapath.helpers import scratch_netns
 from tests.testbed import sh
 
 
 def test_table_exists_sees_only_the_named_inet_table_of_its_netns():
-    require_datapath_prereqs()
-    ns = f"tprobe{os.getpid():x}"
-    sh.ip("netns", "add", ns)
-    try:
+    with scratch_netns("tprobe") as ns:
         path = f"/run/netns/{ns}"
         assert in_netns(path, lambda: table_exists("inet", "na")) is False
         sh.run("nft", "add", "table", "ip", "na", ns=ns)             # same name, another family
@@ -25,15 +20,10 @@ def test_table_exists_sees_only_the_named_inet_table_of_its_netns():
         sh.run("nft", "add", "element", "inet", "na", "s", "{ 10.0.0.1, 10.0.0.2 }", ns=ns)
         assert in_netns(path, lambda: table_exists("inet", "na")) is True
         assert in_netns(path, lambda: table_exists("inet", "nb")) is False
-    finally:
-        sh.ip("netns", "del", ns, check=False)
 
 
 def test_has_element_finds_exactly_the_keys_of_the_named_set():
-    require_datapath_prereqs()
-    ns = f"eprobe{os.getpid():x}"
-    sh.ip("netns", "add", ns)
-    try:
+    with scratch_netns("eprobe") as ns:
         path = f"/run/netns/{ns}"
 
         def has(table: str, set_name: str, ip: str) -> bool:
@@ -50,15 +40,10 @@ def test_has_element_finds_exactly_the_keys_of_the_named_set():
         assert has("na", "nosuch", "10.12.0.5") is False
         sh.run("nft", "delete", "element", "inet", "na", "m", "{ 10.12.0.5 }", ns=ns)
         assert has("na", "m", "10.12.0.5") is False
-    finally:
-        sh.ip("netns", "del", ns, check=False)
 
 
 def test_counters_reads_the_named_keys_counters_and_leaves_out_absent_ones():
-    require_datapath_prereqs()
-    ns = f"cprobe{os.getpid():x}"
-    sh.ip("netns", "add", ns)
-    try:
+    with scratch_netns("cprobe") as ns:
         sh.run("nft", "add", "table", "inet", "na", ns=ns)
         sh.run("nft", "add", "set", "inet", "na", "s", "{ type ipv4_addr; counter; }", ns=ns)
         sh.run("nft", "add", "element", "inet", "na", "s", "{ 10.12.0.5 counter packets 7 bytes 900, 10.12.0.6 }",
@@ -66,16 +51,11 @@ def test_counters_reads_the_named_keys_counters_and_leaves_out_absent_ones():
         got = in_netns(f"/run/netns/{ns}", lambda: counters("inet", "na", ["s", "gone"],
                                                             ["10.12.0.5", "10.12.0.6", "10.12.0.7"]))
         assert got == {"s": {"10.12.0.5": (7, 900), "10.12.0.6": (0, 0)}, "gone": {}}
-    finally:
-        sh.ip("netns", "del", ns, check=False)
 
 
 def test_counter_objects_read_every_named_counter_of_the_table_only():
     from netagent.firewall.counter_objects import packets
-    require_datapath_prereqs()
-    ns = f"oprobe{os.getpid():x}"
-    sh.ip("netns", "add", ns)
-    try:
+    with scratch_netns("oprobe") as ns:
         path = f"/run/netns/{ns}"
         assert in_netns(path, lambda: packets("inet", "na")) == {}           # no table: none
         sh.run("nft", "add", "table", "inet", "na", ns=ns)
@@ -86,5 +66,3 @@ def test_counter_objects_read_every_named_counter_of_the_table_only():
         sh.run("nft", "add", "counter", "inet", "nb", "other", "{ packets 3 bytes 30 }", ns=ns)
         assert in_netns(path, lambda: packets("inet", "na")) == {"drop_a": 7, "drop_b": 0}
         assert in_netns(path, lambda: packets("inet", "nb")) == {"other": 3}
-    finally:
-        sh.ip("netns", "del", ns, check=False)
