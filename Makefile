@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
 	containernetworking-plugins qemu-system-x86 busybox-static \
-	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client
+	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client stress-ng
 CONFIG ?=
 PYTEST_ARGS ?=
 # `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py):
@@ -13,13 +13,23 @@ CLI_BENCH_BEFORE ?= b222542
 
 PROTO := netagent/api/netagent.proto
 
-.PHONY: proto run test test-slow test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
+.PHONY: proto run test test-loaded test-slow test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
 
 run: deps
 	$(PY) -m netagent serve $(if $(CONFIG),--config $(CONFIG))
 
 test: deps guest-image
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not microvm" $(PYTEST_ARGS)
+
+# The same suite with every CPU kept busy by stress-ng (one worker a core): no
+# test may depend on the machine being quiet. The load average is printed
+# before and after.
+test-loaded: deps guest-image
+	@stress-ng --cpu $$(nproc) --timeout 3600s --quiet & stress=$$!; \
+	trap 'kill $$stress 2>/dev/null; wait $$stress 2>/dev/null' EXIT; \
+	sleep 30; echo "load before: $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not microvm" $(PYTEST_ARGS); rc=$$?; \
+	echo "load after: $$(cut -d' ' -f1-3 /proc/loadavg)"; exit $$rc
 
 # The slow tier: QEMU guests (marked `microvm`) and tests marked `slow`; CI
 # runs it before make test. pytest's exit 5 (nothing selected) is not a failure.

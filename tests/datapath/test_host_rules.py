@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import select
 import subprocess
-import time
 from collections import Counter
+from collections.abc import Callable
 
 from netagent.agent import Agent
 from tests.conftest import agent_config
 from tests.datapath.helpers import counter_packets
 from tests.testbed import sh
-from tests.testbed.bed import HTTP_PORT, INET_IP, METADATA_IP, RFC1918_IP, WEB_IP, LightGuest
+from tests.testbed.bed import HTTP_PORT, INET_IP, METADATA_IP, RFC1918_IP, UPLINK_IP, WEB_IP, LightGuest, wait_until
 
 
 def rules_per_chain(ns: str, table: str) -> Counter[str]:
@@ -66,8 +68,9 @@ async def test_always_allow_opens_a_denied_range_subject_to_the_egress_mode(bed,
         await agent.stop()
 
 
-# Count UDP datagrams to ADDR:PORT until stdin closes; with GROUP IFNAME...,
-# also join that multicast group on those interfaces.
+# Count UDP datagrams to ADDR:PORT until stdin closes (a line with the count at
+# each one, then "total N"); with GROUP IFNAME..., also join that multicast
+# group on those interfaces.
 _UDP_COUNT = r"""
 import select, socket, struct, sys
 s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
@@ -82,35 +85,47 @@ while True:
     readable, _, _ = select.select([s, sys.stdin], [], [])
     if s in readable:
         s.recv(2048); n += 1
+        print(n, flush=True)
     elif not sys.stdin.read(1):
         break
-print(n, flush=True)
+print("total", n, flush=True)
 """
 
-# Put 5 UDP frames (IPv4 or IPv6 by the destination) on IFACE, addressed by
-# hand: from inside a slot, as a slot whose own defences failed would send them.
+# Put 5 UDP frames (IPv4 or IPv6 by the destination; TCP SYNs with a 7th
+# argument "syn") on IFACE, addressed by hand: from inside a slot, as a slot
+# whose own defences failed would send them.
 _SEND_UDP = r"""
 import sys
-from scapy.all import IP, UDP, Ether, IPv6, Raw, conf, sendp
+from scapy.all import IP, TCP, UDP, Ether, IPv6, Raw, conf, sendp
 conf.verb = 0
 iface, src_mac, dst_mac, src, dst, port = sys.argv[1:7]
 l3 = IPv6(src=src, dst=dst) if ":" in dst else IP(src=src, dst=dst)
-sendp(Ether(src=src_mac, dst=dst_mac) / l3 / UDP(sport=4000, dport=int(port)) / Raw(b"x"), iface=iface, count=5)
+l4 = TCP(sport=4000, dport=int(port), flags="S") if sys.argv[7:] == ["syn"] else UDP(sport=4000, dport=int(port))
+sendp(Ether(src=src_mac, dst=dst_mac) / l3 / l4 / Raw(b"x"), iface=iface, count=5)
 """
 V6_HOST, V6_INET, V6_SANDBOX, V6_PORT = "2001:db8:64::2", "2001:db8:64::1", "2001:db8:65::5", 9000
 
 
 @contextlib.contextmanager
 def udp_counter(ns: str, *args: str):  # type: ignore[no-untyped-def]
-    """A _UDP_COUNT listener in ns; yields a call that waits for its count."""
+    """A _UDP_COUNT listener in ns; yields count(controls, settled): it waits
+    until the control datagrams arrived and settled() holds (the crafted frames'
+    drop counter reached what was sent: the kernel is done with them), then
+    stops the listener and returns the total. A quiet or a busy machine only
+    changes how long that takes, not what is counted."""
     proc = subprocess.Popen(["ip", "netns", "exec", ns, sh.PYTHON, "-c", _UDP_COUNT, *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, bufsize=0)
+    out = bytearray()
 
-    def count() -> int:
-        time.sleep(0.3)  # the senders have returned: let their last frames land
+    def count(controls: int, settled: Callable[[], bool]) -> int:
+        while len(out.split()) < controls:     # one line per datagram so far (unbuffered reads)
+            readable, _, _ = select.select([proc.stdout], [], [], 15)
+            assert readable, f"only {len(out.split())} of the {controls} control datagrams arrived in 15 s"
+            out.extend(os.read(proc.stdout.fileno(), 4096))
+        assert wait_until(settled, timeout=15), "the crafted frames were never counted as dropped"
         return int(proc.communicate(timeout=15)[0].split()[-1])  # closes stdin: the listener stops
     try:
-        assert proc.stdout.readline().strip() == "ready"
+        assert proc.stdout.readline().strip() == b"ready"
         yield count
     finally:
         proc.kill()
@@ -136,9 +151,8 @@ async def test_the_host_drops_ipv6_from_a_slot_itself(bed, agent):
         before = counter_packets(bed.host, bed.agent_prefix, "drop_ipv6")
         sh.run(sh.PYTHON, "-c", _SEND_UDP, "veth0", link_mac(net.netns, "veth0"), link_mac(bed.host, net.host_veth),
                V6_SANDBOX, V6_INET, str(V6_PORT), ns=net.netns)
-        arrived = received()
+        arrived = received(2, lambda: counter_packets(bed.host, bed.agent_prefix, "drop_ipv6") - before >= 5)
     assert arrived == 2, f"only the host's 2 control datagrams may arrive, got {arrived}"
-    assert counter_packets(bed.host, bed.agent_prefix, "drop_ipv6") - before >= 5
 
 
 GROUP, GROUP_MAC, LOCAL_PORT = "239.1.2.3", "01:00:5e:01:02:03", 9100
@@ -172,6 +186,69 @@ async def test_a_slot_cannot_reach_host_loopback_or_multicast_listeners(bed, age
         sh.run("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1", ns=bed.host)
         sh.run(sh.PYTHON, "-c", send + f"s.sendto(b'c', ('127.0.0.1', {LOCAL_PORT}))", ns=bed.host)
         from_slot_and_guest("127.0.0.1", host_mac, tap_mac)
-        arrived = received()
+        arrived = received(2, lambda: counter_packets(bed.host, bed.agent_prefix, "drop_to_host") - before >= 10)
     assert arrived == 2, f"only the 2 control datagrams may arrive, got {arrived}"
-    assert counter_packets(bed.host, bed.agent_prefix, "drop_to_host") - before >= 10
+
+
+SPOOF_PORT, SPOOF_EDGE_PORT = 9200, 8443
+# Counts, per ingress interface, what the host's filters let through: base
+# chains after the agent's (priority filter + 20) see only accepted packets.
+_ACCEPTED_PROBE = """table inet spoofprobe {{
+    chain forward {{
+        type filter hook forward priority filter + 20;
+        iifname "{a}" udp dport {port} counter
+        iifname "{b}" udp dport {port} counter
+    }}
+    chain input {{
+        type filter hook input priority filter + 20;
+        iifname "{a}" tcp dport {edge} counter
+        iifname "{b}" tcp dport {edge} counter
+    }}
+}}
+"""
+
+
+def accepted(ns: str) -> dict[tuple[str, str], int]:
+    """(hook, iifname) -> packets the spoofprobe table counted."""
+    out = json.loads(sh.run("nft", "-j", "list", "table", "inet", "spoofprobe", ns=ns).stdout)["nftables"]
+    counts: dict[tuple[str, str], int] = {}
+    for rule in (o["rule"] for o in out if "rule" in o):
+        ifname = next(e["match"]["right"] for e in rule["expr"] if "match" in e
+                      and e["match"]["left"] == {"meta": {"key": "iifname"}})
+        counts[rule["chain"], ifname] = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+    return counts
+
+
+async def test_the_host_drops_another_slots_source_that_got_past_the_tap_guard(bed, tmp_path):
+    """The host's anti-spoofing rule (iifname . ip saddr != @sbx_src, in
+    from_sandbox and in to_edge) is the second layer behind the tap guard:
+    frames put on a slot's veth from inside the slot netns, past the guard, with
+    the source of a slot whose internet is on, die at the host (drop_spoof) on
+    the forward path and on the way to an edge address; the same frames from
+    the owner of that source pass."""
+    agent = Agent(agent_config(bed, tmp_path / "state", edge_addresses=[f"{UPLINK_IP}:{SPOOF_EDGE_PORT}"]))
+    await agent.start()
+    try:
+        owner = await agent.allocate("spoof-owner", {"policy": {"internet": True}})
+        thief = await agent.allocate("spoof-thief", {"policy": {"internet": False}})
+        sh.run("nft", "-f", "-", ns=bed.host, input=_ACCEPTED_PROBE.format(
+            a=owner.host_veth, b=thief.host_veth, port=SPOOF_PORT, edge=SPOOF_EDGE_PORT))
+        before = counter_packets(bed.host, bed.agent_prefix, "drop_spoof")
+        for net in (owner, thief):        # both claim the owner's address
+            frame = ["veth0", link_mac(net.netns, "veth0"), link_mac(bed.host, net.host_veth), owner.sandbox_ip]
+            sh.run(sh.PYTHON, "-c", _SEND_UDP, *frame, WEB_IP, str(SPOOF_PORT), ns=net.netns)
+            sh.run(sh.PYTHON, "-c", _SEND_UDP, *frame, UPLINK_IP, str(SPOOF_EDGE_PORT), "syn", ns=net.netns)
+
+        def thief_frames_decided() -> bool:   # each of the thief's 10 frames dropped as spoofed or let through
+            got = accepted(bed.host)
+            return (counter_packets(bed.host, bed.agent_prefix, "drop_spoof") - before
+                    + got["forward", thief.host_veth] + got["input", thief.host_veth] >= 10)
+        assert wait_until(thief_frames_decided, timeout=15)
+        assert wait_until(lambda: accepted(bed.host)["forward", owner.host_veth] >= 5
+                          and accepted(bed.host)["input", owner.host_veth] >= 5, timeout=15), accepted(bed.host)
+        got = accepted(bed.host)
+        assert got["forward", thief.host_veth] == 0 and got["input", thief.host_veth] == 0, got
+        assert counter_packets(bed.host, bed.agent_prefix, "drop_spoof") - before == 10
+    finally:
+        sh.run("nft", "delete", "table", "inet", "spoofprobe", ns=bed.host, check=False)
+        await agent.stop()

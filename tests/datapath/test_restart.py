@@ -9,7 +9,7 @@ from tests.conftest import agent_config
 from tests.datapath.helpers import egress_ips, elements
 from tests.testbed import sh
 from tests.testbed.agent_proc import AgentProcess
-from tests.testbed.bed import HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest, eventually
+from tests.testbed.bed import HTTP_PORT, UPLINK_IP, WEB_IP, LightGuest, eventually, wait_until
 from tests.testbed.flows import STREAM_READER
 
 
@@ -67,7 +67,9 @@ def test_kill9_and_restart_keeps_established_flow_and_state(bed, tmp_path):
     port = first.call("expose", sandbox_id="live-1", guest_port=8080)
     # A long download through the masquerade: one chunk every 50 ms for 6 s.
     stream = sh.popen(sh.PYTHON, "-c", STREAM_READER, f"http://{WEB_IP}:{HTTP_PORT}/stream?seconds=6", ns=guest.name)
-    time.sleep(1.0)
+    # The download is established before the kill (not hoped for after a sleep).
+    assert wait_until(lambda: sh.run("ss", "-Htn", "state", "established", "dst", f"{WEB_IP}:{HTTP_PORT}",
+                                     ns=guest.name).stdout.strip(), timeout=10), "the download never connected"
     before = settled_slot_table(first, pool_size=2)
     first.kill9()
     second = AgentProcess(cfg)

@@ -58,9 +58,10 @@ def test_a_host_killed_loses_its_sandboxes_within_the_ttl_and_the_others_stay(ho
     assert hosts.agents["c"].proc.wait(10) == -signal.SIGKILL
     # C's guest still runs (its datapath outlives the agent): only the registry says it is gone.
     while hosts.get("on-c", PORT)[0] != 404:
-        # The record's last refresh was at most one heartbeat before the kill; the edge checks
-        # expiries every 0.25 s; a fetch from a new process takes up to ~0.5 s here.
-        assert time.monotonic() - killed < hosts.ttl_s + 1.0, "host C's sandbox still served past the TTL"
+        # The record's last refresh was at most one heartbeat before the kill, so it expires within
+        # the TTL; the edge then needs its expiry check (every 0.25 s) and a fetch: 0.3-0.5 s past the
+        # expiry alone, up to 1.1 s in a loaded slow tier. 3 s is 3x the loaded lag.
+        assert time.monotonic() - killed < hosts.ttl_s + 3.0, "host C's sandbox still served past the TTL"
         assert hosts.get("on-a", PORT) == (200, "A") and hosts.get("on-b", PORT) == (200, "B")
     gone_after = time.monotonic() - killed
     for _ in range(5):
