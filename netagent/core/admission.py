@@ -71,6 +71,8 @@ class DnsAdmission:
         fw.apply(el.delete(gone))
 
     def clear(self) -> None:
-        """The table was reloaded: it holds no admissions any more."""
+        """The table was reloaded. A reload carries the kernel's admissions
+        over, but one that replaced a deleted table found none: forget what was
+        committed, so the next answer for an address admits it again. The names
+        stay: they only explain elements that are there."""
         self._admitted.clear()
-        self._names.clear()

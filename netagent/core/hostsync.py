@@ -41,7 +41,7 @@ class HostTableKeeper:
         else:
             fw.reload(self.rules_text(), self.fixed(), dynamic)
             self.fingerprint = fw.fingerprint()
-            self.on_reloaded()  # a reloaded table has no fqdn_ips
+            self.on_reloaded()  # the admissions may be gone (a deleted table): commit them again
             self.last_reloaded = True
         return fw.last_duration_s
 

@@ -34,7 +34,8 @@ class FirewallDriver(Protocol):
         """One transaction: flush every state set and map, add these."""
 
     def reload(self, rules_text: str, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
-        """One transaction: replace the whole table with this ruleset and these elements."""
+        """One transaction: replace the whole table with this ruleset and these
+        elements, keeping the DNS admissions (fqdn_ips) with the time they have left."""
 
     def fingerprint(self) -> str | None:
         """Of the table's rules (None: no table)."""
@@ -103,8 +104,21 @@ class HostTable:
         self._commit(lambda: self.nft.run(flush + el.to_text(t, list(fixed)) + el.to_text(t, list(dynamic))))
 
     def reload(self, rules_text: str, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
-        self._commit(lambda: self.nft.run(ruleset.replace_table_script(self.table, rules_text, list(fixed),
-                                                                        list(dynamic))))
+        def run() -> None:
+            # Read inside the commit lock: no admission of ours lands between the read and the reload.
+            kept = el.timed_text(self.table, names.FQDN_IPS, self._admissions())
+            self.nft.run(ruleset.replace_table_script(self.table, rules_text, list(fixed), list(dynamic)) + kept)
+        self._commit(run)
+
+    def _admissions(self) -> list[tuple[el.Key, int]]:
+        """DNS admissions (fqdn_ips) with the seconds they have left, which a
+        reload carries over: an upgrade or a drift repair must not cut a sandbox
+        off the addresses it resolved. None while there is no table."""
+        try:
+            items = self.nft.list_set(self.table, names.FQDN_IPS)
+        except Unavailable:  # no table (first start, or deleted), or no such set in an older one
+            return []
+        return [timed for item in items if (timed := el.from_timed_json_item(names.FQDN_IPS, item)) is not None]
 
     def fingerprint(self) -> str | None:
         # netlink dumps (firewall/rules_probe.py), under the watch's lock: a

@@ -171,6 +171,21 @@ def key_text(e: Element) -> str:
     return _text_value(e.key)
 
 
+def timed_text(table: str, set_name: str, keys: list[tuple[Key, int]]) -> str:
+    """An `add element` line with timeouts (s), for the atomic full reload."""
+    if not keys:
+        return ""
+    items = ", ".join(f"{_text_value(k)} timeout {max(1, ttl)}s" for k, ttl in keys)
+    return f"add element inet {table} {set_name} {{ {items} }}\n"
+
+
+def from_timed_json_item(set_name: str, item: Any) -> tuple[Key, int] | None:
+    """A listed element of a timeout set as (key, seconds left); None without a timeout."""
+    if not (isinstance(item, dict) and "elem" in item and "expires" in item["elem"]):
+        return None
+    return from_json_item(set_name, item).key, int(item["elem"]["expires"])
+
+
 def to_text(table: str, elements: list[Element]) -> str:
     """`add element` lines, for the atomic full reload."""
     by_set: dict[str, list[str]] = {}

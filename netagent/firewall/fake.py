@@ -61,7 +61,9 @@ class FakeFirewall:
     def reload(self, rules_text: str, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
         if self.fail_next is not None:
             self._begin()
+        kept = dict((self.sets or {}).get(names.FQDN_IPS, {}))   # DNS admissions survive, as in HostTable
         self.sets = _filled({name: {} for name in names.ALL}, [*fixed, *dynamic])
+        self.sets[names.FQDN_IPS] = kept
         self.rules_text = rules_text
         self.transactions += 1
         self.handle += 1

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+from netagent.agent import Agent
+from netagent.state import StateStore
+from tests.conftest import agent_config
 from tests.datapath.helpers import counter_packets, elements
 from tests.testbed import sh
 from tests.testbed.bed import ECHO_PORT, HTTP_PORT, WEB2_IP, WEB_IP, LightGuest
@@ -111,3 +114,38 @@ async def test_a_flood_from_one_sandbox_is_cut_in_the_kernel_and_the_others_lose
     await asyncio.sleep(1.0)
     flooder_guest = LightGuest.attach(bed, flooder, "f")
     assert (await dns(flooder_guest, "ask", "public.test"))["rcode"] == "NOERROR"  # served again once it stops
+
+
+async def test_a_start_that_reloads_the_table_keeps_what_sandboxes_resolved(bed, tmp_path):
+    """An upgrade whose rules differ makes the next start reload the host table
+    (#26): an allowlisted sandbox keeps reaching the address it resolved before,
+    without resolving again, and the admission keeps the time it had left."""
+    agent = Agent(agent_config(bed, tmp_path / "state"))
+    await agent.start()
+    try:
+        guest, sandbox_ip = await attach(bed, agent, "keep-1", {"internet": False, "allow_out": ["public.test"]}, "k")
+        assert not await reach(guest, WEB_IP, ECHO_PORT)                       # not before it resolves
+        assert (await dns(guest, "ask", "public.test"))["answers"] == [WEB_IP]
+        assert await reach(guest, WEB_IP, ECHO_PORT)
+        before = timed_admissions(bed, sandbox_ip)
+    finally:
+        await agent.stop()
+    store = StateStore(tmp_path / "state")     # rules of an older version: the start reloads the table
+    store.set_meta("ruleset_fingerprint", "from-an-older-version")
+    store.close()
+    upgraded = Agent(agent_config(bed, tmp_path / "state"))
+    await upgraded.start()
+    try:
+        assert upgraded.keeper.last_reloaded
+        after = timed_admissions(bed, sandbox_ip)
+        assert after.keys() == before.keys() == {WEB_IP}
+        assert 0 < after[WEB_IP] <= before[WEB_IP]
+        assert await reach(guest, WEB_IP, ECHO_PORT)
+    finally:
+        await upgraded.stop()
+
+
+def timed_admissions(bed, sandbox_ip: str) -> dict[str, int]:
+    """Admitted address -> seconds left, for one sandbox."""
+    return {e["elem"]["val"]["concat"][1]: e["elem"]["expires"]
+            for e in elements(bed.host, bed.agent_prefix, "fqdn_ips") if e["elem"]["val"]["concat"][0] == sandbox_ip}
