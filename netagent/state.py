@@ -133,7 +133,7 @@ class StateStore:
         which the agent calls on a worker thread. By default SQLite does it
         inside whichever commit crosses 1,000 pages, with an fsync: under
         churn that was a 12-22 ms commit on the event loop every few seconds
-        (docs/performance.md, "Sustained churn")."""
+        (docs/history/performance-log.md, "Sustained churn")."""
         self.db.execute("PRAGMA wal_autocheckpoint=0")
 
     def checkpoint(self) -> None:

@@ -31,7 +31,7 @@ EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_R
 def usage_to_proto(sandbox_id: str, usage: dict[str, dict[str, int]]) -> pb.SandboxUsage:
     """A ledger total (usage/ledger.py Counts.as_dict(): "egress_sent" -> packets, bytes)."""
     # nested dicts, one constructor: 40% faster than a message per counter
-    # (2,000 sandboxes per `netagent ls`; docs/performance.md, "CLI start-up")
+    # (2,000 sandboxes per `netagent ls`; docs/history/performance-log.md, "CLI start-up")
     return pb.SandboxUsage(
         sandbox_id=sandbox_id,
         egress={"sent": usage["egress_sent"], "received": usage["egress_received"]},
@@ -141,7 +141,8 @@ def port_to_proto(p: ExposedPort | dict[str, Any]) -> pb.ExposedPort:
 def sandboxes_to_proto(plan: Any, guest: Any, records: Sequence[Any], port_view: Any) -> list[pb.Sandbox]:
     """List's answer straight from inventory records (core/allocation.py): what
     sandbox_to_proto(network_of(...)) gives each, without a pydantic Network
-    per sandbox (~80% of List's time at 2,000 sandboxes; docs/performance.md).
+    per sandbox (~80% of List's time at 2,000 sandboxes; docs/history/performance-log.md, "CLI
+    start-up").
     The host's guest facts are the same for every sandbox: computed once."""
     boot_ip_arg = plan.boot_ip_arg(dns=str(guest.gateway_ip))
     host = {"tap": guest.tap_name, "guest_ip": str(guest.guest_ip), "guest_prefixlen": guest.prefixlen,

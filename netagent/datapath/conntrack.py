@@ -3,7 +3,7 @@ tuple (a flush), optionally filtered by mark. The message is a few bytes of
 struct.pack; pyroute2's NFCTSocket built it through its Python request layer
 and, for the slot flush, a new socket with its own event loop per call:
 Python holding the GIL that the API loop needs, 20 times a second under
-churn (docs/performance.md, "Sustained churn"). Building and reading the
+churn (docs/history/performance-log.md, "Sustained churn"). Building and reading the
 messages is pure; `flush_mark` and `flush_all` do the I/O.
 """
 from __future__ import annotations

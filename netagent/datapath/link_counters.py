@@ -5,7 +5,7 @@ Why not pyroute2's `get_links()`: it decodes every attribute of every link
 (inet6 devconf arrays and all), ~2.3 s of CPU per dump of 4,000+ links at
 2,000 sandboxes (py-spy of an idle agent: most of the cleaner thread's
 samples), holding the GIL so API calls stalled up to 1 s behind each metrics
-refresh (docs/performance.md, "Metrics refresh"). Parsing is pure (`parse`);
+refresh (docs/history/performance-log.md, "Metrics refresh"). Parsing is pure (`parse`);
 `dump` is the one call that does I/O.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ socket.
 Why not libnftables' `list counters`: it fills its cache with every set
 element first, and under churn the ruleset generation moves during that
 fetch, so it starts over; py-spy of a churning 2,000-sandbox agent found the
-cleaner thread in it for 74% of 20 s (docs/performance.md, "Metrics
+cleaner thread in it for 74% of 20 s (docs/history/performance-log.md, "Metrics
 refresh"). Building and reading the messages is pure; `packets` does the I/O.
 """
 from __future__ import annotations

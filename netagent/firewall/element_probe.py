@@ -2,7 +2,7 @@
 key, on a netfilter netlink socket. libnftables' `get element` fills its
 cache with every set's elements first (about 65 ms at 2,000 sandboxes, per
 call): the slot cleaner asked it once per released slot and spent most of
-its time there (docs/performance.md, "Release at 2,000 sandboxes").
+its time there (docs/history/performance-log.md, "Closing netlink sockets").
 Building and reading the messages is pure; `has_element` is the one call
 that does I/O, in the calling thread's netns.
 """

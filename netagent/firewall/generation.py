@@ -2,7 +2,7 @@
 every committed transaction (NFT_MSG_GETGEN). The ruleset watcher reads it
 instead of listing the table each interval: libnftables fills its cache with
 every set element before any listing, about 65 ms a check at 2,000 sandboxes
-(docs/performance.md, "Ruleset watch"). Building and reading the messages is
+(docs/history/performance-log.md, "Ruleset watch"). Building and reading the messages is
 pure; read_generation is the one call that does I/O, in the calling thread's netns.
 """
 from __future__ import annotations
@@ -74,7 +74,8 @@ class GenerationWatch:
     Our generations are kept, not only the next one: a listing takes tens of
     ms at 2,000 sandboxes, and our commits made during it come before the
     listing's generation is known. Dropping them kept the watcher listing
-    back to back under steady churn (profiled: docs/performance.md)."""
+    back to back under steady churn (profiled: docs/history/performance-log.md,
+    "Closing netlink sockets")."""
 
     KEEP = 4096   # our generations remembered ahead of `verified`
 

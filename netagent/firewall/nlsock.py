@@ -6,7 +6,7 @@ NETLINK_URELEASE hook, which takes the netns' commit mutex and waits for the
 previous transaction's destroy work (an RCU grace period). Measured here: a
 GETGEN on a fresh socket right after a commit took 14 ms, on a kept socket
 20 us; and every nft transaction of the netns waits meanwhile
-(docs/performance.md, "Closing netlink sockets"). A socket belongs to the
+(docs/history/performance-log.md, "Closing netlink sockets"). A socket belongs to the
 netns it was made in, so the cache is keyed by the thread's current netns.
 """
 from __future__ import annotations

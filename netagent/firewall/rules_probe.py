@@ -8,7 +8,7 @@ element into its cache first, 82 ms a call at 2,000 sandboxes (~26,000
 elements) on a quiet host, and starts over whenever the ruleset generation
 moves meanwhile: under churn (20 commits/s) a benchmark measured calls of up to
 1,272 ms, on the host thread that also applies every allocate's transaction
-(docs/performance.md, "Ruleset watch"). These dumps carry no elements.
+(docs/history/performance-log.md, "Ruleset watch"). These dumps carry no elements.
 
 What is hashed defines the rules. Left out, because traffic or elements change
 it: use counts, sets' element counts, base chains' counters, the data of

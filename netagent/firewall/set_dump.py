@@ -6,7 +6,7 @@ first, formats text that we parse again, and starts over whenever a commit
 moves the ruleset generation meanwhile: the six listings took 54 ms at 2,000
 sandboxes on a quiet host and 109-297 ms under churn (20 commits/s), on the
 cleaner thread; the dumps take 28 ms of thread CPU either way, and at 10,000
-sandboxes under churn 0.2 s against 10 s and more (docs/performance.md,
+sandboxes under churn 0.2 s against 10 s and more (docs/history/performance-log.md,
 "Usage accounting: the cost of a reading").
 
 Why a fast path: reading each element with the generic attribute walker

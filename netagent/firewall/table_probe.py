@@ -1,7 +1,7 @@
 """Does an nft table exist: one NFT_MSG_GETTABLE request on a netfilter netlink
 socket. `netagent status` asks this; libnftables' `list tables` fills a cache
 of the whole ruleset first, 0.15-0.3 s with 2,000 sandboxes' elements
-(docs/performance.md, "CLI start-up"). Building and reading the messages is
+(docs/history/performance-log.md, "CLI start-up"). Building and reading the messages is
 pure; table_exists is the one call that does I/O, in the calling thread's netns.
 """
 from __future__ import annotations

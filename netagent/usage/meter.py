@@ -76,7 +76,7 @@ class UsageMeter:
         Runs on the event loop, so it skips what did not move and lets other
         work in every FOLD_CHUNK entries: a whole reading at 2,000 sandboxes
         held the loop 55-140 ms under churn, and allocates waited behind it
-        (docs/performance.md, "Sustained churn")."""
+        (docs/history/performance-log.md, "Sustained churn")."""
         changed: list[tuple[str, str, str]] = []
         sets = [by_set.get(SET_OF_KEY[key], {}) for key in KEYS]
         for n, sid in enumerate(sandbox_ids):

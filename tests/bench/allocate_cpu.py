@@ -4,7 +4,7 @@ times, much less moved by a busy machine (waiting for a core costs no CPU).
 An agent with a small pool in namespaces it creates, 10 allocations, no pool
 refills while measuring, then `--allocates` allocates one after another; the
 process's user+sys time and each thread's are divided by their number. Run it
-from each tree to compare them, alternating (docs/performance.md, issue 12):
+from each tree to compare them, alternating (docs/history/performance-log.md, "Core redesign (issue 12)"):
 
   python -m tests.bench.allocate_cpu [--allocates 200] [--out FILE]
 """
