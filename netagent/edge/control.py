@@ -53,6 +53,7 @@ class EdgeControl:
         self.pushes = 0                     # times the mirror was loaded into HAProxy
         self.synced = asyncio.Event()       # HAProxy holds the mirror, and the mirror follows the registry
         self.haproxy_pid = ""               # the process that holds the mirror ("": none known)
+        self.new_process_seen_at = 0.0      # monotonic time the watcher last saw a new pid
         self._have_state = False            # the mirror came from a registry snapshot
         self._feed_ok = False
         self._pushing = False
@@ -173,4 +174,5 @@ class EdgeControl:
             pid = await haproxy_pid(self.runtime.socket_path)
             if pid and pid != self.haproxy_pid and not self._pushing:
                 log.info("edge: haproxy pid %s -> %s", self.haproxy_pid or "-", pid)
+                self.new_process_seen_at = time.monotonic()
                 self._new_process.set()

@@ -44,11 +44,19 @@ class Traffic:
     name: str
     tls: ssl.SSLContext | None = None
     results: list[tuple[int | str, str]] = field(default_factory=list)
+    in_flight: bool = False
 
     async def run(self) -> None:
         while True:
-            self.results.append(await self._one())
+            self.in_flight = True
+            result = await self._one()
+            self.results.append(result)
+            self.in_flight = False
             await asyncio.sleep(0.005)
+
+    def mark(self) -> int:
+        """Index of the first result of a request begun from now on (the loop makes one at a time)."""
+        return len(self.results) + self.in_flight
 
     async def _one(self) -> tuple[int | str, str]:
         try:
@@ -70,8 +78,8 @@ class Traffic:
             return type(exc).__name__, ""
 
     async def more(self, n: int = ENOUGH, timeout_s: float = 30) -> int:
-        """Until n more requests were answered; returns the count at the start."""
-        start = len(self.results)
+        """Until n requests begun from now on were answered; returns mark() at the start."""
+        start = self.mark()
         await eventually(lambda: _true(len(self.results) >= start + n), timeout_s=timeout_s)
         return start
 
@@ -161,9 +169,9 @@ async def test_seamless_reload_keeps_every_route(tmp_path, registry, upstream) -
     await fill(registry, upstream)
     async with edge(tmp_path, registry.url) as (haproxy, control), traffic(haproxy.http_port, LIVE) as loop:
         async with stopped(control):
-            before = len(loop.results)
-            await asyncio.to_thread(haproxy.reload)      # returns once the old process has exited
-            across = len(loop.results) - before
+            before = loop.mark()
+            await asyncio.to_thread(haproxy.reload)      # returns once the old process stopped its frontend
+            across = loop.mark() - before
             await served_from_files_then_synced(haproxy, loop, control)
         await eventually(lambda: is_status(haproxy.http_port, UNKNOWN, 404), timeout_s=10)
         # The control plane left the old process (its admin connection held it), which exits.
@@ -202,11 +210,11 @@ async def test_kill_9_of_haproxy_then_a_restart(tmp_path, registry, upstream) ->
     await fill(registry, upstream)
     async with edge(tmp_path, registry.url) as (haproxy, control), traffic(haproxy.http_port, LIVE) as loop:
         async with stopped(control):
-            down = len(loop.results)
+            down = loop.mark()
             haproxy.kill()
             await loop.more(1)                       # at least one request while nothing listens
             await asyncio.to_thread(haproxy.start)
-            up = len(loop.results)
+            up = loop.mark()
             await served_from_files_then_synced(haproxy, loop, control)
         await eventually(lambda: is_status(haproxy.http_port, UNKNOWN, 404), timeout_s=10)
         await loop.more()
