@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,9 +31,8 @@ from netagent.edge.feeds import open_feed
 from netagent.edge.mapfiles import DEFAULT_INTERVAL_S, MapFileWriter
 from netagent.edge.maps import DEFAULT_SHARDS, MapMirror, record_entries
 from netagent.edge.runtime import HAProxyRuntime
-from netagent.registry import NodeRecord, open_registry
-from tests.bench.haproxy_bench import BODY, GUEST_CONFIG, LOOPBACK, sandbox
-from tests.testbed.haproxy_proc import HAProxy, loopback_port
+from tests.bench.haproxy_bench import LOOPBACK, node_registry, sandbox, start_guest
+from tests.testbed.haproxy_proc import HAProxy
 
 DOMAIN = "sbx.bench.test"
 KNOWN = f"3000-live.{DOMAIN}"
@@ -97,13 +95,8 @@ async def _is(port: int, name: str, want: int) -> bool:
 
 
 async def reloads(records: int, workdir: Path, rounds: int) -> dict:
-    guest_port = loopback_port()
-    (workdir / "guest.cfg").write_text(GUEST_CONFIG.format(port=guest_port, body=BODY))
-    guest = subprocess.Popen(["haproxy", "-db", "-f", str(workdir / "guest.cfg")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    registry = open_registry(f"sqlite:///{workdir}/registry.db")
-    await registry.connect()
-    await registry.refresh(NodeRecord("node-1", LOOPBACK, time.time()), [], 3600)   # v2 records: node alive
+    guest_port, guest = start_guest(workdir)
+    registry = await node_registry(f"sqlite:///{workdir}/registry.db")
     haproxy = HAProxy.for_test(workdir / "edge", DOMAIN, threads=2, shards=DEFAULT_SHARDS)
     task = None
     try:

@@ -33,7 +33,7 @@ from netagent.edge.control import EdgeControl
 from netagent.edge.feeds import open_feed
 from netagent.edge.maps import DEFAULT_SHARDS
 from netagent.edge.runtime import HAProxyRuntime
-from netagent.registry import NodeRecord, PortRecord, SandboxRecord, open_registry
+from netagent.registry import NodeRecord, PortRecord, Registry, SandboxRecord, open_registry
 from tests.edge.helpers import wait_listening
 from tests.testbed.haproxy_proc import HAProxy, loopback_port
 from tests.testbed.redis_proc import RedisServer
@@ -103,14 +103,25 @@ def sandbox(sid: str, host_port: int, seq: int = 1, reachable: bool = True) -> S
         PortRecord(3000, "tcp", host_port, reachable, 0.0, 0.0),))
 
 
-async def throughput(seconds: float, connections: int, workdir: Path, shards: int) -> dict:
+def start_guest(workdir: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """The "guest": a haproxy answering a 64-byte 200 on a loopback port."""
     guest_port = loopback_port()
     (workdir / "guest.cfg").write_text(GUEST_CONFIG.format(port=guest_port, body=BODY))
-    guest = subprocess.Popen(["haproxy", "-db", "-f", str(workdir / "guest.cfg")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    registry = open_registry(f"sqlite:///{workdir}/registry.db")
+    return guest_port, subprocess.Popen(["haproxy", "-db", "-f", str(workdir / "guest.cfg")],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def node_registry(url: str) -> Registry:
+    """A connected registry whose node-1 is alive (so its v2 records are served)."""
+    registry = open_registry(url)
     await registry.connect()
-    await registry.refresh(NodeRecord("node-1", LOOPBACK, time.time()), [], 3600)   # v2 records: node alive
+    await registry.refresh(NodeRecord("node-1", LOOPBACK, time.time()), [], 3600)
+    return registry
+
+
+async def throughput(seconds: float, connections: int, workdir: Path, shards: int) -> dict:
+    guest_port, guest = start_guest(workdir)
+    registry = await node_registry(f"sqlite:///{workdir}/registry.db")
     await registry.put_sandbox(sandbox("bench", guest_port), ttl_s=3600)
     _, pem = wildcard_pem(workdir / "pki", DOMAIN)
     https = loopback_port()
@@ -164,13 +175,8 @@ async def throughput(seconds: float, connections: int, workdir: Path, shards: in
 
 async def propagation(url: str, records: int, samples: int, workdir: Path) -> dict:
     """Fill the registry, full-sync a fresh haproxy, then time write -> first 200 for new sandboxes."""
-    guest_port = loopback_port()
-    (workdir / "guest.cfg").write_text(GUEST_CONFIG.format(port=guest_port, body=BODY))
-    guest = subprocess.Popen(["haproxy", "-db", "-f", str(workdir / "guest.cfg")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    registry = open_registry(url)
-    await registry.connect()
-    await registry.refresh(NodeRecord("node-1", LOOPBACK, time.time()), [], 3600)   # v2 records: node alive
+    guest_port, guest = start_guest(workdir)
+    registry = await node_registry(url)
     haproxy = HAProxy.for_test(workdir / f"edge-{records}", DOMAIN, threads=1)
     try:
         batch = [sandbox(f"fill{i}", 40000 + i % 1000) for i in range(records)]
