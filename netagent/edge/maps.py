@@ -24,7 +24,7 @@ from ..registry import SandboxRecord
 from ..registry.records import READABLE_VERSIONS
 
 DEFAULT_SHARDS = 64
-# What the HAProxy config accepts as a host label's sandbox id (routing.py: DNS_ID).
+# What the HAProxy config accepts as a host label's sandbox id (haproxy.cfg.tmpl: host_form).
 HOST_FORM_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 # A map value is one token to the runtime API: no whitespace, and '|' separates fields.
 _VALUE_SAFE = re.compile(r"[^\s|]*")
