@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-EDGE_HELP = ("program a HAProxy edge from the registry (--haproxy-socket), or run the legacy Python "
-             "HTTP/1.1 proxy (docs/edge.md)")
+EDGE_HELP = "program a HAProxy edge from the registry (docs/edge.md)"
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

@@ -1,8 +1,2 @@
-"""The reference edge: an HTTP/1.1 reverse proxy from `{port}-{sandboxId}.{domain}`
-to the node and host port the routing registry names. See docs/edge.md."""
-from __future__ import annotations
-
-from .proxy import EdgeConfig, EdgeServer
-from .routing import RouteError, Router, Target
-
-__all__ = ["EdgeConfig", "EdgeServer", "RouteError", "Router", "Target"]
+"""The edge's control plane: HAProxy serves `{port}-{sandboxId}.{domain}`, and
+`netagent edge` keeps its routing maps equal to the registry. See docs/edge.md."""

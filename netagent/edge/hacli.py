@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..logs import setup_logging
 from .haconfig import EdgeSettings
+from .mapfiles import DEFAULT_INTERVAL_S
 from .maps import DEFAULT_SHARDS
 
 log = logging.getLogger("netagent.edge")
@@ -35,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--url-signing-key-file", help="key (>= 32 bytes) for signed URLs to private ports; "
                    "it is written into HAProxy's config, so keep that file private")
     g.add_argument("--threads", type=int, default=2, help="HAProxy threads")
+    g.add_argument("--map-write-interval", type=float, default=DEFAULT_INTERVAL_S, metavar="S",
+                   help="rewrite a changed shard's map file at most once per S seconds (how stale the files "
+                        "a reloaded HAProxy loads may be; default %(default)s)")
 
 
 def settings_from(args: argparse.Namespace) -> EdgeSettings:
@@ -58,7 +62,7 @@ async def control(args: argparse.Namespace) -> None:
     registry = open_registry(args.registry)
     feed = open_feed(registry)  # type: ignore[arg-type]
     runtime = HAProxyRuntime(args.haproxy_socket, args.map_dir)
-    edge = EdgeControl(feed, runtime, args.shards)
+    edge = EdgeControl(feed, runtime, args.shards, map_write_interval_s=args.map_write_interval)
     task = asyncio.create_task(edge.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -82,5 +86,7 @@ def run(args: argparse.Namespace) -> int:
         path = write_haproxy_files(settings_from(args), args.write_haproxy_config)
         print(path)
         return 0
+    if not 0 < args.map_write_interval <= 60:
+        raise SystemExit("netagent edge: --map-write-interval must be in (0, 60] seconds")
     asyncio.run(control(args))
     return 0

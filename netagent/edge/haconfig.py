@@ -72,6 +72,15 @@ def shard_map(map_dir: str, shard: int) -> str:
     return f"{map_dir}/s{shard:03d}.map"
 
 
+SYNCED_KEY = "edge"
+
+
+def synced_map(map_dir: str) -> str:
+    """The flag map: empty on disk, so a new HAProxy process starts without the flag;
+    the control plane adds SYNCED_KEY once it has synced that process."""
+    return f"{map_dir}/synced.map"
+
+
 def _binds(s: EdgeSettings) -> str:
     lines = [f"    bind {addr}" for addr in s.http_listen]
     lines += [f"    bind {addr} ssl crt {s.tls_pem} alpn h2,http/1.1 strict-sni" for addr in s.https_listen]
@@ -80,21 +89,25 @@ def _binds(s: EdgeSettings) -> str:
 
 def _shard_backends(s: EdgeSettings, answers: dict[str, str]) -> str:
     template = Template(resources.files(__package__).joinpath("haproxy-shard.cfg.tmpl").read_text())
-    return "\n".join(template.substitute(shard=i, shards=s.shards, map=shard_map(s.map_dir, i), **answers)
+    return "\n".join(template.substitute(shard=i, shards=s.shards, map=shard_map(s.map_dir, i),
+                                         synced_map=synced_map(s.map_dir), synced_key=SYNCED_KEY, **answers)
                      for i in range(s.shards))
 
+
+RETRY_AFTER_S = 1      # the 503 of a process not synced yet: the control plane syncs it within ~1 s
 
 _JSON_IDS = '"sandboxId":"%[var(txn.sid)]","port":%[var(txn.port)]'
 
 
-def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True) -> str:
+def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True,
+            extra_headers: str = "") -> str:
     """Two `http-request return` lines: JSON when json_answer, else HTML."""
     ids = _JSON_IDS if with_ids else '"sandboxId":null,"port":null'
     json_body = f"{{{ids},\"message\":\"{message}\"}}"
     html_body = (f"<!DOCTYPE html>\\n<html><head><meta charset=utf-8><title>{status} {title}</title></head>\\n"
                  f"<body><h1>{status} {title}</h1>\\n<p>{message}</p></body></html>\\n")
     common = f"http-request return status {status}"
-    headers = "hdr Cache-Control no-store"
+    headers = "hdr Cache-Control no-store" + extra_headers
     return (f"    {common} content-type application/json lf-string '{json_body}' {headers} "
             f"if {condition} json_answer\n"
             f"    {common} content-type \"text/html; charset=utf-8\" lf-string \"{html_body}\" {headers} "
@@ -160,6 +173,10 @@ def render(s: EdgeSettings) -> str:
     answers = {
         "answer_401": "\n".join(_answer(401, "Unauthorized", "a valid access token is required", cond) for cond in (
             "private !token_ok !signed", "presents_token !known", "presents_token !exposed")),
+        # Not synced yet: what the maps lack may only be missing from the files on disk.
+        "answer_503": "\n".join(_answer(503, "Service Unavailable", "the edge is loading its routes, retry shortly",
+                                         cond, extra_headers=f" hdr Retry-After {RETRY_AFTER_S}")
+                                 for cond in ("!known !synced", "!exposed !synced")),
         "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
         "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
     }

@@ -1,11 +1,12 @@
-"""Write what HAProxy needs before it starts: its config, the (empty) shard
-maps it loads, and the 504 error file. The control plane fills the maps."""
+"""Write what HAProxy needs before it starts: its config, the shard maps it loads
+(created empty; the control plane keeps them current), the flag map (always empty
+on disk: a new process is not synced) and the 504 error file."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .haconfig import EdgeSettings, error_504, render, shard_map
+from .haconfig import EdgeSettings, error_504, render, shard_map, synced_map
 
 
 def write_haproxy_files(settings: EdgeSettings, config_path: str | Path) -> Path:
@@ -16,6 +17,7 @@ def write_haproxy_files(settings: EdgeSettings, config_path: str | Path) -> Path
         path = Path(shard_map(settings.map_dir, shard))
         if not path.exists():
             path.touch()
+    _write(Path(synced_map(settings.map_dir)), "")
     _write(Path(settings.errors_dir) / "504.http", error_504())
     config_path = Path(config_path)
     _write(config_path, text, private=bool(settings.url_signing_key))

@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from ..registry import SandboxRecord
 from ..registry.records import READABLE_VERSIONS
 
 DEFAULT_SHARDS = 64
-# What the HAProxy config accepts as a host label's sandbox id (routing.py: DNS_ID).
+# What the HAProxy config accepts as a host label's sandbox id (haproxy.cfg.tmpl: host_form).
 HOST_FORM_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 # A map value is one token to the runtime API: no whitespace, and '|' separates fields.
 _VALUE_SAFE = re.compile(r"[^\s|]*")
@@ -139,21 +139,34 @@ class MapMirror:
     def __init__(self, shards: int = DEFAULT_SHARDS) -> None:
         self.shards = shards
         self.by_sandbox: dict[str, Entries] = {}
+        self._shard_ids: list[set[str]] = [set() for _ in range(shards)]
 
     def reset(self, by_sandbox: Mapping[str, Entries]) -> ShardedEntries:
         """For a full sync: the mirror holds exactly these entries; returns every shard's contents."""
         self.by_sandbox = {sid: entries for sid, entries in by_sandbox.items() if entries}
-        out: ShardedEntries = {i: {} for i in range(self.shards)}
-        for sid, entries in self.by_sandbox.items():
-            out[shard_of(sid, self.shards)].update(entries)
-        return out
+        self._shard_ids = [set() for _ in range(self.shards)]
+        for sid in self.by_sandbox:
+            self._shard_ids[shard_of(sid, self.shards)].add(sid)
+        return self.sharded()
+
+    def sharded(self) -> ShardedEntries:
+        """Every shard's contents (what HAProxy must hold)."""
+        return {i: dict(self.shard_entries(i)) for i in range(self.shards)}
+
+    def shard_entries(self, shard: int) -> Iterator[tuple[str, str]]:
+        """One shard's entries, each sandbox's existence entry before its ports."""
+        for sid in self._shard_ids[shard]:
+            yield from self.by_sandbox[sid].items()
 
     def replace(self, sandbox_id: str, new: Entries) -> list[MapOp]:
         """The ops that turn what HAProxy has for the sandbox into `new` ({}: remove it)."""
         old = self.by_sandbox.get(sandbox_id, {})
         ops = diff_sandbox(sandbox_id, old, new, self.shards)
+        ids = self._shard_ids[shard_of(sandbox_id, self.shards)]
         if new:
             self.by_sandbox[sandbox_id] = new
+            ids.add(sandbox_id)
         else:
             self.by_sandbox.pop(sandbox_id, None)
+            ids.discard(sandbox_id)
         return ops

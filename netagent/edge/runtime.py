@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from .haconfig import shard_map
+from .haconfig import SYNCED_KEY, shard_map, synced_map
 from .maps import MapOp, ShardedEntries
 
 PROMPT_END = b"\n> "
@@ -96,7 +96,8 @@ class HAProxyRuntime:
         return f"{op.verb} map {path} {op.key} {op.value}\n"
 
     async def load_all(self, shards: ShardedEntries) -> None:
-        """Replace every shard's contents at once per shard (prepare, payloads, commit)."""
+        """Replace every shard's contents at once per shard (prepare, payloads, commit),
+        then set the flag that this process is synced (unknown hosts: 404, not 503)."""
         paths = {i: shard_map(self.map_dir, i) for i in shards}
         replies = await self.commands([f"prepare map {paths[i]}\n" for i in shards])
         versions = {}
@@ -114,6 +115,38 @@ class HAProxyRuntime:
         for i, reply in zip(shards, replies, strict=True):
             if reply.strip():
                 raise HAProxyError(f"haproxy refused commit map {paths[i]}: {reply.strip()}")
+        await self.set_synced()
+
+    async def set_synced(self) -> None:
+        """Idempotent: the flag map holds exactly the one key (it is empty on disk)."""
+        flag = synced_map(self.map_dir)
+        (reply,) = await self.commands([f"prepare map {flag}\n"])
+        if not reply.startswith("New version created:"):
+            raise HAProxyError(f"haproxy refused prepare map {flag}: {reply.strip()}")
+        version = reply.split(":", 1)[1].strip()
+        replies = await self.commands([f"add map @{version} {flag} {SYNCED_KEY} 1\n",
+                                       f"commit map @{version} {flag}\n"])
+        if any(r.strip() for r in replies):
+            raise HAProxyError(f"haproxy refused the synced flag in {flag}: {' '.join(replies).strip()}")
+
+
+async def haproxy_pid(socket_path: str, timeout_s: float = 1.0) -> str:
+    """The pid of the process that now owns the admin socket, on a fresh connection
+    (a kept connection may still reach an old process after a reload); "" if none answers."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_unix_connection(socket_path)
+            try:
+                writer.write(b"show info\n")
+                reply = await reader.read()
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return ""
+    for line in reply.decode(errors="replace").splitlines():
+        if line.startswith("Pid: "):
+            return line[5:].strip()
+    return ""
 
 
 def _payloads(entries: dict[str, str]) -> list[str]:

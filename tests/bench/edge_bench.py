@@ -1,14 +1,19 @@
-"""Edge benchmark on loopback: the same keep-alive HTTP/1.1 load sent straight to an
-upstream server and through `netagent edge` (SQLite registry), in the same run.
+"""The edge against its baseline, the sandbox's DNATed port itself, in the same run.
 
   python -m tests.bench.edge_bench [--seconds 3] [--connections 16]
 
-Three processes share the machine: the upstream (asyncio Protocol, a 64-byte
-200 answer), the edge (a subprocess, logging at INFO to /dev/null) and this
-client. Targets: direct; the edge as configured by default (registry answers
-cached 250 ms); the edge with --cache-ms 0 (a registry read per request). Each
-gets a serial run (1 connection: latency) and a concurrent run (--connections:
-requests/s and latency under load). Prints JSON.
+A real Agent (SQLite registry) in the test bed's host netns allocates one sandbox;
+a light guest (its own netns, wired to the slot's tap by the test bed's frame relay)
+runs a small haproxy answering a 64-byte 200 on port 3000, which the agent exposes
+(DNAT from a host port on the uplink, 198.51.100.2). The HAProxy edge runs in the
+test bed's "internet" netns, programmed by the control plane from the agent's
+registry. h2load, also in the internet netns, one request in flight per connection:
+  dnat       http://198.51.100.2:{host_port}/: what a client reaches without the edge
+  edge_http  through the edge, plain HTTP/1.1, to the same port
+  edge_h2    through the edge, HTTPS + HTTP/2, to the same port
+Each path: a serial run (1 connection: p50/p99) and a concurrent one (--connections:
+requests/s). The edge's cost is its figures over dnat's. Prints JSON. Every packet
+stays in namespaces the test bed made (TEST-NET addresses).
 """
 from __future__ import annotations
 
@@ -16,147 +21,118 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
+from pathlib import Path
 
-from netagent.registry import NodeRecord, PortRecord, SandboxRecord
-from netagent.registry.sqlite import SqliteRegistry
-from tests.edge.helpers import wait_listening
+from netagent.agent import Agent
+from netagent.config import Config
+from netagent.edge.control import EdgeControl
+from netagent.edge.feeds import open_feed
+from netagent.edge.runtime import HAProxyRuntime
+from netagent.registry import open_registry
+from tests.bench.haproxy_bench import BODY, GUEST_CONFIG, measure
+from tests.testbed import sh
+from tests.testbed.bed import DNS_IP, UPLINK_IP, LightGuest, Testbed
+from tests.testbed.haproxy_proc import HAProxy, loopback_port
+from tests.testbed.tls import wildcard_pem
 
-LOOPBACK = "127.0.0.1"
 DOMAIN = "sbx.bench.test"
-BODY = b"x" * 64
+GUEST_PORT = 3000
+HOST = f"{GUEST_PORT}-bench.{DOMAIN}"
 
 
-class _UpstreamProtocol(asyncio.Protocol):
-    """Answers every request head with the same small 200 (requests carry no body)."""
-
-    RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            self.buffer = self.buffer[end + 4:]
-            self.transport.write(self.RESPONSE)  # type: ignore[attr-defined]
-
-
-async def serve_upstream() -> None:
-    server = await asyncio.get_running_loop().create_server(_UpstreamProtocol, LOOPBACK, 0)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-async def one_connection(port: int, host: str, deadline: float, warmup_until: float, latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    request = f"GET /bench?q=1 HTTP/1.1\r\nHost: {host}\r\nUser-Agent: edge-bench\r\n\r\n".encode()
+def status_through(bed: Testbed, port: int, host: str) -> int:
+    res = sh.run(sh.PYTHON, "-m", "tests.testbed.http_get", f"127.0.0.1:{port}", "/", "--host", host,
+                 "--timeout", "2", ns=bed.inet, check=False, timeout=15)
     try:
-        while (start := time.perf_counter()) < deadline:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"unexpected answer {head[:60]!r}")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
-            if start >= warmup_until:
-                latencies.append(time.perf_counter() - start)
-    finally:
-        writer.close()
-
-
-async def load(port: int, host: str, connections: int, seconds: float) -> dict[str, float]:
-    latencies: list[float] = []
-    now = time.perf_counter()
-    warmup_until, deadline = now + 0.5, now + 0.5 + seconds
-    await asyncio.gather(*(one_connection(port, host, deadline, warmup_until, latencies)
-                           for _ in range(connections)))
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 3)
-
-    return {"requests": len(latencies), "rps": round(len(latencies) / seconds), "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99)}
-
-
-async def measure(port: int, host: str, connections: int, seconds: float) -> dict[str, dict[str, float]]:
-    return {"serial": await load(port, host, 1, seconds), "concurrent": await load(port, host, connections, seconds)}
-
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        return int(json.loads(res.stdout)["status"])
+    except (ValueError, KeyError):
+        return 0
 
 
 async def run(seconds: float, connections: int) -> dict:
-    procs: list[subprocess.Popen] = []
+    bed = Testbed().create()
+    procs: list[subprocess.Popen[bytes]] = []
+    haproxy: HAProxy | None = None
     try:
-        upstream = subprocess.Popen([sys.executable, "-m", "tests.bench.edge_bench", "--serve-upstream"],
-                                    stdout=subprocess.PIPE, text=True)
-        procs.append(upstream)
-        assert upstream.stdout is not None
-        upstream_port = int(upstream.stdout.readline())
         with tempfile.TemporaryDirectory() as tmp:
-            registry = SqliteRegistry(f"sqlite:///{tmp}/registry.db")
+            workdir = Path(tmp)
+            url = f"sqlite:///{workdir}/registry.db"
+            agent = Agent(Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0",
+                                 state_dir=workdir / "state", pool_size=1, dns_upstreams=[DNS_IP], registry_url=url))
+            await agent.start()
+            registry = open_registry(url)
             await registry.connect()
-            await registry.refresh(NodeRecord("node-1", LOOPBACK, time.time()), [], 3600)   # v2: node alive
-            await registry.put_sandbox(SandboxRecord("bench", "node-1", LOOPBACK, 1, time.time(), (
-                PortRecord(3000, "tcp", upstream_port, True, 0.0, 0.0),)), ttl_s=3600)
-            await registry.close()
-            out: dict = {"setup": {"seconds": seconds, "connections": connections, "cpus": os.cpu_count(),
-                                   "response_body_bytes": len(BODY), "registry": "sqlite"}}
-            out["direct"] = await measure(upstream_port, f"{LOOPBACK}:{upstream_port}", connections, seconds)
-            for name, extra in (("edge", []), ("edge_no_cache", ["--cache-ms", "0"])):
-                edge_port = free_port()
-                edge = subprocess.Popen([sys.executable, "-m", "netagent", "edge", "--registry", registry.url,
-                                         "--domain", DOMAIN, "--listen", f"{LOOPBACK}:{edge_port}", *extra],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                procs.append(edge)
-                await wait_listening(edge_port, edge)
-                out[name] = await measure(edge_port, f"3000-bench.{DOMAIN}", connections, seconds)
-                stop(edge)
-                out[f"ratios_{name}_over_direct"] = {
-                    f"{mode}_{figure}": round(out[name][mode][figure] / out["direct"][mode][figure], 2)
-                    for mode in ("serial", "concurrent") for figure in ("p50_ms", "p99_ms", "rps")}
-                out[f"added_latency_ms_{name}"] = {
-                    p: round(out[name]["serial"][p] - out["direct"]["serial"][p], 3) for p in ("p50_ms", "p99_ms")}
-            return out
+            control_task = None
+            try:
+                net = await agent.allocate("bench")
+                guest = await asyncio.to_thread(LightGuest.attach, bed, net, "0")
+                (workdir / "guest.cfg").write_text(GUEST_CONFIG.format(port=GUEST_PORT, body=BODY).replace(
+                    f"bind 127.0.0.1:{GUEST_PORT}", f"bind 0.0.0.0:{GUEST_PORT}"))
+                guest_server = subprocess.Popen(["ip", "netns", "exec", guest.name, "haproxy", "-db", "-f",
+                                                 str(workdir / "guest.cfg")],
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                procs.append(guest_server)
+                host_port = await agent.expose("bench", GUEST_PORT)
+
+                _, pem = wildcard_pem(workdir / "pki", DOMAIN)
+                https = loopback_port()
+                haproxy = HAProxy.for_test(workdir / "edge", DOMAIN, https_listen=(f"127.0.0.1:{https}",),
+                                           tls_pem=str(pem), redirect_to_https=False, threads=2)
+                haproxy.start(netns=bed.inet)
+                assert haproxy.proc is not None
+                control = EdgeControl(open_feed(registry), HAProxyRuntime(  # type: ignore[arg-type]
+                    haproxy.settings.admin_socket, haproxy.settings.map_dir), haproxy.settings.shards)
+                control_task = asyncio.create_task(control.run())
+                for _ in range(600):       # until the prober found the port open and the edge routes it
+                    if await asyncio.to_thread(status_through, bed, haproxy.http_port, HOST) == 200:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError("the edge never routed the sandbox port")
+
+                out: dict = {"setup": {"seconds": seconds, "connections": connections, "cpus": os.cpu_count(),
+                                       "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                                       "body_bytes": len(BODY), "tool": "h2load -m 1, in the internet netns",
+                                       "guest": "haproxy in a light guest (netns + the test bed's frame relay)",
+                                       "host_port": host_port}}
+                paths = {
+                    "dnat": (f"http://{UPLINK_IP}:{host_port}/", f"{UPLINK_IP}:{host_port}", False, guest_server.pid),
+                    "edge_http": (f"http://{HOST}/", f"127.0.0.1:{haproxy.http_port}", False, haproxy.proc.pid),
+                    "edge_h2": (f"https://{HOST}/", f"127.0.0.1:{https}", True, haproxy.proc.pid),
+                }
+                for name, (target, connect_to, h2, pid) in paths.items():
+                    out[name] = await asyncio.to_thread(measure, target, connect_to, connections, seconds, h2,
+                                                        workdir, pid, bed.inet)
+                for name in ("edge_http", "edge_h2"):
+                    out[f"{name}_over_dnat"] = {
+                        "added_p50_ms": round(out[name]["serial"]["p50_ms"] - out["dnat"]["serial"]["p50_ms"], 3),
+                        "added_p99_ms": round(out[name]["serial"]["p99_ms"] - out["dnat"]["serial"]["p99_ms"], 3),
+                        "concurrent_rps_ratio": round(out[name]["concurrent"]["rps"] / out["dnat"]["concurrent"]["rps"],
+                                                      2)}
+                out["setup"]["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+                return out
+            finally:
+                if control_task is not None:
+                    control_task.cancel()
+                    await asyncio.gather(control_task, return_exceptions=True)
+                await registry.close()
+                await agent.stop()
     finally:
-        for proc in reversed(procs):
-            stop(proc)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+        if haproxy is not None:
+            haproxy.stop()
+        bed.destroy()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve_upstream:
-        asyncio.run(serve_upstream())
-        return
     print(json.dumps(asyncio.run(run(args.seconds, args.connections)), indent=2))
 
 

@@ -1,9 +1,12 @@
 """Fixtures' plumbing for the HAProxy edge: a real haproxy and the control plane
-(in this process) over a real SQLite or Redis registry."""
+(in this process, or as its own process) over a real SQLite or Redis registry."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -53,3 +56,40 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 3.
             raise AssertionError(f"not true within {timeout_s} s")
         await asyncio.sleep(every_s)
     return time.monotonic() - start
+
+
+class ControlPlane:
+    """`netagent edge --haproxy-socket …` as its own process, so a test can stop it
+    (SIGSTOP: a control plane that has not seen a new HAProxy yet), or kill -9 it."""
+
+    def __init__(self, haproxy: HAProxy, registry_url: str, workdir: Path) -> None:
+        s = haproxy.settings
+        self.args = [sys.executable, "-m", "netagent", "edge", "--registry", registry_url, "--domain", DOMAIN,
+                     "--haproxy-socket", s.admin_socket, "--map-dir", s.map_dir, "--shards", str(s.shards)]
+        self.log_path = workdir / "control.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

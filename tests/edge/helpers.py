@@ -1,5 +1,5 @@
 """Test plumbing for the edge: an upstream HTTP/1.1 server and a raw client, both on
-127.0.0.1 and written independently of netagent.edge.http1 (so they check it)."""
+127.0.0.1 and written byte for byte here (they check HAProxy's framing)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,8 +8,6 @@ import contextlib
 import hashlib
 import json
 import socket
-import subprocess
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -297,18 +295,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
-
-
-async def wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    """Until a `netagent edge` subprocess accepts connections on LOOPBACK:port."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("netagent edge exited early")
-        try:
-            _, writer = await asyncio.open_connection(LOOPBACK, port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError("netagent edge did not start listening")
