@@ -223,7 +223,8 @@ class Agent(CoreApi):
         await self.readers.call(lambda: self.metrics.refresh_link_stats(link_counters.dump(), veths, ready))
         drops = await self.readers.call(lambda: self._readers_fw().counters())
         self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
-        self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total)
+        self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total, self.meter.read_at,
+                                  self.meter.failed_readings)
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a new config (SIGHUP). Read where it is used, so the pool
