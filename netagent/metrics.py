@@ -258,11 +258,7 @@ class Metrics:
         """Serve /metrics on a daemon thread; returns the bound port."""
         if self._http is not None:
             raise RuntimeError("metrics HTTP server already started")
-        host = (host or "0.0.0.0").strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_cls = type("MetricsHTTPServer", (_QuietHTTPServer,), {"address_family": family})
-        self._http = server_cls((host, port), MetricsHandler.factory(self.registry))
-        threading.Thread(target=self._http.serve_forever, name="netagent-metrics", daemon=True).start()
+        self._http = serve_http(self.registry, host, port)
         return int(self._http.server_address[1])
 
     def stop_http(self) -> None:
@@ -270,3 +266,13 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+def serve_http(registry: CollectorRegistry, host: str, port: int) -> ThreadingHTTPServer:
+    """/metrics of `registry` on a daemon thread (the agent's, the edge's)."""
+    host = (host or "0.0.0.0").strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_cls = type("MetricsHTTPServer", (_QuietHTTPServer,), {"address_family": family})
+    server = server_cls((host, port), MetricsHandler.factory(registry))
+    threading.Thread(target=server.serve_forever, name="netagent-metrics", daemon=True).start()
+    return server

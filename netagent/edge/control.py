@@ -15,6 +15,7 @@ from typing import Protocol
 
 from .feeds import Change, FeedLost
 from .maps import MapMirror, MapOp
+from .metrics import EdgeMetrics
 from .runtime import HAProxyError, HAProxyRuntime
 
 log = logging.getLogger("netagent.edge")
@@ -35,11 +36,12 @@ def ops_for(mirror: MapMirror, changes: list[Change]) -> list[MapOp]:
 
 class EdgeControl:
     def __init__(self, feed: Feed, runtime: HAProxyRuntime, shards: int,
-                 on_sync: Callable[[int, float], None] | None = None) -> None:
+                 on_sync: Callable[[int, float], None] | None = None, metrics: EdgeMetrics | None = None) -> None:
         self.feed = feed
         self.runtime = runtime
         self.mirror = MapMirror(shards)
         self.on_sync = on_sync
+        self.metrics = metrics or EdgeMetrics()
         self.full_syncs = 0
         self.synced = asyncio.Event()
         self._haproxy_pid = ""
@@ -51,10 +53,13 @@ class EdgeControl:
                 await self.full_sync()
                 while True:
                     changes = await self.feed.changes()
-                    await self.runtime.apply(ops_for(self.mirror, changes))
+                    ops = ops_for(self.mirror, changes)
+                    await self.runtime.apply(ops)
                     await self._check_haproxy()
+                    self.metrics.applied(len(ops), len(self.mirror.by_sandbox))
             except (FeedLost, HAProxyError) as exc:
                 self.synced.clear()
+                self.metrics.lost()
                 log.warning("edge: %s; full resync in %.1f s", exc, RETRY_S)
                 await asyncio.sleep(RETRY_S)
 
@@ -69,6 +74,7 @@ class EdgeControl:
         self._next_pid_check = time.monotonic() + PID_CHECK_S
         elapsed = time.monotonic() - started
         log.info("edge: full sync of %d records in %.3f s", len(snapshot), elapsed)
+        self.metrics.full_sync(len(self.mirror.by_sandbox))
         if self.on_sync:
             self.on_sync(len(snapshot), elapsed)
         self.synced.set()

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--url-signing-key-file", help="key (>= 32 bytes) for signed URLs to private ports; "
                    "it is written into HAProxy's config, so keep that file private")
     g.add_argument("--threads", type=int, default=2, help="HAProxy threads")
+    g.add_argument("--metrics-address", default="", metavar="HOST:PORT",
+                   help="the control plane's Prometheus /metrics (sync state and lag; docs/metrics.md); off if unset")
 
 
 def settings_from(args: argparse.Namespace) -> EdgeSettings:
@@ -50,15 +52,23 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
 
 
 async def control(args: argparse.Namespace) -> None:
+    from ..metrics import serve_http
     from ..registry import open_registry
     from .control import EdgeControl
     from .feeds import open_feed
+    from .metrics import EdgeMetrics
     from .runtime import HAProxyRuntime
 
     registry = open_registry(args.registry)
     feed = open_feed(registry)  # type: ignore[arg-type]
     runtime = HAProxyRuntime(args.haproxy_socket, args.map_dir)
-    edge = EdgeControl(feed, runtime, args.shards)
+    metrics = EdgeMetrics()
+    edge = EdgeControl(feed, runtime, args.shards, metrics=metrics)
+    http = None
+    if args.metrics_address:
+        host, _, port = args.metrics_address.rpartition(":")
+        http = serve_http(metrics.registry, host, int(port))
+        log.info("edge metrics on %s:%d", host, http.server_address[1])
     task = asyncio.create_task(edge.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,6 +83,9 @@ async def control(args: argparse.Namespace) -> None:
         await feed.close()
         await runtime.close()
         await registry.close()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
 
 
 def run(args: argparse.Namespace) -> int:
