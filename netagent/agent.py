@@ -104,6 +104,7 @@ class Agent(CoreApi):
         self.self_repair = SelfRepair(config.prefix, lambda: self.inventory.slots, RepairWork(
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
+        self.metrics.watch_repair_failures(lambda: self.self_repair.failures)
         self.traffic = TrafficWork(self.plan, self.builder, self.builds, self.cleaner, self._cleaner_fw,
                                    self.readers, self._readers_fw, lambda: self.config.guest)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(

@@ -79,6 +79,17 @@ class ReachabilityCollector(Collector):
                                   value=s["registry_refused"])
 
 
+class RepairFailuresCollector(Collector):
+    """Continuous reconcile's failed passes and slot repairs, read at scrape time."""
+
+    def __init__(self, failures: Any) -> None:
+        self.failures = failures   # () -> int
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("netagent_slot_repair_failures", "Continuous reconcile passes and slot repairs "
+                                  "that failed (each is retried).", value=self.failures())
+
+
 class LinkStatsCollector(Collector):
     def __init__(self, per_sandbox_labels: bool):
         self.per_sandbox_labels = per_sandbox_labels
@@ -189,6 +200,9 @@ class Metrics:
 
     def watch_reachability(self, status: Any) -> None:
         self.registry.register(ReachabilityCollector(status))
+
+    def watch_repair_failures(self, failures: Any) -> None:
+        self.registry.register(RepairFailuresCollector(failures))
 
     # ---- durations (seconds) --------------------------------------------
 
