@@ -36,6 +36,8 @@ def write_config(bed, tmp: Path, **over) -> Path:
 
 
 class Daemon:
+    cwd = sh.REPO   # `python -m netagent` imports the checkout from here
+
     def __init__(self, config: Path, env: dict[str, str] | None = None):
         self.config = config
         self.env = env
@@ -48,7 +50,7 @@ class Daemon:
     def start(self, timeout: float = 60) -> Daemon:
         """Waits for "netagent ready"; a daemon that exits first, or stays silent
         past `timeout`, is killed and fails the test (never a hang)."""
-        self.proc = subprocess.Popen(self.command(), cwd=sh.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.command(), cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(self.env or {})})
         ready, self._reader_done = threading.Event(), threading.Event()
         threading.Thread(target=self._read, args=(ready,), daemon=True).start()
