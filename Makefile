@@ -85,6 +85,7 @@ DESTDIR ?=
 PREFIX ?= /opt/netagent
 SYSCONFDIR ?= /etc
 UNITDIR ?= /etc/systemd/system
+BINDIR ?= /usr/local/bin
 WHEEL_DIR ?= dist
 SYSTEM_PYTHON ?= /usr/bin/python3
 INSTALL_VENV = $(DESTDIR)$(PREFIX)/.venv
@@ -104,6 +105,8 @@ install: wheel
 	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/netagent $(DESTDIR)$(SYSCONFDIR)/netagent-edge \
 		$(DESTDIR)$(PREFIX)/share $(DESTDIR)$(PREFIX)/docs
 	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/docs/
+	install -d -m 0755 $(DESTDIR)$(BINDIR)
+	ln -sfn $(PREFIX)/.venv/bin/netagent $(DESTDIR)$(BINDIR)/netagent
 	for u in $(UNITS); do install -m 0644 netagent/systemd/$$u $(DESTDIR)$(UNITDIR)/$$u; done
 # the operator's own configs are never overwritten (an upgrade keeps them)
 	test -e $(DESTDIR)$(SYSCONFDIR)/netagent/netagent.toml || \
@@ -118,6 +121,7 @@ install: wheel
 # to remove the datapath: docs/operations.md, "Removing netagent").
 uninstall:
 	for u in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$u; done
+	if [ "$$(readlink $(DESTDIR)$(BINDIR)/netagent)" = "$(PREFIX)/.venv/bin/netagent" ]; then rm -f $(DESTDIR)$(BINDIR)/netagent; fi
 	rm -rf $(INSTALL_VENV) $(DESTDIR)$(PREFIX)/share $(DESTDIR)$(PREFIX)/docs
 	-rmdir $(DESTDIR)$(PREFIX)
 

@@ -45,6 +45,7 @@ def test_make_install_puts_the_package_units_and_configs_in_place(root, tmp_path
                  "opt/netagent/share/dashboard.json", "opt/netagent/docs/operations.md",
                  *(f"etc/systemd/system/{u}" for u in UNITS)):
         assert (root / path).is_file(), path
+    assert os.readlink(root / "usr/local/bin/netagent") == f"{PREFIX}/.venv/bin/netagent"
     # the scripts name the final location, not the scratch root
     assert (root / "opt/netagent/.venv/bin/netagent").read_text().startswith(f"#!{PREFIX}/.venv/bin/python")
     where = installed(root, "-c", "import netagent, pathlib; print(pathlib.Path(netagent.__file__).parent)",
@@ -109,7 +110,8 @@ def test_a_second_install_keeps_the_configs_and_uninstall_removes_the_rest(root)
     make("install", root)
     assert config.read_text().endswith("# the operator's edit\n")
     make("uninstall", root)
-    for path in ("opt/netagent/.venv", "opt/netagent/share", *(f"etc/systemd/system/{u}" for u in UNITS)):
-        assert not (root / path).exists(), path
+    for path in ("opt/netagent/.venv", "opt/netagent/share", "usr/local/bin/netagent",
+                 *(f"etc/systemd/system/{u}" for u in UNITS)):
+        assert not os.path.lexists(root / path), path
     assert config.exists() and (root / "etc/netagent-edge/edge.env").exists()
     shutil.rmtree(root)
