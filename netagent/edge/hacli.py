@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--url-signing-key-file", help="key (>= 32 bytes) for signed URLs to private ports; "
                    "it is written into HAProxy's config, so keep that file private")
     g.add_argument("--threads", type=int, default=2, help="HAProxy threads")
+    g.add_argument("--maxconn", type=int, default=20000,
+                   help="HAProxy's maxconn (default 20000); it needs about twice as many file descriptors")
     g.add_argument("--metrics-address", default="", metavar="HOST:PORT",
                    help="the control plane's Prometheus /metrics (sync state and lag; docs/metrics.md); off if unset")
 
@@ -47,7 +49,7 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         https_listen=tuple(args.https_listen), tls_pem=args.tls_pem,
         redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
-        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads,
+        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads, maxconn=args.maxconn,
         url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 

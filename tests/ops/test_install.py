@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.ops.installed import PREFIX, UNITS, installed, make, venv_python
 from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
-
-PREFIX = "/opt/netagent"
-UNITS = ("netagent.service", "netagent-edge-haproxy.service", "netagent-edge.service")
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-
-
-def make(target: str, root: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(["make", "-s", target, f"DESTDIR={root}", f"WHEEL_DIR={root.parent / 'dist'}"],
-                         cwd=sh.REPO, capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +22,6 @@ def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("install") / "root"
     make("install", root)
     return root
-
-
-def installed(root: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The installed venv's python, run from outside the checkout (so nothing is imported from it)."""
-    return subprocess.run([str(root / PREFIX.lstrip("/") / ".venv/bin/python"), *args], capture_output=True,
-                          text=True, timeout=60, cwd=cwd, env=CLEAN_ENV)
 
 
 def test_make_install_puts_the_package_units_and_configs_in_place(root, tmp_path):
@@ -79,13 +63,13 @@ def test_the_installed_units_pass_systemd_analyze_verify(root):
 
 
 def test_the_installed_agent_serves_and_the_installed_edge_renders_haproxys_config(root, bed, tmp_path):
-    venv_python = root / PREFIX.lstrip("/") / ".venv/bin/python"
+    python = venv_python(root)
 
     class InstalledDaemon(Daemon):
         cwd = str(tmp_path)
 
         def command(self) -> list[str]:
-            return [str(venv_python), "-m", "netagent", "serve", "--config", str(self.config)]
+            return [str(python), "-m", "netagent", "serve", "--config", str(self.config)]
     daemon = InstalledDaemon(write_config(bed, tmp_path), env={"PYTHONPATH": ""}).start()   # rules loaded
     try:
         table = sh.run("nft", "list", "table", "inet", bed.agent_prefix, ns=bed.host).stdout   # rules/netagent.nft
