@@ -30,6 +30,10 @@ def test_make_install_puts_the_package_units_and_configs_in_place(root, tmp_path
                  *(f"etc/systemd/system/{u}" for u in UNITS)):
         assert (root / path).is_file(), path
     assert os.readlink(root / "usr/local/bin/netagent") == f"{PREFIX}/.venv/bin/netagent"
+    # every unit that runs netagent runs the one installed binary
+    binaries = {word for u in UNITS for word in (root / "etc/systemd/system" / u).read_text().split()
+                if word.rsplit("=", 1)[-1].endswith("/bin/netagent")}
+    assert {b.rsplit("=", 1)[-1] for b in binaries} == {f"{PREFIX}/.venv/bin/netagent"}, binaries
     # the scripts name the final location, not the scratch root
     assert (root / "opt/netagent/.venv/bin/netagent").read_text().startswith(f"#!{PREFIX}/.venv/bin/python")
     where = installed(root, "-c", "import netagent, pathlib; print(pathlib.Path(netagent.__file__).parent)",
