@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
 	containernetworking-plugins qemu-system-x86 busybox-static \
-	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client stress-ng
+	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client stress-ng \
+	prometheus systemd python3-yaml python3-pip
 CONFIG ?=
 PYTEST_ARGS ?=
 # `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py):
@@ -13,7 +14,7 @@ CLI_BENCH_BEFORE ?= b222542
 
 PROTO := netagent/api/netagent.proto
 
-.PHONY: proto run test test-loaded test-slow test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
+.PHONY: wheel install uninstall proto run test test-loaded test-slow test-unit test-datapath test-microvm bench lint deps apt venv guest-image clean
 
 run: deps
 	$(PY) -m netagent serve $(if $(CONFIG),--config $(CONFIG))
@@ -86,6 +87,56 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c 'import nftables, pyroute2, pydantic'
 	touch $@
 
+# ---- install on a host (docs/operations.md, "A first host") -------------------
+# `make install` builds the wheel, installs it into a venv at $(PREFIX)/.venv (with
+# the system site packages, for python3-nftables) and puts the units, the example
+# configs and the alert rules in place. It never starts, stops or reloads anything,
+# so it never touches a running host's ruleset. DESTDIR stages it under a scratch
+# root (the venv's scripts then name $(PREFIX), not $(DESTDIR)$(PREFIX)).
+DESTDIR ?=
+PREFIX ?= /opt/netagent
+SYSCONFDIR ?= /etc
+UNITDIR ?= /etc/systemd/system
+BINDIR ?= /usr/local/bin
+WHEEL_DIR ?= dist
+SYSTEM_PYTHON ?= /usr/bin/python3
+INSTALL_VENV = $(DESTDIR)$(PREFIX)/.venv
+UNITS := netagent.service netagent-edge-haproxy.service netagent-edge.service
+
+# From a clean build directory: a stale build/lib would carry deleted files into the wheel.
+wheel:
+	rm -rf build $(WHEEL_DIR)/netagent-*.whl
+	$(SYSTEM_PYTHON) -m pip wheel . --no-deps -q -w $(WHEEL_DIR)
+
+install: wheel
+	test -x $(INSTALL_VENV)/bin/python || $(SYSTEM_PYTHON) -m venv --system-site-packages $(INSTALL_VENV)
+	$(INSTALL_VENV)/bin/python -m pip install -q $(WHEEL_DIR)/netagent-*.whl
+# the same version number again (an upgrade from a newer checkout): replace the package itself
+	$(INSTALL_VENV)/bin/python -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/netagent-*.whl
+	$(if $(DESTDIR),grep -rlI -- '$(INSTALL_VENV)' $(INSTALL_VENV)/bin | xargs -r sed -i 's|$(INSTALL_VENV)|$(PREFIX)/.venv|g')
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/netagent $(DESTDIR)$(SYSCONFDIR)/netagent-edge \
+		$(DESTDIR)$(PREFIX)/share $(DESTDIR)$(PREFIX)/docs
+	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/docs/
+	install -d -m 0755 $(DESTDIR)$(BINDIR)
+	ln -sfn $(PREFIX)/.venv/bin/netagent $(DESTDIR)$(BINDIR)/netagent
+	for u in $(UNITS); do install -m 0644 netagent/systemd/$$u $(DESTDIR)$(UNITDIR)/$$u; done
+# the operator's own configs are never overwritten (an upgrade keeps them)
+	test -e $(DESTDIR)$(SYSCONFDIR)/netagent/netagent.toml || \
+		install -m 0644 netagent/systemd/netagent.toml.example $(DESTDIR)$(SYSCONFDIR)/netagent/netagent.toml
+	test -e $(DESTDIR)$(SYSCONFDIR)/netagent-edge/edge.env || \
+		install -m 0644 netagent/systemd/edge.env.example $(DESTDIR)$(SYSCONFDIR)/netagent-edge/edge.env
+	install -m 0644 netagent/systemd/netagent.toml.example netagent/systemd/edge.env.example \
+		netagent/ops/alerts.yml netagent/ops/dashboard.json $(DESTDIR)$(PREFIX)/share/
+
+# Removes what install put in place; state (/var/lib/netagent*), the configs in
+# $(SYSCONFDIR) and the datapath stay (stop the units and run `netagent teardown` first
+# to remove the datapath: docs/operations.md, "Removing netagent").
+uninstall:
+	for u in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$u; done
+	if [ "$$(readlink $(DESTDIR)$(BINDIR)/netagent)" = "$(PREFIX)/.venv/bin/netagent" ]; then rm -f $(DESTDIR)$(BINDIR)/netagent; fi
+	rm -rf $(INSTALL_VENV) $(DESTDIR)$(PREFIX)/share $(DESTDIR)$(PREFIX)/docs
+	-rmdir $(DESTDIR)$(PREFIX)
+
 proto: venv
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
@@ -93,4 +144,4 @@ guest-image: deps
 	$(PY) -m tests.testbed.microvm.image
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

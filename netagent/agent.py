@@ -104,6 +104,7 @@ class Agent(CoreApi):
         self.self_repair = SelfRepair(config.prefix, lambda: self.inventory.slots, RepairWork(
             self.repair_io.gather, self.repair_io.repair, self.repair_io.host_links, self._report_incidents),
             config.self_repair_sweep_slots_per_s)
+        self.metrics.watch_repair_failures(lambda: self.self_repair.failures)
         self.traffic = TrafficWork(self.plan, self.builder, self.builds, self.cleaner, self._cleaner_fw,
                                    self.readers, self._readers_fw, lambda: self.config.guest)
         self.meter = UsageMeter(self.store, self._db_lock, MeterIO(
@@ -223,7 +224,8 @@ class Agent(CoreApi):
         await self.readers.call(lambda: self.metrics.refresh_link_stats(link_counters.dump(), veths, ready))
         drops = await self.readers.call(lambda: self._readers_fw().counters())
         self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
-        self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total)
+        self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total, self.meter.read_at,
+                                  self.meter.failed_readings)
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a new config (SIGHUP). Read where it is used, so the pool

@@ -21,7 +21,7 @@ from .sdnotify import notify, watchdog_loop
 
 log = logging.getLogger("netagent")
 # What a reload changes in the running agent; other changes wait for a restart.
-LIVE_KEYS = ("log_level", "pool.size", "default_internet")
+LIVE_KEYS = ("log_level", "pool.size", "pool.max_size", "pool.demand_window_s", "default_internet")
 
 
 async def serve(config: Config, config_path: str | None = None) -> None:
@@ -63,7 +63,7 @@ async def serve(config: Config, config_path: str | None = None) -> None:
 
 def reload(agent: Agent, config_path: str | None) -> None:
     """SIGHUP: build a new config; swap in one with its live keys (log level,
-    pool size, policy default) and report the rest as needing a restart."""
+    the pool's depth, policy default) and report the rest as needing a restart."""
     try:
         new = config_mod.load(config_path)
     except ConfigError as exc:
@@ -72,8 +72,8 @@ def reload(agent: Agent, config_path: str | None) -> None:
     old = agent.config
     changed = sorted(k for k, v in flat(new).items() if flat(old).get(k) != v)
     live = [k for k in changed if k in LIVE_KEYS]
-    agent.reconfigure(old.replace(log_level=new.log_level, pool_size=new.pool.size,
-                                  default_internet=new.default_internet))
+    agent.reconfigure(old.replace(log_level=new.log_level, pool_size=new.pool.size, pool_max_size=new.pool.max_size,
+                                  pool_demand_window_s=new.pool.demand_window_s, default_internet=new.default_internet))
     set_level(agent.config.log_level)
     if rest := [k for k in changed if k not in LIVE_KEYS]:
         log.warning("reload: %s change only on restart", ", ".join(rest))

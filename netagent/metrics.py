@@ -79,6 +79,17 @@ class ReachabilityCollector(Collector):
                                   value=s["registry_refused"])
 
 
+class RepairFailuresCollector(Collector):
+    """Continuous reconcile's failed passes and slot repairs, read at scrape time."""
+
+    def __init__(self, failures: Any) -> None:
+        self.failures = failures   # () -> int
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("netagent_slot_repair_failures", "Continuous reconcile passes and slot repairs "
+                                  "that failed (each is retried).", value=self.failures())
+
+
 class LinkStatsCollector(Collector):
     def __init__(self, per_sandbox_labels: bool):
         self.per_sandbox_labels = per_sandbox_labels
@@ -190,6 +201,9 @@ class Metrics:
     def watch_reachability(self, status: Any) -> None:
         self.registry.register(ReachabilityCollector(status))
 
+    def watch_repair_failures(self, failures: Any) -> None:
+        self.registry.register(RepairFailuresCollector(failures))
+
     # ---- durations (seconds) --------------------------------------------
 
     def observe_allocate(self, seconds: float, warm: bool) -> None:
@@ -258,11 +272,7 @@ class Metrics:
         """Serve /metrics on a daemon thread; returns the bound port."""
         if self._http is not None:
             raise RuntimeError("metrics HTTP server already started")
-        host = (host or "0.0.0.0").strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_cls = type("MetricsHTTPServer", (_QuietHTTPServer,), {"address_family": family})
-        self._http = server_cls((host, port), MetricsHandler.factory(self.registry))
-        threading.Thread(target=self._http.serve_forever, name="netagent-metrics", daemon=True).start()
+        self._http = serve_http(self.registry, host, port)
         return int(self._http.server_address[1])
 
     def stop_http(self) -> None:
@@ -270,3 +280,13 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+def serve_http(registry: CollectorRegistry, host: str, port: int) -> ThreadingHTTPServer:
+    """/metrics of `registry` on a daemon thread (the agent's, the edge's)."""
+    host = (host or "0.0.0.0").strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_cls = type("MetricsHTTPServer", (_QuietHTTPServer,), {"address_family": family})
+    server = server_cls((host, port), MetricsHandler.factory(registry))
+    threading.Thread(target=server.serve_forever, name="netagent-metrics", daemon=True).start()
+    return server

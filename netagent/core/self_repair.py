@@ -46,6 +46,7 @@ class SelfRepair:
         self.reported_taps: set[int] = set()
         self.passes = 0
         self.pass_seconds = 0.0
+        self.failures = 0     # passes and slot repairs that raised (retried; metrics: an alert when they go on)
 
     # ---- notices -------------------------------------------------------------
 
@@ -81,6 +82,7 @@ class SelfRepair:
             try:
                 await self.check(slots)
             except Exception:
+                self.failures += 1
                 log.exception("self-repair pass failed; retrying")
                 self._suspects |= slots
 
@@ -112,6 +114,7 @@ class SelfRepair:
                 done[idx] = fixes
                 log.warning("slot %d: repaired %s", idx, ", ".join(sorted(fixes)))
             except Exception:
+                self.failures += 1
                 log.exception("slot %d: repairing %s failed; will retry", idx, ", ".join(sorted(fixes)))
                 self._suspects.add(idx)
         self.reported_taps = {i for i in self.reported_taps if i not in facts or facts[i].tap is not True}

@@ -22,6 +22,7 @@ from typing import Protocol
 from .feeds import Change, FeedLost
 from .mapfiles import DEFAULT_INTERVAL_S, MapFileWriter
 from .maps import MapMirror, MapOp
+from .metrics import EdgeMetrics
 from .runtime import HAProxyError, HAProxyRuntime, haproxy_pid
 
 log = logging.getLogger("netagent.edge")
@@ -43,12 +44,13 @@ def ops_for(mirror: MapMirror, changes: list[Change]) -> list[MapOp]:
 class EdgeControl:
     def __init__(self, feed: Feed, runtime: HAProxyRuntime, shards: int,
                  on_sync: Callable[[int, float], None] | None = None,
-                 map_write_interval_s: float = DEFAULT_INTERVAL_S) -> None:
+                 map_write_interval_s: float = DEFAULT_INTERVAL_S, metrics: EdgeMetrics | None = None) -> None:
         self.feed = feed
         self.runtime = runtime
         self.mirror = MapMirror(shards)
         self.files = MapFileWriter(runtime.map_dir, self.mirror.shard_entries, map_write_interval_s)
         self.on_sync = on_sync
+        self.metrics = metrics or EdgeMetrics()
         self.full_syncs = 0
         self.pushes = 0                     # times the mirror was loaded into HAProxy
         self.synced = asyncio.Event()       # HAProxy holds the mirror, and the mirror follows the registry
@@ -70,6 +72,7 @@ class EdgeControl:
                 except FeedLost as exc:
                     self._feed_ok = False
                     self.synced.clear()
+                    self.metrics.lost()
                     log.warning("edge: %s; full resync in %.1f s", exc, RETRY_S)
                     await self._serve_haproxy_for(RETRY_S)
         finally:
@@ -87,10 +90,12 @@ class EdgeControl:
         self.mirror.reset({c.sandbox_id: c.entries for c in snapshot})
         self._have_state = self._feed_ok = True
         self.files.mark(range(self.mirror.shards))
-        await self._push()
+        pushed = await self._push()
         self.full_syncs += 1
         elapsed = time.monotonic() - started
         log.info("edge: full sync of %d records in %.3f s", len(snapshot), elapsed)
+        if pushed:
+            self.metrics.full_sync(len(self.mirror.by_sandbox))
         if self.on_sync:
             self.on_sync(len(snapshot), elapsed)
 
@@ -114,6 +119,8 @@ class EdgeControl:
                     ops = ops_for(self.mirror, changes)
                     self.files.mark({op.shard for op in ops})
                     await self._apply(ops)
+                    if self.synced.is_set():
+                        self.metrics.applied(len(ops), len(self.mirror.by_sandbox))
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
@@ -156,11 +163,13 @@ class EdgeControl:
         self.pushes += 1
         if self._feed_ok:
             self.synced.set()
+            self.metrics.in_sync()
         return True
 
     def _lost_haproxy(self, exc: Exception) -> None:
         log.warning("edge: %s; loading the maps again when haproxy answers", exc)
         self.synced.clear()
+        self.metrics.lost()
         self.haproxy_pid = ""              # the watcher asks for a push once any process answers
         self._retry_push_at = time.monotonic() + RETRY_S
 

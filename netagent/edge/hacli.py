@@ -39,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--map-write-interval", type=float, default=DEFAULT_INTERVAL_S, metavar="S",
                    help="rewrite a changed shard's map file at most once per S seconds (how stale the files "
                         "a reloaded HAProxy loads may be; default %(default)s)")
+    g.add_argument("--maxconn", type=int, default=20000,
+                   help="HAProxy's maxconn (default 20000); it needs about twice as many file descriptors")
+    g.add_argument("--metrics-address", default="", metavar="HOST:PORT",
+                   help="the control plane's Prometheus /metrics (sync state and lag; docs/metrics.md); off if unset")
 
 
 def settings_from(args: argparse.Namespace) -> EdgeSettings:
@@ -49,20 +53,28 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         https_listen=tuple(args.https_listen), tls_pem=args.tls_pem,
         redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
-        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads,
+        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads, maxconn=args.maxconn,
         url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 
 async def control(args: argparse.Namespace) -> None:
+    from ..metrics import serve_http
     from ..registry import open_registry
     from .control import EdgeControl
     from .feeds import open_feed
+    from .metrics import EdgeMetrics
     from .runtime import HAProxyRuntime
 
     registry = open_registry(args.registry)
     feed = open_feed(registry)  # type: ignore[arg-type]
     runtime = HAProxyRuntime(args.haproxy_socket, args.map_dir)
-    edge = EdgeControl(feed, runtime, args.shards, map_write_interval_s=args.map_write_interval)
+    metrics = EdgeMetrics()
+    edge = EdgeControl(feed, runtime, args.shards, map_write_interval_s=args.map_write_interval, metrics=metrics)
+    http = None
+    if args.metrics_address:
+        host, _, port = args.metrics_address.rpartition(":")
+        http = serve_http(metrics.registry, host, int(port))
+        log.info("edge metrics on %s:%d", host, http.server_address[1])
     task = asyncio.create_task(edge.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -77,6 +89,9 @@ async def control(args: argparse.Namespace) -> None:
         await feed.close()
         await runtime.close()
         await registry.close()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
 
 
 def run(args: argparse.Namespace) -> int:

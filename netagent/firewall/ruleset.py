@@ -10,7 +10,8 @@ from ..config import Config
 from . import names
 from .elements import Element, to_text
 
-RULES_DIR = Path(__file__).resolve().parent.parent.parent / "rules"
+# netagent/rules: a symlink to the top-level rules/ in a checkout, a copy in an installed wheel
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 HOST_RULES = "netagent.nft"
 SLOT_RULES = "slot.nft"
 FIRST_PAYLOAD_RULES = "firstpayload.nft"

@@ -44,6 +44,7 @@ class UsageMeter:
         self._lock = asyncio.Lock()
         self.released_total = Counts()   # finals closed since start (metrics)
         self.read_at = 0.0                 # wall time of the last kernel reading (0: none yet)
+        self.failed_readings = 0           # periodic readings given up (metrics: an alert when they repeat)
         self._last_totals: dict[str, Counts] = {}   # open sandboxes' totals at that reading
 
     def load(self) -> None:
@@ -155,4 +156,5 @@ class UsageMeter:
                 await self.refresh()
                 await self.close_pending()
             except NetagentError as exc:
+                self.failed_readings += 1
                 log.warning("usage reading failed: %s", exc)

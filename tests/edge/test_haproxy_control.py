@@ -4,8 +4,10 @@ lost subscription or a HAProxy restart."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
+import urllib.request
 
 from netagent.registry import SandboxRecord
 from netagent.registry.redis import RedisRegistry
@@ -13,6 +15,18 @@ from tests.testbed.haproxy_proc import HAProxy
 
 from .hap import DOMAIN, eventually, running_edge
 from .helpers import RawClient, UpstreamServer, sandbox
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 def host(sandbox_id: str, port: int = 3000) -> str:
@@ -69,6 +83,10 @@ async def test_sqlite_expiry_and_a_haproxy_restart(tmp_path, registry, upstream:
         await eventually(lambda: is_status(port, host("nobody"), 404), timeout_s=5)
         assert haproxy.proc is not None and control.haproxy_pid == str(haproxy.proc.pid)
         assert (control.pushes, control.full_syncs) == (2, 1)
+        # The edge's metrics: in sync again, with the one record, and no registry read for the restart.
+        figure = control.metrics.registry.get_sample_value
+        assert figure("netagent_edge_in_sync") == 1 and figure("netagent_edge_records") == 1
+        assert figure("netagent_edge_full_syncs_total") == 1
 
 
 async def test_edge_cli_runs_the_control_plane(tmp_path, registry, upstream: UpstreamServer) -> None:
@@ -83,12 +101,19 @@ async def test_edge_cli_runs_the_control_plane(tmp_path, registry, upstream: Ups
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(haproxy.config_path)
     haproxy.start()
-    proc = subprocess.Popen([sys.executable, "-m", "netagent", "edge", *common, "--registry", registry.url],
+    metrics_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "netagent", "edge", *common, "--registry", registry.url,
+                             "--metrics-address", f"127.0.0.1:{metrics_port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await eventually(lambda: is_status(haproxy.http_port, host("cli1"), 200), timeout_s=10)
         await registry.put_sandbox(sandbox("cli1", {3000: (upstream.port, False)}, seq=2), ttl_s=60)
         await eventually(lambda: is_status(haproxy.http_port, host("cli1"), 502))
+        # --metrics-address serves the sync figures: in sync, one record, the change's map ops.
+        figures = await asyncio.to_thread(scrape, metrics_port)
+        assert figures["netagent_edge_in_sync"] == 1 and figures["netagent_edge_records"] == 1
+        assert figures["netagent_edge_map_ops_total"] >= 1
+        assert figures["netagent_edge_in_sync_timestamp_seconds"] > 0
         proc.terminate()
         assert await asyncio.to_thread(proc.wait, 10) == 0
     finally:

@@ -36,6 +36,8 @@ def write_config(bed, tmp: Path, **over) -> Path:
 
 
 class Daemon:
+    cwd = sh.REPO   # `python -m netagent` imports the checkout from here
+
     def __init__(self, config: Path, env: dict[str, str] | None = None):
         self.config = config
         self.env = env
@@ -48,7 +50,7 @@ class Daemon:
     def start(self, timeout: float = 60) -> Daemon:
         """Waits for "netagent ready"; a daemon that exits first, or stays silent
         past `timeout`, is killed and fails the test (never a hang)."""
-        self.proc = subprocess.Popen(self.command(), cwd=sh.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.command(), cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(self.env or {})})
         ready, self._reader_done = threading.Event(), threading.Event()
         threading.Thread(target=self._read, args=(ready,), daemon=True).start()
@@ -78,15 +80,17 @@ class Daemon:
         sock = tomllib.loads(self.config.read_text())["api_socket"]
         return Client(socket_path=sock, **kw)
 
-    def metrics(self, netns: str) -> dict[str, float]:
-        """One scrape of the daemon's /metrics (served in `netns`, the host netns):
-        'name{"label": "value"}' -> value."""
-        from prometheus_client.parser import text_string_to_metric_families
+    def scrape(self, netns: str) -> str:
+        """The daemon's /metrics text (served in `netns`, the host netns)."""
         port = int(re.search(r"metrics_port=(\d+)", "".join(self.log)).group(1))
         code = "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-        text = sh.run(sh.PYTHON, "-c", code, f"http://127.0.0.1:{port}/metrics", ns=netns).stdout
+        return sh.run(sh.PYTHON, "-c", code, f"http://127.0.0.1:{port}/metrics", ns=netns).stdout
+
+    def metrics(self, netns: str) -> dict[str, float]:
+        """One scrape: 'name{"label": "value"}' -> value."""
+        from prometheus_client.parser import text_string_to_metric_families
         return {sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
-                for family in text_string_to_metric_families(text) for sample in family.samples}
+                for family in text_string_to_metric_families(self.scrape(netns)) for sample in family.samples}
 
     def signal(self, sig: int) -> None:
         assert self.proc

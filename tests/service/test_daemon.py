@@ -150,10 +150,13 @@ def test_sighup_reloads_pool_size_and_defaults(bed, tmp_path):
         with daemon.client() as c:
             assert c.host_info().ready_slots == 2
             assert c.allocate("hup-1").policy.internet is True
-            cfg.write_text(cfg.read_text().replace("pool_size = 2", "pool_size = 5") + "default_internet = false\n")
+            text = cfg.read_text().replace("pool_size = 2", "pool_size = 5")
+            cfg.write_text(text.replace("pool_max_size = 2", "pool_max_size = 8") + "default_internet = false\n")
             daemon.signal(signal.SIGHUP)
-            assert wait_until(lambda: c.host_info().ready_slots == 5, timeout=10)
+            # size 5 plus the allocation in the demand window: max_size (8) is reloaded too
+            assert wait_until(lambda: c.host_info().ready_slots == 6, timeout=10)
             assert c.allocate("hup-2").policy.internet is False
             assert c.get("hup-1").policy.internet is True  # running sandboxes keep their policy
+            assert wait_until(lambda: c.host_info().ready_slots == 7, timeout=10)
     finally:
         daemon.stop()

@@ -55,3 +55,24 @@ def test_link_and_address_notices_name_their_interface():
     assert ke.parse(link + addr + route, None, True) == [
         ke.Notice(None, "nav12", 42), ke.Notice(None, None, 42), ke.Notice(None)]
     assert ke.parse(_msg(0x0A00, b"\0" * 4), 7, False) == [ke.Notice(7, rtnetlink=False)]
+
+
+async def test_a_slot_repair_that_raises_is_counted_and_exported_as_a_failure():
+    from netagent.core.self_repair import RepairWork, SelfRepair
+    from netagent.metrics import Metrics
+
+    async def gather(slots):  # type: ignore[no-untyped-def]
+        return {i: SlotFacts(True, host_veth_up=False) for i in slots}
+
+    async def repair(idx, fixes):  # type: ignore[no-untyped-def]
+        raise OSError("link busy")
+
+    async def nothing(*_):  # type: ignore[no-untyped-def]
+        return []
+    repairer = SelfRepair("na", lambda: {1: A, 2: R}, RepairWork(gather, repair, nothing, nothing), 2)
+    repairer._remap = False
+    await repairer.check([1, 2])
+    assert repairer.failures == 2
+    metrics = Metrics()
+    metrics.watch_repair_failures(lambda: repairer.failures)
+    assert metrics.registry.get_sample_value("netagent_slot_repair_failures_total") == 2

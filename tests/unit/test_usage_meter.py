@@ -159,3 +159,36 @@ async def test_a_reading_lets_the_event_loop_run_between_chunks_and_skips_only_w
     assert ips_changed["s7"] == counts(2)
     kernel.epoch = 6                               # a replaced table counting the same: a restart, not "unchanged"
     assert (await m.refresh())["s7"] == counts(4)
+
+
+async def test_readings_given_up_are_counted_and_exported_with_the_last_reading_time(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from netagent.errors import Unavailable
+    from netagent.usage.collector import UsageCollector
+
+    kernel, failures = Kernel(), [Unavailable("dump cut by commits"), Unavailable("dump cut by commits")]
+    read_ok = kernel.read
+
+    async def read():  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return await read_ok()
+    m = UsageMeter(StateStore(tmp_path), asyncio.Lock(), MeterIO(read, kernel.read_of, lambda: {"a": IP}, None))  # type: ignore[arg-type]
+    task = asyncio.create_task(m.run(lambda: 0.001))
+    try:
+        async with asyncio.timeout(30):
+            while not m.read_at:
+                await asyncio.sleep(0.001)
+    finally:
+        task.cancel()
+    assert m.failed_readings == 2
+
+    collector, registry = UsageCollector(per_sandbox=False), CollectorRegistry()
+    registry.register(collector)
+    collector.update(m.open_totals(), m.released_total, m.read_at, m.failed_readings)
+    samples = {s.name: s.value for f in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in f.samples}
+    assert samples["netagent_usage_readings_failed_total"] == 2
+    assert samples["netagent_usage_read_timestamp_seconds"] == m.read_at > 0
