@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import ops
+from ..errors import FailedPrecondition
 from . import codec, reader
 from .records import FlowRecord, Placement, ended_while_down, make_record, owner_at, place, refused_record
 from .store import FlowStore, Retention
@@ -60,6 +61,7 @@ class FlowRecorder:
         self._stopping = threading.Event()
         self._refused: dict[tuple[str, ...], float] = {}
         self._seq = 0
+        self.enabled = False
         self.seen = 0        # destroy events of sandbox flows
         self.lost = 0        # times the kernel dropped events (ENOBUFS)
 
@@ -94,6 +96,7 @@ class FlowRecorder:
             log.info("%d sandbox flows ended while the agent was down: recorded with their last counters", len(gone))
         self._thread = threading.Thread(target=self._run, name="netagent-flow-reader", daemon=True)
         self._thread.start()
+        self.enabled = True
 
     async def stop(self) -> None:
         """A last snapshot, then the rest of the queued events."""
@@ -112,6 +115,13 @@ class FlowRecorder:
         await asyncio.to_thread(self.store.stop)
 
     # ---- records ------------------------------------------------------------
+
+    async def query(self, sandbox_id: str, since: float, until: float | None, limit: int) -> list[FlowRecord]:
+        """The sandbox's records that ended in [since, until]: read on a thread
+        (its own SQLite connection), after what is queued for writing."""
+        if not self.enabled:
+            raise FailedPrecondition("flow records are off on this host (config [flows] record = false)")
+        return await asyncio.to_thread(self.store.query, sandbox_id, since, until, limit)
 
     def refused_packet(self, sandbox_id: str, pkt: Any) -> None:
         """The denied-flow log's callback (firewall/nflog.DeniedPacket)."""
