@@ -112,7 +112,8 @@ class Agent(CoreApi):
             self._submit))
         self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
         self.metrics.registry.register(self.usage_metrics)
-        self.flows = flow_recorder.from_config(config, self.plan, self.host.call, self.admission.names_seen)
+        self.flows = flow_recorder.with_metrics(flow_recorder.from_config(
+            config, self.plan, self.host.call, self.admission.names_seen), self.metrics.registry)
         self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied,
                                     self.flows.refused_packet if config.flows.record else None)
         fp = config.first_payload

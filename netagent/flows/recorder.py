@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core import ops
 from ..errors import FailedPrecondition
+from ..workers import name_os_thread
 from . import codec, reader
 from .records import FlowRecord, Placement, ended_while_down, make_record, owner_at, place, refused_record
 from .store import FlowStore, Retention
@@ -47,6 +48,13 @@ def from_config(config: Any, plan: Any, on_host: Callable[[Callable[[], Any]], A
         flows.retain_s, flows.max_records, config.flow_log_path(), flows.log_max_bytes))
     return FlowRecorder(store, FlowLinks(on_host, plan.index_of_sandbox_ip, config.transit_cidr, names_for),
                         lambda: config.flows.snapshot_interval_s)
+
+
+def with_metrics(recorder: FlowRecorder, registry: Any) -> FlowRecorder:
+    """Register the recorder's figures in the agent's Prometheus registry."""
+    from .metrics import FlowMetrics
+    registry.register(FlowMetrics(recorder))
+    return recorder
 
 
 class FlowRecorder:
@@ -159,6 +167,7 @@ class FlowRecorder:
     # ---- the reader thread -----------------------------------------------------
 
     def _run(self) -> None:
+        name_os_thread("netagent-flowrd")
         next_snapshot = time.monotonic() + self.snapshot_interval_s()
         while not self._stopping.is_set():
             try:

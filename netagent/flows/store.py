@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..workers import name_os_thread
 from .records import FlowRecord
 
 log = logging.getLogger("netagent.flows")
@@ -53,6 +54,8 @@ class FlowStore:
         self.failures = 0
         self._last_trim = 0.0
         path.parent.mkdir(parents=True, exist_ok=True)
+        # every tenant's destinations: root's only (SQLite gives its -wal and -shm the same mode)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         with self._connect() as db:
             db.executescript(SCHEMA)
 
@@ -88,6 +91,10 @@ class FlowStore:
             self._pending += 1
         self._queue.put(item)
 
+    @property
+    def pending(self) -> int:
+        return self._pending
+
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything added so far is written (False: timed out)."""
         with self._idle:
@@ -100,6 +107,7 @@ class FlowStore:
             self._thread = None
 
     def _run(self) -> None:
+        name_os_thread("netagent-flowwr")
         db = self._connect()
         try:
             while True:
@@ -160,7 +168,8 @@ class FlowStore:
                 os.replace(path, path.with_name(path.name + ".1"))
         except FileNotFoundError:
             pass
-        with open(path, "a", encoding="utf-8") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(text)
 
     def _trim(self, db: sqlite3.Connection, now: float | None = None) -> None:

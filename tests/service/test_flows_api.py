@@ -55,6 +55,9 @@ def test_list_flows_and_the_flows_command(bed, tmp_path):
             res = daemon.cli("flows", "flw-1", "--since", "yesterday-ish", check=False)
             assert res.returncode == 2 and "not a time" in res.stderr
 
+            scraped = daemon.metrics(bed.host)
+            assert scraped["netagent_flow_records_total"] >= 2 and scraped["netagent_flow_event_overflows_total"] == 0
+
             log = tmp_path / "state" / "flows.jsonl"
             lines = [json.loads(line) for line in log.read_text().splitlines()]
             assert [x["destination"] for x in lines if x["sandbox_id"] == "flw-1" and x["destination"] == WEB_IP] == [

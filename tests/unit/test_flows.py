@@ -169,6 +169,7 @@ def test_store_appends_dedups_queries_and_logs(tmp_path):
         assert [r.key for r in store.query("s1", until=NOW + 150.0)] == ["a"]
         assert [r.key for r in store.query("s1", limit=1)] == ["a"]
         assert store.query("s1")[0] == record("a", end=100.0)
+        assert {p.stat().st_mode & 0o777 for p in (log_path, tmp_path / "flows.db")} == {0o600}   # tenants' data
         lines = [json.loads(line) for line in log_path.read_text().splitlines()]
         assert [(x["key"], x["sandbox_id"], x["event"]) for x in lines] == [("a", "s1", "flow"), ("b", "s1", "flow"),
                                                                            ("c", "s2", "flow")]
