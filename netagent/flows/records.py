@@ -74,7 +74,7 @@ def owner_at(owners: Owners, slot: int, started: float) -> str | None:
     are flushed, but their destroy events may be read after the reuse)."""
     held = owners.get(slot, ())
     for since, sandbox_id in reversed(held):
-        if since <= started + 1.0:   # allocated_at is taken before the slot's elements exist
+        if since <= started:   # created_at is set before the allocation's elements exist: no flow precedes it
             return sandbox_id
     return None
 

@@ -134,6 +134,7 @@ def test_host_probes_and_foreign_flows_are_not_sandbox_flows():
 def test_a_flow_belongs_to_the_sandbox_that_held_the_slot_when_it_started():
     owners = {1: ((100.0, "old"), (200.0, "new"))}
     assert owner_at(owners, 1, 150.0) == "old"     # read after the slot went to "new"
+    assert owner_at(owners, 1, 199.5) == "old"     # released and reused within a second (churn)
     assert owner_at(owners, 1, 250.0) == "new"
     assert owner_at(owners, 1, 50.0) is None
     assert owner_at(owners, 2, 250.0) is None
