@@ -3,14 +3,17 @@ JSON-lines log, and bad requests."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 
 import grpc
 import pytest
 
 from netagent.api import netagent_pb2 as pb
-from tests.datapath.test_flow_record import quick_ends
+from tests.datapath.test_flow_record import HOLD, echo_entries, quick_ends
 from tests.service.daemon import Daemon, write_config
-from tests.testbed.bed import HTTP_PORT, WEB_IP, LightGuest, wait_until
+from tests.testbed import sh
+from tests.testbed.bed import ECHO_PORT, HTTP_PORT, WEB_IP, LightGuest, wait_until
 
 
 def test_list_flows_and_the_flows_command(bed, tmp_path):
@@ -30,7 +33,9 @@ def test_list_flows_and_the_flows_command(bed, tmp_path):
             first, second = http_flows()
             assert (first.sandbox_id, first.direction, first.protocol, first.destination_port, first.end_reason) == (
                 "flw-1", "egress", "tcp", HTTP_PORT, "closed")
-            assert first.bytes_received > first.bytes_sent > 0 and first.end_unix_ms <= second.end_unix_ms
+            # the answer (headers and body) came back inside the flow; the request went out in it
+            assert first.bytes_received > len(body) > 0 and first.bytes_sent > 40 * first.packets_sent > 0
+            assert first.end_unix_ms <= second.end_unix_ms
             assert 0 < first.start_unix_ms <= first.end_unix_ms
 
             everything = c.flows("flw-1")
@@ -56,7 +61,8 @@ def test_list_flows_and_the_flows_command(bed, tmp_path):
             assert res.returncode == 2 and "not a time" in res.stderr
 
             scraped = daemon.metrics(bed.host)
-            assert scraped["netagent_flow_records_total"] >= 2 and scraped["netagent_flow_event_overflows_total"] == 0
+            assert scraped["netagent_flow_records_total{}"] >= 2
+            assert scraped["netagent_flow_event_overflows_total{}"] == 0
 
             log = tmp_path / "state" / "flows.jsonl"
             lines = [json.loads(line) for line in log.read_text().splitlines()]
@@ -67,3 +73,48 @@ def test_list_flows_and_the_flows_command(bed, tmp_path):
             guest.stop()
         daemon.stop()
 
+
+
+def test_a_connection_that_ends_after_a_kill_9_is_recorded_at_the_next_start(bed, tmp_path):
+    """No stop ran: the record comes from the last periodic snapshot of live flows."""
+    quick_ends(bed)
+    config = write_config(bed, tmp_path, flows={"snapshot_interval_s": 0.5})
+    daemon = Daemon(config).start()
+    guest = holder = None
+    try:
+        with daemon.client() as c:
+            guest = LightGuest.attach(bed, c.allocate("flw-k").network, "k")
+        holder = subprocess.Popen(["ip", "netns", "exec", guest.name, sh.PYTHON, "-c", HOLD, WEB_IP, str(ECHO_PORT)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "open\n"
+        saved = tmp_path / "state" / "flows.db"
+        assert wait_until(lambda: _saved_live(saved, WEB_IP), timeout=30), "no snapshot saved the open flow"
+        daemon.stop(signal.SIGKILL)
+        holder.stdin.close()
+        holder.wait(10)
+        assert wait_until(lambda: not echo_entries(bed), timeout=60), "the connection's entry did not go"
+
+        daemon = Daemon(config).start()
+        with daemon.client() as c:
+            assert wait_until(lambda: any(f.destination_port == ECHO_PORT for f in c.flows("flw-k").flows),
+                              timeout=60), list(c.flows("flw-k").flows)
+            [rec] = [f for f in c.flows("flw-k").flows if f.destination_port == ECHO_PORT]
+            assert rec.while_down and rec.destination == WEB_IP and rec.bytes_sent > 1000
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        if guest is not None:
+            guest.stop()
+        daemon.stop()
+
+
+def _saved_live(db, destination: str) -> bool:
+    import sqlite3
+    if not db.exists():
+        return False
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return any(destination in body for (body,) in conn.execute("SELECT body FROM live"))
+    finally:
+        conn.close()
