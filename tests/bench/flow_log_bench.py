@@ -11,9 +11,11 @@ flow reader and writer threads); flows.db and flows.jsonl bytes per record;
 conntrack event drops the agent logged; the load average. The host netns's
 TIME_WAIT and CLOSE timeouts are cut to 1 s, as in the tests, so records come
 within seconds of the close (the kernel's default 120 s TIME_WAIT delays
-records, not their rate). Prints JSON.
+records, not their rate). Meanwhile an allocate + release every 0.2 s over
+gRPC gives the allocate latency beside the record; `--no-record` runs the
+same load with the record off, for comparison. Prints JSON.
 
-    python -m tests.bench.flow_log_bench [--sandboxes 2000] [--rate 1000] [--seconds 30]
+    python -m tests.bench.flow_log_bench [--sandboxes 2000] [--rate 1000] [--seconds 30] [--no-record]
 """
 from __future__ import annotations
 
@@ -24,11 +26,14 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+from netagent.client import Client
 from tests.bench.churn_bench import proc_ticks, thread_shares, thread_ticks
+from tests.bench.run import summary
 from tests.datapath.test_flow_record import quick_ends
 from tests.service.daemon import Daemon, write_config
 from tests.testbed.bed import Testbed
@@ -37,6 +42,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PORT = 7100
 POOL_SIZE = 64
 SETTLE_S = 5.0
+ALLOCATE_EVERY_S = 0.2
 
 
 def lost(made: list[list], recorded: list[tuple[str, int]]) -> int:
@@ -88,11 +94,38 @@ def wait_records(db: Path, since: float, made: list[list], quiet_s: float = 15.0
     return read_records(db, since)
 
 
-def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float) -> dict:
+class AllocateSampler:
+    """Allocate + release of a fresh sandbox every ALLOCATE_EVERY_S over gRPC
+    while the connections run: what the allocate path sees beside the record."""
+
+    def __init__(self, client: Client):
+        self.client, self.ms = client, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        k = 0
+        while not self._stop.wait(ALLOCATE_EVERY_S):
+            t0 = time.perf_counter()
+            self.client.allocate(f"probe-{k}", timeout=30)
+            self.ms.append((time.perf_counter() - t0) * 1e3)
+            self.client.release(f"probe-{k}")
+            k += 1
+
+    def __enter__(self) -> AllocateSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, record: bool = True) -> dict:
     quick_ends(bed)
     bed.start_module(bed.inet, "tests.bench.flow_log_client", "serve", str(PORT))
     config = write_config(bed, tmp, pool_size=POOL_SIZE, pool_max_size=max(POOL_SIZE, 256),
-                          metrics_refresh_s=5.0, ruleset_check_interval_s=1.0)
+                          metrics_refresh_s=5.0, ruleset_check_interval_s=1.0, flows={"record": record})
     daemon = Daemon(config).start(timeout=300)
     driver = None
     try:
@@ -104,11 +137,19 @@ def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float) ->
         time.sleep(SETTLE_S)
         pid = daemon.proc.pid
         ticks0, threads0 = sum(proc_ticks(f"/proc/{pid}/stat")), thread_ticks(pid)
-        driver.stdin.write("go\n")
-        driver.stdin.flush()
-        client = json.loads(driver.stdout.readline())
+        with daemon.client(timeout=30) as api, AllocateSampler(api) as allocates:
+            driver.stdin.write("go\n")
+            driver.stdin.flush()
+            client = json.loads(driver.stdout.readline())
         ticks1, threads1 = sum(proc_ticks(f"/proc/{pid}/stat")), thread_ticks(pid)
         threads = thread_shares(threads0, threads1, client["end"] - client["start"])
+        common = {"sandboxes": sandboxes, "rate_per_s": rate, "seconds": seconds, "record": record,
+                  "fill_seconds": filled["seconds"], "allocate_ms_during": summary(allocates.ms)}
+        if not record:   # the comparison run: CPU and allocate latency without the record
+            return {**common, "connections_made": client["made"], "connections_failed": client["failed"],
+                    "rate_achieved_per_s": round(client["made"] / (client["end"] - client["start"]), 1),
+                    "agent_cpu_cores": round((ticks1 - ticks0) / CLK_TCK / (client["end"] - client["start"]), 4),
+                    "agent_top_threads_cpu_cores": dict(list(threads.items())[:6]), "loadavg": os.getloadavg()}
         db = tmp / "state" / "flows.db"
         recorded = wait_records(db, client["start_unix"], client["flows"])
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -120,8 +161,7 @@ def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float) ->
         sizes = {"db": pages * page_size * len(recorded) // max(total, 1),
                  "jsonl": (tmp / "state" / "flows.jsonl").stat().st_size}
         lost_events = sum(line.count("dropped conntrack events") for line in daemon.log)
-        out = {"sandboxes": sandboxes, "rate_per_s": rate, "seconds": seconds, "fill_seconds": filled["seconds"],
-               **figures(client, recorded, (ticks0, ticks1), threads, {"db": sizes["db"], "jsonl": sizes["jsonl"]}),
+        out = {**common, **figures(client, recorded, (ticks0, ticks1), threads, sizes),
                "records_in_db_total": total, "kernel_event_drops_logged": lost_events,
                "agent_top_threads_cpu_cores": dict(list(threads.items())[:6]),
                "loadavg": os.getloadavg()}
@@ -138,11 +178,13 @@ def main() -> None:
     ap.add_argument("--sandboxes", type=int, default=2000)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--no-record", action="store_true", help="the same load with [flows] record off (comparison)")
     args = ap.parse_args()
     bed = Testbed().create()
     try:
         with tempfile.TemporaryDirectory(prefix="flowbench") as tmp:
-            print(json.dumps(run(bed, Path(tmp), args.sandboxes, args.rate, args.seconds), indent=2))
+            out = run(bed, Path(tmp), args.sandboxes, args.rate, args.seconds, record=not args.no_record)
+            print(json.dumps(out, indent=2))
     finally:
         bed.destroy()
 
