@@ -178,9 +178,9 @@ class FlowsConfig(_Section):
     record: bool = True
     retain_s: float = Field(7 * 86400.0, ge=60, le=366 * 86400)   # records older than this are deleted
     max_records: int = Field(5_000_000, ge=1000, le=1_000_000_000)  # past this, the oldest are deleted
-    # Live sandbox flows are saved this often (and at stop): a flow alive then
-    # and gone at the next start is recorded with its counters as last seen.
-    snapshot_interval_s: float = Field(10.0, ge=0.2, le=3600)
+    # A dump of conntrack, read and dropped, this often: the kernel deletes the
+    # expired entries it walks, so their records come then, not at its next GC pass.
+    reap_interval_s: float = Field(10.0, ge=0.2, le=3600)
     log: bool = True                  # also append each record to a JSON-lines file
     log_path: Path | None = None      # None: <state_dir>/flows.jsonl
     log_max_bytes: int = Field(100 << 20, ge=1 << 16)   # then renamed to <log_path>.1 (one kept)

@@ -13,8 +13,8 @@ from ..firewall.nfnetlink import NLM_F_DUMP, NLM_F_REQUEST, attrs
 
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
-NFNLGRP_CONNTRACK_DESTROY = 3
-MSG_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW          # dump replies
+NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY = 1, 3
+MSG_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW          # new events and dump replies
 MSG_DESTROY = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE   # destroy events
 
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO = 1, 2, 3, 4
@@ -70,8 +70,16 @@ class CtEntry:
 
     @property
     def key(self) -> str:
-        """Names this entry for its whole life (the kernel's id is reused, so with its start)."""
+        """Names this flow's record: the kernel's id with its start (an id comes
+        back when the same tuple reuses a freed entry)."""
         return f"{self.ct_id:08x}-{self.start_ns:x}-{self.orig.src}-{self.orig.sport}"
+
+    @property
+    def entry_id(self) -> str:
+        """Names the live entry in every message about it (a new event has no
+        timestamps): the kernel's id and the original tuple."""
+        o = self.orig
+        return f"{self.ct_id:08x}-{o.proto}-{o.src}-{o.sport}-{o.dst}-{o.dport}"
 
 
 def dump_request(seq: int, family: int = socket.AF_INET) -> bytes:

@@ -20,5 +20,5 @@ class FlowMetrics(Collector):
                                   "buffer was full (those flows have no record).", value=r.lost)
         yield CounterMetricFamily("netagent_flow_store_failures", "Batches of flow records that could not be "
                                   "written (disk full, I/O error).", value=store.failures)
-        yield GaugeMetricFamily("netagent_flow_records_pending", "Flow records and snapshots queued for the "
+        yield GaugeMetricFamily("netagent_flow_records_pending", "Flow records and live-set changes queued for the "
                                 "writer thread.", value=store.pending)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 from .. import netns
 from ..firewall.nfnetlink import NETLINK_NETFILTER, dump_reader
@@ -26,15 +27,16 @@ def enable_accounting() -> None:
 
 
 def open_events() -> socket.socket:
-    """A socket subscribed to the netns' conntrack destroy events. Call on a
-    host-netns thread. A full buffer raises ENOBUFS on the next read (counted
-    as lost: those flows have no record)."""
+    """A socket subscribed to the netns' conntrack new and destroy events. Call
+    on a host-netns thread. A full buffer raises ENOBUFS on the next read
+    (counted: those flows' destroy events are lost; the next start finds them
+    gone from the live set)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:
         sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)   # SO_RCVBUFFORCE: above rmem_max (root)
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-    sock.bind((0, 1 << (codec.NFNLGRP_CONNTRACK_DESTROY - 1)))
+    sock.bind((0, 1 << (codec.NFNLGRP_CONNTRACK_NEW - 1) | 1 << (codec.NFNLGRP_CONNTRACK_DESTROY - 1)))
     sock.settimeout(0.5)
     return sock
 
@@ -47,19 +49,38 @@ def open_dumper() -> socket.socket:
     return sock
 
 
-def read_events(sock: socket.socket) -> list[codec.CtEntry]:
-    """The entries of one datagram of destroy events ([] on a read timeout)."""
+def read_events(sock: socket.socket) -> list[tuple[bool, codec.CtEntry]]:
+    """(destroyed, entry) of each event of one datagram, in order ([] on a read timeout)."""
     try:
         data = sock.recv(1 << 20)
     except TimeoutError:
         return []
-    from ..firewall.nfnetlink import messages
-    return [e for body in messages(data, codec.MSG_DESTROY) if (e := codec.parse_entry(body)) is not None]
+    out = []
+    pos = 0
+    while pos + 20 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, pos)
+        if length < 20:
+            break
+        if kind in (codec.MSG_NEW, codec.MSG_DESTROY) and (e := codec.parse_entry(data[pos + 20:pos + length])):
+            out.append((kind == codec.MSG_DESTROY, e))
+        pos += (length + 3) & ~3
+    return out
 
 
-def dump(sock: socket.socket, seq: int, tries: int = 8) -> list[codec.CtEntry]:
-    """Every live IPv4 entry of the socket's netns. A dump the kernel marks
-    interrupted (entries moved while it walked) is read again."""
+def reap(sock: socket.socket, seq: int) -> None:
+    """Ask for a dump and drop it unread: walking the table, the kernel deletes
+    the expired entries it meets, so their destroy events come now rather
+    than at its next garbage-collection pass. Costs the kernel's walk, no parsing."""
+    sock.sendto(codec.dump_request(seq), (0, 0))
+    answer = dump_reader(-1, "conntrack reap")
+    while answer(sock.recv(1 << 20), seq) is None:
+        pass
+
+
+def dump(sock: socket.socket, seq: int, tries: int = 8) -> list[bytes]:
+    """Every live IPv4 entry of the socket's netns, unparsed (codec.parse_entry
+    each: the caller may stop early). A dump the kernel marks interrupted
+    (entries moved while it walked) is read again."""
     for _ in range(tries):
         sock.sendto(codec.dump_request(seq), (0, 0))
         answer = dump_reader(codec.MSG_NEW, "conntrack dump")
@@ -67,6 +88,6 @@ def dump(sock: socket.socket, seq: int, tries: int = 8) -> list[codec.CtEntry]:
             pass
         complete, bodies = found
         if complete:
-            return [e for body in bodies if (e := codec.parse_entry(body)) is not None]
+            return bodies
         seq += 1
     raise OSError(errno.EAGAIN, f"conntrack dump interrupted {tries} times in a row")

@@ -1,13 +1,15 @@
 """Every connection of every sandbox on record, from the kernel's conntrack
-destroy events in the host netns (no per-packet work): one thread reads the
-events, names each flow's sandbox and hands the records to the store's
-writer thread. The event loop only keeps the slot owners up to date.
+events in the host netns (no per-packet work): one thread reads them, names
+each flow's sandbox and hands the records to the store's writer thread. The
+event loop only keeps the slot owners up to date.
 
-Restarts: the live sandbox flows are saved every `snapshot_interval_s` and at
-stop; at start, a saved flow that is no longer in conntrack ended while no
-agent listened and is recorded with its counters as last seen (while_down).
-The periodic dump also makes the kernel reap expired entries it walks, so
-their destroy events come out then rather than at its next garbage pass."""
+Restarts: a new event puts the flow in the store's live set, its destroy
+event takes it out (with its record). At start, a flow of the saved live set
+that is no longer in conntrack ended while no agent listened: it is recorded
+with its counters as last seen (while_down); a stop refreshes those counters.
+Every `reap_interval_s` a dump, read and dropped, makes the kernel delete the
+expired entries it walks, so their destroy events come then rather than at
+its next garbage-collection pass."""
 from __future__ import annotations
 
 import asyncio
@@ -30,6 +32,7 @@ from .store import FlowStore, Retention
 log = logging.getLogger("netagent.flows")
 REFUSED_REPEAT_S = 30.0    # a refused flow's retransmits within this long are one record
 OWNERS_KEPT = 4            # per slot: who held it (for destroy events read after a reuse)
+STOP_BUDGET_S = 5.0        # at stop, parse live entries' counters for at most this long
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def from_config(config: Any, plan: Any, on_host: Callable[[Callable[[], Any]], A
     store = FlowStore(config.state_dir / "flows.db", Retention(
         flows.retain_s, flows.max_records, config.flow_log_path(), flows.log_max_bytes))
     return FlowRecorder(store, FlowLinks(on_host, plan.index_of_sandbox_ip, config.transit_cidr, names_for),
-                        lambda: config.flows.snapshot_interval_s)
+                        lambda: config.flows.reap_interval_s)
 
 
 def with_metrics(recorder: FlowRecorder, registry: Any) -> FlowRecorder:
@@ -58,10 +61,10 @@ def with_metrics(recorder: FlowRecorder, registry: Any) -> FlowRecorder:
 
 
 class FlowRecorder:
-    def __init__(self, store: FlowStore, links: FlowLinks, snapshot_interval_s: Callable[[], float]):
+    def __init__(self, store: FlowStore, links: FlowLinks, reap_interval_s: Callable[[], float]):
         self.store = store
         self.links = links
-        self.snapshot_interval_s = snapshot_interval_s
+        self.reap_interval_s = reap_interval_s
         self.owners: dict[int, tuple[tuple[float, str], ...]] = {}
         self._events: socket.socket | None = None
         self._dumper: socket.socket | None = None
@@ -96,9 +99,10 @@ class FlowRecorder:
         self._dumper = await self.links.on_host(reader.open_dumper)
         self.store.start()
         saved = await asyncio.to_thread(self.store.load_live)
-        live = await asyncio.to_thread(self._snapshot)
-        await asyncio.to_thread(self._drain)
-        gone = ended_while_down(saved, {r.key for r in live}, time.time())
+        live = await asyncio.to_thread(self._live_now)
+        self.store.save_live(live)
+        closed = await asyncio.to_thread(self._drain)
+        gone = ended_while_down(saved, {r.key for r in live} | closed, time.time())
         self.store.add(gone)
         if gone:
             log.info("%d sandbox flows ended while the agent was down: recorded with their last counters", len(gone))
@@ -106,15 +110,16 @@ class FlowRecorder:
         self._thread.start()
         self.enabled = True
 
-    async def stop(self) -> None:
-        """A last snapshot, then the rest of the queued events."""
+    async def stop(self, budget_s: float = STOP_BUDGET_S) -> None:
+        """The queued events, then the live flows' counters as of now (parsing
+        for at most `budget_s`: a table of 100,000 entries would take seconds)."""
         if self._thread is None:
             return
         self._stopping.set()
         await asyncio.to_thread(self._thread.join, 30)
         self._thread = None
-        await asyncio.to_thread(self._snapshot)
         await asyncio.to_thread(self._drain)
+        self.store.refresh_live(await asyncio.to_thread(self._live_now, budget_s))
         for sock in (self._events, self._dumper):
             if sock is not None:
                 sock.close()
@@ -168,50 +173,72 @@ class FlowRecorder:
 
     def _run(self) -> None:
         name_os_thread("netagent-flowrd")
-        next_snapshot = time.monotonic() + self.snapshot_interval_s()
+        next_reap = time.monotonic() + self.reap_interval_s()
         while not self._stopping.is_set():
             try:
                 self._read_once()
-                if time.monotonic() >= next_snapshot:
-                    next_snapshot = time.monotonic() + self.snapshot_interval_s()
-                    self._snapshot()
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + self.reap_interval_s()
+                    assert self._dumper is not None
+                    self._seq += 10
+                    reader.reap(self._dumper, self._seq)
             except Exception:
                 log.exception("flow reader: carrying on")
                 time.sleep(0.5)
 
-    def _read_once(self) -> int:
+    def _read_once(self) -> set[str]:
+        """Read one datagram of events; the entry ids of the flows that ended."""
         assert self._events is not None
         try:
-            entries = reader.read_events(self._events)
+            events = reader.read_events(self._events)
         except OSError as exc:
             if exc.errno != 105:   # ENOBUFS: the kernel dropped events; the socket carries on
                 raise
             self.lost += 1
             log.warning("flow reader: the kernel dropped conntrack events (buffer full); some flows have no record")
-            return 0
-        records = [r for e in entries if (r := self.record(e)) is not None]
+            return set()
+        records, closed = [], set()
+        for destroyed, entry in events:
+            if (rec := self.record(entry, destroyed)) is None:
+                continue
+            if destroyed:
+                records.append(rec)
+                closed.add(entry.entry_id)
+                self.store.closed(entry.entry_id)
+            else:
+                self.store.opened(rec)
         self.seen += len(records)
         self.store.add(records)
-        return len(entries)
+        return closed
 
-    def _drain(self) -> None:
-        """Read what is queued now (start and stop)."""
+    def _drain(self) -> set[str]:
+        """Read what is queued now (start and stop); the entry ids that ended."""
         assert self._events is not None
+        closed: set[str] = set()
         self._events.setblocking(False)
         try:
             while True:
                 try:
-                    self._read_once()
+                    closed |= self._read_once()
                 except BlockingIOError:
-                    return
+                    return closed
         finally:
             self._events.settimeout(0.5)
 
-    def _snapshot(self) -> list[FlowRecord]:
-        """Dump the live entries; save the sandbox flows among them."""
+    def _live_now(self, budget_s: float | None = None) -> list[FlowRecord]:
+        """The sandbox flows in conntrack now, as records keyed by entry id."""
         assert self._dumper is not None
         self._seq += 10
         now = time.time()
-        live = [r for e in reader.dump(self._dumper, self._seq) if (r := self.record(e, False, now)) is not None]
-        self.store.save_live(live)
+        deadline = time.monotonic() + budget_s if budget_s is not None else None
+        live = []
+        bodies = reader.dump(self._dumper, self._seq)
+        for n, body in enumerate(bodies):
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("flow reader: %d of %d live entries read at stop (budget); the rest keep the "
+                            "counters they were first seen with", n, len(bodies))
+                break
+            entry = codec.parse_entry(body)
+            if entry is not None and (rec := self.record(entry, False, now)) is not None:
+                live.append(rec)
         return live

@@ -39,7 +39,7 @@ class FlowRecord:
     end: float                # unix seconds (while_down: when the agent found it gone)
     end_reason: str           # codec.END_REASONS
     while_down: bool          # ended while the agent was down: counters as last seen
-    key: str                  # the conntrack entry's identity (unique per flow)
+    key: str                  # unique per flow (a live flow's: its CtEntry.entry_id)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,8 +81,9 @@ def owner_at(owners: Owners, slot: int, started: float) -> str | None:
 
 def make_record(entry: codec.CtEntry, where: Placement, sandbox_id: str, domain: str,
                 now: float | None = None, destroyed: bool = True) -> FlowRecord:
-    """The record of an entry that ended (`destroyed`) or was found gone after a
-    restart (destroyed=False: `entry` is as last seen, `now` the end)."""
+    """The record of an entry that ended (`destroyed`), or of a live one as
+    seen now (destroyed=False: kept in the live set, keyed by its entry id; a
+    new event has no timestamps, so its start is `now`)."""
     wall = time.time() if now is None else now
     start = entry.start_ns / 1e9 if entry.start_ns else wall
     end = entry.stop_ns / 1e9 if destroyed and entry.stop_ns else wall
@@ -97,7 +98,7 @@ def make_record(entry: codec.CtEntry, where: Placement, sandbox_id: str, domain:
         sent, received = (entry.packets_reply, entry.bytes_reply), (entry.packets_orig, entry.bytes_orig)
     return FlowRecord(sandbox_id, where.direction, proto, src, sport, dst, dport, domain,
                       sent[1], received[1], sent[0], received[0], start, max(end, start),
-                      codec.end_reason(entry, destroyed), not destroyed, entry.key)
+                      codec.end_reason(entry, destroyed), not destroyed, entry.key if destroyed else entry.entry_id)
 
 
 def refused_record(sandbox_id: str, protocol: str, source: str, source_port: int, destination: str,
@@ -110,7 +111,9 @@ def refused_record(sandbox_id: str, protocol: str, source: str, source_port: int
 
 
 def ended_while_down(saved: Sequence[FlowRecord], alive: set[str], now: float) -> list[FlowRecord]:
-    """Flows alive at the last snapshot before a stop and gone now: they ended
-    while no agent read conntrack. Their counters are as last seen."""
-    return [FlowRecord(**{**r.as_dict(), "end": max(now, r.start), "while_down": True})
+    """Flows in the saved live set (keyed by entry id) that are no longer in
+    conntrack: they ended while no agent read its events. Their counters are
+    as last seen; their record key adds the start to the entry id."""
+    return [FlowRecord(**{**r.as_dict(), "end": max(now, r.start), "while_down": True,
+                          "key": f"{r.key}@{r.start:.6f}"})
             for r in saved if r.key not in alive]

@@ -3,7 +3,11 @@ state.db) and an optional JSON-lines log, written by one thread in batches so
 that recording never runs on the event loop nor contends with the committer's
 database. Retention by age and by record count, trimmed as the writer goes.
 
-`add` may be called from any thread; reads open their own connection."""
+Beside the records, the set of live sandbox flows (table `live`, kept from
+conntrack's new and destroy events): what the next start compares with
+conntrack to find the flows that ended while no agent ran.
+
+Writes may be queued from any thread; reads open their own connection."""
 from __future__ import annotations
 
 import json
@@ -13,9 +17,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from ..workers import name_os_thread
 from .records import FlowRecord
@@ -28,10 +33,11 @@ SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS flows (id INTEGER PRIMARY KEY, {", ".join(COLUMNS)}, UNIQUE(key));
 CREATE INDEX IF NOT EXISTS flows_by_sandbox ON flows (sandbox_id, "end");
 CREATE INDEX IF NOT EXISTS flows_by_end ON flows ("end");
-CREATE TABLE IF NOT EXISTS live (key TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS live ({", ".join(COLUMNS)}, PRIMARY KEY(key));
 """
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 _INSERT = f"INSERT OR IGNORE INTO flows ({_QUOTED}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_LIVE = f"INSERT OR REPLACE INTO live ({_QUOTED}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class FlowStore:
     def __init__(self, path: Path, retention: Retention):
         self.path = path
         self.retention = retention
-        self._queue: queue.Queue[Callable[[sqlite3.Connection], None] | list[FlowRecord] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._pending = 0
@@ -66,6 +72,10 @@ class FlowStore:
         return db
 
     # ---- writing (any thread) ----------------------------------------------
+    # Each call queues one operation; the writer applies a batch of them in
+    # order in one transaction: ("add", records), ("open", record),
+    # ("close", entry id), ("live", records: replace the live set),
+    # ("upsert", records: refresh live rows), ("trim", now).
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="netagent-flow-writer", daemon=True)
@@ -73,20 +83,24 @@ class FlowStore:
 
     def add(self, records: Sequence[FlowRecord]) -> None:
         if records:
-            self._put(list(records))
+            self._put(("add", list(records)))
+
+    def opened(self, record: FlowRecord) -> None:
+        """A flow began (its record as of now, keyed by entry id): into the live set."""
+        self._put(("open", record))
+
+    def closed(self, entry_id: str) -> None:
+        self._put(("close", entry_id))
 
     def save_live(self, records: Sequence[FlowRecord]) -> None:
-        """Replace the saved set of flows alive now (read back at the next start)."""
-        rows = [(r.key, json.dumps(r.as_dict(), separators=(",", ":"))) for r in records]
+        """Replace the live set (at start: what conntrack holds now)."""
+        self._put(("live", list(records)))
 
-        def replace(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN")
-            db.execute("DELETE FROM live")
-            db.executemany("INSERT OR REPLACE INTO live (key, body) VALUES (?, ?)", rows)
-            db.execute("COMMIT")
-        self._put(replace)
+    def refresh_live(self, records: Sequence[FlowRecord]) -> None:
+        """Newer counters for flows of the live set (at stop)."""
+        self._put(("upsert", list(records)))
 
-    def _put(self, item: Callable[[sqlite3.Connection], None] | list[FlowRecord]) -> None:
+    def _put(self, item: tuple[str, object]) -> None:
         with self._idle:
             self._pending += 1
         self._queue.put(item)
@@ -96,7 +110,7 @@ class FlowStore:
         return self._pending
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until everything added so far is written (False: timed out)."""
+        """Wait until everything queued so far is written (False: timed out)."""
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
@@ -110,12 +124,8 @@ class FlowStore:
         name_os_thread("netagent-flowwr")
         db = self._connect()
         try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                batch, jobs, done = [], [], 1
-                (batch.extend if isinstance(item, list) else jobs.append)(item)  # type: ignore[operator]
+            while (item := self._queue.get()) is not None:
+                batch = [item]
                 deadline = time.monotonic() + BATCH_WAIT_S
                 while (left := deadline - time.monotonic()) > 0:
                     try:
@@ -125,31 +135,37 @@ class FlowStore:
                     if more is None:
                         self._queue.put(None)
                         break
-                    done += 1
-                    (batch.extend if isinstance(more, list) else jobs.append)(more)  # type: ignore[operator]
+                    batch.append(more)
                 try:
                     self._write(db, batch)
-                    for job in jobs:
-                        job(db)
                     self._trim(db)
                 except Exception:   # a full disk: keep going, say so
                     self.failures += 1
-                    log.exception("flow store: a batch of %d records could not be written", len(batch))
+                    log.exception("flow store: a batch of %d operations could not be written", len(batch))
                 with self._idle:
-                    self._pending -= done
+                    self._pending -= len(batch)
                     self._idle.notify_all()
         finally:
             db.close()
 
-    def _write(self, db: sqlite3.Connection, batch: list[FlowRecord]) -> None:
-        if not batch:
-            return
-        stored = []
+    def _write(self, db: sqlite3.Connection, batch: list[tuple[str, Any]]) -> None:
+        stored: list[FlowRecord] = []
         db.execute("BEGIN")
         try:
-            for r in batch:
-                if db.execute(_INSERT, tuple(getattr(r, c) for c in COLUMNS)).rowcount:
-                    stored.append(r)
+            for op, arg in batch:
+                if op == "add":
+                    stored += [r for r in arg if db.execute(_INSERT, _row(r)).rowcount]
+                elif op == "open":
+                    db.execute(_LIVE, _row(arg))
+                elif op == "close":
+                    db.execute("DELETE FROM live WHERE key = ?", (arg,))
+                elif op in ("live", "upsert"):
+                    if op == "live":
+                        db.execute("DELETE FROM live")
+                    db.executemany(_LIVE, [_row(r) for r in arg])
+                elif op == "trim":
+                    self._last_trim = 0.0
+                    self._trim(db, arg)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -183,8 +199,7 @@ class FlowStore:
 
     def trim_now(self, now: float | None = None) -> None:
         """Apply retention at once (on the writer thread, like any write)."""
-        self._last_trim = 0.0
-        self._put(lambda db: self._trim(db, now))
+        self._put(("trim", now))
 
     # ---- reading (any thread) ----------------------------------------------
 
@@ -203,7 +218,7 @@ class FlowStore:
     def load_live(self) -> list[FlowRecord]:
         db = self._connect()
         try:
-            return [FlowRecord(**json.loads(body)) for (body,) in db.execute("SELECT body FROM live")]
+            return [_record(row) for row in db.execute(f"SELECT {_QUOTED} FROM live")]
         finally:
             db.close()
 
@@ -213,6 +228,10 @@ class FlowStore:
             return int(db.execute("SELECT COUNT(*) FROM flows").fetchone()[0])
         finally:
             db.close()
+
+
+def _row(r: FlowRecord) -> tuple[object, ...]:
+    return tuple(getattr(r, c) for c in COLUMNS)
 
 
 def _record(row: tuple[object, ...]) -> FlowRecord:

@@ -3,7 +3,7 @@ events: real light guests, the test bed's TEST-NET servers, a real agent.
 
 The test bed's host netns ends flows quickly (TIME_WAIT, CLOSE and UDP
 timeouts of 1 s) so a record comes seconds after the connection ends, not
-minutes; the agent's snapshot dump (every 0.5 s here) reaps expired entries."""
+minutes; the agent's reaping dump (every 0.5 s here) deletes expired entries at once."""
 from __future__ import annotations
 
 import asyncio
@@ -43,7 +43,7 @@ def quick_ends(bed: Any) -> None:
 
 
 def config(bed: Any, state: Any, **over: Any) -> Any:
-    return agent_config(bed, state, flows={"snapshot_interval_s": 0.5}, **over)
+    return agent_config(bed, state, flows={"reap_interval_s": 0.5}, **over)
 
 
 async def records(agent: Agent, sandbox_id: str, want: Any, timeout: float = 60.0) -> list[FlowRecord]:

@@ -153,7 +153,8 @@ def record(key: str, sandbox_id: str = "s1", end: float = 0.0, **over) -> FlowRe
 def test_flows_alive_at_the_last_snapshot_and_gone_now_ended_while_down():
     saved = [record("a", end_reason=codec.UNKNOWN, while_down=True), record("b", end_reason=codec.UNKNOWN)]
     [gone] = ended_while_down(saved, alive={"b"}, now=NOW + 5)
-    assert (gone.key, gone.end, gone.while_down, gone.bytes_received) == ("a", NOW + 5, True, 20)
+    assert (gone.end, gone.while_down, gone.bytes_received) == (NOW + 5, True, 20)
+    assert gone.key.startswith("a@")   # the entry id and its start: an id comes back for a later flow
 
 
 def test_store_appends_dedups_queries_and_logs(tmp_path):
@@ -174,9 +175,15 @@ def test_store_appends_dedups_queries_and_logs(tmp_path):
         lines = [json.loads(line) for line in log_path.read_text().splitlines()]
         assert [(x["key"], x["sandbox_id"], x["event"]) for x in lines] == [("a", "s1", "flow"), ("b", "s1", "flow"),
                                                                            ("c", "s2", "flow")]
-        store.save_live([record("x", while_down=True)])
+        store.save_live([record("x", while_down=True), record("y", while_down=True)])
+        store.opened(record("z", while_down=True))
+        store.closed("x")
+        store.refresh_live([record("y", while_down=True, bytes_sent=77)])
         assert store.flush()
-        assert [r.key for r in store.load_live()] == ["x"]
+        assert sorted((r.key, r.bytes_sent) for r in store.load_live()) == [("y", 77), ("z", 10)]
+        store.save_live([record("w", while_down=True)])
+        assert store.flush()
+        assert [r.key for r in store.load_live()] == ["w"]
     finally:
         store.stop()
 
