@@ -16,6 +16,7 @@ gRPC gives the allocate latency beside the record; `--no-record` runs the
 same load with the record off, for comparison. Prints JSON.
 
     python -m tests.bench.flow_log_bench [--sandboxes 2000] [--rate 1000] [--seconds 30] [--no-record]
+                                         [--kernel-timeouts]
 """
 from __future__ import annotations
 
@@ -121,8 +122,10 @@ class AllocateSampler:
         self._thread.join(60)
 
 
-def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, record: bool = True) -> dict:
-    quick_ends(bed)
+def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, record: bool = True,
+        kernel_timeouts: bool = False) -> dict:
+    if not kernel_timeouts:
+        quick_ends(bed)
     bed.start_module(bed.inet, "tests.bench.flow_log_client", "serve", str(PORT))
     config = write_config(bed, tmp, pool_size=POOL_SIZE, pool_max_size=max(POOL_SIZE, 256),
                           metrics_refresh_s=5.0, ruleset_check_interval_s=1.0, flows={"record": record})
@@ -144,6 +147,7 @@ def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, re
         ticks1, threads1 = sum(proc_ticks(f"/proc/{pid}/stat")), thread_ticks(pid)
         threads = thread_shares(threads0, threads1, client["end"] - client["start"])
         common = {"sandboxes": sandboxes, "rate_per_s": rate, "seconds": seconds, "record": record,
+                  "tcp_timeout_time_wait_s": 120 if kernel_timeouts else 1,
                   "fill_seconds": filled["seconds"], "allocate_ms_during": summary(allocates.ms)}
         if not record:   # the comparison run: CPU and allocate latency without the record
             return {**common, "connections_made": client["made"], "connections_failed": client["failed"],
@@ -151,7 +155,8 @@ def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, re
                     "agent_cpu_cores": round((ticks1 - ticks0) / CLK_TCK / (client["end"] - client["start"]), 4),
                     "agent_top_threads_cpu_cores": dict(list(threads.items())[:6]), "loadavg": os.getloadavg()}
         db = tmp / "state" / "flows.db"
-        recorded = wait_records(db, client["start_unix"], client["flows"])
+        recorded = wait_records(db, client["start_unix"], client["flows"],
+                                quiet_s=150.0 if kernel_timeouts else 15.0, timeout=600.0)
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         (total,) = conn.execute("SELECT COUNT(*) FROM flows").fetchone()
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
@@ -179,11 +184,15 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--no-record", action="store_true", help="the same load with [flows] record off (comparison)")
+    ap.add_argument("--kernel-timeouts", action="store_true",
+                    help="keep the kernel's TIME_WAIT (120 s): a conntrack table of rate x 120 entries, "
+                         "records 2 minutes after each close")
     args = ap.parse_args()
     bed = Testbed().create()
     try:
         with tempfile.TemporaryDirectory(prefix="flowbench") as tmp:
-            out = run(bed, Path(tmp), args.sandboxes, args.rate, args.seconds, record=not args.no_record)
+            out = run(bed, Path(tmp), args.sandboxes, args.rate, args.seconds, record=not args.no_record,
+                      kernel_timeouts=args.kernel_timeouts)
             print(json.dumps(out, indent=2))
     finally:
         bed.destroy()
