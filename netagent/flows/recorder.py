@@ -99,10 +99,10 @@ class FlowRecorder:
         self._dumper = await self.links.on_host(reader.open_dumper)
         self.store.start()
         saved = await asyncio.to_thread(self.store.load_live)
-        live = await asyncio.to_thread(self._live_now)
+        live, alive = await asyncio.to_thread(self._live_now)
         self.store.save_live(live)
         closed = await asyncio.to_thread(self._drain)
-        gone = ended_while_down(saved, {r.key for r in live} | closed, time.time())
+        gone = ended_while_down(saved, alive | closed, time.time())
         self.store.add(gone)
         if gone:
             log.info("%d sandbox flows ended while the agent was down: recorded with their last counters", len(gone))
@@ -119,7 +119,7 @@ class FlowRecorder:
         await asyncio.to_thread(self._thread.join, 30)
         self._thread = None
         await asyncio.to_thread(self._drain)
-        self.store.refresh_live(await asyncio.to_thread(self._live_now, budget_s))
+        self.store.refresh_live((await asyncio.to_thread(self._live_now, budget_s))[0])
         for sock in (self._events, self._dumper):
             if sock is not None:
                 sock.close()
@@ -225,20 +225,25 @@ class FlowRecorder:
         finally:
             self._events.settimeout(0.5)
 
-    def _live_now(self, budget_s: float | None = None) -> list[FlowRecord]:
-        """The sandbox flows in conntrack now, as records keyed by entry id."""
+    def _live_now(self, budget_s: float | None = None) -> tuple[list[FlowRecord], set[str]]:
+        """The sandbox flows in conntrack now, as records keyed by entry id, and
+        the entry id of every entry read (a saved flow whose slot has no owner
+        now, released while no agent ran, is still alive)."""
         assert self._dumper is not None
         self._seq += 10
         now = time.time()
         deadline = time.monotonic() + budget_s if budget_s is not None else None
-        live = []
+        live: list[FlowRecord] = []
+        alive: set[str] = set()
         bodies = reader.dump(self._dumper, self._seq)
         for n, body in enumerate(bodies):
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("flow reader: %d of %d live entries read at stop (budget); the rest keep the "
                             "counters they were first seen with", n, len(bodies))
                 break
-            entry = codec.parse_entry(body)
-            if entry is not None and (rec := self.record(entry, False, now)) is not None:
+            if (entry := codec.parse_entry(body)) is None:
+                continue
+            alive.add(entry.entry_id)
+            if (rec := self.record(entry, False, now)) is not None:
                 live.append(rec)
-        return live
+        return live, alive

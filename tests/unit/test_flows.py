@@ -216,3 +216,18 @@ def test_store_log_rotates_past_its_size(tmp_path):
         assert log_path.stat().st_size <= 600
     finally:
         store.stop()
+
+
+def test_every_entry_read_at_start_is_alive_even_without_a_sandbox_now(tmp_path, monkeypatch):
+    """A saved flow whose slot has no owner at start (released while no agent
+    ran) is still in conntrack: it must not be recorded as ended."""
+    from netagent.flows import reader
+    from netagent.flows.recorder import FlowLinks, FlowRecorder
+    bodies = [next(iter(messages(raw, codec.MSG_DESTROY))) for raw in DESTROYS]
+    monkeypatch.setattr(reader, "dump", lambda sock, seq: bodies)
+    recorder = FlowRecorder(FlowStore(tmp_path / "flows.db", Retention(86400, 1000)),
+                            FlowLinks(None, index_of, TRANSIT, lambda ip, a: frozenset()),  # type: ignore[arg-type]
+                            lambda: 10.0)
+    recorder._dumper = object()  # type: ignore[assignment]
+    live, alive = recorder._live_now()
+    assert live == [] and alive == {codec.parse_entry(b).entry_id for b in bodies} and len(alive) == 3
