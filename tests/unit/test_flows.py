@@ -7,6 +7,8 @@ import json
 import struct
 import time
 
+import pytest
+
 from netagent.firewall.nfnetlink import messages
 from netagent.flows import codec
 from netagent.flows.records import EGRESS, INGRESS, FlowRecord, ended_while_down, make_record, owner_at, place
@@ -37,7 +39,15 @@ DESTROYS = [bytes.fromhex(h) for h in (
     "0c00010018ef1c2756c3d80f0c00020018ef1c27923a5b410c001b0018ef1c3493be51c8"
     ,
 )]
-NOW = time.time()   # the store trims by the real clock too: records are recent
+NOW = time.time()   # the store trims by the real clock too: records are recent (reset for each test)
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """Records end around now: a NOW taken at import is minutes old by the time
+    a full run reaches these tests, and the store's own age trim deletes them."""
+    global NOW
+    NOW = time.time()
 TRANSIT = ipaddress.IPv4Network("10.12.0.0/16")
 
 
