@@ -66,6 +66,8 @@ bench: deps
 	$(PY) -m tests.bench.allocate_cpu --out bench-results/allocate_cpu.json
 # issue 16: 100 simulated hosts' publishers on a Redis Cluster, both registry designs (HOSTS_SIM_ARGS=--full: the issue's load)
 	$(PY) -m tests.bench.hosts_sim $(HOSTS_SIM_ARGS) | tee bench-results/hosts_sim.json
+# issue 23: the connection log at 2,000 sandboxes and 1,000 new connections/s (FLOW_LOG_ARGS="--sandboxes 500": a smaller host)
+	$(PY) -m tests.bench.flow_log_bench $(FLOW_LOG_ARGS) | tee bench-results/flow_log.json
 
 lint: deps
 	$(PY) -m ruff check netagent tests

@@ -48,6 +48,7 @@ from .firewall import nflog, nfqueue, ruleset
 from .firewall.driver import FirewallDriver, HostTable
 from .firewall.generation import GenerationWatch
 from .firstpayload.checker import CheckLinks, FirstPayloadCheck
+from .flows import recorder as flow_recorder
 from .logs import for_sandbox
 from .metrics import Metrics
 from .models import SlotState
@@ -112,7 +113,10 @@ class Agent(CoreApi):
             self._submit))
         self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
         self.metrics.registry.register(self.usage_metrics)
-        self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied)
+        self.flows = flow_recorder.with_metrics(flow_recorder.from_config(
+            config, self.plan, self.host.call, self.admission.names_seen), self.metrics.registry)
+        self.denied = DeniedFlowLog(lambda: self.host.call(nflog.open_socket), self._sandbox_of_ip, self.record_denied,
+                                    self.flows.refused_packet if config.flows.record else None)
         fp = config.first_payload
         self.first_payload = FirstPayloadCheck(fp.queue, CheckLinks(
             lambda: self.host.call(lambda: nfqueue.open_socket(fp.queue)), self.admission.policy_of,
@@ -158,6 +162,8 @@ class Agent(CoreApi):
             self._tasks.append(asyncio.create_task(self.first_payload.publish(
                 lambda: self.config.first_payload.verdict_events_s, lambda: self.inventory.allocations,
                 lambda counts: self._submit(ops.RecordVerdicts(counts))), name="netagent-verdict-events"))
+        if self.config.flows.record:
+            await self.flows.start(self.inventory.allocations.values())
         if self.config.denied_flow_events:
             await self.denied.start()
         self._tasks.append(asyncio.create_task(self.keeper.watch(
@@ -250,6 +256,7 @@ class Agent(CoreApi):
         self.repair_io.stop()
         await self.reachability.stop()
         await self.denied.stop()
+        await self.flows.stop()
         await self.first_payload.stop()
         await self.meter.refresh()   # persisted as of now: a table flushed while we are down loses nothing
         while not self.committer.idle or self.pool.busy:  # let queued work finish
@@ -325,6 +332,7 @@ class Agent(CoreApi):
         drop = [ip for _, c in done for ip in c.drop_fqdn]
         marks = [m for _, c in done for m in c.flush_marks]
         clean = [s for _, c in done for s in c.clean_slots]
+        self.flows.on_committed([op for op, _ in done], self.inventory.allocations)
         for op, change in done:
             self.reachability.on_committed(change.rows)
             if isinstance(op, ops.CALLER_OPS):

@@ -92,6 +92,13 @@ class Client:
         req = pb.ProbePortRequest(sandbox_id=sandbox_id, guest_port=guest_port, timeout_ms=timeout_ms)
         return self.stub.ProbePort(req, timeout=self.timeout)
 
+    def flows(self, sandbox_id: str, *, since_unix_ms: int = 0, until_unix_ms: int = 0,
+              limit: int = 0) -> pb.ListFlowsResponse:
+        """The sandbox's connections that ended in the range, oldest first (docs/api.md)."""
+        req = pb.ListFlowsRequest(sandbox_id=sandbox_id, since_unix_ms=since_unix_ms, until_unix_ms=until_unix_ms,
+                                  limit=limit)
+        return self.stub.ListFlows(req, timeout=self.timeout)
+
     def usage(self, sandbox_id: str = "", *, last_reading: bool = False) -> list[pb.SandboxUsage]:
         """One sandbox's usage, or every allocated sandbox's (empty id): read now,
         or as of the agent's last periodic reading (no kernel I/O; ls)."""

@@ -172,6 +172,20 @@ class MetricsConfig(_Section):
     refresh_s: float = Field(5.0, gt=0)
 
 
+class FlowsConfig(_Section):
+    """The connection record (docs/operations.md, "Flow records"): every sandbox
+    flow, when it ends, from conntrack's destroy events, in <state_dir>/flows.db."""
+    record: bool = True
+    retain_s: float = Field(7 * 86400.0, ge=60, le=366 * 86400)   # records older than this are deleted
+    max_records: int = Field(5_000_000, ge=1000, le=1_000_000_000)  # past this, the oldest are deleted
+    # A dump of conntrack, read and dropped, this often: the kernel deletes the
+    # expired entries it walks, so their records come then, not at its next GC pass.
+    reap_interval_s: float = Field(10.0, ge=0.2, le=3600)
+    log: bool = True                  # also append each record to a JSON-lines file
+    log_path: Path | None = None      # None: <state_dir>/flows.jsonl
+    log_max_bytes: int = Field(100 << 20, ge=1 << 16)   # then renamed to <log_path>.1 (one kept)
+
+
 # Flat keys of the 0.x config (TOML and NETAGENT_*), still accepted: key -> (section, field).
 LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "pool_size": ("pool", "size"), "pool_build_concurrency": ("pool", "build_concurrency"),
@@ -240,6 +254,7 @@ class Config(BaseModel):
     registry: RegistryConfig = RegistryConfig()
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()
+    flows: FlowsConfig = FlowsConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -319,6 +334,12 @@ class Config(BaseModel):
         if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR")
         return v
+
+    def flow_log_path(self) -> Path | None:
+        """Where flow records are appended as JSON lines (None: off)."""
+        if not self.flows.log:
+            return None
+        return self.flows.log_path or self.state_dir / "flows.jsonl"
 
     def registry_in_effect(self) -> str:
         """The registry URL in effect ("" when off)."""

@@ -18,10 +18,12 @@ BATCH_S = 0.1
 
 class DeniedFlowLog:
     def __init__(self, open_socket: Callable[[], Awaitable[socket.socket]],
-                 sandbox_of: Callable[[str], str | None], record: Callable[[list[DeniedFlow]], Awaitable[None]]):
+                 sandbox_of: Callable[[str], str | None], record: Callable[[list[DeniedFlow]], Awaitable[None]],
+                 on_packet: Callable[[str, nflog.DeniedPacket], None] | None = None):
         self.open_socket = open_socket   # the nflog socket, made in the host netns
         self.sandbox_of = sandbox_of     # sandbox IP -> sandbox id (None: not allocated)
         self.record = record             # store FLOW_DENIED events (through the committer)
+        self.on_packet = on_packet       # (sandbox id, packet): the flow record of a refused flow
         self.sock: socket.socket | None = None
         self._pending: list[DeniedFlow] = []
         self._flush_task: asyncio.Task[None] | None = None
@@ -57,6 +59,8 @@ class DeniedFlowLog:
         if sid is None:
             return
         self.seen += 1
+        if self.on_packet is not None:
+            self.on_packet(sid, pkt)
         for_sandbox(log, sid, reason=pkt.reason, destination=pkt.destination, protocol=pkt.protocol,
                     port=pkt.port).info("denied %s %s:%d (%s)", pkt.protocol, pkt.destination, pkt.port, pkt.reason)
         self._pending.append(DeniedFlow(sid, pkt.reason, pkt.destination, pkt.protocol, pkt.port))

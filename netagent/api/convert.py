@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..core import ops
 from ..errors import InvalidArgument
@@ -106,6 +106,32 @@ class ListReq(_Req):
 class WatchReq(_Req):
     after_cursor: int
     sandbox_ids: tuple[SandboxId, ...] = ()
+
+
+FLOWS_LIMIT_DEFAULT, FLOWS_LIMIT_MAX = 1000, 10_000
+
+
+class ListFlowsReq(_Req):
+    sandbox_id: SandboxId
+    since_unix_ms: int = Field(0, ge=0)
+    until_unix_ms: int = Field(0, ge=0)     # 0: now
+    limit: int = Field(0, ge=0, le=FLOWS_LIMIT_MAX)
+
+    @model_validator(mode="after")
+    def _range(self) -> ListFlowsReq:
+        if self.until_unix_ms and self.since_unix_ms > self.until_unix_ms:
+            raise ValueError("since_unix_ms is after until_unix_ms")
+        return self
+
+
+def flow_to_proto(r: Any) -> pb.FlowRecord:
+    """A flows.records.FlowRecord."""
+    return pb.FlowRecord(
+        sandbox_id=r.sandbox_id, direction=r.direction, protocol=r.protocol, source=r.source,
+        source_port=r.source_port, destination=r.destination, destination_port=r.destination_port, domain=r.domain,
+        bytes_sent=r.bytes_sent, bytes_received=r.bytes_received, packets_sent=r.packets_sent,
+        packets_received=r.packets_received, start_unix_ms=int(r.start * 1000), end_unix_ms=int(r.end * 1000),
+        end_reason=r.end_reason, while_down=r.while_down)
 
 
 def parse(model: type[_Req], **data: Any) -> Any:

@@ -475,3 +475,59 @@ class SetLimitsRequest(_message.Message):
     sandbox_id: str
     limits: Limits
     def __init__(self, sandbox_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class ListFlowsRequest(_message.Message):
+    __slots__ = ("sandbox_id", "since_unix_ms", "until_unix_ms", "limit")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    since_unix_ms: int
+    until_unix_ms: int
+    limit: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class FlowRecord(_message.Message):
+    __slots__ = ("sandbox_id", "direction", "protocol", "source", "source_port", "destination", "destination_port", "domain", "bytes_sent", "bytes_received", "packets_sent", "packets_received", "start_unix_ms", "end_unix_ms", "end_reason", "while_down")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PORT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_PORT_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_SENT_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    END_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    WHILE_DOWN_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    direction: str
+    protocol: str
+    source: str
+    source_port: int
+    destination: str
+    destination_port: int
+    domain: str
+    bytes_sent: int
+    bytes_received: int
+    packets_sent: int
+    packets_received: int
+    start_unix_ms: int
+    end_unix_ms: int
+    end_reason: str
+    while_down: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., direction: _Optional[str] = ..., protocol: _Optional[str] = ..., source: _Optional[str] = ..., source_port: _Optional[int] = ..., destination: _Optional[str] = ..., destination_port: _Optional[int] = ..., domain: _Optional[str] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., packets_sent: _Optional[int] = ..., packets_received: _Optional[int] = ..., start_unix_ms: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., end_reason: _Optional[str] = ..., while_down: _Optional[bool] = ...) -> None: ...
+
+class ListFlowsResponse(_message.Message):
+    __slots__ = ("flows", "truncated")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[FlowRecord]
+    truncated: bool
+    def __init__(self, flows: _Optional[_Iterable[_Union[FlowRecord, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

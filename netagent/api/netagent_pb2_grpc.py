@@ -104,6 +104,11 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
                 _registered_method=True)
+        self.ListFlows = channel.unary_unary(
+                '/netagent.v1.NetAgent/ListFlows',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.ListFlowsRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.ListFlowsResponse.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -204,7 +209,17 @@ class NetAgentServicer:
         """---- end sticky egress addresses ----
         ---- bandwidth limits (issue #14) ----
         New limits for a sandbox, set in the kernel (qdiscs, packet-rate table) before the reply.
-        ---- end bandwidth limits ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFlows(self, request, context):
+        """---- end bandwidth limits ----
+        ---- flow records (issue #23) ----
+        A sandbox's connections that ended in a time range, oldest first, from
+        the agent's flow store (kept after release, within the retention).
+        ---- end flow records ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +297,11 @@ def add_NetAgentServicer_to_server(servicer, server):
                     servicer.SetLimits,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.Sandbox.SerializeToString,
+            ),
+            'ListFlows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlows,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.ListFlowsRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.ListFlowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -662,6 +682,33 @@ class NetAgent:
             '/netagent.v1.NetAgent/SetLimits',
             netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/ListFlows',
+            netagent_dot_api_dot_netagent__pb2.ListFlowsRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.ListFlowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

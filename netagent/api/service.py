@@ -153,6 +153,17 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                                        read_unix_ms=int(read_at * 1000))
         return await self._call("get_usage", context, run)
 
+    async def ListFlows(self, request: pb.ListFlowsRequest, context: Any) -> pb.ListFlowsResponse:
+        async def run() -> pb.ListFlowsResponse:
+            req = cv.parse(cv.ListFlowsReq, sandbox_id=request.sandbox_id, since_unix_ms=request.since_unix_ms,
+                           until_unix_ms=request.until_unix_ms, limit=request.limit)
+            limit = req.limit or cv.FLOWS_LIMIT_DEFAULT
+            found = await self.agent.flows.query(req.sandbox_id, req.since_unix_ms / 1000,
+                                                 req.until_unix_ms / 1000 or None, limit + 1)
+            return pb.ListFlowsResponse(flows=[cv.flow_to_proto(r) for r in found[:limit]],
+                                        truncated=len(found) > limit)
+        return await self._call("list_flows", context, run)
+
     async def ProbePort(self, request: pb.ProbePortRequest, context: Any) -> pb.ProbePortResponse:
         async def run() -> pb.ProbePortResponse:
             timeout = request.timeout_ms / 1000 if request.timeout_ms else None

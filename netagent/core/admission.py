@@ -61,6 +61,12 @@ class DnsAdmission:
         asked = self._names.get((sandbox_ip, address), {})
         return frozenset(n for n, until in asked.items() if until > now)
 
+    def names_seen(self, sandbox_ip: str, address: str) -> frozenset[str]:
+        """Every name whose answer admitted `address` for this sandbox, expired or
+        not (the flow record, at a flow's end). Safe from another thread: the
+        copy is one C call under the GIL."""
+        return frozenset(dict(self._names.get((sandbox_ip, address), {})))
+
     def forget(self, fw: FirewallDriver, sandbox_ip: str) -> None:
         """Worker thread: end every admission of this sandbox."""
         for key in [k for k in list(self._admitted) if k[0] == sandbox_ip]:

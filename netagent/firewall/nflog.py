@@ -27,6 +27,8 @@ class DeniedPacket:
     destination: str
     protocol: str
     port: int                     # destination port (0 for ICMP and others)
+    source_port: int = 0          # (0 for ICMP and others)
+    length: int = 0               # the packet's IP total length
 
 
 def config_message(group: int, seq: int, *attrs: bytes) -> bytes:
@@ -57,9 +59,9 @@ def _parse_packet(buf: bytes) -> DeniedPacket | None:
         return None
     ihl = (payload[0] & 0x0F) * 4
     proto = payload[9]
-    port = struct.unpack_from("!H", payload, ihl + 2)[0] if proto in (6, 17) and len(payload) >= ihl + 4 else 0
+    sport, port = struct.unpack_from("!HH", payload, ihl) if proto in (6, 17) and len(payload) >= ihl + 4 else (0, 0)
     return DeniedPacket(prefix, socket.inet_ntoa(payload[12:16]), socket.inet_ntoa(payload[16:20]),
-                        PROTOCOLS.get(proto, str(proto)), port)
+                        PROTOCOLS.get(proto, str(proto)), port, sport, struct.unpack_from("!H", payload, 2)[0])
 
 
 def open_socket(group: int = GROUP) -> socket.socket:

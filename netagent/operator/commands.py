@@ -149,6 +149,11 @@ def _port_cell(p: Any) -> str:
     return f"{p.guest_port}->{p.host_port}({state})"
 
 
+def flows(args: argparse.Namespace, config: Config, c: Client) -> int:
+    from . import flows_view
+    return flows_view.command(args, c)
+
+
 def show(args: argparse.Namespace, config: Config, c: Client) -> int:
     from . import kernel, registrycheck
     sbx = to_dict(c.get(args.sandbox))

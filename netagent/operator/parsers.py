@@ -73,6 +73,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--interval", type=float, default=1.0, metavar="S")
     p.add_argument("--once", action="store_true", help="one sample, then exit")
     p.add_argument("--count", type=int, metavar="N", help="N samples, then exit")
+    p = cmd("flows", "a sandbox's connections that ended, oldest first (from the agent's flow record)", "flows")
+    p.add_argument("sandbox")
+    p.add_argument("--since", metavar="TIME",
+                   help="ended at or after TIME: unix seconds, ISO-8601, or ago (10m, 2h, 1d)")
+    p.add_argument("--until", metavar="TIME", help="ended at or before TIME (same forms; default now)")
+    p.add_argument("--limit", type=int, default=100, metavar="N",
+                   help="at most N records (default 100, max 10000)")
 
 
 def _policy_args(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,8 @@ def write_config(bed, tmp: Path, **over) -> Path:
             lines.append(f"{key} = {'true' if value else 'false'}")
         elif isinstance(value, (int, float, list)):
             lines.append(f"{key} = {json.dumps(value)}")
+        elif isinstance(value, dict):   # a section, as an inline table of numbers and strings
+            lines.append(f"{key} = {{{', '.join(f'{k} = {json.dumps(v)}' for k, v in value.items())}}}")
         else:
             lines.append(f'{key} = "{value}"')
     path = tmp / "netagent.toml"
@@ -79,6 +81,10 @@ class Daemon:
         import tomllib
         sock = tomllib.loads(self.config.read_text())["api_socket"]
         return Client(socket_path=sock, **kw)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`netagent ARGS --config <this daemon's>` in a subprocess."""
+        return sh.run(sh.PYTHON, "-m", "netagent", *args, "--config", str(self.config), check=check)
 
     def scrape(self, netns: str) -> str:
         """The daemon's /metrics text (served in `netns`, the host netns)."""
