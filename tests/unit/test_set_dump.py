@@ -167,3 +167,19 @@ def test_the_driver_turns_a_failed_dump_into_unavailable(monkeypatch):
     monkeypatch.setattr(driver, "table_handle", given_up)
     with pytest.raises(Unavailable):
         driver.HostTable("na", nft=object()).usage()  # type: ignore[arg-type]
+
+
+def test_a_message_read_last_time_is_not_parsed_again(monkeypatch):
+    """An idle host's counters do not move: a reading takes each message that is
+    byte for byte the last reading's from there, and parses only the others."""
+    parsed: list[bytes] = []
+    real = sd._message_counters
+    monkeypatch.setattr(sd, "_message_counters", lambda body: (parsed.append(body), real(body))[1])
+    quiet, busy = elements_message(element("10.12.0.1", 1, 10)), elements_message(element("10.12.0.2", 2, 20))
+    seen: dict = {}
+    assert sd.element_counters(bodies(quiet, busy), {}, seen) == {"10.12.0.1": (1, 10), "10.12.0.2": (2, 20)}
+    assert len(parsed) == 2
+    moved = elements_message(element("10.12.0.2", 3, 90))
+    again: dict = {}
+    assert sd.element_counters(bodies(quiet, moved), seen, again) == {"10.12.0.1": (1, 10), "10.12.0.2": (3, 90)}
+    assert parsed[2:] == bodies(moved) and list(again) == bodies(quiet, moved)   # the next reading's memo
