@@ -16,7 +16,11 @@ set in one 60-byte layout, so a message whose elements all match it is
 checked by one regex and unpacked by one struct (0.4-0.9 us an element); any
 other element (an attribute a kernel adds, a padding attribute, a catch-all)
 goes through element_probe.counter_of. A dump a commit cut is read again
-(nlsock.dump, nfnetlink.dump_reader: it can leave out elements).
+(nlsock.dump_or_cut, nfnetlink.dump_reader: it can leave out elements), up
+to USAGE_DUMP_TRIES times; then its elements are taken as they are (each
+one's counters are whole) in a `CutDump`, whose missing elements may still be
+there: at 10,000 sandboxes the allocates of a fill cut a reading's six dumps
+32 times in a row, and the reading gave up (docs/performance.md).
 
 Why a message read last time is not parsed again: on an idle host the
 counters do not move, and a reading at 2,000 sandboxes parsed the same 24
@@ -80,7 +84,13 @@ def request(family: str, table: str, set_name: str, seq: int = 1) -> bytes:
     return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
+USAGE_DUMP_TRIES = 4   # whole dumps tried before a cut one is taken
 Items = tuple[tuple[str, tuple[int, int]], ...]
+
+
+class CutDump(dict[str, tuple[int, int]]):
+    """A set's elements from a dump that commits cut: each one read is right,
+    but an element missing from it may still be in the set."""
 _LAST: dict[tuple[str, str, str], dict[bytes, Items]] = {}   # (family, table, set) -> its last messages
 
 
@@ -143,8 +153,9 @@ def _texts(keys: Sequence[bytes]) -> list[str]:
 
 def counters(family: str, table: str, set_names: Iterable[str]) -> dict[str, dict[str, tuple[int, int]]]:
     """set -> IPv4 key -> (packets, bytes) of every element of these counter
-    sets ({} for a set or table that is not there), one dump each, on the
-    calling thread's kept socket (firewall/nlsock.py says why)."""
+    sets ({} for a set or table that is not there; a `CutDump` when commits
+    kept cutting its dump), one dump each, on the calling thread's kept
+    socket (firewall/nlsock.py says why)."""
     names = list(set_names)
     for name in names:
         request(family, table, name)   # bad input refused before any I/O
@@ -152,11 +163,9 @@ def counters(family: str, table: str, set_names: Iterable[str]) -> dict[str, dic
 
 
 def _read_set(family: str, table: str, name: str) -> dict[str, tuple[int, int]]:
+    complete, bodies = nlsock.dump_or_cut(lambda seq: request(family, table, name, seq), NEWSETELEM,
+                                          "nft GETSETELEM", USAGE_DUMP_TRIES)
     seen: dict[bytes, Items] = {}
-    out = element_counters(_dump(family, table, name), _LAST.get((family, table, name)), seen)
+    out = element_counters(bodies, _LAST.get((family, table, name)), seen)
     _LAST[(family, table, name)] = seen   # bytes to bytes: right whichever thread or netns read them
-    return out
-
-
-def _dump(family: str, table: str, set_name: str) -> list[bytes]:
-    return nlsock.dump(lambda seq: request(family, table, set_name, seq), NEWSETELEM, "nft GETSETELEM")
+    return out if complete else CutDump(out)

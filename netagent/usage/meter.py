@@ -19,7 +19,7 @@ from ..core import ops
 from ..errors import NetagentError
 from ..firewall.driver import UsageReading
 from ..state import StateStore
-from .ledger import KEYS, SET_OF_KEY, Counts, Entry, observe, reading_of
+from .ledger import KEYS, SET_OF_KEY, UNREAD, Counts, Entry, observe, reading_of
 
 log = logging.getLogger("netagent.usage")
 
@@ -93,7 +93,10 @@ class UsageMeter:
             entry = self.entries[sid]
             if epoch is not None and epoch == entry.epoch and tuple(s.get(entry.ip) for s in sets) == entry.last.values:
                 continue   # same table, same counts: observe() would return the entry unchanged
-            new = observe(entry, reading_of(entry.ip, by_set), epoch)
+            kernel = reading_of(entry.ip, by_set)
+            if kernel is UNREAD:
+                continue   # left out of a dump commits cut: not gone, just not read this time
+            new = observe(entry, kernel, epoch)
             if new != entry:
                 self.entries[sid] = new
                 changed.append((sid, new.ip, json.dumps(new.to_json(), separators=(",", ":"))))

@@ -188,3 +188,27 @@ async def test_a_reading_equal_to_the_last_one_is_not_folded_again(tmp_path, mon
     assert folds == [1, 2, 2, 1, 1]
     kernel.epoch = 6                               # a replaced table counting the same: folded (a restart)
     assert (await m.refresh())["sbx-1"] == counts(8) and len(folds) == 6
+
+
+async def test_a_sandbox_left_out_of_a_cut_dump_keeps_its_count_and_is_not_counted_twice(tmp_path):
+    """At 10,000 sandboxes commits cut the reading's dumps; a sandbox a cut dump
+    left out was taken as gone: its count went into the base, and the next
+    whole reading added it again."""
+    from netagent.firewall.set_dump import CutDump
+
+    class CuttingKernel(Kernel):
+        cut = False
+
+        async def _reading(self):  # type: ignore[no-untyped-def]
+            epoch, sets = await super()._reading()
+            return epoch, ({name: CutDump() for name in sets} if self.cut else sets)
+    kernel, submitted = CuttingKernel(), []
+    store = StateStore(tmp_path)
+    m = meter(store, kernel, {"sbx-1": IP}, submitted)
+    kernel.count = 5
+    assert (await m.refresh())["sbx-1"] == counts(5)
+    kernel.cut = True
+    assert (await m.refresh())["sbx-1"] == counts(5)     # not read: as it was
+    kernel.cut, kernel.count = False, 6
+    assert (await m.refresh())["sbx-1"] == counts(6)     # not 5 + 6
+    assert m.entries["sbx-1"].base == Counts()
