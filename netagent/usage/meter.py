@@ -72,10 +72,13 @@ class UsageMeter:
                 self._touched += 1
         # An idle host reads the same counts again and again: the fold of
         # 2,000 entries would find nothing to do (~6 ms of the loop per reading)
+        totals = self._last_totals
         if self._folded != (epoch, by_set, self._touched):
             await self._observe(list(self.entries), epoch, by_set)
             self._folded = (epoch, by_set, self._touched)
-        totals = {sid: self.entries[sid].total for sid in open_ips if sid in self.entries}
+            totals = {}
+        if totals.keys() != open_ips.keys():   # folded, or sandboxes released since
+            totals = {sid: self.entries[sid].total for sid in open_ips if sid in self.entries}
         self.read_at, self._last_totals = read_at, totals
         return totals
 

@@ -193,3 +193,19 @@ def test_a_message_read_last_time_is_not_parsed_again(monkeypatch):
     again: dict = {}
     assert sd.element_counters(bodies(quiet, moved), seen, again) == {"10.12.0.1": (1, 10), "10.12.0.2": (3, 90)}
     assert parsed[2:] == bodies(moved) and list(again) == bodies(quiet, moved)   # the next reading's memo
+
+
+def test_a_set_that_did_not_move_reads_as_the_same_dict(monkeypatch):
+    """The meter compares a reading with its last one: for a set whose messages
+    are all the same as last time, an identity check."""
+    replies: list[bytes] = []
+    monkeypatch.setattr(nlsock, "ask", lambda request, answer: answer(replies.pop(0), 1))
+    quiet = elements_message(element("10.12.0.1", 1, 10)) + elements_message(element("10.12.0.2", 2, 20)) + done()
+    replies[:] = [quiet, quiet]
+    first = sd.counters("inet", "nq", ["usage_host_sent"])["usage_host_sent"]
+    assert sd.counters("inet", "nq", ["usage_host_sent"])["usage_host_sent"] is first
+    replies[:] = [elements_message(element("10.12.0.1", 1, 10)) + elements_message(element("10.12.0.2", 5, 90))
+                  + done()]
+    moved = sd.counters("inet", "nq", ["usage_host_sent"])["usage_host_sent"]
+    assert moved == {"10.12.0.1": (1, 10), "10.12.0.2": (5, 90)} and first == {"10.12.0.1": (1, 10),
+                                                                              "10.12.0.2": (2, 20)}
