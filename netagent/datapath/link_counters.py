@@ -156,4 +156,5 @@ class LinkCounters:
             names: dict[int, str] = {}
             dump(names)
             self.names, self.name_dumps = names, self.name_dumps + 1
-        return {self.names[i]: (int(c[0]), int(c[1])) for i, c in by_index.items() if i in self.names}
+        names = self.names
+        return {names[i]: c for i, c in by_index.items() if i in names}
