@@ -11,6 +11,9 @@ PYTEST_ARGS ?=
 # `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py):
 # main before the CLI's light client (issue 18 part 2)
 CLI_BENCH_BEFORE ?= b222542
+# `make bench` measures the idle agent of this git ref beside this tree's (tests/bench/idle_bench.py):
+# main before issue 25's idle work
+IDLE_BENCH_BEFORE ?= 8a7d926
 
 PROTO := netagent/api/netagent.proto
 
@@ -57,6 +60,8 @@ bench: deps
 	$(PY) -m tests.bench.edge_reload_bench | tee bench-results/edge_reload.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
+# issue 25: the idle agent's CPU from /proc, 2,000 sandboxes over gRPC, 30 s windows from 30 s after the last allocate
+	$(PY) -m tests.bench.idle_bench --before-ref $(IDLE_BENCH_BEFORE) $(IDLE_BENCH_ARGS) | tee bench-results/idle.json
 	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json --before-ref $(CLI_BENCH_BEFORE) $(CLI_BENCH_ARGS)
 	$(PY) -m tests.bench.first_payload_bench | tee bench-results/first_payload.json
 	$(PY) -m tests.bench.limit_bench | tee bench-results/limits.json

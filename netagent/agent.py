@@ -112,6 +112,7 @@ class Agent(CoreApi):
             self.traffic.read_usage, self.traffic.read_usage_of, lambda: sandbox_ips(self.inventory, self.plan),
             self._submit))
         self.usage_metrics = UsageCollector(config.metrics.per_sandbox)
+        self.link_counters = link_counters.LinkCounters()   # the readers thread's, in the host netns
         self.metrics.registry.register(self.usage_metrics)
         self.flows = flow_recorder.with_metrics(flow_recorder.from_config(
             config, self.plan, self.host.call, self.admission.names_seen), self.metrics.registry)
@@ -220,14 +221,14 @@ class Agent(CoreApi):
         await self.pool.wait_ready(want, lambda: self.plan.capacity - len(self.inventory.allocations), timeout)
 
     async def refresh_metrics(self) -> None:
-        """Gauges from memory; per-sandbox bytes from one link dump (cleaner thread)."""
+        """Gauges from memory; per-sandbox bytes from one link stats dump (readers thread)."""
         by_state: dict[str, int] = {}
         for state in self.inventory.slots.values():
             by_state[state.value] = by_state.get(state.value, 0) + 1
         self.metrics.set_state(by_state, len(self.ready), len(self.allocations), self.plan.capacity)
         veths = {sid: self.plan.host_veth(rec.slot) for sid, rec in self.allocations.items()}
         ready = [self.plan.host_veth(i) for i in self.ready]
-        await self.readers.call(lambda: self.metrics.refresh_link_stats(link_counters.dump(), veths, ready))
+        await self.readers.call(lambda: self.metrics.refresh_link_stats(self.link_counters.read(), veths, ready))
         drops = await self.readers.call(lambda: self._readers_fw().counters())
         self.metrics.set_drop_counters({k: v for k, v in drops.items() if k.startswith("drop_")})
         self.usage_metrics.update(self.meter.open_totals(), self.meter.released_total, self.meter.read_at,

@@ -91,6 +91,8 @@ class PoolConfig(_Section):
     # max_size (a max_size at or below size: a fixed pool).
     max_size: int = Field(256, ge=0, le=65536)
     demand_window_s: float = Field(60.0, gt=0, le=3600)
+    # Back to size after demand: at most one surplus slot torn down per shrink_interval_s (0: at once).
+    shrink_interval_s: float = Field(2.0, ge=0, le=3600)
 
 
 class DnsConfig(_Section):

@@ -38,10 +38,12 @@ class PoolSettings:
     refill_delay_s: float   # background work waits this long after the last API call
     max_size: int = 0       # depth bound under demand (core/demand.py); below size: no growth
     demand_window_s: float = 60.0
+    shrink_interval_s: float = 0.0   # at most one surplus slot torn down per this many seconds
 
     @classmethod
     def of(cls, pool: PoolConfig) -> PoolSettings:
-        return cls(pool.size, pool.build_concurrency, pool.refill_delay_s, pool.max_size, pool.demand_window_s)
+        return cls(pool.size, pool.build_concurrency, pool.refill_delay_s, pool.max_size, pool.demand_window_s,
+                   pool.shrink_interval_s)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class WarmPool:
         self._returning: set[int] = set()   # released slots on their way back (close, clean)
         self._clean_failures: dict[int, int] = {}
         self.stopping = False   # set by Agent.stop: no new retries
+        self._shrunk_at = -float("inf")   # monotonic time of the last surplus teardown
 
     def wake(self) -> None:
         self._wake.set()
@@ -275,7 +278,8 @@ class WarmPool:
 
     async def fill(self) -> None:
         """Keep `target()` warm slots (forever; cancel to stop). Above it (demand
-        has passed), one surplus slot is torn down per quiet moment."""
+        has passed), one surplus slot is torn down per quiet moment, at most
+        one per `shrink_interval_s`."""
         backoff = 0.0
         while True:
             s = self.settings()
@@ -283,8 +287,11 @@ class WarmPool:
             missing = self._missing(target)
             if missing <= 0:
                 if len(self.ready) > target and not self.building:
+                    if await self._shrink_paused(s.shrink_interval_s):
+                        continue   # woken meanwhile: demand may be back
                     await self.wait_quiet()
                     if len(self.ready) > self.target():
+                        self._shrunk_at = time.monotonic()
                         await self._destroy_quietly(self.ready.pop())
                     continue
                 self._wake.clear()
@@ -305,6 +312,23 @@ class WarmPool:
                 await asyncio.sleep(backoff)
             else:
                 backoff = 0.0
+
+    async def _shrink_paused(self, interval: float) -> bool:
+        """Wait until the next surplus teardown is due; True if woken first.
+        A teardown costs ~10 ms of CPU (an nft transaction, the links, the
+        netns, its notices): 240 surplus slots torn down back to back kept an
+        idle agent at 5-9% of a core for the minute after a burst's demand
+        window (docs/performance.md, "An idle host"); paced, the same work
+        costs a fraction of a percent, spread out."""
+        wait = self._shrunk_at + interval - time.monotonic()
+        if wait <= 0:
+            return False
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
+                return True
+        return False
 
     def _missing(self, target: int) -> int:
         """Slots to build now: up to the depth, counting released slots on their

@@ -73,7 +73,8 @@ def check_ack(sock: socket.socket, what: str) -> None:
 
 
 # (complete, the attributes of each message of the asked type): complete is
-# False when a commit interrupted the dump, so it may have skipped or repeated entries
+# False when a commit interrupted the dump, so it may have skipped or repeated
+# entries (each one it holds is whole: a message is built under the kernel's lock)
 Dump = tuple[bool, list[bytes]]
 
 
@@ -88,7 +89,8 @@ def dump_reader(kind: int, what: str) -> Callable[[bytes, int], Dump | None]:
     not flag set-element dumps. Seen on 6.18: under a commit loop 36 of 300
     dumps of a set changed generation midway, none flagged; deleting 50
     elements between two datagrams made the rest of the dump leave out 50
-    elements that were still there."""
+    elements that were still there. An interrupted dump keeps what it read
+    (its caller decides whether a cut dump will do)."""
     bodies: list[bytes] = []
     res_ids: set[bytes] = set()
     interrupted = False
@@ -111,12 +113,11 @@ def dump_reader(kind: int, what: str) -> Callable[[bytes, int], Dump | None]:
                         return True, []
                     if code:
                         raise OSError(-code, f"{what}: {os.strerror(-code)}")
-                    return (False, []) if interrupted else (True, bodies)
+                    return not interrupted, bodies
                 elif msg_kind == kind and length >= 20:
                     res_ids.add(data[pos + 18:pos + 20])
                     interrupted = interrupted or len(res_ids) > 1
-                    if not interrupted:
-                        bodies.append(data[pos + 20:pos + length])
+                    bodies.append(data[pos + 20:pos + length])
             pos += (length + 3) & ~3
         return None
     return answer

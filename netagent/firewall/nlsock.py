@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from .nfnetlink import dump_reader
+from .nfnetlink import Dump, dump_reader
 
 NETLINK_NETFILTER = 12
 # A dump takes one recv per 32 KiB datagram (the kernel's cap; 2,000 set
@@ -68,11 +68,21 @@ def ask(request: Callable[[int], bytes], answer: Callable[[bytes, int], T | None
 def dump(request: Callable[[int], bytes], kind: int, what: str, tries: int = DUMP_TRIES) -> list[bytes]:
     """The attributes of each `kind` message of a whole dump ([]: ENOENT).
     One a commit interrupted is started over, up to `tries` times, then OSError."""
-    for _ in range(tries):
+    complete, bodies = dump_or_cut(request, kind, what, tries)
+    if not complete:
+        raise OSError(errno.EAGAIN, f"{what}: the dump was interrupted by commits {tries} times in a row")
+    return bodies
+
+
+def dump_or_cut(request: Callable[[int], bytes], kind: int, what: str, tries: int) -> Dump:
+    """(complete, attributes of each `kind` message): a whole dump, started
+    over up to `tries` times when a commit cuts it; then the last cut one."""
+    complete, bodies = False, []
+    for _ in range(max(1, tries)):
         complete, bodies = ask(request, dump_reader(kind, what))
         if complete:
-            return bodies
-    raise OSError(errno.EAGAIN, f"{what}: the dump was interrupted by commits {tries} times in a row")
+            break
+    return complete, bodies
 
 
 def drop() -> None:

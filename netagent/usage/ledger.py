@@ -6,7 +6,9 @@ ruleset`, a drift reload): the new elements count from 0 again. The ledger
 notices such a restart of the counters and folds the last reading into the
 base, so the total never goes back. A restart is seen when the table is
 another one (its handle, the epoch), when the element is gone, or when any
-counter reads lower than last time.
+counter reads lower than last time. An element missing from a dump that
+commits cut (`set_dump.CutDump`) is not gone: that sandbox is not read this
+time (`UNREAD`), or its counts would be folded into the base twice.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..firewall import names
+from ..firewall.set_dump import CutDump
 
 # "egress_sent", "egress_received", ...: one per usage counter set.
 KEYS: tuple[str, ...] = tuple(f"{path}_{direction}" for path, direction in names.USAGE_SETS)
@@ -80,13 +83,21 @@ def observe(entry: Entry, kernel: Counts | None, epoch: int | None) -> Entry:
     return replace(entry, last=now, epoch=epoch or 0)
 
 
-def reading_of(ip: str, by_set: Mapping[str, Mapping[str, tuple[int, int]]]) -> Counts | None:
+UNREAD = object()   # reading_of: a cut dump left an element out (not gone: not read this time)
+
+
+def reading_of(ip: str, by_set: Mapping[str, Mapping[str, tuple[int, int]]]) -> Counts | None | object:
     """One sandbox's counts out of a kernel reading (set name -> ip -> counter);
-    None if any of its elements is missing."""
+    None if any of its elements is missing from a whole dump (gone), else
+    UNREAD if one is missing from a cut dump."""
     out: dict[str, tuple[int, int]] = {}
+    unread = False
     for key, set_name in SET_OF_KEY.items():
-        counter = by_set.get(set_name, {}).get(ip)
+        elements = by_set.get(set_name, {})
+        counter = elements.get(ip)
         if counter is None:
-            return None
+            if not isinstance(elements, CutDump):
+                return None
+            unread = True
         out[key] = counter
-    return Counts.of(out)
+    return UNREAD if unread else Counts.of(out)

@@ -33,11 +33,17 @@ async def run(bed: Testbed, slots: int, idle_s: float, state: Path) -> dict:
     await agent.start()
     try:
         await agent.wait_pool_ready(timeout=1800)
+        started = time.monotonic()
         for chunk in range(0, slots, 100):
             await asyncio.gather(*(agent.allocate(f"rb-{i}") for i in range(chunk, min(slots, chunk + 100))))
-        agent.reconfigure(agent.config.replace(pool_size=0))
-        while agent._building or any(s == SlotState.DIRTY for s in agent.slots.values()):
+        # No warm slots from here: the fixed pool of `slots` had refilled behind
+        # the allocates, and its teardown ran through the measured windows
+        # (33.5% of a core "idle" in an earlier run was mostly that).
+        agent.reconfigure(agent.config.replace(pool={**agent.config.pool.model_dump(), "size": 0, "max_size": 0,
+                                                     "shrink_interval_s": 0.0}))
+        while agent._building or agent.ready or any(s == SlotState.DIRTY for s in agent.slots.values()):
             await asyncio.sleep(0.1)
+        out["settled_at_s"] = round(time.monotonic() - started, 1)
         await asyncio.sleep(2)
         on = await cpu_over(idle_s)
         passes0, cpu0 = agent.self_repair.passes, agent.self_repair.pass_seconds

@@ -7,8 +7,9 @@ carried it, and prints JSON: p50/p90/p99/max of each phase (handler: the gRPC
 method; outside_core: the servicer's own part; queue: waiting for the
 committer; plan, nft (the host thread's transaction, thread hops included),
 db (SQLite commit), after (hooks); reply: back to the caller after the
-commit), the slowest allocates with their phases, and the event-loop
-callbacks and worker-thread calls that took longest in all.
+commit), the slowest allocates with their phases, the event-loop
+callbacks and worker-thread calls that took longest in all, and the cyclic
+GC's collections over 1 ms.
 """
 from __future__ import annotations
 
@@ -66,7 +67,19 @@ def report(path: Path, prefix: str = "churn-") -> dict[str, Any]:
         "slowest": [{k: round(v, 1) for k, v in r.items()} for r in sorted(rows, key=lambda r: -r["handler"])[:10]],
         "loop_callbacks_over_3ms": top(events, "loop", "cb"),
         "thread_calls_over_3ms": top(events, "thr", "fn"),
+        "gc_over_1ms": gc_pauses(events),
     }
+
+
+def gc_pauses(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Cyclic GC collections over 1 ms by generation: count, sum, max."""
+    out: dict[str, Any] = {}
+    for gen in (0, 1, 2):
+        ms = [e["ms"] for e in events if e["k"] == "gc" and e["gen"] == gen]
+        if ms:
+            out[f"gen{gen}"] = {"n": len(ms), "sum_ms": round(sum(ms), 1), "max_ms": max(ms),
+                                "over_5ms": sum(1 for m in ms if m > 5)}
+    return out
 
 
 def main() -> None:

@@ -38,11 +38,12 @@ def write_config(bed, tmp: Path, **over) -> Path:
 
 
 class Daemon:
-    cwd = sh.REPO   # `python -m netagent` imports the checkout from here
+    cwd = sh.REPO   # `python -m netagent` imports the checkout from here (or `tree`)
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, env: dict[str, str] | None = None, tree: str | None = None):
         self.config = config
         self.env = env
+        self.tree = tree or self.cwd   # another checkout's netagent (benches' "before"): `-m` finds it first
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
 
@@ -52,7 +53,7 @@ class Daemon:
     def start(self, timeout: float = 60) -> Daemon:
         """Waits for "netagent ready"; a daemon that exits first, or stays silent
         past `timeout`, is killed and fails the test (never a hang)."""
-        self.proc = subprocess.Popen(self.command(), cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.command(), cwd=self.tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, **(self.env or {})})
         ready, self._reader_done = threading.Event(), threading.Event()
         threading.Thread(target=self._read, args=(ready,), daemon=True).start()

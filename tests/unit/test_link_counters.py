@@ -44,3 +44,29 @@ def test_an_error_reply_raises():
     with pytest.raises(OSError) as exc:
         lc.parse(message(lc.NLMSG_ERROR, struct.pack("=i", -errno.EPERM) + b"\0" * 16), {})
     assert exc.value.errno == errno.EPERM
+
+
+def stats(index: int, rx: int, tx: int, seq: int = 1) -> bytes:
+    head = struct.pack("=BxHII", 0, 0, index, 1)
+    return message(lc.RTM_NEWSTATS, head + attr(lc.IFLA_STATS_LINK_64, struct.pack("=QQQQ", 1, 2, rx, tx)
+                                                 + b"\0" * 160), seq)
+
+
+def test_a_stats_dump_gives_each_links_byte_counters_by_index_until_done():
+    out: dict[int, tuple[int, int]] = {}
+    assert lc.parse_stats(stats(7, 5_000_000_000, 9) + stats(1, 3, 4) + stats(2, 0, 0, seq=9), out) is False
+    assert out == {7: (5_000_000_000, 9), 1: (3, 4)}
+    assert lc.parse_stats(message(lc.NLMSG_DONE, struct.pack("=i", 0)), out) is True
+
+
+def test_the_stats_request_asks_for_the_64_bit_link_stats_only():
+    msg = lc.stats_request(seq=5)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", msg)
+    assert (length, kind, flags, seq) == (len(msg), lc.RTM_GETSTATS, lc.NLM_F_REQUEST | lc.NLM_F_DUMP, 5)
+    assert struct.unpack_from("=BxHII", msg, 16) == (0, 0, 0, 1 << (lc.IFLA_STATS_LINK_64 - 1))
+
+
+def test_a_link_dump_also_names_each_index():
+    names: dict[int, str] = {}
+    lc.parse(link("nav0", 1, 2), {}, names=names)
+    assert names == {7: "nav0"}

@@ -234,3 +234,31 @@ def test_refresh_link_stats_reads_real_veth_counters(veth_between_two_netns):
     assert received is not None and 5 * 400 <= received < sent
     assert value(m, "netagent_sandboxes_tx_bytes_total") == sent
     assert value(m, "netagent_sandboxes_rx_bytes_total") == received
+
+
+def test_link_counters_from_the_stats_dump_match_the_link_dump(veth_between_two_netns):
+    """What the agent's refresh reads (RTM_GETSTATS, names kept by index) is
+    what a link dump says; names are dumped again only for a new link."""
+    host, sbx = veth_between_two_netns
+    reader = link_counters.LinkCounters()
+
+    def both() -> tuple[dict, dict]:
+        with netns.entered(netns.path_of(host)):
+            return reader.read(), link_counters.dump()
+    server = _udp_socket_in(host, ("10.250.0.0", 0))
+    client = _udp_socket_in(sbx, ("10.250.0.1", 0))
+    try:
+        for _ in range(3):
+            client.sendto(b"x" * 700, server.getsockname())
+            server.recvfrom(2000)
+    finally:
+        server.close()
+        client.close()
+    with ThreadPoolExecutor(1) as pool:
+        stats, links = pool.submit(both).result()
+        assert stats == links and stats["nmxh"][0] >= 3 * 700 and reader.name_dumps == 1
+        stats, _ = pool.submit(both).result()
+        assert reader.name_dumps == 1, "names dumped again with no new link"
+        _ip("-n", host, "link", "add", "nmxn", "type", "veth", "peer", "name", "nmxm")
+        stats, links = pool.submit(both).result()
+        assert reader.name_dumps == 2 and "nmxn" in stats and stats == links

@@ -109,8 +109,10 @@ def test_the_table_ends_at_its_ack_and_enoent_reads_empty():
 
 
 def test_an_interrupted_dump_is_read_to_its_end_then_asks_for_a_restart():
-    assert read(RULES, reply(RULES, rule(CMP), flags=2 | NLM_F_DUMP_INTR), done()) == [None, (False, [])]
-    assert read(RULES, reply(RULES, rule(CMP)), done(flags=2 | NLM_F_DUMP_INTR)) == [None, (False, [])]
+    # what it read is kept (a usage reading may take a cut dump); complete=False is what restarts it
+    for answers in (read(RULES, reply(RULES, rule(CMP), flags=2 | NLM_F_DUMP_INTR), done()),
+                    read(RULES, reply(RULES, rule(CMP)), done(flags=2 | NLM_F_DUMP_INTR))):
+        assert answers[0] is None and answers[1][0] is False and len(answers[1][1]) == 1
 
 
 def test_counters_and_element_counts_are_left_out_but_not_what_defines_a_rule():

@@ -7,8 +7,9 @@ from netagent.core.planner import plan
 from netagent.core.rows import SlotSet, UsageClosed
 from netagent.firewall import elements as el
 from netagent.firewall import names
+from netagent.firewall.set_dump import CutDump
 from netagent.models import SlotState
-from netagent.usage.ledger import KEYS, Counts, Entry, observe, reading_of
+from netagent.usage.ledger import KEYS, UNREAD, Counts, Entry, observe, reading_of
 
 
 def counts(n: int) -> Counts:
@@ -41,6 +42,19 @@ def test_reading_of_needs_every_set():
     by_set = {name: {"10.12.0.1": (1, 2)} for name in names.USAGE_SETS.values()}
     assert reading_of("10.12.0.1", by_set) == Counts.of({k: (1, 2) for k in KEYS})
     del by_set["usage_host_sent"]["10.12.0.1"]
+    assert reading_of("10.12.0.1", by_set) is None
+
+
+def test_an_element_left_out_of_a_cut_dump_is_unread_not_gone():
+    """A dump commits cut can leave out elements still there: gone would fold
+    the sandbox's counts into its base, and the next reading would count them twice."""
+    by_set = {name: {"10.12.0.1": (1, 2)} for name in names.USAGE_SETS.values()}
+    by_set["usage_host_sent"] = CutDump()
+    assert reading_of("10.12.0.1", by_set) is UNREAD
+    by_set["usage_host_sent"] = CutDump({"10.12.0.1": (1, 2)})          # read all the same: counted
+    assert reading_of("10.12.0.1", by_set) == Counts.of({k: (1, 2) for k in KEYS})
+    by_set["usage_host_sent"] = CutDump()
+    del by_set["usage_egress_sent"]["10.12.0.1"]                        # and gone from a whole dump: gone
     assert reading_of("10.12.0.1", by_set) is None
 
 

@@ -8,7 +8,9 @@ CLOCK_MONOTONIC seconds (the client's clock too):
 - every commit: its operations and phases (plan under the db lock, the nft
   transaction on the host thread, the SQLite commit, the after-commit hooks);
 - event-loop callbacks over 3 ms (what held the loop);
-- worker-thread calls over 3 ms, or that waited over 3 ms for their thread.
+- worker-thread calls over 3 ms, or that waited over 3 ms for their thread;
+- cyclic GC collections over 1 ms (generation, objects collected), whichever
+  thread ran them: a collection stops every thread that wants the GIL.
 
 Written as JSON lines when the daemon exits; tests/bench/trace_report.py
 reads them. Measuring costs a few us a call: compare traced runs with traced runs.
@@ -149,7 +151,22 @@ def trace_allocate() -> None:
     api.CoreApi.run_allocate = timed_core   # type: ignore[method-assign]
 
 
+def trace_gc() -> None:
+    import gc
+
+    started: dict[str, float] = {}
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started["t"] = time.perf_counter()
+        elif "t" in started and (took := time.perf_counter() - started.pop("t")) > 0.001:
+            record(k="gc", t=time.perf_counter() - took, ms=ms(took), gen=info["generation"],
+                   collected=info["collected"])
+    gc.callbacks.append(callback)
+
+
 if PATH and "serve" in sys.argv:
+    trace_gc()
     trace_loop()
     trace_workers()
     trace_commits()
