@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
 	containernetworking-plugins qemu-system-x86 busybox-static \
-	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client
+	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client python3-cryptography
 CONFIG ?=
 PYTEST_ARGS ?=
 # `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py):

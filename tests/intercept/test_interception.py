@@ -1,0 +1,121 @@
+"""The request interceptor on real namespaces: a guest, the host with HAProxy
+and the steering rule, an "internet" upstream with its own CA (tests/intercept/bed.py)."""
+from __future__ import annotations
+
+import json
+
+from netagent.intercept.rules import RuleSet
+
+from .bed import API_IP, OTHER_IP, eventually, intercept_bed, read_tree
+
+SECRET = "sk-test-9f8e7d6c5b4a-never-in-clear"
+RULES = RuleSet.parse([
+    {"id": "no-admin", "domain": "api.test", "path": "/admin", "action": "deny"},
+    {"id": "auth", "domain": "api.test", "path": "/",
+     "transforms": [{"op": "set", "header": "Authorization", "value": "Bearer ${secret:API_KEY}"},
+                    {"op": "remove", "header": "X-Debug"}]},
+])
+
+
+async def _ruled(bed) -> None:  # type: ignore[no-untyped-def]
+    await bed.interceptor.load("198.51.100.2", "sbx-1", RULES, {"API_KEY": SECRET})
+    bed.steer(API_IP, 443)
+
+
+def _auth_of(request: dict) -> list[str]:
+    return [v for k, v in request["headers"] if k.lower() == "authorization"]
+
+
+async def test_injected_header_reaches_upstream_on_first_handshake_over_h2(tmp_path):
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        res = bed.curl("https://api.test/v1/chat", "--http2", "-H", "X-Debug: 1", "-w", "\n%{http_version}")
+        assert res.returncode == 0, res.stderr      # the first handshake for the name, no retry
+        body, version = res.stdout.rsplit("\n", 1)
+        assert version == "2"                      # ALPN h2 on the certificate made at rule time
+        (seen,) = bed.upstream_requests()
+        assert seen["sni"] == "api.test" and seen["path"] == "/v1/chat"
+        assert _auth_of(seen) == [f"Bearer {SECRET}"]
+        assert not [k for k, _ in seen["headers"] if k.lower() == "x-debug"]
+        record = (await eventually(lambda: bed.records))[0]
+        assert record["sandbox"] == "sbx-1" and record["method"] == "GET" and record["host"] == "api.test"
+        assert record["path"] == "/v1/chat" and record["status"] == 200 and record["rule"] == "auth"
+        assert record["transform"] == "yes" and record["bytes_in"] > 0 and record["bytes_out"] > 0
+        assert SECRET not in json.dumps(bed.records)
+        on_disk = read_tree(tmp_path / "state") + read_tree(tmp_path / "run")
+        assert SECRET.encode() not in on_disk
+
+
+async def test_deny_answers_403_json_naming_the_rule(tmp_path):
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        res = bed.curl("https://api.test/admin/users", "-w", "\n%{http_code}")
+        body, code = res.stdout.rsplit("\n", 1)
+        assert code == "403"
+        assert json.loads(body) == {"error": "denied by request rule", "rule": "no-admin", "sandbox": "sbx-1"}
+        assert bed.upstream_requests() == []
+        record = (await eventually(lambda: bed.records))[0]
+        assert record["status"] == 403 and record["rule"] == "no-admin" and record["action"] == "deny"
+
+
+async def test_guest_not_trusting_the_ca_gets_a_tls_error_and_nothing_is_sent(tmp_path):
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        res = bed.curl("https://api.test/v1/x", ca=False)
+        assert res.returncode == 60, res.stderr    # curl: peer certificate cannot be authenticated
+        assert bed.upstream_requests() == []
+
+
+async def test_host_other_than_the_tls_name_gets_no_secret(tmp_path):
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        res = bed.curl("https://api.test/v1/x", "-H", "Host: other.test")
+        assert res.returncode == 0, res.stderr
+        (seen,) = bed.upstream_requests()
+        assert seen["sni"] == "api.test" and _auth_of(seen) == []
+        record = (await eventually(lambda: bed.records))[0]
+        assert record["transform"] == "withheld"
+
+
+async def test_redirect_to_another_domain_carries_no_secret(tmp_path):
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        res = bed.curl("https://api.test/redirect", "-L", "-w", "\n%{http_code}")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.rsplit("\n", 1)[1] == "200"
+        first, second = bed.upstream_requests()
+        assert first["path"] == "/redirect" and _auth_of(first) == [f"Bearer {SECRET}"]
+        assert second["sni"] == "other.test" and second["path"] == "/landed" and _auth_of(second) == []
+
+
+async def test_upstream_not_proving_the_name_gets_nothing(tmp_path):
+    """The upstream's certificate names api.test and other.test; a rule for a
+    name it cannot prove (wrong.test, steered to the same address) gets 503."""
+    async with intercept_bed(tmp_path) as bed:
+        auth = {"op": "set", "header": "Authorization", "value": "${secret:API_KEY}"}
+        rules = RuleSet.parse([{"id": "w", "domain": "wrong.test", "transforms": [auth]}])
+        await bed.interceptor.load("198.51.100.2", "sbx-1", rules, {"API_KEY": SECRET})
+        bed.steer(API_IP, 443)
+        res = bed.curl("https://wrong.test/", "--resolve", f"wrong.test:443:{API_IP}", "-w", "\n%{http_code}")
+        assert res.stdout.rsplit("\n", 1)[1] == "503"
+        assert bed.upstream_requests() == []
+
+
+async def test_name_without_rules_on_a_steered_address_is_refused(tmp_path):
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        res = bed.curl("https://other.test/", "--resolve", f"other.test:443:{API_IP}", "-k", "-w", "\n%{http_code}")
+        body, code = res.stdout.rsplit("\n", 1)
+        assert code == "403" and json.loads(body)["reason"] == "name has no request rules on this port"
+        assert bed.upstream_requests() == []
+
+
+async def test_unsteered_flows_go_straight_to_the_upstream(tmp_path):
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        res = bed.curl("https://other.test/direct")
+        assert res.returncode == 0, res.stderr
+        (seen,) = bed.upstream_requests()
+        assert seen["sni"] == "other.test" and _auth_of(seen) == []
+        assert bed.records == []
+        assert OTHER_IP
