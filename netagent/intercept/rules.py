@@ -95,7 +95,7 @@ class RequestRule(BaseModel):
     domain: str
     methods: tuple[str, ...] = ()          # () : any method
     path: str = "/"
-    ports: tuple[int, ...] = (443, 80)
+    ports: tuple[int, ...] = (80, 443)
     action: Action = Action.ALLOW
     transforms: tuple[Transform, ...] = ()
     # Plain HTTP (port 80) carries this rule's secrets only when this is true.
