@@ -29,6 +29,7 @@ class InterceptSettings:
     threads: int = 1
     maxconn: int = 4000
     max_header_bytes: int = 16384  # tune.bufsize: a request head past it is refused (400/431)
+    max_conns_per_source: int = 256  # one sandbox's open connections: a flood cannot take every slot
 
     @property
     def admin_socket(self) -> Path:
@@ -60,8 +61,10 @@ DENIED = ('{"error":"denied by request rule","rule":"%[var(txn.na_rule),json(utf
 REFUSED = '{"error":"refused by the interceptor","reason":"%[var(txn.na_reason),json(utf8s)]"}'
 
 
-def _decide(kind: str) -> str:
+def _decide(kind: str, s: InterceptSettings) -> str:
     return f"""\
+  tcp-request connection track-sc0 src table na_sources
+  tcp-request connection reject if {{ sc0_conn_cur gt {s.max_conns_per_source} }}
   http-request set-var(txn.na_path) path
   http-request lua.netagent_decide
   http-request return status 403 content-type application/json lf-string '{DENIED}' \
@@ -102,10 +105,10 @@ frontend na_tls
   # no SNI: nothing to verify the upstream against
   http-request return status 403 content-type application/json \
 string '{{"error":"refused by the interceptor","reason":"no TLS server name"}}' if !{{ ssl_fc_sni -m found }}
-{_decide("tls")}
+{_decide("tls", s)}
 frontend na_plain
   bind :{s.plain_port}
-{_decide("plain")}
+{_decide("plain", s)}
 backend na_up_tls
   # 0.0.0.0: the connection's original destination (the address the guest
   # resolved through DNS admission); the certificate is checked against the SNI
@@ -113,4 +116,7 @@ backend na_up_tls
 
 backend na_up_plain
   server up 0.0.0.0
+
+backend na_sources
+  stick-table type ip size 100k store conn_cur
 """

@@ -1,6 +1,7 @@
 """The interception test bed: real namespaces, a real HAProxy interceptor.
 
-  guest (198.51.100.2) ── host (198.51.100.1 | 203.0.113.1) ── inet (203.0.113.10 api.test, .11 other.test)
+  guest (198.51.100.2), guest2 (192.0.2.2) ── host (198.51.100.1, 192.0.2.1 | 203.0.113.1)
+      ── inet (203.0.113.10 api.test, .11 other.test)
 
 The host netns holds the interceptor and the steering rule (the same fixed
 rule as rules/netagent.nft, with its map filled by the test). The upstream has
@@ -24,6 +25,7 @@ from netagent.intercept.haconfig import InterceptSettings
 from tests.testbed import sh, tls
 
 GUEST_IP, HOST_G_IP, HOST_I_IP = "198.51.100.2", "198.51.100.1", "203.0.113.1"
+GUEST2_IP, HOST_G2_IP = "192.0.2.2", "192.0.2.1"
 API_IP, OTHER_IP = "203.0.113.10", "203.0.113.11"
 TLS_PORT, PLAIN_PORT = 15443, 15080
 STEER_NFT = f"""
@@ -57,16 +59,19 @@ class Bed:
     def ca_file(self) -> Path:
         return self.interceptor.ca.cert_path
 
-    def steer(self, dst: str, port: int) -> None:
+    guest2: str = ""
+
+    def steer(self, dst: str, port: int, src: str = GUEST_IP) -> None:
         proxy = PLAIN_PORT if port == 80 else TLS_PORT
-        sh.run("nft", f"add element inet natest intercept_steer {{ {GUEST_IP} . {dst} . {port} : {proxy} }}",
+        sh.run("nft", f"add element inet natest intercept_steer {{ {src} . {dst} . {port} : {proxy} }}",
                ns=self.host)
 
-    def curl(self, url: str, *args: str, ca: bool = True, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def curl(self, url: str, *args: str, ca: bool = True, check: bool = False,
+             ns: str | None = None) -> subprocess.CompletedProcess[str]:
         res = sh.run("curl", "-sS", "--max-time", "10", "--resolve", f"api.test:443:{API_IP}",
                      "--resolve", f"api.test:80:{API_IP}", "--resolve", f"other.test:443:{OTHER_IP}",
                      *(["--cacert", str(self.combined_ca)] if ca else []), *args, url,
-                     ns=self.guest, check=check, timeout=30)
+                     ns=ns or self.guest, check=check, timeout=30)
         return res
 
     @property
@@ -92,21 +97,23 @@ def _wire(a_ns: str, a_if: str, a_ip: str, b_ns: str, b_if: str, b_ip: str) -> N
 
 
 @contextlib.asynccontextmanager
-async def intercept_bed(tmp: Path, threads: int = 1) -> AsyncIterator[Bed]:
+async def intercept_bed(tmp: Path, **overrides: Any) -> AsyncIterator[Bed]:
     tag = uuid.uuid4().hex[:6]
-    guest, host, inet = f"ic-g-{tag}", f"ic-h-{tag}", f"ic-i-{tag}"
+    guest, host, inet, guest2 = f"ic-g-{tag}", f"ic-h-{tag}", f"ic-i-{tag}", f"ic-n-{tag}"
     made: list[str] = []
     procs: list[subprocess.Popen[str]] = []
     interceptor = None
     try:
-        for ns in (guest, host, inet):
+        for ns in (guest, host, inet, guest2):
             sh.ip("netns", "add", ns)
             made.append(ns)
             sh.ip("link", "set", "lo", "up", ns=ns)
         _wire(guest, "eth0", GUEST_IP, host, "g0", HOST_G_IP)
         _wire(host, "i0", HOST_I_IP, inet, "eth0", API_IP)
         sh.ip("addr", "add", f"{OTHER_IP}/24", "dev", "eth0", ns=inet)
+        _wire(guest2, "eth0", GUEST2_IP, host, "g1", HOST_G2_IP)
         sh.ip("route", "add", "default", "via", HOST_G_IP, ns=guest)
+        sh.ip("route", "add", "default", "via", HOST_G2_IP, ns=guest2)
         sh.ip("route", "add", "default", "via", HOST_I_IP, ns=inet)
         sh.run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=host)
         sh.run("nft", "-f", "-", ns=host, input=STEER_NFT)
@@ -120,11 +127,11 @@ async def intercept_bed(tmp: Path, threads: int = 1) -> AsyncIterator[Bed]:
         procs.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         settings = InterceptSettings(state_dir=tmp / "state", run_dir=tmp / "run", ca_bundle=str(upstream_ca),
-                                     tls_port=TLS_PORT, plain_port=PLAIN_PORT, threads=threads)
+                                     tls_port=TLS_PORT, plain_port=PLAIN_PORT, **overrides)
         records: list[dict[str, Any]] = []
         interceptor = Interceptor(settings, InterceptCA(tmp / "state" / "ca"), records.append, netns=host)
         await interceptor.start()
-        yield Bed(tmp, guest, host, inet, interceptor, upstream_ca, upstream_log, records, procs)
+        yield Bed(tmp, guest, host, inet, interceptor, upstream_ca, upstream_log, records, procs, guest2)
     finally:
         if interceptor is not None:
             await interceptor.stop()
