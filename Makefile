@@ -46,6 +46,8 @@ bench: deps
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
 	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json --before-ref $(CLI_BENCH_BEFORE) $(CLI_BENCH_ARGS)
 	$(PY) -m tests.bench.first_payload_bench | tee bench-results/first_payload.json
+# issue 23: request interception (added latency, intercepted req/s on one core, unsteered flows)
+	$(PY) -m tests.bench.intercept_bench | tee bench-results/intercept.json
 	$(PY) -m tests.bench.limit_bench | tee bench-results/limits.json
 	$(PY) -m tests.bench.flow_kill_bench | tee bench-results/flow_kill.json
 	$(PY) -m tests.bench.churn_bench | tee bench-results/churn.json

@@ -195,6 +195,20 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
 SECTION_KEYS = {v: k for k, v in LEGACY_KEYS.items()}
 
 
+class InterceptConfig(_Section):
+    """Request interception (issue #23; docs/architecture.md, docs/security.md). HAProxy
+    starts with the first sandbox that has request rules."""
+    enabled: bool = True
+    tls_port: int = Field(15443, ge=1, le=65535)     # in host_netns; the steering rule redirects here
+    plain_port: int = Field(15080, ge=1, le=65535)
+    ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")   # what upstream certificates are checked against
+    run_dir: Path = Path("/run/netagent/intercept")  # haproxy's config and unix sockets
+    request_log: Path | None = None                  # JSON lines, one per request (None: state_dir/requests.jsonl)
+    max_conns_per_sandbox: int = Field(256, ge=1, le=100_000)
+    threads: int = Field(1, ge=1, le=64)
+    maxconn: int = Field(4000, ge=100, le=1_000_000)
+
+
 class Config(BaseModel):
     """Immutable: a reload builds a new one (daemon.reload) and the agent swaps it in."""
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -236,6 +250,7 @@ class Config(BaseModel):
     pool: PoolConfig = PoolConfig()
     dns: DnsConfig = DnsConfig()
     first_payload: FirstPayloadConfig = FirstPayloadConfig()
+    intercept: InterceptConfig = InterceptConfig()
     probe: ProbeConfig = ProbeConfig()
     registry: RegistryConfig = RegistryConfig()
     api: ApiConfig = ApiConfig()

@@ -84,7 +84,9 @@ class Interceptor:
     async def _spawn(self) -> None:
         exe = shutil.which("haproxy") or "/usr/sbin/haproxy"
         self.s.admin_socket.unlink(missing_ok=True)
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        # nsenter execs haproxy in the netns (no fork): the pid is haproxy's
+        path = self.netns if not self.netns or self.netns.startswith("/") else f"/run/netns/{self.netns}"
+        prefix = ["nsenter", f"--net={path}"] if path else []
         out = open(self.s.run_dir / "haproxy.out", "ab")
         self.proc = subprocess.Popen([*prefix, exe, "-db", "-f", str(self.s.config_path)],
                                      stdout=out, stderr=subprocess.STDOUT)
