@@ -138,13 +138,16 @@ async def test_rules_naming_a_missing_secret_are_refused_with_nothing_changed(ic
     assert agent.secret_names("ic-b") == []
 
 
-async def test_a_rule_does_not_open_a_name_the_policy_refuses(bed, ic_agent, upstream):
+async def test_a_rule_does_not_open_an_address_the_policy_refuses(bed, ic_agent, upstream):
+    """Internet on, but deny_out covers api.test's address: the resolver answers
+    (internet on), the name is ruled, yet nothing is steered, since the
+    redirect would skip the forward chain where the deny applies."""
     agent, (_, upstream_log) = ic_agent, upstream
     await agent.set_secret("ic-c", "API_KEY", SECRET)
-    net = await agent.allocate("ic-c", {"policy": {"internet": False, "allow_out": ["allowed.test"]}})
+    net = await agent.allocate("ic-c", {"policy": {"internet": True, "deny_out": [f"{API_IP}/32"]}})
     await agent.set_request_rules("ic-c", RULES)
     guest = await asyncio.to_thread(LightGuest.attach, bed, net, "c")
-    assert await resolve(guest, "api.test") != API_IP         # refused by the resolver
+    assert await resolve(guest, "api.test") == API_IP
     assert not [e for e in elements(bed.host, bed.agent_prefix, "intercept_dst") if API_IP in json.dumps(e)]
     code, _ = await guest_curl(guest, "/dev/null", "https://api.test/v1/models", API_IP)
     assert code == 0 and seen_upstream(upstream_log) == []

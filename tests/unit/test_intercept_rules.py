@@ -112,3 +112,24 @@ def test_the_store_without_its_key_reveals_nothing(tmp_path):
     other = SecretStore(tmp_path / "secrets.json", tmp_path / "another.key")
     with pytest.raises(Exception):  # noqa: B017
         other.values("sbx-1")
+
+
+def test_steering_follows_the_connection_policy():
+    import ipaddress
+
+    from netagent.intercept.steering import policy_permits, steer_keys
+    from netagent.models import EgressPolicy
+    from netagent.policy import compile_policy
+    deny = [ipaddress.IPv4Network("169.254.0.0/16")]
+    open_ = compile_policy(EgressPolicy(internet=True, deny_out=("203.0.113.13/32",)))
+    assert policy_permits(open_, False, "203.0.113.10", 443, deny)
+    assert not policy_permits(open_, False, "203.0.113.13", 443, deny)          # the sandbox's deny
+    assert not policy_permits(open_, True, "169.254.169.254", 443, deny)        # always-deny first
+    closed = compile_policy(EgressPolicy(internet=False, allow_out=("api.test", "198.51.100.0/24:443")))
+    assert not policy_permits(closed, False, "203.0.113.10", 443, deny)
+    assert policy_permits(closed, True, "203.0.113.10", 443, deny)             # admitted by the allowlist
+    assert policy_permits(closed, False, "198.51.100.7", 443, deny)
+    assert not policy_permits(closed, False, "198.51.100.7", 80, deny)
+    keys = steer_keys("10.0.0.2", [("203.0.113.10", 30), ("203.0.113.13", 30)], (443,),
+                      lambda a, p: policy_permits(open_, False, a, p, deny))
+    assert keys == [(("10.0.0.2", "203.0.113.10", 443), 30)]
