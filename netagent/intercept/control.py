@@ -87,10 +87,16 @@ class Interceptor:
         # nsenter execs haproxy in the netns (no fork): the pid is haproxy's
         path = self.netns if not self.netns or self.netns.startswith("/") else f"/run/netns/{self.netns}"
         prefix = ["nsenter", f"--net={path}"] if path else []
+        # An interceptor left by an agent that was killed (-9) keeps serving with
+        # what it was last given: the new one takes its listeners over and the
+        # old one finishes its open connections, then exits (haproxy -sf).
+        previous = self._previous_pid()
         out = open(self.s.run_dir / "haproxy.out", "ab")
-        self.proc = subprocess.Popen([*prefix, exe, "-db", "-f", str(self.s.config_path)],
+        self.proc = subprocess.Popen([*prefix, exe, "-db", "-f", str(self.s.config_path),
+                                      *(["-sf", str(previous)] if previous else [])],
                                      stdout=out, stderr=subprocess.STDOUT)
         out.close()
+        self.s.pid_file.write_text(f"{self.proc.pid}\n")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S
         while True:
@@ -104,6 +110,16 @@ class Interceptor:
                 await asyncio.sleep(0.02)
         for src, text in self._loaded.items():      # a restarted haproxy knows nothing: push it all again
             await self._set(src, text)
+
+    def _previous_pid(self) -> int | None:
+        """The pid in the pid file, if that process is a haproxy on our config."""
+        try:
+            pid = int(self.s.pid_file.read_text())
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        alive = self.proc is None or self.proc.pid != pid or self.proc.poll() is None
+        return pid if alive and str(self.s.config_path).encode() in cmdline else None
 
     async def ensure_running(self) -> bool:
         """Restart a dead haproxy (with everything pushed again). True: it was dead."""

@@ -40,6 +40,10 @@ class InterceptSettings:
         return self.run_dir / "requests.sock"
 
     @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "haproxy.pid"
+
+    @property
     def config_path(self) -> Path:
         return self.run_dir / "haproxy.cfg"
 

@@ -142,3 +142,28 @@ async def test_a_killed_interceptor_comes_back_with_its_rules_and_secrets(tmp_pa
         (seen,) = bed.upstream_requests()
         assert _auth_of(seen) == [f"Bearer {SECRET}"]
         assert SECRET not in json.dumps(bed.records)
+
+
+async def test_an_interceptor_left_by_a_killed_agent_is_taken_over(tmp_path):
+    """The agent dies (-9) and its haproxy lives on with the rules it had; the
+    restarted agent's interceptor takes the listeners over (-sf): the old one
+    exits, and only what the new agent pushes is served."""
+    from netagent.intercept.control import Interceptor
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        old = bed.interceptor.proc
+        assert old is not None
+        records: list = []
+        again = Interceptor(bed.interceptor.s, bed.interceptor.ca, records.append, netns=bed.host)
+        deny_all = RuleSet.parse([{"id": "now-denied", "domain": "api.test", "action": "deny"}])
+        try:
+            await again.start()
+            await again.load("198.51.100.2", "sbx-1", deny_all, {})
+            await asyncio.to_thread(old.wait, 10)     # the old one finished and left
+            for i in range(5):
+                res = bed.curl(f"https://api.test/v1/{i}", "-w", "\n%{http_code}")
+                assert res.stdout.rsplit("\n", 1)[1] == "403", res.stdout
+            assert bed.upstream_requests() == []
+            await eventually(lambda: len(records) >= 5)
+        finally:
+            await again.stop()
