@@ -47,6 +47,7 @@ class InterceptService:
         self.proxy = Interceptor(self.settings, self.ca, self._on_record, netns=config.host_netns)
         self._started = False
         self._pending: list[dict[str, Any]] = []
+        self._watch_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -62,16 +63,26 @@ class InterceptService:
             self._bind(sid, ip)
             if sid in self._rules:
                 await self._push(sid)
+        self._watch_task = asyncio.create_task(self._watch(), name="netagent-interceptor-watch")
 
     async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
         if self._started:
             await self.proxy.stop()
             self._started = False
 
-    async def supervise(self) -> None:
-        """Restart a dead interceptor (the agent's watchdog calls this)."""
-        if self._started:
-            await self.proxy.ensure_running()
+    async def _watch(self, every_s: float = 1.0) -> None:
+        """Restart a dead interceptor, with every sandbox's rules pushed again."""
+        while True:
+            await asyncio.sleep(every_s)
+            if self._started:
+                try:
+                    await self.proxy.ensure_running()
+                except Exception:   # noqa: BLE001 - logged; tried again next round
+                    log.exception("interceptor: restart failed")
 
     def _bind(self, sandbox_id: str, ip: str) -> None:
         self._ips[sandbox_id] = ip

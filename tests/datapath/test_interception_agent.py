@@ -116,6 +116,14 @@ async def test_secret_injected_upstream_and_absent_everywhere_else(bed, ic_agent
     events = [e async for e in _all_events(agent)]
     assert SECRET not in json.dumps(events)
     assert oct(os.stat(tmp_path / "state" / "keys" / "secrets.key").st_mode & 0o777) == "0o600"
+    # haproxy killed: the agent restarts it with the rules and the secret pushed again
+    proc = agent.intercept.proxy.proc
+    os.kill(proc.pid, 9)
+    await asyncio.to_thread(proc.wait, 5)
+    async with asyncio.timeout(30):
+        while (await guest_curl(guest, guest_ca, "https://api.test/v1/again", API_IP))[0] != 200:
+            await asyncio.sleep(0.2)
+    assert auth_of(seen_upstream(upstream_log)[-1]) == [f"Bearer {SECRET}"]
     assert oct(os.stat(tmp_path / "state" / "intercept" / "ca" / "ca.key").st_mode & 0o777) == "0o600"
 
 
