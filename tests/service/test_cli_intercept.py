@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import grpc
+import pytest
+
 from tests.testbed import sh
 
 SECRET = "sk-cli-0a1b2c3d4e5f-never-printed"
@@ -46,3 +49,18 @@ def test_rules_and_secrets_through_the_cli_and_grpc(daemon, tmp_path):
     assert cli(daemon, "release", "ic-cli")[0] == 0
     code, out, _ = cli(daemon, "secrets", "list", "ic-cli", "--json")
     assert json.loads(out)["names"] == []     # released: its secrets went with it
+
+
+def test_allocate_with_rules_checks_them_before_allocating(daemon):
+    rules = [{"id": "auth", "domain": "api.test",
+              "transforms": [{"op": "set", "header": "Authorization", "value": "${secret:TOKEN}"}]}]
+    with daemon.client() as c:
+        with pytest.raises(grpc.RpcError) as exc:
+            c.allocate("ic-alloc", request_rules=rules)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "TOKEN" in exc.value.details()
+        assert [s.sandbox_id for s in c.list()] == []          # nothing was allocated
+        assert c.set_secret("ic-alloc", "TOKEN", SECRET) == ["TOKEN"]
+        c.allocate("ic-alloc", request_rules=rules)
+        got = c.get_request_rules("ic-alloc")
+        assert [r.id for r in got.rules] == ["auth"] and got.rules[0].transforms[0].value == "${secret:TOKEN}"
+        assert c.list_secrets("ic-alloc") == ["TOKEN"]
