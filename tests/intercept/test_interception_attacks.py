@@ -153,6 +153,7 @@ async def test_an_interceptor_left_by_a_killed_agent_is_taken_over(tmp_path):
         await _ruled(bed)
         old = bed.interceptor.proc
         assert old is not None
+        await bed.interceptor.runtime.close()   # the dead agent's admin connection closed with it
         records: list = []
         again = Interceptor(bed.interceptor.s, bed.interceptor.ca, records.append, netns=bed.host)
         deny_all = RuleSet.parse([{"id": "now-denied", "domain": "api.test", "action": "deny"}])
