@@ -32,6 +32,7 @@ from tests.intercept.bed import API_IP, GUEST_IP, OTHER_IP, STEER_NFT, intercept
 from tests.testbed import sh
 
 PORT = 8443
+PLAIN = 8080   # new plain-HTTP connections, one request each: the steering rule is evaluated for every one
 UPSTREAM_CFG = """
 global
   nbthread 1
@@ -42,6 +43,7 @@ defaults
   timeout server 30s
 frontend up
   bind :{port} ssl crt {pem} alpn h2,http/1.1
+  bind :{plain}
   http-request return status 200 content-type text/plain string ok
 """
 PAIRED_CLIENT = """
@@ -76,6 +78,15 @@ def _h2load(ns: str, ip: str, n: int) -> float:
     return float(m.group(1))
 
 
+def _new_conns(ns: str, ip: str, n: int) -> float:
+    """Connections per second: n connections, one HTTP/1.1 request each."""
+    res = sh.run("h2load", "--h1", "-n", str(n), "-c", str(n), f"http://{ip}:{PLAIN}/", ns=ns, timeout=300)
+    m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", res.stdout)
+    ok = re.search(r"(\d+) succeeded", res.stdout)
+    assert m and ok and int(ok.group(1)) == n, res.stdout[-800:]
+    return float(m.group(1))
+
+
 def _pct(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
 
@@ -86,7 +97,7 @@ async def run(requests: int, h2_requests: int, rounds: int) -> dict:
         async with intercept_bed(tmp, threads=1) as bed:
             up = tmp / "upstream"
             (up / "up.pem").write_text((up / "upstream.crt").read_text() + (up / "upstream.key").read_text())
-            (up / "up.cfg").write_text(UPSTREAM_CFG.format(port=PORT, pem=up / "up.pem"))
+            (up / "up.cfg").write_text(UPSTREAM_CFG.format(port=PORT, plain=PLAIN, pem=up / "up.pem"))
             proc = subprocess.Popen(["ip", "netns", "exec", bed.inet, "haproxy", "-db", "-f", str(up / "up.cfg")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             bed.procs.append(proc)   # type: ignore[arg-type]
@@ -100,13 +111,15 @@ async def run(requests: int, h2_requests: int, rounds: int) -> dict:
             times = json.loads(res.stdout)
             diffs = [a - b for a, b in zip(times["intercepted"], times["direct"], strict=True)]
             intercepted_rps = [_h2load(bed.guest, API_IP, h2_requests) for _ in range(3)]
-            with_rule, without_rule = [], []
+            with_rule, without_rule, conns_with, conns_without = [], [], [], []
             for _ in range(rounds):   # interleaved: a load spike hits both alike
                 sh.run("nft", "delete", "table", "inet", "natest", ns=bed.host)
                 without_rule.append(_h2load(bed.guest, OTHER_IP, h2_requests // 4))
+                conns_without.append(_new_conns(bed.guest, OTHER_IP, 500))
                 sh.run("nft", "-f", "-", ns=bed.host, input=STEER_NFT)
                 bed.steer(API_IP, PORT)
                 with_rule.append(_h2load(bed.guest, OTHER_IP, h2_requests // 4))
+                conns_with.append(_new_conns(bed.guest, OTHER_IP, 500))
             load_after = os.getloadavg()[0]
             ms = 1000.0
             return {
@@ -127,6 +140,11 @@ async def run(requests: int, h2_requests: int, rounds: int) -> dict:
                                               "pair_ratio_median": round(statistics.median(
                                                   a / b for a, b in zip(with_rule, without_rule, strict=True)), 3),
                                               "target_ratio": 0.95},
+                "not_intercepted_new_conns_per_s": {
+                    "with_steering_rule": conns_with, "without": conns_without,
+                    "pair_ratio_median": round(statistics.median(
+                        a / b for a, b in zip(conns_with, conns_without, strict=True)), 3),
+                    "target_ratio": 0.95},
                 "load_average_1m": {"before": round(load_before, 2), "after": round(load_after, 2)},
                 "cores": os.cpu_count(),
             }
