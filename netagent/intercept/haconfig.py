@@ -65,10 +65,15 @@ DENIED = ('{"error":"denied by request rule","rule":"%[var(txn.na_rule),json(utf
 REFUSED = '{"error":"refused by the interceptor","reason":"%[var(txn.na_reason),json(utf8s)]"}'
 
 
-def _decide(kind: str, s: InterceptSettings) -> str:
+def _per_source(s: InterceptSettings) -> str:
     return f"""\
   tcp-request connection track-sc0 src table na_sources
   tcp-request connection reject if {{ sc0_conn_cur gt {s.max_conns_per_source} }}
+"""
+
+
+def _decide(kind: str) -> str:
+    return f"""\
   http-request set-var(txn.na_path) path
   http-request lua.netagent_decide
   http-request return status 403 content-type application/json lf-string '{DENIED}' \
@@ -106,13 +111,13 @@ defaults
 
 frontend na_tls
   bind :{s.tls_port} ssl crt {s.default_pem} crt-list {s.crt_list} alpn h2,http/1.1
-  # no SNI: nothing to verify the upstream against
+{_per_source(s)}  # no SNI: nothing to verify the upstream against
   http-request return status 403 content-type application/json \
 string '{{"error":"refused by the interceptor","reason":"no TLS server name"}}' if !{{ ssl_fc_sni -m found }}
-{_decide("tls", s)}
+{_decide("tls")}
 frontend na_plain
   bind :{s.plain_port}
-{_decide("plain", s)}
+{_per_source(s)}{_decide("plain")}
 backend na_up_tls
   # 0.0.0.0: the connection's original destination (the address the guest
   # resolved through DNS admission); the certificate is checked against the SNI
