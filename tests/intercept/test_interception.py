@@ -119,3 +119,24 @@ async def test_unsteered_flows_go_straight_to_the_upstream(tmp_path):
         assert seen["sni"] == "other.test" and _auth_of(seen) == []
         assert bed.records == []
         assert OTHER_IP
+
+
+async def test_upstream_connections_are_not_shared_across_names(tmp_path):
+    """Two ruled names on one upstream address: each request reaches the
+    upstream on a connection whose TLS name is its own (a kept connection
+    verified for api.test never carries other.test's requests)."""
+    async with intercept_bed(tmp_path) as bed:
+        rules = RuleSet.parse([{"id": "a", "domain": "api.test"}, {"id": "o", "domain": "other.test"}])
+        await bed.interceptor.load("198.51.100.2", "sbx-1", rules, {})
+        bed.steer(API_IP, 443)
+        # idle upstream connections of one name, then sessions of the other with
+        # several requests each (http-reuse safe reuses idle connections for a
+        # session's later requests)
+        for first, second in (("other.test", "api.test"), ("api.test", "other.test")):
+            for name in (first, second):
+                urls = [f"https://{name}/n{i}" for i in range(3)]
+                res = bed.curl(urls[0], *urls[1:], "--resolve", f"{name}:443:{API_IP}", "--http1.1")
+                assert res.returncode == 0, res.stderr
+        seen = bed.upstream_requests()
+        assert len(seen) == 12
+        assert all(r["sni"] == dict(r["headers"]).get("host", dict(r["headers"]).get("Host")) for r in seen), seen
