@@ -140,3 +140,32 @@ async def test_upstream_connections_are_not_shared_across_names(tmp_path):
         seen = bed.upstream_requests()
         assert len(seen) == 12
         assert all(r["sni"] == dict(r["headers"]).get("host", dict(r["headers"]).get("Host")) for r in seen), seen
+
+
+WS_CLIENT = """
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+ctx.set_alpn_protocols(["http/1.1"])
+s = ctx.wrap_socket(socket.create_connection((sys.argv[2], 443), timeout=10), server_hostname="api.test")
+s.sendall(b"GET /ws HTTP/1.1\\r\\nHost: api.test\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n")
+head = b""
+while b"\\r\\n\\r\\n" not in head:
+    head += s.recv(4096)
+frame = bytes([0x81, 0x85, 1, 2, 3, 4]) + bytes(b ^ (1, 2, 3, 4)[i % 4] for i, b in enumerate(b"hello"))
+s.sendall(frame)
+echo = b""
+while len(echo) < len(frame):
+    echo += s.recv(4096)
+print(head.split(b"\\r\\n")[0].decode(), echo == frame)
+"""
+
+
+async def test_websocket_passes_through_an_intercepted_name(tmp_path):
+    async with intercept_bed(tmp_path) as bed:
+        await _ruled(bed)
+        from tests.testbed import sh
+        res = sh.run(sh.PYTHON, "-c", WS_CLIENT, str(bed.combined_ca), API_IP, ns=bed.guest, check=False, timeout=30)
+        assert res.stdout.strip() == "HTTP/1.1 101 Switching Protocols True", res.stdout + res.stderr
+        (seen,) = bed.upstream_requests()
+        assert seen["path"] == "/ws" and _auth_of(seen) == [f"Bearer {SECRET}"]

@@ -2,13 +2,18 @@
 (`python -m tests.testbed.echo_upstream ADDR CERT KEY LOG`): HTTP/1.1 with
 keep-alive on ADDR:443 (TLS) and ADDR:80. Each request's head is appended to
 LOG as one JSON line (method, path, headers) and echoed back as JSON; a path
-starting /redirect answers 302 to https://other.test/landed."""
+starting /redirect answers 302 to https://other.test/landed; a WebSocket
+upgrade is accepted (101) and every byte after it echoed back."""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import ssl
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log_path: str, sni: str) -> None:
@@ -30,6 +35,14 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log_
             record = {"sni": sni, "method": method, "path": path, "headers": headers}
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if lower.get("upgrade", "").lower() == "websocket":
+                accept = base64.b64encode(hashlib.sha1(lower["sec-websocket-key"].encode() + WS_GUID).digest())
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                while chunk := await reader.read(65536):
+                    writer.write(chunk)
+                    await writer.drain()
+                return
             if path.startswith("/redirect"):
                 status, extra, body = "302 Found", "Location: https://other.test/landed\r\n", b""
             else:
