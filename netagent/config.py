@@ -204,6 +204,7 @@ class InterceptConfig(_Section):
     ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")   # what upstream certificates are checked against
     run_dir: Path = Path("/run/netagent/intercept")  # haproxy's config and unix sockets
     request_log: Path | None = None                  # JSON lines, one per request (None: state_dir/requests.jsonl)
+    request_events: bool = True                      # also an HTTP_REQUEST event per request (WatchEvents, state.db)
     max_conns_per_sandbox: int = Field(256, ge=1, le=100_000)
     threads: int = Field(1, ge=1, le=64)
     maxconn: int = Field(4000, ge=100, le=1_000_000)

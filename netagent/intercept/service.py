@@ -48,6 +48,8 @@ class InterceptService:
         self._started = False
         self._pending: list[dict[str, Any]] = []
         self._watch_task: asyncio.Task[None] | None = None
+        self._log_file: Any = None
+        self.events_on = ic.request_events
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -73,6 +75,10 @@ class InterceptService:
         if self._started:
             await self.proxy.stop()
             self._started = False
+        await self._flush()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     async def _watch(self, every_s: float = 1.0) -> None:
         """Restart a dead interceptor, with every sandbox's rules pushed again."""
@@ -169,15 +175,18 @@ class InterceptService:
     def _on_record(self, record: dict[str, Any]) -> None:
         if record.get("sandbox") in ("", "-", None):
             record["sandbox"] = self._by_ip.get(record.get("src", ""), "")
-        with open(self.request_log, "a") as f:
-            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        if self._log_file is None:
+            self._log_file = open(self.request_log, "a", buffering=1 << 16)
+        self._log_file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._pending.append(record)
-        if len(self._pending) == 1:   # one event commit per 50 ms at most
+        if len(self._pending) == 1:   # one event commit and one log flush per 50 ms at most
             asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        if batch:
+        if self._log_file is not None:
+            self._log_file.flush()
+        if batch and self.events_on:
             try:
                 await self._record(batch)
             except Exception:   # noqa: BLE001 - the log line is written; an event lost is logged
