@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FailedPrecondition
+from ..firewall import elements as el
 from ..firewall import names
 from ..intercept.rules import RuleSet
 from ..intercept.steering import policy_permits, steer_keys
@@ -48,7 +49,13 @@ class InterceptApi:
         svc = self._interception()
         sid = validate_sandbox_id(sandbox_id)
         parsed = RuleSet.parse(rules)
-        return await svc.set_rules(sid, self._ip_of(sid), parsed)
+        ip = self._ip_of(sid)
+        done = await svc.set_rules(sid, ip, parsed)
+        # addresses steered only for names no rule names now go back to the kernel at once
+        if stale := svc.steered.unsteer(ip, lambda name, port: port in parsed.ports_of(name)):
+            await self._on_host_fw(lambda fw: fw.apply(el.delete([el.Element(names.INTERCEPT_DST, k)
+                                                                   for k in stale])))
+        return done
 
     async def get_request_rules(self, sandbox_id: str) -> RuleSet:
         sid = validate_sandbox_id(sandbox_id)
@@ -91,6 +98,7 @@ class InterceptApi:
         keys = steer_keys(sandbox_ip, answers, ports, lambda a, p: policy_permits(
             policy, admitted, a, p, cfg.always_deny, cfg.always_allow))
         if keys:
+            self.intercept.steered.note(name, keys)
             await self._on_host_fw(lambda fw: fw.admit(names.INTERCEPT_DST, keys))
 
     def _is_ruled(self, sandbox_ip: str, name: str) -> bool:

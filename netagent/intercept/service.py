@@ -20,6 +20,7 @@ from .control import Interceptor
 from .haconfig import InterceptSettings
 from .rules import RuleSet, check_secret, require_secrets
 from .secrets import SecretStore
+from .steering import Steered
 
 log = logging.getLogger("netagent.intercept")
 
@@ -48,6 +49,7 @@ class InterceptService:
         self._started = False
         self._pending: list[dict[str, Any]] = []
         self._watch_task: asyncio.Task[None] | None = None
+        self.steered = Steered()     # which names each steering element is for (intercept_dst)
         self._log_file: Any = None
         self.events_on = ic.request_events
 
@@ -139,6 +141,7 @@ class InterceptService:
         ip = self._ips.pop(sandbox_id, None)
         if ip is not None:
             self._by_ip.pop(ip, None)
+            self.steered.unsteer(ip, lambda _n, _p: False)   # its elements go with DnsAdmission.forget
             if had and self._started:
                 await self.proxy.unload(ip)
 

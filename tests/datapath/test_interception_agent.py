@@ -161,6 +161,23 @@ async def test_a_rule_does_not_open_an_address_the_policy_refuses(bed, ic_agent,
     assert code == 0 and seen_upstream(upstream_log) == []
 
 
+async def test_dropping_a_rule_hands_its_addresses_back_to_the_kernel(bed, ic_agent, upstream, tmp_path):
+    agent, (upstream_ca, upstream_log) = ic_agent, upstream
+    await agent.set_secret("ic-e", "API_KEY", SECRET)
+    net = await agent.allocate("ic-e")
+    await agent.set_request_rules("ic-e", RULES)
+    guest = await asyncio.to_thread(LightGuest.attach, bed, net, "e")
+    trust = tmp_path / "trust.pem"      # the host CA and the upstream's: either path verifies
+    trust.write_text(agent.intercept_ca() + upstream_ca.read_text())
+    assert await resolve(guest, "api.test") == API_IP
+    assert (await guest_curl(guest, trust, "https://api.test/ruled", API_IP))[0] == 200
+    await agent.set_request_rules("ic-e", [])
+    assert not [e for e in elements(bed.host, bed.agent_prefix, "intercept_dst") if API_IP in json.dumps(e)]
+    assert (await guest_curl(guest, trust, "https://api.test/direct", API_IP))[0] == 200   # no new lookup
+    ruled, direct = seen_upstream(upstream_log)
+    assert auth_of(ruled) == [f"Bearer {SECRET}"] and auth_of(direct) == []
+
+
 async def test_rules_and_secrets_survive_an_agent_restart(bed, upstream, tmp_path):
     ca, upstream_log = upstream
     config = agent_config(bed, tmp_path / "state", intercept={"ca_bundle": str(ca), "run_dir": str(tmp_path / "run")})

@@ -133,3 +133,17 @@ def test_steering_follows_the_connection_policy():
     keys = steer_keys("10.0.0.2", [("203.0.113.10", 30), ("203.0.113.13", 30)], (443,),
                       lambda a, p: policy_permits(open_, False, a, p, deny))
     assert keys == [(("10.0.0.2", "203.0.113.10", 443), 30)]
+
+
+def test_steered_hands_back_addresses_no_rule_needs():
+    from netagent.intercept.steering import Steered
+    now = [100.0]
+    s = Steered(clock=lambda: now[0])
+    s.note("api.test", [(("10.0.0.2", "203.0.113.10", 443), 30)])
+    s.note("cdn.test", [(("10.0.0.2", "203.0.113.10", 443), 30), (("10.0.0.2", "203.0.113.11", 443), 30)])
+    s.note("api.test", [(("10.0.0.3", "203.0.113.10", 443), 30)])
+    # cdn.test's rules go: .11 was steered for it alone; .10 is still needed for api.test
+    assert s.unsteer("10.0.0.2", lambda n, p: n == "api.test") == [("10.0.0.2", "203.0.113.11", 443)]
+    now[0] += 31   # api.test's answer expired: nothing of it is left to keep
+    assert s.unsteer("10.0.0.2", lambda n, p: True) == [("10.0.0.2", "203.0.113.10", 443)]
+    assert s.unsteer("10.0.0.3", lambda n, p: False) == [("10.0.0.3", "203.0.113.10", 443)]
