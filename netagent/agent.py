@@ -120,7 +120,8 @@ class Agent(CoreApi, InterceptApi):
             self.admission.names_for, self._sandbox_of_ip))
         self.first_payload_source = ruleset.read_rules(ruleset.FIRST_PAYLOAD_RULES, rules_dir)
         self.dns: DnsProxy | None = None
-        self.intercept = InterceptService(config, self.record_requests) if config.intercept.enabled else None
+        self.intercept = (InterceptService(config, self.record_requests, self._labels_of)
+                          if config.intercept.enabled else None)
         self._dns_servers: Any = None
         self._inflight = Inflight()
         self._tasks: list[asyncio.Task[None]] = []

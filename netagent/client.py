@@ -119,17 +119,18 @@ class Client:
         return self.interception.GetRequestRules(pb.GetRequestRulesRequest(sandbox_id=sandbox_id),
                                                  timeout=self.timeout)
 
-    def set_secret(self, sandbox_id: str, name: str, value: str) -> list[str]:
-        return list(self.interception.SetSecret(pb.SetSecretRequest(sandbox_id=sandbox_id, name=name, value=value),
-                                                timeout=self.timeout).names)
+    def set_secret(self, sandbox_id: str, name: str, value: str, label: str = "") -> list[str]:
+        """A sandbox's secret, or (sandbox_id "" and label "key=value") one for every sandbox with that label."""
+        req = pb.SetSecretRequest(sandbox_id=sandbox_id, name=name, value=value, label=label)
+        return list(self.interception.SetSecret(req, timeout=self.timeout).names)
 
-    def delete_secret(self, sandbox_id: str, name: str) -> bool:
-        return self.interception.DeleteSecret(pb.DeleteSecretRequest(sandbox_id=sandbox_id, name=name),
-                                              timeout=self.timeout).deleted
+    def delete_secret(self, sandbox_id: str, name: str, label: str = "") -> bool:
+        req = pb.DeleteSecretRequest(sandbox_id=sandbox_id, name=name, label=label)
+        return self.interception.DeleteSecret(req, timeout=self.timeout).deleted
 
-    def list_secrets(self, sandbox_id: str) -> list[str]:
-        return list(self.interception.ListSecrets(pb.ListSecretsRequest(sandbox_id=sandbox_id),
-                                                  timeout=self.timeout).names)
+    def list_secrets(self, sandbox_id: str, label: str = "") -> list[str]:
+        req = pb.ListSecretsRequest(sandbox_id=sandbox_id, label=label)
+        return list(self.interception.ListSecrets(req, timeout=self.timeout).names)
 
     def intercept_ca(self) -> str:
         return self.interception.GetInterceptCA(pb.GetInterceptCARequest(), timeout=self.timeout).certificate_pem

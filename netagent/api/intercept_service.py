@@ -59,20 +59,21 @@ class InterceptionService(pb_grpc.InterceptionServicer):
 
     async def SetSecret(self, request: pb.SetSecretRequest, context: Any) -> pb.SecretNames:
         async def run() -> pb.SecretNames:
-            names = await self.agent.set_secret(request.sandbox_id, request.name, request.value)
-            return pb.SecretNames(sandbox_id=request.sandbox_id, names=names)
+            names = await self.agent.set_secret(request.sandbox_id, request.name, request.value, request.label)
+            return pb.SecretNames(sandbox_id=request.sandbox_id, label=request.label, names=names)
         return await self._call("set_secret", context, run)  # type: ignore[no-any-return]
 
     async def DeleteSecret(self, request: pb.DeleteSecretRequest, context: Any) -> pb.SecretNames:
         async def run() -> pb.SecretNames:
-            deleted = await self.agent.delete_secret(request.sandbox_id, request.name)
-            return pb.SecretNames(sandbox_id=request.sandbox_id, names=self.agent.secret_names(request.sandbox_id),
-                                  deleted=deleted)
+            deleted = await self.agent.delete_secret(request.sandbox_id, request.name, request.label)
+            return pb.SecretNames(sandbox_id=request.sandbox_id, label=request.label, deleted=deleted,
+                                  names=self.agent.secret_names(request.sandbox_id, request.label))
         return await self._call("delete_secret", context, run)  # type: ignore[no-any-return]
 
     async def ListSecrets(self, request: pb.ListSecretsRequest, context: Any) -> pb.SecretNames:
         async def run() -> pb.SecretNames:
-            return pb.SecretNames(sandbox_id=request.sandbox_id, names=self.agent.secret_names(request.sandbox_id))
+            return pb.SecretNames(sandbox_id=request.sandbox_id, label=request.label,
+                                  names=self.agent.secret_names(request.sandbox_id, request.label))
         return await self._call("list_secrets", context, run)  # type: ignore[no-any-return]
 
     async def GetInterceptCA(self, request: pb.GetInterceptCARequest, context: Any) -> pb.InterceptCA:

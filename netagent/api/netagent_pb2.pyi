@@ -535,38 +535,46 @@ class RequestRules(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[RequestRule, _Mapping]]] = ...) -> None: ...
 
 class SetSecretRequest(_message.Message):
-    __slots__ = ("sandbox_id", "name", "value")
+    __slots__ = ("sandbox_id", "name", "value", "label")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     name: str
     value: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    label: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
 
 class DeleteSecretRequest(_message.Message):
-    __slots__ = ("sandbox_id", "name")
+    __slots__ = ("sandbox_id", "name", "label")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     name: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    label: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
 
 class ListSecretsRequest(_message.Message):
-    __slots__ = ("sandbox_id",)
+    __slots__ = ("sandbox_id", "label")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+    label: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
 
 class SecretNames(_message.Message):
-    __slots__ = ("sandbox_id", "names", "deleted")
+    __slots__ = ("sandbox_id", "names", "deleted", "label")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     names: _containers.RepeatedScalarFieldContainer[str]
     deleted: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    label: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., deleted: _Optional[bool] = ..., label: _Optional[str] = ...) -> None: ...
 
 class GetInterceptCARequest(_message.Message):
     __slots__ = ()

@@ -69,15 +69,30 @@ class InterceptApi:
             self._interception().check_rules(validate_sandbox_id(sandbox_id), parsed)
         return parsed
 
-    async def set_secret(self, sandbox_id: str, name: str, value: str) -> list[str]:
-        """Set or replace one secret; the sandbox need not be allocated yet. Returns its names."""
-        return await self._interception().set_secret(validate_sandbox_id(sandbox_id), name, value)
+    async def set_secret(self, sandbox_id: str, name: str, value: str, label: str = "") -> list[str]:
+        """Set or replace one secret of a sandbox (it need not be allocated yet), or
+        (sandbox_id "" and label "key=value") of every sandbox with that label.
+        Returns the owner's names."""
+        svc = self._interception()
+        if label and not sandbox_id:
+            return await svc.set_label_secret(label, name, value)
+        return await svc.set_secret(validate_sandbox_id(sandbox_id), name, value)
 
-    async def delete_secret(self, sandbox_id: str, name: str) -> bool:
-        return await self._interception().delete_secret(validate_sandbox_id(sandbox_id), name)
+    async def delete_secret(self, sandbox_id: str, name: str, label: str = "") -> bool:
+        svc = self._interception()
+        if label and not sandbox_id:
+            return await svc.delete_label_secret(label, name)
+        return await svc.delete_secret(validate_sandbox_id(sandbox_id), name)
 
-    def secret_names(self, sandbox_id: str) -> list[str]:
-        return self._interception().secret_names(validate_sandbox_id(sandbox_id))
+    def secret_names(self, sandbox_id: str, label: str = "") -> list[str]:
+        svc = self._interception()
+        if label and not sandbox_id:
+            return svc.label_secret_names(label)
+        return svc.secret_names(validate_sandbox_id(sandbox_id))
+
+    def _labels_of(self, sandbox_id: str) -> dict[str, str]:
+        rec = self.inventory.allocations.get(sandbox_id)
+        return dict(rec.spec.labels) if rec else {}
 
     def intercept_ca(self) -> str:
         return self._interception().ca.cert_pem

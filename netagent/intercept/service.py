@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import Config
-from ..errors import FailedPrecondition, NotFound
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..models import LABEL_KEY_RE
 from .ca import InterceptCA, write_private
 from .control import Interceptor
 from .haconfig import InterceptSettings
@@ -25,8 +26,20 @@ from .steering import Steered
 log = logging.getLogger("netagent.intercept")
 
 
+LABEL = "label:"
+
+
+def label_owner(label: str) -> str:
+    """The secret store's owner key of a label ("key=value"), validated."""
+    key, sep, value = label.partition("=")
+    if not sep or not LABEL_KEY_RE.match(key) or len(value) > 256:
+        raise InvalidArgument(f"label must be key=value with a valid label key; got {label!r}")
+    return LABEL + label
+
+
 class InterceptService:
-    def __init__(self, config: Config, record: Callable[[list[dict[str, Any]]], Awaitable[None]]):
+    def __init__(self, config: Config, record: Callable[[list[dict[str, Any]]], Awaitable[None]],
+                 labels_of: Callable[[str], dict[str, str]] = lambda _sid: {}):
         ic = config.intercept
         self.config = config
         self.dir = config.state_dir / "intercept"
@@ -45,6 +58,7 @@ class InterceptService:
             max_conns_per_source=ic.max_conns_per_sandbox)
         self.request_log = ic.request_log or (config.state_dir / "requests.jsonl")
         self._record = record
+        self.labels_of = labels_of    # an allocated sandbox's labels (secrets set for a label)
         self.proxy = Interceptor(self.settings, self.ca, self._on_record, netns=config.host_netns)
         self._started = False
         self._pending: list[dict[str, Any]] = []
@@ -60,7 +74,7 @@ class InterceptService:
         for sid in [s for s in self._rules if s not in allocated]:
             self._rules.pop(sid)
             self.secrets.delete(sid)
-        for sid in [s for s in self.secrets.sandboxes() if s not in allocated]:
+        for sid in [s for s in self.secrets.sandboxes() if s not in allocated and not s.startswith(LABEL)]:
             self.secrets.delete(sid)
         self._save_rules()
         for sid, ip in allocated.items():
@@ -102,7 +116,47 @@ class InterceptService:
         return self._rules.get(sandbox_id, RuleSet())
 
     def check_rules(self, sandbox_id: str, rules: RuleSet) -> None:
-        require_secrets(rules, set(self.secrets.names(sandbox_id)))
+        require_secrets(rules, set(self.effective_names(sandbox_id)))
+
+    def _owners(self, sandbox_id: str) -> list[str]:
+        """Where a sandbox's secrets come from, weakest first: its labels' (by key), then its own."""
+        labels = self.labels_of(sandbox_id)
+        return [label_owner(f"{k}={labels[k]}") for k in sorted(labels)] + [sandbox_id]
+
+    def effective_names(self, sandbox_id: str) -> list[str]:
+        return sorted({n for owner in self._owners(sandbox_id) for n in self.secrets.names(owner)})
+
+    def _effective_values(self, sandbox_id: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for owner in self._owners(sandbox_id):
+            out.update(self.secrets.values(owner))
+        return out
+
+    async def set_label_secret(self, label: str, name: str, value: str) -> list[str]:
+        """A secret every sandbox with this label (key=value) gets, unless it has its own of that name."""
+        check_secret(name, value)
+        owner = label_owner(label)
+        self.secrets.set(owner, name, value)
+        for sid in self._labelled(label):
+            if name in self.rules_of(sid).secrets:
+                await self._push(sid)
+        return self.secrets.names(owner)
+
+    async def delete_label_secret(self, label: str, name: str) -> bool:
+        owner = label_owner(label)
+        users = [sid for sid in self._labelled(label) if name in self.rules_of(sid).secrets
+                 and name not in self.secrets.names(sid)]
+        if users and name in self.secrets.names(owner):
+            raise FailedPrecondition(f"secret {name} of label {label} is used by the request rules of "
+                                     f"{', '.join(sorted(users))}; change those rules first")
+        return self.secrets.delete(owner, name)
+
+    def label_secret_names(self, label: str) -> list[str]:
+        return self.secrets.names(label_owner(label))
+
+    def _labelled(self, label: str) -> list[str]:
+        key, _, value = label.partition("=")
+        return [sid for sid in self._ips if self.labels_of(sid).get(key) == value]
 
     async def set_rules(self, sandbox_id: str, sandbox_ip: str, rules: RuleSet) -> RuleSet:
         self.check_rules(sandbox_id, rules)
@@ -124,7 +178,8 @@ class InterceptService:
 
     async def delete_secret(self, sandbox_id: str, name: str) -> bool:
         users = [r.id for r in self.rules_of(sandbox_id).rules if name in r.secrets]
-        if users:
+        backed = any(name in self.secrets.names(o) for o in self._owners(sandbox_id)[:-1])
+        if users and not backed and name in self.secrets.names(sandbox_id):
             raise FailedPrecondition(f"secret {name} is used by request rules {', '.join(users)}; "
                                      "change those rules first")
         return self.secrets.delete(sandbox_id, name)
@@ -166,7 +221,7 @@ class InterceptService:
         if not self._started:
             await self.proxy.start()
             self._started = True
-        values = self.secrets.values(sandbox_id)
+        values = self._effective_values(sandbox_id)
         await self.proxy.load(ip, sandbox_id, rules, {k: values[k] for k in rules.secrets})
 
     def _save_rules(self) -> None:

@@ -178,6 +178,29 @@ async def test_dropping_a_rule_hands_its_addresses_back_to_the_kernel(bed, ic_ag
     assert auth_of(ruled) == [f"Bearer {SECRET}"] and auth_of(direct) == []
 
 
+async def test_a_secret_set_for_a_label_serves_every_sandbox_with_it(bed, ic_agent, upstream, tmp_path):
+    agent, (_, upstream_log) = ic_agent, upstream
+    assert await agent.set_secret("", "API_KEY", SECRET, label="team=a") == ["API_KEY"]
+    net = await agent.allocate("ic-f", {"labels": {"team": "a"}})
+    await agent.set_request_rules("ic-f", RULES)                    # the label's secret counts
+    await agent.allocate("ic-g", {"labels": {"team": "b"}})
+    with pytest.raises(InvalidArgument, match="API_KEY"):
+        await agent.set_request_rules("ic-g", RULES)
+    guest = await asyncio.to_thread(LightGuest.attach, bed, net, "f")
+    guest_ca = tmp_path / "guest-ca.pem"
+    guest_ca.write_text(agent.intercept_ca())
+    assert await resolve(guest, "api.test") == API_IP
+    assert (await guest_curl(guest, guest_ca, "https://api.test/label", API_IP))[0] == 200
+    with pytest.raises(FailedPrecondition, match="ic-f"):
+        await agent.delete_secret("", "API_KEY", label="team=a")
+    await agent.set_secret("ic-f", "API_KEY", "own-value-overrides")   # the sandbox's own wins
+    assert (await guest_curl(guest, guest_ca, "https://api.test/own", API_IP))[0] == 200
+    first, second = seen_upstream(upstream_log)
+    assert auth_of(first) == [f"Bearer {SECRET}"] and auth_of(second) == ["Bearer own-value-overrides"]
+    assert agent.secret_names("", label="team=a") == ["API_KEY"]
+    assert SECRET.encode() not in read_tree(tmp_path / "state") + read_tree(tmp_path / "run")
+
+
 async def test_rules_and_secrets_survive_an_agent_restart(bed, upstream, tmp_path):
     ca, upstream_log = upstream
     config = agent_config(bed, tmp_path / "state", intercept={"ca_bundle": str(ca), "run_dir": str(tmp_path / "run")})
