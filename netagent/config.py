@@ -206,6 +206,10 @@ class InterceptConfig(_Section):
     request_log: Path | None = None                  # JSON lines, one per request (None: state_dir/requests.jsonl)
     request_events: bool = True                      # also an HTTP_REQUEST event per request (WatchEvents, state.db)
     max_conns_per_sandbox: int = Field(256, ge=1, le=100_000)
+    # Guests whose TLS 1.2 client sends no signature_algorithms (busybox wget)
+    # need SHA-1 handshake signatures, which OpenSSL 3 allows only at security
+    # level 0. Off by default: it weakens every guest's handshake with the interceptor.
+    legacy_guest_tls: bool = False
     threads: int = Field(1, ge=1, le=64)
     maxconn: int = Field(4000, ge=100, le=1_000_000)
 

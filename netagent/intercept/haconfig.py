@@ -30,6 +30,7 @@ class InterceptSettings:
     maxconn: int = 4000
     max_header_bytes: int = 16384  # tune.bufsize: a request head past it is refused (400/431)
     max_conns_per_source: int = 256  # one sandbox's open connections: a flood cannot take every slot
+    legacy_guest_tls: bool = False   # [intercept] legacy_guest_tls (config.py says why)
 
     @property
     def admin_socket(self) -> Path:
@@ -63,6 +64,10 @@ class InterceptSettings:
 DENIED = ('{"error":"denied by request rule","rule":"%[var(txn.na_rule),json(utf8s)]",'
           '"sandbox":"%[var(txn.na_sandbox),json(utf8s)]"}')
 REFUSED = '{"error":"refused by the interceptor","reason":"%[var(txn.na_reason),json(utf8s)]"}'
+
+
+def _legacy(s: InterceptSettings) -> str:
+    return " ciphers DEFAULT:@SECLEVEL=0" if s.legacy_guest_tls else ""
 
 
 def _per_source(s: InterceptSettings) -> str:
@@ -110,7 +115,7 @@ defaults
   timeout tunnel 1h
 
 frontend na_tls
-  bind :{s.tls_port} ssl crt {s.default_pem} crt-list {s.crt_list} alpn h2,http/1.1
+  bind :{s.tls_port} ssl crt {s.default_pem} crt-list {s.crt_list} alpn h2,http/1.1{_legacy(s)}
 {_per_source(s)}  # no SNI: nothing to verify the upstream against
   http-request return status 403 content-type application/json \
 string '{{"error":"refused by the interceptor","reason":"no TLS server name"}}' if !{{ ssl_fc_sni -m found }}

@@ -55,7 +55,7 @@ class InterceptService:
         self.settings = InterceptSettings(
             state_dir=self.dir, run_dir=ic.run_dir, ca_bundle=str(ic.ca_bundle), tls_port=ic.tls_port,
             plain_port=ic.plain_port, threads=ic.threads, maxconn=ic.maxconn,
-            max_conns_per_source=ic.max_conns_per_sandbox)
+            max_conns_per_source=ic.max_conns_per_sandbox, legacy_guest_tls=ic.legacy_guest_tls)
         self.request_log = ic.request_log or (config.state_dir / "requests.jsonl")
         self._record = record
         self.labels_of = labels_of    # an allocated sandbox's labels (secrets set for a label)

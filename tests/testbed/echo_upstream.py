@@ -43,7 +43,9 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log_
                     writer.write(chunk)
                     await writer.drain()
                 return
-            if path.startswith("/redirect"):
+            if path.startswith("/quiet"):    # nothing of the request echoed back
+                status, extra, body = "200 OK", "Content-Type: text/plain\r\n", b"ok\n"
+            elif path.startswith("/redirect"):
                 status, extra, body = "302 Found", "Location: https://other.test/landed\r\n", b""
             else:
                 status, extra, body = "200 OK", "Content-Type: application/json\r\n", json.dumps(record).encode()
