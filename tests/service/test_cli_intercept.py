@@ -17,7 +17,7 @@ def cli(daemon, *args: str, stdin: str | None = None) -> tuple[int, str, str]:  
     return res.returncode, res.stdout, res.stderr
 
 
-def test_rules_and_secrets_through_the_cli_and_grpc(daemon, tmp_path):
+def test_rules_and_secrets_through_the_cli_and_grpc(bed, daemon, tmp_path):
     rules = [{"id": "auth", "domain": "api.test", "methods": ["GET", "POST"], "path": "/v1/",
               "transforms": [{"op": "set", "header": "Authorization", "value": "Bearer ${secret:API_KEY}"}]}]
     rules_file = tmp_path / "rules.json"
@@ -46,6 +46,7 @@ def test_rules_and_secrets_through_the_cli_and_grpc(daemon, tmp_path):
     outputs = [cli(daemon, "show", "ic-cli"), cli(daemon, "show", "ic-cli", "--json"), cli(daemon, "ls", "--json")]
     assert all(SECRET not in o + e for _, o, e in outputs)
     assert SECRET not in "".join(daemon.log)
+    assert SECRET not in json.dumps(daemon.metrics(bed.host))
     assert cli(daemon, "release", "ic-cli")[0] == 0
     code, out, _ = cli(daemon, "secrets", "list", "ic-cli", "--json")
     assert json.loads(out)["names"] == []     # released: its secrets went with it
