@@ -20,10 +20,11 @@ def write_config(bed, tmp: Path, **over) -> Path:
         "state_dir": str(tmp / "state"), "api_socket": str(tmp / "api.sock"), "ruleset_check_interval_s": 0.5,
         "node_id": "test-node", "metrics_address": "127.0.0.1:0", "metrics_refresh_s": 0.5,
         "dns_upstreams": ["192.0.2.53"], "dns_ttl_floor_s": 1,
-        "intercept": {"run_dir": str(tmp / "intercept-run")},   # never the host's /run/netagent
     } | over
     values.setdefault("pool_max_size", values["pool_size"])   # a fixed pool unless a test asks for growth
     lines = []
+    # dict values become [sections], written last (tests that append keys to the
+    # file must then append sections only)
     sections = {k: values.pop(k) for k in [k for k, v in values.items() if isinstance(v, dict)]}
     for key, value in values.items():
         if isinstance(value, bool):

@@ -7,9 +7,20 @@ import json
 import grpc
 import pytest
 
+from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
 
 SECRET = "sk-cli-0a1b2c3d4e5f-never-printed"
+
+
+@pytest.fixture
+def daemon(bed, tmp_path):
+    """The service daemon, its interceptor's files under the test's tmp (never the host's /run/netagent)."""
+    d = Daemon(write_config(bed, tmp_path, intercept={"run_dir": str(tmp_path / "intercept-run")})).start()
+    try:
+        yield d
+    finally:
+        d.stop()
 
 
 def cli(daemon, *args: str, stdin: str | None = None) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
