@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
 	containernetworking-plugins qemu-system-x86 busybox-static \
 	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client stress-ng \
-	prometheus systemd python3-yaml python3-pip
+	prometheus systemd python3-yaml python3-pip python3-cryptography
 CONFIG ?=
 PYTEST_ARGS ?=
 # `make bench` times the CLI of this git ref beside this tree's (tests/bench/cli_bench.py):
@@ -64,6 +64,8 @@ bench: deps
 	$(PY) -m tests.bench.idle_bench --before-ref $(IDLE_BENCH_BEFORE) $(IDLE_BENCH_ARGS) | tee bench-results/idle.json
 	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json --before-ref $(CLI_BENCH_BEFORE) $(CLI_BENCH_ARGS)
 	$(PY) -m tests.bench.first_payload_bench | tee bench-results/first_payload.json
+# issue 23: request interception (added latency, intercepted req/s on one core, unsteered flows)
+	$(PY) -m tests.bench.intercept_bench | tee bench-results/intercept.json
 	$(PY) -m tests.bench.limit_bench | tee bench-results/limits.json
 	$(PY) -m tests.bench.flow_kill_bench | tee bench-results/flow_kill.json
 	$(PY) -m tests.bench.churn_bench | tee bench-results/churn.json

@@ -26,6 +26,7 @@ from .core.admission import DnsAdmission
 from .core.api import CoreApi
 from .core.committer import Burst, Committer
 from .core.hostsync import HostTableKeeper
+from .core.intercept_api import InterceptApi
 from .core.inventory import Inventory
 from .core.planner import PlanContext, desired_elements
 from .core.pool import Inflight, PoolSettings, WarmPool
@@ -49,6 +50,7 @@ from .firewall.driver import FirewallDriver, HostTable
 from .firewall.generation import GenerationWatch
 from .firstpayload.checker import CheckLinks, FirstPayloadCheck
 from .flows import recorder as flow_recorder
+from .intercept.service import InterceptService
 from .logs import for_sandbox
 from .metrics import Metrics
 from .models import SlotState
@@ -62,7 +64,7 @@ from .workers import BuildPool, Cleaner, DnsThreads, HostWorker, Readers
 log = logging.getLogger("netagent")
 
 
-class Agent(CoreApi):
+class Agent(CoreApi, InterceptApi):
     def __init__(self, config: Config, rules_dir: Any = ruleset.RULES_DIR,
                  firewall: Callable[[], FirewallDriver] | None = None):
         self.config = config
@@ -124,6 +126,8 @@ class Agent(CoreApi):
             self.admission.names_for, self._sandbox_of_ip))
         self.first_payload_source = ruleset.read_rules(ruleset.FIRST_PAYLOAD_RULES, rules_dir)
         self.dns: DnsProxy | None = None
+        self.intercept = (InterceptService(config, self.record_requests, self._labels_of)
+                          if config.intercept.enabled else None)
         self._dns_servers: Any = None
         self._inflight = Inflight()
         self._tasks: list[asyncio.Task[None]] = []
@@ -156,6 +160,8 @@ class Agent(CoreApi):
         await self._start_dns_proxy()
         self._tasks.append(asyncio.create_task(self.committer.run(), name="netagent-committer"))
         await self._reconcile()
+        if self.intercept is not None:   # rules of allocated sandboxes live again (haproxy if any)
+            await self.intercept.resume(sandbox_ips(self.inventory, self.plan))
         await self.reachability.start()
         if self.config.first_payload.check:
             await self._ensure_first_payload()
@@ -210,7 +216,8 @@ class Agent(CoreApi):
 
     async def _start_dns_proxy(self) -> None:
         self.dns, self._dns_servers = await start_proxy(self.config, self.host.call, self.dns_threads.call,
-                                                        self.admission.policy_of, self.admission.admit)
+                                                        self.admission.policy_of, self.admission.admit,
+                                                        self._is_ruled, self._steer)
 
     def _host_setup(self) -> HostInfo:
         apply_sysctls()
@@ -259,6 +266,8 @@ class Agent(CoreApi):
         await self.denied.stop()
         await self.flows.stop()
         await self.first_payload.stop()
+        if self.intercept is not None:
+            await self.intercept.stop()
         await self.meter.refresh()   # persisted as of now: a table flushed while we are down loses nothing
         while not self.committer.idle or self.pool.busy:  # let queued work finish
             await self.pool.drain()
@@ -349,6 +358,8 @@ class Agent(CoreApi):
         if released := [c for _, change in done for c in change.close_usage]:
             for sid, slot, ip in released:
                 self.meter.release(sid, ip, slot)
+                if self.intercept is not None:
+                    await self.intercept.forget(sid)
                 if slot >= 0:
                     self.pool.coming_back(slot)
             self.pool.spawn(self._close_usage_when_quiet())

@@ -39,6 +39,7 @@ class Client:
         else:
             self.channel = grpc.insecure_channel(self.target)
         self.stub = pb_grpc.NetAgentStub(self.channel)
+        self.interception = pb_grpc.InterceptionStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -51,9 +52,11 @@ class Client:
 
     def allocate(self, sandbox_id: str, *, internet: bool | None = None, labels: dict[str, str] | None = None,
                  allow_out: list[str] | None = None, deny_out: list[str] | None = None,
-                 timeout: float | None = None, egress_address: str = "") -> pb.Sandbox:
+                 timeout: float | None = None, egress_address: str = "",
+                 request_rules: list[dict] | None = None) -> pb.Sandbox:
         req = pb.AllocateRequest(sandbox_id=sandbox_id, labels=labels or {},
-                                 policy=_policy(internet, allow_out, deny_out), egress_address=egress_address)
+                                 policy=_policy(internet, allow_out, deny_out), egress_address=egress_address,
+                                 request_rules=[_rule(r) for r in request_rules or ()])
         return self.stub.Allocate(req, timeout=timeout or self.timeout).sandbox
 
     def release(self, sandbox_id: str) -> bool:
@@ -112,6 +115,33 @@ class Client:
                            egress_pps=egress_pps, ingress_pps=ingress_pps, burst_packets=burst_packets)
         return self.stub.SetLimits(pb.SetLimitsRequest(sandbox_id=sandbox_id, limits=limits), timeout=self.timeout)
 
+    # ---- request interception (issue #23) ----
+
+    def set_request_rules(self, sandbox_id: str, rules: list[dict]) -> pb.RequestRules:
+        """Rules as dicts (docs/api.md): id, domain, methods, path, ports, action, transforms, ..."""
+        return self.interception.SetRequestRules(pb.SetRequestRulesRequest(
+            sandbox_id=sandbox_id, rules=[_rule(r) for r in rules]), timeout=self.timeout)
+
+    def get_request_rules(self, sandbox_id: str) -> pb.RequestRules:
+        return self.interception.GetRequestRules(pb.GetRequestRulesRequest(sandbox_id=sandbox_id),
+                                                 timeout=self.timeout)
+
+    def set_secret(self, sandbox_id: str, name: str, value: str, label: str = "") -> list[str]:
+        """A sandbox's secret, or (sandbox_id "" and label "key=value") one for every sandbox with that label."""
+        req = pb.SetSecretRequest(sandbox_id=sandbox_id, name=name, value=value, label=label)
+        return list(self.interception.SetSecret(req, timeout=self.timeout).names)
+
+    def delete_secret(self, sandbox_id: str, name: str, label: str = "") -> bool:
+        req = pb.DeleteSecretRequest(sandbox_id=sandbox_id, name=name, label=label)
+        return self.interception.DeleteSecret(req, timeout=self.timeout).deleted
+
+    def list_secrets(self, sandbox_id: str, label: str = "") -> list[str]:
+        req = pb.ListSecretsRequest(sandbox_id=sandbox_id, label=label)
+        return list(self.interception.ListSecrets(req, timeout=self.timeout).names)
+
+    def intercept_ca(self) -> str:
+        return self.interception.GetInterceptCA(pb.GetInterceptCARequest(), timeout=self.timeout).certificate_pem
+
     def set_egress_address(self, sandbox_id: str, address: str = "") -> pb.Sandbox:
         """Another SNAT source for the sandbox ("": the uplink's address)."""
         req = pb.SetEgressAddressRequest(sandbox_id=sandbox_id, egress_address=address)
@@ -136,3 +166,9 @@ def _policy(internet: bool | None, allow_out: list[str] | None, deny_out: list[s
     if internet is not None:
         policy.internet = internet
     return policy
+
+
+def _rule(rule: dict) -> pb.RequestRule:
+    r = dict(rule)
+    r["transforms"] = [pb.HeaderTransform(**t) for t in r.get("transforms", ())]
+    return pb.RequestRule(**r)

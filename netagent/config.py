@@ -211,6 +211,25 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
 SECTION_KEYS = {v: k for k, v in LEGACY_KEYS.items()}
 
 
+class InterceptConfig(_Section):
+    """Request interception (issue #23; docs/architecture.md, docs/security.md). HAProxy
+    starts with the first sandbox that has request rules."""
+    enabled: bool = True
+    tls_port: int = Field(15443, ge=1, le=65535)     # in host_netns; the steering rule redirects here
+    plain_port: int = Field(15080, ge=1, le=65535)
+    ca_bundle: Path = Path("/etc/ssl/certs/ca-certificates.crt")   # what upstream certificates are checked against
+    run_dir: Path = Path("/run/netagent/intercept")  # haproxy's config and unix sockets
+    request_log: Path | None = None                  # JSON lines, one per request (None: state_dir/requests.jsonl)
+    request_events: bool = True                      # also an HTTP_REQUEST event per request (WatchEvents, state.db)
+    max_conns_per_sandbox: int = Field(256, ge=1, le=100_000)
+    # Guests whose TLS 1.2 client sends no signature_algorithms (busybox wget)
+    # need SHA-1 handshake signatures, which OpenSSL 3 allows only at security
+    # level 0. Off by default: it weakens every guest's handshake with the interceptor.
+    legacy_guest_tls: bool = False
+    threads: int = Field(1, ge=1, le=64)
+    maxconn: int = Field(4000, ge=100, le=1_000_000)
+
+
 class Config(BaseModel):
     """Immutable: a reload builds a new one (daemon.reload) and the agent swaps it in."""
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -252,6 +271,7 @@ class Config(BaseModel):
     pool: PoolConfig = PoolConfig()
     dns: DnsConfig = DnsConfig()
     first_payload: FirstPayloadConfig = FirstPayloadConfig()
+    intercept: InterceptConfig = InterceptConfig()
     probe: ProbeConfig = ProbeConfig()
     registry: RegistryConfig = RegistryConfig()
     api: ApiConfig = ApiConfig()

@@ -25,7 +25,7 @@ EVENT_TYPES = {"allocated": pb.EVENT_TYPE_ALLOCATED, "released": pb.EVENT_TYPE_R
                "flow_denied": pb.EVENT_TYPE_FLOW_DENIED, "slot_repaired": pb.EVENT_TYPE_SLOT_REPAIRED,
                "tap_lost": pb.EVENT_TYPE_TAP_LOST, "slot_quarantined": pb.EVENT_TYPE_SLOT_QUARANTINED,
                "first_payload_verdicts": pb.EVENT_TYPE_FIRST_PAYLOAD_VERDICTS,
-               "usage_final": pb.EVENT_TYPE_USAGE_FINAL}
+               "usage_final": pb.EVENT_TYPE_USAGE_FINAL, "http_request": pb.EVENT_TYPE_HTTP_REQUEST}
 
 
 def usage_to_proto(sandbox_id: str, usage: dict[str, dict[str, int]]) -> pb.SandboxUsage:

@@ -28,6 +28,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_SLOT_QUARANTINED: _ClassVar[EventType]
     EVENT_TYPE_FIRST_PAYLOAD_VERDICTS: _ClassVar[EventType]
     EVENT_TYPE_USAGE_FINAL: _ClassVar[EventType]
+    EVENT_TYPE_HTTP_REQUEST: _ClassVar[EventType]
 PROTOCOL_UNSPECIFIED: Protocol
 PROTOCOL_TCP: Protocol
 PROTOCOL_UDP: Protocol
@@ -44,6 +45,7 @@ EVENT_TYPE_TAP_LOST: EventType
 EVENT_TYPE_SLOT_QUARANTINED: EventType
 EVENT_TYPE_FIRST_PAYLOAD_VERDICTS: EventType
 EVENT_TYPE_USAGE_FINAL: EventType
+EVENT_TYPE_HTTP_REQUEST: EventType
 
 class EgressPolicy(_message.Message):
     __slots__ = ("internet", "allow_out", "deny_out")
@@ -131,7 +133,7 @@ class Sandbox(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[Network, _Mapping]] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[ExposedPort, _Mapping]]] = ..., state: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., egress_address: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("sandbox_id", "policy", "labels", "egress_address", "limits")
+    __slots__ = ("sandbox_id", "policy", "labels", "egress_address", "limits", "request_rules")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,12 +146,14 @@ class AllocateRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EGRESS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RULES_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     policy: EgressPolicy
     labels: _containers.ScalarMap[str, str]
     egress_address: str
     limits: Limits
-    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., egress_address: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    request_rules: _containers.RepeatedCompositeFieldContainer[RequestRule]
+    def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., egress_address: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., request_rules: _Optional[_Iterable[_Union[RequestRule, _Mapping]]] = ...) -> None: ...
 
 class AllocateResponse(_message.Message):
     __slots__ = ("sandbox",)
@@ -265,7 +269,7 @@ class DeniedFlow(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., destination: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot", "verdicts", "usage")
+    __slots__ = ("cursor", "time_unix_ms", "type", "sandbox_id", "sandbox", "port", "reachable", "denied", "slot", "verdicts", "usage", "request")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +281,7 @@ class Event(_message.Message):
     SLOT_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     time_unix_ms: int
     type: EventType
@@ -288,7 +293,8 @@ class Event(_message.Message):
     slot: SlotIncident
     verdicts: _containers.RepeatedCompositeFieldContainer[DestinationVerdicts]
     usage: SandboxUsage
-    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ..., verdicts: _Optional[_Iterable[_Union[DestinationVerdicts, _Mapping]]] = ..., usage: _Optional[_Union[SandboxUsage, _Mapping]] = ...) -> None: ...
+    request: HttpRequestRecord
+    def __init__(self, cursor: _Optional[int] = ..., time_unix_ms: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., sandbox_id: _Optional[str] = ..., sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., port: _Optional[_Union[ExposedPort, _Mapping]] = ..., reachable: _Optional[bool] = ..., denied: _Optional[_Union[DeniedFlow, _Mapping]] = ..., slot: _Optional[_Union[SlotIncident, _Mapping]] = ..., verdicts: _Optional[_Iterable[_Union[DestinationVerdicts, _Mapping]]] = ..., usage: _Optional[_Union[SandboxUsage, _Mapping]] = ..., request: _Optional[_Union[HttpRequestRecord, _Mapping]] = ...) -> None: ...
 
 class DestinationVerdicts(_message.Message):
     __slots__ = ("destination", "reason", "allowed", "denied")
@@ -531,3 +537,133 @@ class ListFlowsResponse(_message.Message):
     flows: _containers.RepeatedCompositeFieldContainer[FlowRecord]
     truncated: bool
     def __init__(self, flows: _Optional[_Iterable[_Union[FlowRecord, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class HeaderTransform(_message.Message):
+    __slots__ = ("op", "header", "value")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    op: str
+    header: str
+    value: str
+    def __init__(self, op: _Optional[str] = ..., header: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class RequestRule(_message.Message):
+    __slots__ = ("id", "domain", "methods", "path", "ports", "action", "transforms", "secrets_over_plain_http")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
+    SECRETS_OVER_PLAIN_HTTP_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    domain: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    path: str
+    ports: _containers.RepeatedScalarFieldContainer[int]
+    action: str
+    transforms: _containers.RepeatedCompositeFieldContainer[HeaderTransform]
+    secrets_over_plain_http: bool
+    def __init__(self, id: _Optional[str] = ..., domain: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., path: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., action: _Optional[str] = ..., transforms: _Optional[_Iterable[_Union[HeaderTransform, _Mapping]]] = ..., secrets_over_plain_http: _Optional[bool] = ...) -> None: ...
+
+class SetRequestRulesRequest(_message.Message):
+    __slots__ = ("sandbox_id", "rules")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    rules: _containers.RepeatedCompositeFieldContainer[RequestRule]
+    def __init__(self, sandbox_id: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[RequestRule, _Mapping]]] = ...) -> None: ...
+
+class GetRequestRulesRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class RequestRules(_message.Message):
+    __slots__ = ("sandbox_id", "rules")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    rules: _containers.RepeatedCompositeFieldContainer[RequestRule]
+    def __init__(self, sandbox_id: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[RequestRule, _Mapping]]] = ...) -> None: ...
+
+class SetSecretRequest(_message.Message):
+    __slots__ = ("sandbox_id", "name", "value", "label")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    name: str
+    value: str
+    label: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class DeleteSecretRequest(_message.Message):
+    __slots__ = ("sandbox_id", "name", "label")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    name: str
+    label: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class ListSecretsRequest(_message.Message):
+    __slots__ = ("sandbox_id", "label")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    label: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class SecretNames(_message.Message):
+    __slots__ = ("sandbox_id", "names", "deleted", "label")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    deleted: bool
+    label: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., deleted: _Optional[bool] = ..., label: _Optional[str] = ...) -> None: ...
+
+class GetInterceptCARequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InterceptCA(_message.Message):
+    __slots__ = ("certificate_pem",)
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    certificate_pem: str
+    def __init__(self, certificate_pem: _Optional[str] = ...) -> None: ...
+
+class HttpRequestRecord(_message.Message):
+    __slots__ = ("method", "host", "path", "status", "bytes_in", "bytes_out", "duration_ms", "rule", "action", "transform", "tls")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    host: str
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
+    rule: str
+    action: str
+    transform: str
+    tls: bool
+    def __init__(self, method: _Optional[str] = ..., host: _Optional[str] = ..., path: _Optional[str] = ..., status: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., duration_ms: _Optional[float] = ..., rule: _Optional[str] = ..., action: _Optional[str] = ..., transform: _Optional[str] = ..., tls: _Optional[bool] = ...) -> None: ...

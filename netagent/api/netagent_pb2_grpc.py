@@ -718,3 +718,299 @@ class NetAgent:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class InterceptionStub:
+    """---- request interception (issue #23; docs/api.md "Request interception") ----
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetRequestRules = channel.unary_unary(
+                '/netagent.v1.Interception/SetRequestRules',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.SetRequestRulesRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.RequestRules.FromString,
+                _registered_method=True)
+        self.GetRequestRules = channel.unary_unary(
+                '/netagent.v1.Interception/GetRequestRules',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.GetRequestRulesRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.RequestRules.FromString,
+                _registered_method=True)
+        self.SetSecret = channel.unary_unary(
+                '/netagent.v1.Interception/SetSecret',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.SetSecretRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.SecretNames.FromString,
+                _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/netagent.v1.Interception/DeleteSecret',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.SecretNames.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/netagent.v1.Interception/ListSecrets',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.SecretNames.FromString,
+                _registered_method=True)
+        self.GetInterceptCA = channel.unary_unary(
+                '/netagent.v1.Interception/GetInterceptCA',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.GetInterceptCARequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.InterceptCA.FromString,
+                _registered_method=True)
+
+
+class InterceptionServicer:
+    """---- request interception (issue #23; docs/api.md "Request interception") ----
+    """
+
+    def SetRequestRules(self, request, context):
+        """Replace a sandbox's request rules (empty: none). INVALID_ARGUMENT, with
+        nothing changed, for a bad rule or one naming a secret the sandbox lacks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRequestRules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSecret(self, request, context):
+        """Set or replace one secret (the sandbox need not be allocated yet). The
+        answer holds names, never values; no call returns a value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSecret(self, request, context):
+        """FAILED_PRECONDITION while a rule uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInterceptCA(self, request, context):
+        """The host CA the guest must trust for intercepted names (PEM).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_InterceptionServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetRequestRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRequestRules,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.SetRequestRulesRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.RequestRules.SerializeToString,
+            ),
+            'GetRequestRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRequestRules,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.GetRequestRulesRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.RequestRules.SerializeToString,
+            ),
+            'SetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSecret,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.SetSecretRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.SecretNames.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.SecretNames.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.ListSecretsRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.SecretNames.SerializeToString,
+            ),
+            'GetInterceptCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInterceptCA,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.GetInterceptCARequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.InterceptCA.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'netagent.v1.Interception', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('netagent.v1.Interception', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Interception:
+    """---- request interception (issue #23; docs/api.md "Request interception") ----
+    """
+
+    @staticmethod
+    def SetRequestRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.Interception/SetRequestRules',
+            netagent_dot_api_dot_netagent__pb2.SetRequestRulesRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.RequestRules.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRequestRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.Interception/GetRequestRules',
+            netagent_dot_api_dot_netagent__pb2.GetRequestRulesRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.RequestRules.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.Interception/SetSecret',
+            netagent_dot_api_dot_netagent__pb2.SetSecretRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.SecretNames.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.Interception/DeleteSecret',
+            netagent_dot_api_dot_netagent__pb2.DeleteSecretRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.SecretNames.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.Interception/ListSecrets',
+            netagent_dot_api_dot_netagent__pb2.ListSecretsRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.SecretNames.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInterceptCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.Interception/GetInterceptCA',
+            netagent_dot_api_dot_netagent__pb2.GetInterceptCARequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.InterceptCA.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

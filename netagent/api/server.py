@@ -18,10 +18,12 @@ from ..config import Config
 from ..errors import ConfigError
 from . import netagent_pb2 as pb
 from . import netagent_pb2_grpc as pb_grpc
+from .intercept_service import InterceptionService
 from .service import NetAgentService
 
 log = logging.getLogger("netagent.api")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NetAgent"].full_name
+INTERCEPTION_NAME = pb.DESCRIPTOR.services_by_name["Interception"].full_name
 SOCKET_MODE = 0o660
 
 
@@ -32,9 +34,10 @@ class ApiServer:
         self.service = NetAgentService(agent, on_error)
         self.health = health.aio.HealthServicer()
         pb_grpc.add_NetAgentServicer_to_server(self.service, self.server)
+        pb_grpc.add_InterceptionServicer_to_server(InterceptionService(agent, self.service), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            (SERVICE_NAME, INTERCEPTION_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.tcp_port: int | None = None
 
     async def start(self) -> None:

@@ -58,7 +58,13 @@ class NetAgentService(pb_grpc.NetAgentServicer):
         async def run() -> pb.AllocateResponse:
             config = self.agent.config
             op = cv.allocate_op(request, config.egress_addresses, config.egress_by_label)
+            rules = None
+            if request.request_rules:   # checked before anything is allocated
+                from .intercept_service import rules_from_proto
+                rules = self.agent.check_request_rules(op.sandbox_id, rules_from_proto(request.request_rules))
             net = await self.agent.run_allocate(op)
+            if rules is not None:
+                await self.agent.set_request_rules(op.sandbox_id, rules)
             return pb.AllocateResponse(sandbox=cv.sandbox_to_proto(net))
         return await self._call("allocate", context, run)
 
@@ -189,6 +195,9 @@ class NetAgentService(pb_grpc.NetAgentServicer):
                 msg.verdicts.extend(pb.DestinationVerdicts(**v) for v in ev.data.get("verdicts", ()))
                 if "usage" in ev.data:
                     msg.usage.CopyFrom(cv.usage_to_proto(ev.sandbox_id, ev.data["usage"]))
+                if "request" in ev.data:
+                    from .intercept_service import request_to_proto
+                    msg.request.CopyFrom(request_to_proto(ev.data["request"]))
                 yield msg
         except NetagentError as exc:
             self.on_error("watch_events", exc.code)

@@ -73,7 +73,8 @@ class DnsAdmission:
             self._admitted.pop(key, None)
         for key in [k for k in list(self._names) if k[0] == sandbox_ip]:
             self._names.pop(key, None)
-        gone = [e for e in fw.elements(names.FQDN_IPS) if isinstance(e.key, tuple) and e.key[0] == sandbox_ip]
+        gone = [e for name in (names.FQDN_IPS, names.INTERCEPT_DST) for e in fw.elements(name)
+                if isinstance(e.key, tuple) and e.key[0] == sandbox_ip]
         fw.apply(el.delete(gone))
 
     def clear(self) -> None:

@@ -205,6 +205,12 @@ class RecordDenied:
 
 
 @dataclass(frozen=True)
+class RecordRequests:
+    """Intercepted requests' records (intercept/haconfig.py LOG_FORMAT), as events."""
+    records: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class DestinationVerdicts:
     sandbox_id: str
     destination: str
@@ -256,7 +262,7 @@ class Resync:
 
 
 Operation = (Allocate | Release | UpdatePolicy | SetEgressAddress | SetLimits | Expose | Unexpose | SetPortAccess
-             | RecordReachability | RecordDenied | RecordVerdicts | SlotReady | SlotGone | SlotIncidents | CloseUsage
-             | Resync)
+             | RecordReachability | RecordDenied | RecordRequests | RecordVerdicts | SlotReady | SlotGone
+             | SlotIncidents | CloseUsage | Resync)
 # Operations a caller makes (they delay background refills and cleaning).
 CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, SetLimits, Expose, Unexpose, SetPortAccess)

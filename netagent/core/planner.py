@@ -75,6 +75,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_reachability(inv, op, ctx)
         case ops.RecordDenied():
             return plan_denied(inv, op)
+        case ops.RecordRequests():
+            return plan_requests(inv, op)
         case ops.RecordVerdicts():
             return plan_verdicts(inv, op)
         case ops.SlotReady():
@@ -285,6 +287,18 @@ def plan_denied(inv: Inventory, op: ops.RecordDenied) -> Change:
         Event("flow_denied", f.sandbox_id, {"denied": {"reason": f.reason, "destination": f.destination,
                                                        "protocol": f.protocol, "port": f.port}})
         for f in op.flows if f.sandbox_id in inv.allocations))
+
+
+REQUEST_FIELDS = ("method", "host", "path", "status", "bytes_in", "bytes_out", "duration_ms", "rule", "action",
+                  "transform", "tls")
+
+
+def plan_requests(inv: Inventory, op: ops.RecordRequests) -> Change:
+    """One http_request event per record of an allocated sandbox (only the
+    record's known fields: never anything else the log line might carry)."""
+    return Change(events=tuple(
+        Event("http_request", r["sandbox"], {"request": {k: r.get(k) for k in REQUEST_FIELDS}})
+        for r in op.records if r.get("sandbox") in inv.allocations))
 
 
 def plan_verdicts(inv: Inventory, op: ops.RecordVerdicts) -> Change:

@@ -39,6 +39,11 @@ Lookup = Callable[[str], ResolverPolicy | None]           # sandbox IP -> its po
 # client's query id.
 Upstream = Callable[[bytes, str, float], Awaitable[bytes]]
 Admit = Callable[[str, list[tuple[str, int]], str], Awaitable[None]]  # sandbox IP, [(address, ttl)], the asked name
+# Request interception (issue #23): does this sandbox have request rules for the
+# name; then its answered addresses go to the steering hook (sandbox IP, name,
+# [(address, ttl)], admitted by the allowlist) before the guest sees them.
+Ruled = Callable[[str, str], bool]
+Steer = Callable[[str, str, list[tuple[str, int]], bool], Awaitable[None]]
 UPSTREAM_PER_SANDBOX = 8  # queries one sandbox may have upstream at once; its others wait their turn
 MAX_TCP_QUERY = 4096      # bytes; a real query is a few hundred at most
 TCP_IDLE_S = 10.0         # an idle TCP client is closed
@@ -49,8 +54,11 @@ SO_RCVBUFFORCE = 33       # Linux; not in the socket module. Root may exceed rme
 class DnsProxy:
     def __init__(self, lookup: Lookup, admit: Admit, query_upstream: Upstream, upstreams: list[str],
                  ttl_floor: int, ttl_cap: int, timeout: float = 2.0, cache: AnswerCache | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, ruled: Ruled | None = None,
+                 steer: Steer | None = None):
         self.lookup = lookup
+        self.ruled = ruled
+        self.steer = steer
         self.query_upstream = query_upstream
         self.admit = admit
         self.upstreams = upstreams
@@ -89,16 +97,20 @@ class DnsProxy:
         if not verdict.forward:
             self.stats["refused"] += 1
             return reply(dns.rcode.REFUSED)
+        asked = name.lower().rstrip(".")
+        ruled = self.ruled is not None and self.ruled(client_ip, asked)
         try:
             raw = await self._cached_or_resolved(wire, client_ip)
-            addresses = _a_records(raw) if verdict.admit else []
+            addresses = _a_records(raw) if verdict.admit or ruled else []
         except (dns.exception.DNSException, OSError) as exc:
             self.stats["failed"] += 1
             log.warning("upstream failed for %s: %s", name, exc)
             return reply(dns.rcode.SERVFAIL)
-        if addresses:
+        if addresses and verdict.admit:
             await self.admit(client_ip, [(a, self._ttl(ttl)) for a, ttl in addresses],  # before the guest sees it
-                             name.lower().rstrip("."))
+                             asked)
+        if addresses and ruled and self.steer is not None:
+            await self.steer(client_ip, asked, [(a, self._ttl(ttl)) for a, ttl in addresses], verdict.admit)
         self.stats["answered"] += 1
         if hide_aaaa(qtype, wire_format.rcode(raw)):
             return reply(dns.rcode.NOERROR)

@@ -8,19 +8,31 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import Config
-from .proxy import Admit, DnsProxy, Lookup, UpstreamClient, bind_sockets, query_tcp_blocking, upstream_socket
+from .proxy import (
+    Admit,
+    DnsProxy,
+    Lookup,
+    Ruled,
+    Steer,
+    UpstreamClient,
+    bind_sockets,
+    query_tcp_blocking,
+    upstream_socket,
+)
 from .proxy import serve as serve_dns
 
 
 async def start_proxy(config: Config, on_host: Callable[..., Awaitable[Any]],
                       on_dns_thread: Callable[..., Awaitable[Any]], lookup: Lookup,
-                      admit: Admit) -> tuple[DnsProxy, tuple[Any, ...]]:
+                      admit: Admit, ruled: Ruled | None = None,
+                      steer: Steer | None = None) -> tuple[DnsProxy, tuple[Any, ...]]:
     """The proxy and its servers/transports (close them to stop it)."""
     upstreams = [str(u) for u in config.dns.upstreams] or resolv_conf_nameservers()
     upstream = UpstreamClient(lambda q, up, t: on_dns_thread(query_tcp_blocking, q, up, t))
     sock = await on_host(upstream_socket)  # the socket keeps the host netns
     transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: upstream, sock=sock)
-    proxy = DnsProxy(lookup, admit, upstream.query, upstreams, config.dns.ttl_floor_s, config.dns.ttl_cap_s)
+    proxy = DnsProxy(lookup, admit, upstream.query, upstreams, config.dns.ttl_floor_s, config.dns.ttl_cap_s,
+                     ruled=ruled, steer=steer)
     udp, tcp = await on_host(bind_sockets, config.dns.proxy_port)
     return proxy, (*await serve_dns(proxy, udp, tcp), transport)
 

@@ -36,6 +36,8 @@ FIRST_PAYLOAD_QUEUE_CHAIN = "first_payload_queue"
 EGRESS_SNAT = "egress_snat"   # sandbox IP -> its sticky egress address (issue #14)
 # Not state: elements come from DNS answers and expire on their own.
 FQDN_IPS = "fqdn_ips"
+# Request interception (issue #23): sandbox IP . address . port, from DNS answers too.
+INTERCEPT_DST = "intercept_dst"
 
 # Usage accounting (issue #14): per allocation, each element carries a counter.
 # Never in STATE_SETS: a full sync must not flush them (that would zero the
@@ -56,4 +58,4 @@ STATE_SETS = (UPLINKS, ALWAYS_DENY, ALWAYS_ALLOW, EDGE_ADDRESSES, SBX_IFACES, SB
               EGRESS_OPEN, EGRESS_BLOCKED, ALLOW_NET, ALLOW_PORT, DENY_NET, DENY_PORT, DNS_LOCKED,
               SNI_CHECK, LIVE_MARKS)
 STATE_MAPS = MAPS
-ALL = STATE_SETS + STATE_MAPS + (FQDN_IPS,) + tuple(USAGE_SETS.values())
+ALL = STATE_SETS + STATE_MAPS + (FQDN_IPS, INTERCEPT_DST) + tuple(USAGE_SETS.values())

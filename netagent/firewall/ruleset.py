@@ -39,6 +39,7 @@ def host_table_text(config: Config, source: str) -> str:
     if not config.first_payload.check:
         text = _sub_once(_LABEL_RULE, "", text)
     text = _sub_once(r"ct count over \d+", f"ct count over {config.conn_limit}", text)
+    text = _intercept_ports(text, config.intercept.tls_port, config.intercept.plain_port)
     text = _sub_once(r"th dport 10053 fib", f"th dport {config.dns.proxy_port} fib", text)
     text = _sub_once(r"@dns_rate \{ ip saddr limit rate over \d+/second burst \d+ packets",
                      f"@dns_rate {{ ip saddr limit rate over {config.dns.query_rate}/second "
@@ -46,6 +47,17 @@ def host_table_text(config: Config, source: str) -> str:
     return _sub_once(r"@conn_rate \{ ip saddr limit rate over \d+/second burst \d+ packets",
                      f"@conn_rate {{ ip saddr limit rate over {config.new_conn_rate}/second "
                      f"burst {config.new_conn_burst} packets", text)
+
+
+def _intercept_ports(text: str, tls: int, plain: int) -> str:
+    """The interceptor's listener ports (config intercept.*) in its four rules."""
+    ports = f"{{ {tls}, {plain} }}"
+    for pattern, repl in ((r"tcp dport \{ 15443, 15080 \} ct status & dnat", f"tcp dport {ports} ct status & dnat"),
+                          (r"tcp dport \{ 15443, 15080 \} ct status dnat", f"tcp dport {ports} ct status dnat"),
+                          (r"tcp dport 80 redirect to :15080", f"tcp dport 80 redirect to :{plain}"),
+                          (r"@intercept_dst redirect to :15443", f"@intercept_dst redirect to :{tls}")):
+        text = _sub_once(pattern, repl, text)
+    return text
 
 
 def first_payload_table(config: Config) -> str:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # hostcheck (pyroute2), registrycheck (registry clients), agent_facts (the
 # validated Config) and kernel (libnftables) are imported by the commands that
 # use them: status and ls stay light (tests/unit/test_cli_light.py).
+from .intercept_cmds import intercept_ca, rules, secrets  # noqa: E402,F401 - dispatched by name (cli.py)
 from .render import EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, emit, fail, pairs, table
 
 

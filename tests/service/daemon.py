@@ -23,6 +23,9 @@ def write_config(bed, tmp: Path, **over) -> Path:
     } | over
     values.setdefault("pool_max_size", values["pool_size"])   # a fixed pool unless a test asks for growth
     lines = []
+    # dict values become [sections], written last (tests that append keys to the
+    # file must then append sections only)
+    sections = {k: values.pop(k) for k in [k for k, v in values.items() if isinstance(v, dict)]}
     for key, value in values.items():
         if isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
@@ -32,6 +35,9 @@ def write_config(bed, tmp: Path, **over) -> Path:
             lines.append(f"{key} = {{{', '.join(f'{k} = {json.dumps(v)}' for k, v in value.items())}}}")
         else:
             lines.append(f'{key} = "{value}"')
+    for name, section in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in section.items()]
     path = tmp / "netagent.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -24,6 +24,7 @@ ZONE = {
                      ("MX", "10 mail.public.test.", 30), ("HTTPS", "1 . alpn=h2 ipv4hint=203.0.113.10", 30)],
     "_http._tcp.public.test.": [("SRV", "0 5 80 public.test.", 30)],
     "other.test.": [("A", "203.0.113.11", 30)],
+    "api.test.": [("A", "203.0.113.13", 30)],    # request interception (tests/datapath/test_interception_agent.py)
     # Public URLs of the HAProxy edge (tests/edge/hap.py DOMAIN) on the host's uplink address (hairpin).
     "*.sbx.edge.test.": [("A", "198.51.100.2", 30)],
     # the first-payload check's many-flows test: its own address, a long TTL
