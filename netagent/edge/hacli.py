@@ -35,6 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--url-signing-key-file", help="key (>= 32 bytes) for signed URLs to private ports; "
                    "it is written into HAProxy's config, so keep that file private")
     g.add_argument("--threads", type=int, default=2, help="HAProxy threads")
+    g.add_argument("--maxconn", type=maxconn_arg, default=0, metavar="auto|N",
+                   help="HAProxy's connection limit; auto (default): sized by HAProxy from its fd limit")
+
+
+def maxconn_arg(text: str) -> int:
+    """'auto' is 0 (EdgeSettings: haproxy sizes it); else a positive count."""
+    if text == "auto":
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive number, got {text!r}")
+    return int(text)
 
 
 def settings_from(args: argparse.Namespace) -> EdgeSettings:
@@ -45,7 +56,7 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         https_listen=tuple(args.https_listen), tls_pem=args.tls_pem,
         redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
-        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads,
+        connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads, maxconn=args.maxconn,
         url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 
@@ -78,8 +89,12 @@ async def control(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
     if args.write_haproxy_config:
+        from .fdlimit import FdLimitError
         from .hafiles import write_haproxy_files
-        path = write_haproxy_files(settings_from(args), args.write_haproxy_config)
+        try:
+            path = write_haproxy_files(settings_from(args), args.write_haproxy_config)
+        except FdLimitError as exc:
+            raise SystemExit(f"netagent edge: {exc}") from None
         print(path)
         return 0
     asyncio.run(control(args))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
+from .fdlimit import FD_CAP
 from .maps import DEFAULT_SHARDS
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")   # an HTTP field / cookie name
@@ -38,7 +39,7 @@ class EdgeSettings:
     request_timeout_s: float = 10.0       # a request head must arrive within this (slowloris)
     shards: int = DEFAULT_SHARDS
     threads: int = 2
-    maxconn: int = 20000
+    maxconn: int = 0                      # 0: auto, haproxy sizes it from its fd limit (fdlimit.py)
     log_target: str = "stderr"
     log_level: str = "err"
     extra_bind_options: tuple[str, ...] = field(default_factory=tuple)
@@ -63,6 +64,8 @@ class EdgeSettings:
             raise ValueError("url_signing_key must be at least 32 bytes")
         if not 1 <= self.shards <= 1024:
             raise ValueError("shards must be 1..1024")
+        if not 0 <= self.maxconn <= 10_000_000:
+            raise ValueError("maxconn must be 0 (auto) or a positive number of connections")
         for name in ("connect_timeout_s", "request_timeout_s"):
             if not 0 < getattr(self, name) <= 60:
                 raise ValueError(f"{name} must be in (0, 60]")
@@ -153,6 +156,13 @@ def _signed_urls(s: EdgeSettings) -> str:
     ])
 
 
+def _maxconn(s: EdgeSettings) -> str:
+    if s.maxconn:
+        return f"maxconn {s.maxconn}"
+    return (f"fd-hard-limit {FD_CAP}   # no maxconn: haproxy sizes it from its hard fd limit, "
+            f"up to this many fds")
+
+
 def render(s: EdgeSettings) -> str:
     s.validate()
     template = Template(resources.files(__package__).joinpath("haproxy.cfg.tmpl").read_text())
@@ -164,7 +174,7 @@ def render(s: EdgeSettings) -> str:
         "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
     }
     return template.substitute(
-        admin_socket=s.admin_socket, threads=s.threads, maxconn=s.maxconn, log_target=s.log_target,
+        admin_socket=s.admin_socket, threads=s.threads, maxconn=_maxconn(s), log_target=s.log_target,
         log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms",
         request_timeout=f"{int(s.request_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
         map_dir=s.map_dir, binds=_binds(s), domain=s.domain, shards=s.shards,

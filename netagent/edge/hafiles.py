@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .fdlimit import check_maxconn
 from .haconfig import EdgeSettings, error_504, render, shard_map
 
 
 def write_haproxy_files(settings: EdgeSettings, config_path: str | Path) -> Path:
     text = render(settings)                       # validates before anything is written
+    check_maxconn(settings.maxconn, settings.threads, len(settings.http_listen) + len(settings.https_listen))
     os.makedirs(settings.map_dir, exist_ok=True)
     os.makedirs(settings.errors_dir, exist_ok=True)
     for shard in range(settings.shards):
