@@ -52,6 +52,8 @@ bench: deps
 	$(PY) -m tests.bench.forward_bench | tee bench-results/forward.json
 	$(PY) -m tests.bench.edge_bench | tee bench-results/edge.json
 	$(PY) -m tests.bench.haproxy_bench | tee bench-results/haproxy.json
+# issue 24: public URLs through a sandbox's life (no false 502, wake on request)
+	$(PY) -m tests.bench.urls_bench | tee bench-results/urls.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
 	$(PY) -m tests.bench.cli_bench --out bench-results/cli.json --before-ref $(CLI_BENCH_BEFORE) $(CLI_BENCH_ARGS)

@@ -90,18 +90,49 @@ def _shard_backends(s: EdgeSettings, answers: dict[str, str]) -> str:
 _JSON_IDS = '"sandboxId":"%[var(txn.sid)]","port":%[var(txn.port)]'
 
 
-def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True) -> str:
-    """Two `http-request return` lines: JSON when json_answer, else HTML."""
+def _bodies(status: int, title: str, message: str, with_ids: bool = True) -> tuple[str, str]:
+    """The JSON and the HTML body of an edge answer, as HAProxy log-format strings."""
     ids = _JSON_IDS if with_ids else '"sandboxId":null,"port":null'
     json_body = f"{{{ids},\"message\":\"{message}\"}}"
     html_body = (f"<!DOCTYPE html>\\n<html><head><meta charset=utf-8><title>{status} {title}</title></head>\\n"
                  f"<body><h1>{status} {title}</h1>\\n<p>{message}</p></body></html>\\n")
+    return json_body, html_body
+
+
+def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True) -> str:
+    """Two `http-request return` lines: JSON when json_answer, else HTML."""
+    json_body, html_body = _bodies(status, title, message, with_ids)
     common = f"http-request return status {status}"
     headers = "hdr Cache-Control no-store"
     return (f"    {common} content-type application/json lf-string '{json_body}' {headers} "
             f"if {condition} json_answer\n"
             f"    {common} content-type \"text/html; charset=utf-8\" lf-string \"{html_body}\" {headers} "
             f"if {condition}")
+
+
+DIAL_MARK = "X-Netagent-Dial-Failed"    # on HAProxy's own 503 only (a guest's copy is removed)
+
+
+def _dial_failure() -> str:
+    """A failed connect to the sandbox port is HAProxy's 503: its body is prepared per
+    request (JSON or HTML, closed or not), its status set after: 502 when the last
+    probe said closed too ("port is not open"), else 504."""
+    closed = _bodies(502, "Bad Gateway", "port %[var(txn.port)] is not open")
+    silent = _bodies(504, "Gateway Timeout", "port %[var(txn.port)] did not accept the connection")
+    lines = ["    retries 0      # a refused connect is answered at once, not after a 1 s turn-around"]
+    for (json_body, html_body), probe in ((closed, "probe_closed"), (silent, "!probe_closed")):
+        lines += [f"    http-request set-var-fmt(txn.dial_body) '{json_body}' if {probe} json_answer",
+                  f"    http-request set-var-fmt(txn.dial_body) \"{html_body}\" if {probe} !json_answer"]
+    mark = f"{{ res.hdr({DIAL_MARK}) -m found }}"
+    return "\n".join(lines + [
+        f"    http-error status 503 content-type application/json lf-string \"%[var(txn.dial_body)]\" "
+        f"hdr Cache-Control no-store hdr {DIAL_MARK} 1",
+        f"    http-response del-header {DIAL_MARK}",
+        f"    http-after-response set-status 502 if {mark} probe_closed",
+        f"    http-after-response set-status 504 if {mark} !probe_closed",
+        f"    http-after-response set-header Content-Type \"text/html; charset=utf-8\" if {mark} !json_answer",
+        f"    http-after-response del-header {DIAL_MARK}",
+    ])
 
 
 def _answer_400(s: EdgeSettings) -> str:
@@ -171,7 +202,8 @@ def render(s: EdgeSettings) -> str:
         "answer_401": "\n".join(_answer(401, "Unauthorized", "a valid access token is required", cond) for cond in (
             "private !token_ok !signed", "presents_token !known", "presents_token !exposed")),
         "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
-        "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
+        "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!routable")),
+        "dial_failure": _dial_failure(),
     }
     return template.substitute(
         admin_socket=s.admin_socket, threads=s.threads, maxconn=_maxconn(s), log_target=s.log_target,

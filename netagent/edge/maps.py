@@ -8,9 +8,12 @@ backend, chosen by name, so a request never evaluates another shard's rules.
 
 Entries of a shard (docs/edge.md):
   {sandbox_id}          "1"                                    the sandbox is live (404 if absent)
-  {sandbox_id}/{port}   "{ip}|{host_port}|{token_sha256}|{host_mask}"
-                        one per exposed TCP port; ip and host_port are empty
-                        unless reachable is true (502 "port is not open").
+  {sandbox_id}/{port}   "{ip}|{host_port}|{token_sha256}|{host_mask}" and, when the
+                        last probe did not say open, "|closed": one per exposed TCP
+                        port. A closed port is still tried (a server that just
+                        started is served); only a failed connect answers 502 "port
+                        is not open". ip and host_port are empty when the node's
+                        address is unusable (502 without a connect).
 """
 from __future__ import annotations
 
@@ -37,8 +40,11 @@ def shard_of(sandbox_id: str, shards: int) -> int:
     return zlib.crc32(sandbox_id.encode()) % shards
 
 
-def port_value(ip: str, host_port: int | str, token_sha256: str, host_mask: str) -> str:
-    return f"{ip}|{host_port}|{token_sha256}|{host_mask}"
+CLOSED = "closed"     # the 5th field of a port whose last probe did not say open
+
+
+def port_value(ip: str, host_port: int | str, token_sha256: str, host_mask: str, closed: bool = False) -> str:
+    return f"{ip}|{host_port}|{token_sha256}|{host_mask}" + (f"|{CLOSED}" if closed else "")
 
 
 # One port as the maps need it: guest_port, protocol, host_port, reachable, public, token_sha256, host_mask.
@@ -91,8 +97,10 @@ def _entries(sid: str, node_address: str, ports: Iterable[PortFields]) -> Entrie
             token = "!"   # private without a usable hash: no token can match
         if not _VALUE_SAFE.fullmatch(mask):
             mask = ""      # refused by the API already; never let it break the map line
-        up = reachable and address_ok
-        entries[f"{sid}/{guest_port}"] = port_value(node_address if up else "", host_port if up else "", token, mask)
+        if address_ok:
+            entries[f"{sid}/{guest_port}"] = port_value(node_address, host_port, token, mask, closed=not reachable)
+        else:
+            entries[f"{sid}/{guest_port}"] = port_value("", "", token, mask)
     return entries
 
 
