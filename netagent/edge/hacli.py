@@ -37,6 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=2, help="HAProxy threads")
     g.add_argument("--maxconn", type=maxconn_arg, default=0, metavar="auto|N",
                    help="HAProxy's connection limit; auto (default): sized by HAProxy from its fd limit")
+    w = p.add_argument_group("wake on request (docs/edge.md, \"Paused sandboxes\")")
+    w.add_argument("--waker-listen", default="", metavar="IPv4:PORT",
+                   help="the control plane's waker for paused sandboxes (same in config and control plane); "
+                        "without it a paused sandbox is answered 503")
+    w.add_argument("--wake-hook-url", help="the orchestrator's resume hook (POST, HMAC-signed body)")
+    w.add_argument("--wake-hook-key-file", help="HMAC-SHA256 key (>= 32 bytes) signing the hook's body")
+    w.add_argument("--wake-timeout", type=float, default=30.0,
+                   help="seconds a request waits for its sandbox to be live again (default 30)")
 
 
 def maxconn_arg(text: str) -> int:
@@ -57,6 +65,7 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
         connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads, maxconn=args.maxconn,
+        waker=args.waker_listen,
         url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 
@@ -76,14 +85,36 @@ async def control(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("edge control plane: %s -> haproxy %s (%d shards)", args.registry, args.haproxy_socket, args.shards)
+    waker = await start_waker(args, edge)
     try:
         await stop.wait()
     finally:
+        if waker is not None:
+            await waker.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await feed.close()
         await runtime.close()
         await registry.close()
+
+
+async def start_waker(args: argparse.Namespace, edge: object) -> object | None:
+    """The waker, if --waker-listen: it reads the sandboxes' state from the control
+    plane's mirror of what HAProxy was given."""
+    if not args.waker_listen:
+        return None
+    from .wakehook import ResumeHook
+    from .waker import Waker
+    if not args.wake_hook_url or not args.wake_hook_key_file:
+        raise SystemExit("netagent edge: --waker-listen needs --wake-hook-url and --wake-hook-key-file")
+    hook = ResumeHook(args.wake_hook_url, Path(args.wake_hook_key_file).read_bytes().strip(), args.wake_timeout)
+    def lookup(sid: str) -> dict[str, str] | None:    # by_sandbox is a new dict after each full sync
+        return edge.mirror.by_sandbox.get(sid)  # type: ignore[attr-defined]
+    waker = Waker(lookup, hook, args.wake_timeout, connect_timeout_s=args.connect_timeout)
+    host, port = args.waker_listen.rsplit(":", 1)
+    await waker.start(host, int(port))
+    log.info("edge waker on %s, resume hook %s", args.waker_listen, args.wake_hook_url)
+    return waker
 
 
 def run(args: argparse.Namespace) -> int:

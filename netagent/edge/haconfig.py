@@ -18,6 +18,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")   # an HTTP field / cookie n
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _LISTEN = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|\*)?:\d{1,5}")
 _PATH = re.compile(r"/[^\s'\"#]*")
+_WAKER = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}:\d{1,5}")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class EdgeSettings:
     log_target: str = "stderr"
     log_level: str = "err"
     extra_bind_options: tuple[str, ...] = field(default_factory=tuple)
+    waker: str = ""                       # IPv4:PORT of the control plane's waker ("": no wake on request)
+    paused_retry_after_s: int = 5         # Retry-After of the 503 for a paused sandbox
 
     def validate(self) -> None:
         if not _DOMAIN.fullmatch(self.domain):
@@ -62,6 +65,8 @@ class EdgeSettings:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not an HTTP token")
         if self.url_signing_key and len(self.url_signing_key) < 32:
             raise ValueError("url_signing_key must be at least 32 bytes")
+        if self.waker and not _WAKER.fullmatch(self.waker):
+            raise ValueError(f"waker {self.waker!r} is not IPv4:PORT")
         if not 1 <= self.shards <= 1024:
             raise ValueError("shards must be 1..1024")
         if not 0 <= self.maxconn <= 10_000_000:
@@ -99,15 +104,37 @@ def _bodies(status: int, title: str, message: str, with_ids: bool = True) -> tup
     return json_body, html_body
 
 
-def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True) -> str:
+def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True,
+            headers: str = "hdr Cache-Control no-store") -> str:
     """Two `http-request return` lines: JSON when json_answer, else HTML."""
     json_body, html_body = _bodies(status, title, message, with_ids)
     common = f"http-request return status {status}"
-    headers = "hdr Cache-Control no-store"
     return (f"    {common} content-type application/json lf-string '{json_body}' {headers} "
             f"if {condition} json_answer\n"
             f"    {common} content-type \"text/html; charset=utf-8\" lf-string \"{html_body}\" {headers} "
             f"if {condition}")
+
+
+WAKE_HEADER = "X-Netagent-Wake"   # "{sandboxId}/{port}": set for the waker only (a client's is removed)
+
+
+def _paused(s: EdgeSettings) -> str:
+    """503 + Retry-After for a paused sandbox that will not be woken by this edge."""
+    headers = f"hdr Cache-Control no-store hdr Retry-After {s.paused_retry_after_s}"
+    answer = _answer(503, "Service Unavailable", "sandbox %[var(txn.sid)] is paused",
+                     "paused exposed" + (" !wakes" if s.waker else ""), headers=headers)
+    lines = [f"    http-request del-header {WAKE_HEADER}", answer]
+    if s.waker:
+        lines.append(f"    http-request set-header {WAKE_HEADER} %[var(txn.sid)]/%[var(txn.port)] if wakes exposed")
+    return "\n".join(lines)
+
+
+def _to_waker(s: EdgeSettings) -> str:
+    if not s.waker:
+        return "    # no waker: a paused sandbox is answered 503 above"
+    ip, port = s.waker.rsplit(":", 1)
+    return (f"    http-request set-dst ipv4({ip}) if wakes exposed\n"
+            f"    http-request set-dst-port int({port}) if wakes exposed")
 
 
 DIAL_MARK = "X-Netagent-Dial-Failed"    # on HAProxy's own 503 only (a guest's copy is removed)
@@ -204,6 +231,8 @@ def render(s: EdgeSettings) -> str:
         "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
         "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!routable")),
         "dial_failure": _dial_failure(),
+        "paused": _paused(s),
+        "to_waker": _to_waker(s),
     }
     return template.substitute(
         admin_socket=s.admin_socket, threads=s.threads, maxconn=_maxconn(s), log_target=s.log_target,

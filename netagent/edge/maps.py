@@ -8,6 +8,7 @@ backend, chosen by name, so a request never evaluates another shard's rules.
 
 Entries of a shard (docs/edge.md):
   {sandbox_id}          "1"                                    the sandbox is live (404 if absent)
+                        "paused" / "wake"                      paused (without / with wake on request)
   {sandbox_id}/{port}   "{ip}|{host_port}|{token_sha256}|{host_mask}" and, when the
                         last probe did not say open, "|closed": one per exposed TCP
                         port. A closed port is still tried (a server that just
@@ -59,7 +60,16 @@ def record_entries(record: SandboxRecord) -> Entries:
         return {}
     return _entries(record.sandbox_id, record.node_address, [
         (p.guest_port, p.protocol, p.host_port, p.reachable is True, p.public, p.token_sha256, p.host_mask)
-        for p in record.ports])
+        for p in record.ports], lifecycle(record.paused, record.wake))
+
+
+LIVE, PAUSED, WAKE = "1", "paused", "wake"    # the existence entry's values
+
+
+def lifecycle(paused: object, wake: object) -> str:
+    if paused is not True:
+        return LIVE
+    return WAKE if wake is True else PAUSED
 
 
 def entries_from_json(sandbox_id: str, raw: str | None) -> Entries:
@@ -78,15 +88,16 @@ def entries_from_json(sandbox_id: str, raw: str | None) -> Entries:
                   p.get("public", True) is not False, str(p.get("token_sha256", "")), str(p.get("host_mask", "")))
                  for p in doc["ports"].values()]
         address = str(doc["node_address"])
+        state = lifecycle(doc.get("paused"), doc.get("wake"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return unreadable_entries(sandbox_id)
-    return _entries(sandbox_id, address, ports)
+    return _entries(sandbox_id, address, ports, state)
 
 
-def _entries(sid: str, node_address: str, ports: Iterable[PortFields]) -> Entries:
+def _entries(sid: str, node_address: str, ports: Iterable[PortFields], state: str = LIVE) -> Entries:
     if not _host_form(sid):
         return {}
-    entries = {sid: "1"}
+    entries = {sid: state}
     address_ok = bool(node_address) and bool(_VALUE_SAFE.fullmatch(node_address))
     for guest_port, protocol, host_port, reachable, public, token_sha256, host_mask in ports:
         if protocol != "tcp":

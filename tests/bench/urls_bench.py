@@ -6,6 +6,11 @@ just_opened: the registry says a port is closed (its last probe), the edge knows
 that, then a server starts listening on the port and one request is sent at once:
 no answer may be 502 (target: 0 false 502s of 1,000). Also the latency of those
 requests and of a 502 for a port that stays closed (tried, refused, answered).
+wake: a paused sandbox with wake on request; one request; the resume hook (a
+server in the bench) writes the live record and answers. Figure: from the record's
+write to the first byte of the guest's answer at the client (target p99 <= 100 ms),
+and from the hook call to that byte. SQLite registry (polled every 20 ms) and Redis
+(published).
 Prints JSON.
 """
 from __future__ import annotations
@@ -16,12 +21,21 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from netagent.edge.wakehook import ResumeHook
+from netagent.edge.waker import Waker
+from netagent.registry import open_registry
 from netagent.registry.sqlite import SqliteRegistry
 from tests.bench.run import summary
 from tests.edge.hap import DOMAIN, eventually, running_edge
-from tests.edge.helpers import LOOPBACK, RawClient, free_port, sandbox
+from tests.edge.helpers import LOOPBACK, RawClient, UpstreamServer, free_port, sandbox
+from tests.edge.hook import HookServer
+from tests.testbed.haproxy_proc import loopback_port
+from tests.testbed.redis_proc import RedisServer
+
+KEY = b"bench-key-" * 4
 
 
 async def _status(edge_port: int, host: str) -> int:
@@ -37,6 +51,7 @@ async def _serve_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 async def just_opened(requests: int, workdir: Path) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
     registry = SqliteRegistry(f"sqlite:///{workdir}/registry.db")
     await registry.connect()
     try:
@@ -73,18 +88,82 @@ async def _is_502(edge: int, host: str) -> bool:
     return await _status(edge, host) == 502
 
 
-async def run(requests: int) -> dict:
+async def wake(samples: int, workdir: Path, registry_url: str = "") -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    registry = open_registry(registry_url or f"sqlite:///{workdir}/registry.db")
+    await registry.connect()
+    guest = await UpstreamServer().start()
+    live_at: dict[str, float] = {}
+
+    async def resume(sid: str) -> None:
+        await registry.put_sandbox(sandbox(sid, {3000: (guest.port, True)}, seq=3), ttl_s=600)
+        live_at[sid] = time.monotonic()
+    hook = await HookServer(KEY, resume).start()
+    after_live, after_call = [], []
+    try:
+        for i in range(samples):
+            rec = sandbox(f"wk{i}", {3000: (guest.port, False)}, seq=2)
+            await registry.put_sandbox(replace(rec, paused=True, wake=True), ttl_s=600)
+        waker_port = loopback_port()
+        async with running_edge(workdir / "edge", registry, waker=f"127.0.0.1:{waker_port}") as (haproxy, control):
+            waker = Waker(lambda sid: control.mirror.by_sandbox.get(sid), ResumeHook(hook.url, KEY), 30.0)
+            await waker.start(LOOPBACK, waker_port)
+            try:
+                for i in range(samples):
+                    sid = f"wk{i}"
+                    await eventually(lambda sid=sid: _has(control, sid, "wake"), timeout_s=30)
+                    first_byte = await _first_byte(haproxy.http_port, f"3000-{sid}.{DOMAIN}")
+                    after_live.append((first_byte - live_at[sid]) * 1000)
+                    after_call.append((first_byte - hook.calls[-1].received_at) * 1000)
+            finally:
+                await waker.stop()
+    finally:
+        await hook.stop()
+        await guest.stop()
+        await registry.close()
+    return {"samples": samples, "hook_calls": len(hook.calls), "live_to_first_byte_ms": summary(after_live),
+            "hook_call_to_first_byte_ms": summary(after_call), "target_p99_ms": 100,
+            "meets_target": summary(after_live)["p99"] <= 100}
+
+
+async def _has(control, sid: str, state: str) -> bool:
+    return (control.mirror.by_sandbox.get(sid) or {}).get(sid) == state
+
+
+async def _first_byte(port: int, host: str) -> float:
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(f"GET /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        assert await reader.read(1) == b"H"
+        at = time.monotonic()
+        rest = await reader.read()
+        assert rest.startswith(b"TTP/1.1 200"), rest[:100]
+        return at
+    finally:
+        writer.close()
+
+
+async def run(requests: int, wakes: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        out = {"loadavg_start": os.getloadavg()[0], "just_opened": await just_opened(requests, Path(tmp))}
+        out = {"loadavg_start": os.getloadavg()[0], "just_opened": await just_opened(requests, Path(tmp) / "jo")}
+        out["wake_sqlite"] = await wake(wakes, Path(tmp) / "wake")
+        (Path(tmp) / "redis").mkdir()
+        redis = RedisServer(Path(tmp) / "redis")
+        redis.start()
+        try:
+            out["wake_redis"] = await wake(wakes, Path(tmp) / "wake-redis", redis.url)
+        finally:
+            redis.kill()
         out["loadavg_end"] = os.getloadavg()[0]
         return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--requests", type=int, default=1000, help="requests to just-opened ports")
+    ap.add_argument("--wakes", type=int, default=100, help="wake samples")
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(run(args.requests)), indent=2))
+    print(json.dumps(asyncio.run(run(args.requests, args.wakes)), indent=2))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from netagent.edge.control import EdgeControl
@@ -53,3 +55,16 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 3.
             raise AssertionError(f"not true within {timeout_s} s")
         await asyncio.sleep(every_s)
     return time.monotonic() - start
+
+
+@contextlib.contextmanager
+def edge_process(*args: str) -> Iterator[subprocess.Popen]:
+    """`netagent edge ARGS` as a process, killed at the end if it is still running."""
+    proc = subprocess.Popen([sys.executable, "-m", "netagent", "edge", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
