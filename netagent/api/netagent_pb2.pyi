@@ -475,3 +475,19 @@ class SetLimitsRequest(_message.Message):
     sandbox_id: str
     limits: Limits
     def __init__(self, sandbox_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class SetPausedRequest(_message.Message):
+    __slots__ = ("sandbox_id", "paused", "wake")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    WAKE_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    paused: bool
+    wake: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., paused: _Optional[bool] = ..., wake: _Optional[bool] = ...) -> None: ...
+
+class SetPausedResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...

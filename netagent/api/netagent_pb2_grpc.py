@@ -104,6 +104,11 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
                 _registered_method=True)
+        self.SetPaused = channel.unary_unary(
+                '/netagent.v1.NetAgent/SetPaused',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.SetPausedRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.SetPausedResponse.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -204,7 +209,17 @@ class NetAgentServicer:
         """---- end sticky egress addresses ----
         ---- bandwidth limits (issue #14) ----
         New limits for a sandbox, set in the kernel (qdiscs, packet-rate table) before the reply.
-        ---- end bandwidth limits ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPaused(self, request, context):
+        """---- end bandwidth limits ----
+        ---- paused sandboxes (issue #24) ----
+        The orchestrator paused the sandbox's VM (or resumed it): its registry record says
+        so, and edges answer or wake its requests (docs/edge.md, "Paused sandboxes").
+        ---- end paused sandboxes ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,6 +297,11 @@ def add_NetAgentServicer_to_server(servicer, server):
                     servicer.SetLimits,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.Sandbox.SerializeToString,
+            ),
+            'SetPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPaused,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.SetPausedRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.SetPausedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -662,6 +682,33 @@ class NetAgent:
             '/netagent.v1.NetAgent/SetLimits',
             netagent_dot_api_dot_netagent__pb2.SetLimitsRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/SetPaused',
+            netagent_dot_api_dot_netagent__pb2.SetPausedRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.SetPausedResponse.FromString,
             options,
             channel_credentials,
             insecure,
