@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
+from . import dialfail
 from .fdlimit import FD_CAP
 from .maps import DEFAULT_SHARDS
 
@@ -137,31 +138,6 @@ def _to_waker(s: EdgeSettings) -> str:
             f"    http-request set-dst-port int({port}) if wakes exposed")
 
 
-DIAL_MARK = "X-Netagent-Dial-Failed"    # on HAProxy's own 503 only (a guest's copy is removed)
-
-
-def _dial_failure() -> str:
-    """A failed connect to the sandbox port is HAProxy's 503: its body is prepared per
-    request (JSON or HTML, closed or not), its status set after: 502 when the last
-    probe said closed too ("port is not open"), else 504."""
-    closed = _bodies(502, "Bad Gateway", "port %[var(txn.port)] is not open")
-    silent = _bodies(504, "Gateway Timeout", "port %[var(txn.port)] did not accept the connection")
-    lines = ["    retries 0      # a refused connect is answered at once, not after a 1 s turn-around"]
-    for (json_body, html_body), probe in ((closed, "probe_closed"), (silent, "!probe_closed")):
-        lines += [f"    http-request set-var-fmt(txn.dial_body) '{json_body}' if {probe} json_answer",
-                  f"    http-request set-var-fmt(txn.dial_body) \"{html_body}\" if {probe} !json_answer"]
-    mark = f"{{ res.hdr({DIAL_MARK}) -m found }}"
-    return "\n".join(lines + [
-        f"    http-error status 503 content-type application/json lf-string \"%[var(txn.dial_body)]\" "
-        f"hdr Cache-Control no-store hdr {DIAL_MARK} 1",
-        f"    http-response del-header {DIAL_MARK}",
-        f"    http-after-response set-status 502 if {mark} probe_closed",
-        f"    http-after-response set-status 504 if {mark} !probe_closed",
-        f"    http-after-response set-header Content-Type \"text/html; charset=utf-8\" if {mark} !json_answer",
-        f"    http-after-response del-header {DIAL_MARK}",
-    ])
-
-
 def _answer_400(s: EdgeSettings) -> str:
     bad = "host is not {port}-{sandboxId}." + s.domain
     lines = [_answer(400, "Bad Request", bad, cond, with_ids=False)
@@ -230,7 +206,7 @@ def render(s: EdgeSettings) -> str:
             "private !token_ok !signed", "presents_token !known", "presents_token !exposed")),
         "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
         "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!routable")),
-        "dial_failure": _dial_failure(),
+        "dial_failure": dialfail.rules(s.errors_dir),
         "paused": _paused(s),
         "to_waker": _to_waker(s),
     }

@@ -1,10 +1,12 @@
 """Write what HAProxy needs before it starts: its config, the (empty) shard
-maps it loads, and the 504 error file. The control plane fills the maps."""
+maps it loads, the 504 error file and the failed-connect answer pieces (dialfail.py).
+The control plane fills the maps."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from . import dialfail
 from .fdlimit import check_maxconn
 from .haconfig import EdgeSettings, error_504, render, shard_map
 
@@ -19,6 +21,7 @@ def write_haproxy_files(settings: EdgeSettings, config_path: str | Path) -> Path
         if not path.exists():
             path.touch()
     _write(Path(settings.errors_dir) / "504.http", error_504())
+    _write(Path(settings.errors_dir) / dialfail.MAP_NAME, dialfail.map_text())
     config_path = Path(config_path)
     _write(config_path, text, private=bool(settings.url_signing_key))
     return config_path

@@ -142,8 +142,10 @@ async def test_a_failing_hook_is_answered_503_and_holds_no_one_else(tmp_path, re
 
 
 @pytest.mark.timeout(240)
-async def test_a_thousand_concurrent_requests_call_the_hook_once(tmp_path, registry, upstream, hook) -> None:
+async def test_a_thousand_concurrent_requests_call_the_hook_once(tmp_path, registry, hook) -> None:
     hook.behaviour["many"] = "wait"
+    upstream = await UpstreamServer().start(backlog=2048)    # 1,000 relays connect at once
+    hook.resume = lambda sid: registry.put_sandbox(sandbox(sid, {3000: (upstream.port, True)}, seq=3), ttl_s=300)
     await registry.put_sandbox(paused(sandbox("many", {3000: (upstream.port, True)})), ttl_s=300)
     async with wake_edge(tmp_path, registry, hook, limit_s=100) as (port, waker):   # the limit counts from
         # the first request: holding all 1,000 takes seconds on a loaded machine
@@ -157,6 +159,7 @@ async def test_a_thousand_concurrent_requests_call_the_hook_once(tmp_path, regis
             answers = await asyncio.gather(*(c.response() for c in clients))
         finally:
             await asyncio.gather(*(c.close() for c in clients))
+            await upstream.stop()
     assert [a.status for a in answers] == [200] * 1000
     assert sorted(a.json()["target"] for a in answers) == sorted(f"/echo/{i}" for i in range(1000))
     assert len(hook.calls) == 1 and waker.hook_calls == 1

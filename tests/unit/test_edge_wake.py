@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from netagent.edge import dialfail
 from netagent.edge.maps import entries_from_json, record_entries
 from netagent.edge.wakehook import ResumeHook, hook_body, sign
 from netagent.edge.waker import one_request_head, wants_json
@@ -47,3 +48,18 @@ def test_paused_records_in_the_maps() -> None:
         rec = SandboxRecord("abc", "n1", "10.0.0.7", 1, 0.0, (port,), paused=paused, wake=wake)
         assert record_entries(rec)["abc"] == want == entries_from_json("abc", rec.to_json())["abc"]
         assert SandboxRecord.from_json(rec.to_json()) == rec
+
+
+def test_the_failed_connect_answer_is_built_from_map_pieces() -> None:
+    """HAProxy composes piece1 SID piece2 PORT piece3 ' ' PORT ' ' piece4 at failure time
+    (dialfail.rules); a map value keeps no leading or trailing blank."""
+    entries = dict(line.split(" ", 1) for line in dialfail.map_text().splitlines())
+    assert len(entries) == 16 and all(v == v.strip() for v in entries.values())
+
+    def body(closed: bool, json_: bool) -> str:
+        p = [entries[f"{'closed' if closed else ''}k{'1' if json_ else ''}p{n}"] for n in range(1, 5)]
+        return f"{p[0]}abc{p[1]}3000{p[2]} 3000 {p[3]}"
+    assert json.loads(body(True, True)) == {"sandboxId": "abc", "port": 3000, "message": "port 3000 is not open"}
+    assert json.loads(body(False, True))["message"] == "port 3000 did not accept the connection"
+    assert "port 3000 is not open" in body(True, False) and "502 Bad Gateway" in body(True, False)
+    assert "504 Gateway Timeout" in body(False, False)
