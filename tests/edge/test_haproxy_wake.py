@@ -104,6 +104,22 @@ async def test_a_request_wakes_the_sandbox_and_the_guest_answers_it(tmp_path, re
         assert len(hook.calls) == 1 and waker.hook_calls == 1
 
 
+async def test_a_websocket_upgrade_wakes_the_sandbox_and_is_relayed_both_ways(tmp_path, registry, upstream,
+                                                                          hook) -> None:
+    await registry.put_sandbox(paused(sandbox("ws", {3000: (upstream.port, True)})), ttl_s=300)
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    async with wake_edge(tmp_path, registry, hook) as (port, waker):
+        await eventually(lambda: _mirror_has(waker, "ws", "wake"))
+        async with await RawClient.open(port) as client:
+            resp = await client.request("GET", "/ws", host("ws"), upgrade)
+            assert resp.status == 101
+            for word in (b"ping", b"pong"):
+                client.send(word)
+                assert await asyncio.wait_for(client.reader.readexactly(9), 5) == b"echo:" + word
+    assert [c.sandbox_id for c in hook.calls] == ["ws"]
+
+
 async def test_a_resume_on_another_host(tmp_path, registry, upstream, hook) -> None:
     other = await UpstreamServer().start()
     try:
