@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=2, help="HAProxy threads")
     g.add_argument("--maxconn", type=maxconn_arg, default=0, metavar="auto|N",
                    help="HAProxy's connection limit; auto (default): sized by HAProxy from its fd limit")
+    g.add_argument("--tcp-listen", action="append", default=[], metavar="IP:PORT",
+                   help="raw TCP over TLS by SNI (repeatable; needs --tls-pem): docs/edge.md, \"Raw TCP\"")
     w = p.add_argument_group("wake on request (docs/edge.md, \"Paused sandboxes\")")
     w.add_argument("--waker-listen", default="", metavar="IPv4:PORT",
                    help="the control plane's waker for paused sandboxes (same in config and control plane); "
@@ -65,7 +67,7 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
         connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads, maxconn=args.maxconn,
-        waker=args.waker_listen,
+        waker=args.waker_listen, tcp_listen=tuple(args.tcp_listen),
         url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
-from . import dialfail
+from . import dialfail, tcpconfig
 from .fdlimit import FD_CAP
 from .maps import DEFAULT_SHARDS
 
@@ -47,6 +47,7 @@ class EdgeSettings:
     extra_bind_options: tuple[str, ...] = field(default_factory=tuple)
     waker: str = ""                       # IPv4:PORT of the control plane's waker ("": no wake on request)
     paused_retry_after_s: int = 5         # Retry-After of the 503 for a paused sandbox
+    tcp_listen: tuple[str, ...] = ()      # raw TCP over TLS by SNI (tcpconfig.py); needs tls_pem
 
     def validate(self) -> None:
         if not _DOMAIN.fullmatch(self.domain):
@@ -57,8 +58,11 @@ class EdgeSettings:
         for listen in self.http_listen + self.https_listen:
             if not _LISTEN.fullmatch(listen):
                 raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
-        if self.https_listen and not _PATH.fullmatch(self.tls_pem):
-            raise ValueError("https listeners need tls_pem (an absolute path)")
+        if (self.https_listen or self.tcp_listen) and not _PATH.fullmatch(self.tls_pem):
+            raise ValueError("https and tcp listeners need tls_pem (an absolute path)")
+        for listen in self.tcp_listen:
+            if not _LISTEN.fullmatch(listen):
+                raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
         if not self.http_listen and not self.https_listen:
             raise ValueError("the edge needs at least one listener")
         for name in ("token_header", "token_cookie"):
@@ -219,7 +223,7 @@ def render(s: EdgeSettings) -> str:
         redirect=_redirect(s), answer_400=_answer_400(s), token_header=s.token_header,
         token_cookie=s.token_cookie, signed_urls=_signed_urls(s), forwarded=_forwarded(s),
         shard_backends=_shard_backends(s, answers),
-    )
+    ) + tcpconfig.render(s, lambda shard: shard_map(s.map_dir, shard))
 
 
 def error_504() -> str:
