@@ -98,10 +98,22 @@ class Waker:
                 await asyncio.sleep(POLL_S)
         except WakeFailed as exc:
             self._failed_at[sid] = loop.time()
+            me = asyncio.current_task()
+            loop.call_later(FAIL_HOLD_S, self._forget, sid, me)   # a long-running edge keeps no old failures
             log.warning("edge: %s", exc)
             raise
         self._failed_at.pop(sid, None)
         self._episodes.pop(sid, None)      # its waiters hold the task itself
+
+    def _forget(self, sid: str, episode: asyncio.Task | None) -> None:
+        if self._episodes.get(sid) is episode:
+            del self._episodes[sid]
+            self._failed_at.pop(sid, None)
+
+    @property
+    def remembered(self) -> set[str]:
+        """Sandboxes with a wake in progress or a refusal still held."""
+        return set(self._episodes)
 
     def _route(self, sid: str, port: int) -> tuple[str, int]:
         value = (self.lookup(sid) or {}).get(f"{sid}/{port}", "")

@@ -154,6 +154,7 @@ async def test_a_failing_hook_is_answered_503_and_holds_no_one_else(tmp_path, re
         assert not slow.done()
         resp = await asyncio.wait_for(slow, 10)                        # the limit (3 s) passed
         assert resp.status == 503 and "did not resume within 3 s" in resp.json()["message"]
+        await eventually(lambda: _forgotten(waker), timeout_s=10)        # refusals are held 2 s, then dropped
     assert sorted(c.sandbox_id for c in hook.calls) == ["bad", "ok", "slow"]
 
 
@@ -183,6 +184,10 @@ async def test_a_thousand_concurrent_requests_call_the_hook_once(tmp_path, regis
 
 async def _mirror_has(waker: Waker, sid: str, state: str) -> bool:
     return (waker.lookup(sid) or {}).get(sid) == state
+
+
+async def _forgotten(waker: Waker) -> bool:
+    return not waker.remembered
 
 
 async def _waiting(waker: Waker, count: int) -> bool:
