@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from netagent.edge.waker import Waker
 from netagent.registry import SandboxRecord
 from netagent.registry.sqlite import SqliteRegistry
 from tests.testbed.haproxy_proc import HAProxy, loopback_port
+from tests.testbed.tls import wildcard_pem
 
 from .hap import DOMAIN, edge_process, eventually, running_edge
 from .helpers import RawClient, UpstreamServer, sandbox
@@ -35,11 +37,11 @@ def paused(record: SandboxRecord, wake: bool = True, seq: int = 2) -> SandboxRec
 
 
 @contextlib.asynccontextmanager
-async def wake_edge(tmp_path, registry: SqliteRegistry, hook: HookServer, limit_s: float = 30.0):
+async def wake_edge(tmp_path, registry: SqliteRegistry, hook: HookServer, limit_s: float = 30.0, **settings):
     """haproxy routing paused sandboxes to a waker that calls `hook`; yields (http port, waker)."""
     waker_port = loopback_port()
     async with running_edge(tmp_path / "edge", registry, waker=f"127.0.0.1:{waker_port}",
-                            connect_timeout_s=1.0) as (haproxy, control):
+                            connect_timeout_s=1.0, **settings) as (haproxy, control):
         waker = Waker(lambda sid: control.mirror.by_sandbox.get(sid), ResumeHook(hook.url, KEY, limit_s), limit_s)
         await waker.start("127.0.0.1", waker_port)
         try:
@@ -118,6 +120,26 @@ async def test_a_websocket_upgrade_wakes_the_sandbox_and_is_relayed_both_ways(tm
                 client.send(word)
                 assert await asyncio.wait_for(client.reader.readexactly(9), 5) == b"echo:" + word
     assert [c.sandbox_id for c in hook.calls] == ["ws"]
+
+
+async def test_an_http2_request_over_tls_wakes_the_sandbox(tmp_path, registry, upstream, hook) -> None:
+    """Browsers speak HTTP/2: HAProxy hands the waker HTTP/1.1, the guest gets the request intact."""
+    ca, pem = wildcard_pem(tmp_path / "pki", DOMAIN)
+    https = loopback_port()
+    await registry.put_sandbox(paused(sandbox("hh", {3000: (upstream.port, True)})), ttl_s=300)
+    async with wake_edge(tmp_path, registry, hook, https_listen=(f"127.0.0.1:{https}",), tls_pem=str(pem),
+                         https_public_port=https) as (_, waker):
+        await eventually(lambda: _mirror_has(waker, "hh", "wake"))
+        name = host("hh")
+        out = await asyncio.to_thread(subprocess.run, [
+            "curl", "-sS", "--max-time", "20", "--http2", "--resolve", f"{name}:{https}:127.0.0.1", "--cacert",
+            str(ca), "-H", "Accept: application/json", "--data-binary", "h2 body", "-w", "\n%{http_version}",
+            f"https://{name}:{https}/echo/h2"], capture_output=True, text=True)
+    body, _, version = out.stdout.rpartition("\n")
+    assert version == "2", out.stderr
+    seen = json.loads(body)
+    assert seen["method"] == "POST" and seen["body_len"] == 7 and seen["target"] == "/echo/h2"
+    assert [c.sandbox_id for c in hook.calls] == ["hh"]
 
 
 async def test_a_resume_on_another_host(tmp_path, registry, upstream, hook) -> None:
