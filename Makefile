@@ -58,6 +58,8 @@ bench: deps
 	$(PY) -m tests.bench.haproxy_bench | tee bench-results/haproxy.json
 # issue 27: a new HAProxy process (reload, restart) to correct routing at 50,000 records, and the map files' write cost
 	$(PY) -m tests.bench.edge_reload_bench | tee bench-results/edge_reload.json
+# issue 24: public URLs through a sandbox's life (no false 502, wake on request)
+	$(PY) -m tests.bench.urls_bench | tee bench-results/urls.json
 	$(PY) -m tests.bench.reach_bench | tee bench-results/reach.json
 	$(PY) -m tests.bench.repair_bench | tee bench-results/repair.json
 # issue 25: the idle agent's CPU from /proc, 2,000 sandboxes over gRPC, 30 s windows from 30 s after the last allocate

@@ -115,6 +115,11 @@ class Client:
                            egress_pps=egress_pps, ingress_pps=ingress_pps, burst_packets=burst_packets)
         return self.stub.SetLimits(pb.SetLimitsRequest(sandbox_id=sandbox_id, limits=limits), timeout=self.timeout)
 
+    def set_paused(self, sandbox_id: str, paused: bool, wake: bool = False) -> bool:
+        """The sandbox's VM is paused (wake: edges resume it on a request) or running again."""
+        req = pb.SetPausedRequest(sandbox_id=sandbox_id, paused=paused, wake=wake)
+        return self.stub.SetPaused(req, timeout=self.timeout).changed
+
     # ---- request interception (issue #23) ----
 
     def set_request_rules(self, sandbox_id: str, rules: list[dict]) -> pb.RequestRules:

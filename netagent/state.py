@@ -24,6 +24,7 @@ from .core.rows import (
     AllocationDeleted,
     EgressSet,
     LimitsSet,
+    PausedSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
@@ -91,6 +92,10 @@ CREATE TABLE IF NOT EXISTS port_access (
     token_sha256 TEXT NOT NULL,
     host_mask TEXT NOT NULL,
     PRIMARY KEY (sandbox_id, guest_port)
+);
+CREATE TABLE IF NOT EXISTS paused (
+    sandbox_id TEXT PRIMARY KEY REFERENCES allocations(sandbox_id) ON DELETE CASCADE,
+    wake INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -179,6 +184,7 @@ class StateStore:
         access: dict[str, dict[int, PortAccess]] = {}
         for (sid, port), a in self.load_port_access().items():
             access.setdefault(sid, {})[port] = a
+        paused = dict(self.db.execute("SELECT sandbox_id, wake FROM paused").fetchall())
         allocations = {}
         for sid, idx, spec, policy_json, created, generation in self.db.execute(
                 "SELECT sandbox_id, slot_idx, spec, policy, created_at, mark_generation FROM allocations"):
@@ -186,7 +192,8 @@ class StateStore:
             allocations[sid] = Allocation(sid, idx, AllocateSpec.model_validate_json(spec), created, policy,
                                           compile_policy(policy), ports.get(sid, {}), egress_address=egress.get(sid),
                                           limits=limits.get(sid, Limits()),
-                                          access=access.get(sid, {}), mark_generation=generation)
+                                          access=access.get(sid, {}), mark_generation=generation,
+                                          paused=sid in paused, wake=bool(paused.get(sid)))
         return Snapshot(slots, allocations)
 
     def load_reachability(self) -> dict[tuple[str, int], tuple[bool, float]]:
@@ -255,6 +262,11 @@ class Tx:
             case PortAccessSet(sid, guest_port, access):
                 self.db.execute("INSERT OR REPLACE INTO port_access VALUES (?, ?, ?, ?, ?)",
                                 (sid, guest_port, int(access.public), access.token_sha256, access.host_mask))
+            case PausedSet(sid, paused, wake):
+                if paused:
+                    self.db.execute("INSERT OR REPLACE INTO paused VALUES (?, ?)", (sid, int(wake)))
+                else:
+                    self.db.execute("DELETE FROM paused WHERE sandbox_id=?", (sid,))
             case ReachabilitySet(sid, guest_port, reachable, changed_at):
                 self.set_reachability(sid, guest_port, reachable, changed_at)
             case EgressSet(sid, address):

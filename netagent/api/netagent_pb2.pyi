@@ -667,3 +667,19 @@ class HttpRequestRecord(_message.Message):
     transform: str
     tls: bool
     def __init__(self, method: _Optional[str] = ..., host: _Optional[str] = ..., path: _Optional[str] = ..., status: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., duration_ms: _Optional[float] = ..., rule: _Optional[str] = ..., action: _Optional[str] = ..., transform: _Optional[str] = ..., tls: _Optional[bool] = ...) -> None: ...
+
+class SetPausedRequest(_message.Message):
+    __slots__ = ("sandbox_id", "paused", "wake")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    WAKE_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    paused: bool
+    wake: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., paused: _Optional[bool] = ..., wake: _Optional[bool] = ...) -> None: ...
+
+class SetPausedResponse(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...

@@ -109,6 +109,11 @@ class NetAgentStub:
                 request_serializer=netagent_dot_api_dot_netagent__pb2.ListFlowsRequest.SerializeToString,
                 response_deserializer=netagent_dot_api_dot_netagent__pb2.ListFlowsResponse.FromString,
                 _registered_method=True)
+        self.SetPaused = channel.unary_unary(
+                '/netagent.v1.NetAgent/SetPaused',
+                request_serializer=netagent_dot_api_dot_netagent__pb2.SetPausedRequest.SerializeToString,
+                response_deserializer=netagent_dot_api_dot_netagent__pb2.SetPausedResponse.FromString,
+                _registered_method=True)
 
 
 class NetAgentServicer:
@@ -219,7 +224,17 @@ class NetAgentServicer:
         ---- flow records (issue #23) ----
         A sandbox's connections that ended in a time range, oldest first, from
         the agent's flow store (kept after release, within the retention).
-        ---- end flow records ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPaused(self, request, context):
+        """---- end flow records ----
+        ---- paused sandboxes (issue #24) ----
+        The orchestrator paused the sandbox's VM (or resumed it): its registry record says
+        so, and edges answer or wake its requests (docs/edge.md, "Paused sandboxes").
+        ---- end paused sandboxes ----
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -302,6 +317,11 @@ def add_NetAgentServicer_to_server(servicer, server):
                     servicer.ListFlows,
                     request_deserializer=netagent_dot_api_dot_netagent__pb2.ListFlowsRequest.FromString,
                     response_serializer=netagent_dot_api_dot_netagent__pb2.ListFlowsResponse.SerializeToString,
+            ),
+            'SetPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPaused,
+                    request_deserializer=netagent_dot_api_dot_netagent__pb2.SetPausedRequest.FromString,
+                    response_serializer=netagent_dot_api_dot_netagent__pb2.SetPausedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -709,6 +729,33 @@ class NetAgent:
             '/netagent.v1.NetAgent/ListFlows',
             netagent_dot_api_dot_netagent__pb2.ListFlowsRequest.SerializeToString,
             netagent_dot_api_dot_netagent__pb2.ListFlowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/netagent.v1.NetAgent/SetPaused',
+            netagent_dot_api_dot_netagent__pb2.SetPausedRequest.SerializeToString,
+            netagent_dot_api_dot_netagent__pb2.SetPausedResponse.FromString,
             options,
             channel_credentials,
             insecure,

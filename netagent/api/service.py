@@ -15,6 +15,7 @@ import grpc
 
 from .. import __version__
 from ..agent import Agent
+from ..core import ops
 from ..errors import NetagentError
 from . import convert as cv
 from . import netagent_pb2 as pb
@@ -117,6 +118,12 @@ class NetAgentService(pb_grpc.NetAgentServicer):
             return pb.ExposePortResponse(port=pb.ExposedPort(guest_port=op.guest_port, host_port=port.host_port,
                                                              protocol=cv.PROTOCOL_TO_PROTO[op.protocol]))
         return await self._call("expose", context, run)
+
+    async def SetPaused(self, request: pb.SetPausedRequest, context: Any) -> pb.SetPausedResponse:
+        async def run() -> pb.SetPausedResponse:
+            op = ops.SetPaused.of(request.sandbox_id, request.paused, request.wake)
+            return pb.SetPausedResponse(changed=await self.agent.run_set_paused(op))
+        return await self._call("set_paused", context, run)
 
     async def UnexposePort(self, request: pb.UnexposePortRequest, context: Any) -> pb.UnexposePortResponse:
         async def run() -> pb.UnexposePortResponse:

@@ -26,3 +26,5 @@ class Allocation:
     limits: Limits = Limits()            # the bandwidth limits now
     access: Mapping[int, PortAccess] = field(default_factory=dict)   # edge access by guest port (default public)
     mark_generation: int = 0   # bumped by each narrowing policy: its egress ct mark (SlotAddresses.egress_mark)
+    paused: bool = False       # the orchestrator paused its VM (SetPaused): the registry record says so
+    wake: bool = False         # while paused: edges ask the orchestrator to resume it on a request

@@ -121,6 +121,18 @@ class CoreApi:
         access: PortAccess = await self._submit(op)
         return access
 
+    async def set_paused(self, sandbox_id: str, paused: bool, wake: bool = False) -> bool:
+        """The sandbox's VM is paused (wake: edges resume it on a request) or running
+        again; published in its registry record. Returns whether anything changed."""
+        return await self.run_set_paused(ops.SetPaused.of(sandbox_id, paused, wake))
+
+    async def run_set_paused(self, op: ops.SetPaused) -> bool:
+        rec = require(self.inventory, op.sandbox_id)
+        if (rec.paused, rec.wake) == (op.paused, op.wake):
+            return False                  # an idempotent retry needs no commit
+        changed: bool = await self._submit(op)
+        return changed
+
     async def unexpose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp") -> bool:
         return await self.run_unexpose(ops.Unexpose.of(sandbox_id, guest_port, protocol))
 

@@ -21,6 +21,7 @@ from .rows import (
     Change,
     EgressSet,
     LimitsSet,
+    PausedSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
@@ -173,6 +174,8 @@ class Inventory:
             case PortAccessSet(sid, guest_port, access):
                 rec = self.allocations[sid]
                 self.allocations[sid] = replace(rec, access={**rec.access, guest_port: access})
+            case PausedSet(sid, paused, wake):
+                self.allocations[sid] = replace(self.allocations[sid], paused=paused, wake=wake)
             case ReachabilitySet():
                 pass  # the prober holds reachability in memory; only SQLite keeps it
 

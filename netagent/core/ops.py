@@ -185,6 +185,21 @@ class SetPortAccess:
 
 
 @dataclass(frozen=True)
+class SetPaused:
+    """The orchestrator paused the sandbox's VM (or resumed it): published in its
+    registry record, so edges hold or wake its requests. wake only counts when paused."""
+    sandbox_id: str
+    paused: bool
+    wake: bool
+
+    @classmethod
+    def of(cls, sandbox_id: object, paused: object, wake: object = False) -> SetPaused:
+        if not isinstance(paused, bool) or not isinstance(wake, bool):
+            raise InvalidArgument("paused and wake must be booleans")
+        return cls(validate_sandbox_id(sandbox_id), paused, wake and paused)
+
+
+@dataclass(frozen=True)
 class RecordReachability:
     """Probe results that changed (from the prober): stored with their events."""
     ports: tuple[Reachability, ...]
@@ -263,6 +278,6 @@ class Resync:
 
 Operation = (Allocate | Release | UpdatePolicy | SetEgressAddress | SetLimits | Expose | Unexpose | SetPortAccess
              | RecordReachability | RecordDenied | RecordRequests | RecordVerdicts | SlotReady | SlotGone
-             | SlotIncidents | CloseUsage | Resync)
+             | SlotIncidents | CloseUsage | Resync | SetPaused)
 # Operations a caller makes (they delay background refills and cleaning).
-CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, SetLimits, Expose, Unexpose, SetPortAccess)
+CALLER_OPS = (Allocate, Release, UpdatePolicy, SetEgressAddress, SetLimits, Expose, Unexpose, SetPortAccess, SetPaused)

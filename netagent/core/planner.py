@@ -27,6 +27,7 @@ from .rows import (
     EgressSet,
     Event,
     LimitsSet,
+    PausedSet,
     PolicySet,
     PortAccessSet,
     PortAdded,
@@ -71,6 +72,8 @@ def plan(inv: Inventory, op: ops.Operation, ctx: PlanContext) -> Change:
             return plan_unexpose(inv, op, ctx)
         case ops.SetPortAccess():
             return plan_port_access(inv, op)
+        case ops.SetPaused():
+            return plan_set_paused(inv, op)
         case ops.RecordReachability():
             return plan_reachability(inv, op, ctx)
         case ops.RecordDenied():
@@ -265,6 +268,15 @@ def plan_port_access(inv: Inventory, op: ops.SetPortAccess) -> Change:
     rec = require(inv, op.sandbox_id)
     access = rec.access.get(op.guest_port, PortAccess()).with_changes(op.public, op.token_sha256, op.host_mask)
     return Change(reply=access, rows=(PortAccessSet(rec.sandbox_id, op.guest_port, access),))
+
+
+def plan_set_paused(inv: Inventory, op: ops.SetPaused) -> Change:
+    """Paused or running, published in the registry record; no element (the VM is the
+    orchestrator's). Replies whether anything changed: a repeated call writes nothing."""
+    rec = require(inv, op.sandbox_id)
+    if (rec.paused, rec.wake) == (op.paused, op.wake):
+        return Change(reply=False)
+    return Change(reply=True, rows=(PausedSet(rec.sandbox_id, op.paused, op.wake),))
 
 
 def plan_reachability(inv: Inventory, op: ops.RecordReachability, ctx: PlanContext) -> Change:

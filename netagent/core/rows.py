@@ -61,6 +61,13 @@ class PortAccessSet:
 
 
 @dataclass(frozen=True)
+class PausedSet:
+    sandbox_id: str
+    paused: bool
+    wake: bool
+
+
+@dataclass(frozen=True)
 class ReachabilitySet:
     sandbox_id: str
     guest_port: int
@@ -95,7 +102,7 @@ class UsageClosed:
 
 
 Row = (SlotSet | SlotDeleted | AllocationAdded | AllocationDeleted | PolicySet | PortAdded | PortDeleted
-       | PortAccessSet | ReachabilitySet | EgressSet | LimitsSet | UsageReleased | UsageClosed)
+       | PortAccessSet | ReachabilitySet | EgressSet | LimitsSet | UsageReleased | UsageClosed | PausedSet)
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--map-write-interval", type=float, default=DEFAULT_INTERVAL_S, metavar="S",
                    help="rewrite a changed shard's map file at most once per S seconds (how stale the files "
                         "a reloaded HAProxy loads may be; default %(default)s)")
-    g.add_argument("--maxconn", type=int, default=20000,
-                   help="HAProxy's maxconn (default 20000); it needs about twice as many file descriptors")
     g.add_argument("--metrics-address", default="", metavar="HOST:PORT",
                    help="the control plane's Prometheus /metrics (sync state and lag; docs/metrics.md); off if unset")
+    g.add_argument("--maxconn", type=maxconn_arg, default=0, metavar="auto|N",
+                   help="HAProxy's connection limit; auto (default): sized by HAProxy from its fd limit")
+    g.add_argument("--tcp-listen", action="append", default=[], metavar="IP:PORT",
+                   help="raw TCP over TLS by SNI (repeatable; needs --tls-pem): docs/edge.md, \"Raw TCP\"")
+    w = p.add_argument_group("wake on request (docs/edge.md, \"Paused sandboxes\")")
+    w.add_argument("--waker-listen", default="", metavar="IPv4:PORT",
+                   help="the control plane's waker for paused sandboxes (same in config and control plane); "
+                        "without it a paused sandbox is answered 503")
+    w.add_argument("--wake-hook-url", help="the orchestrator's resume hook (POST, HMAC-signed body)")
+    w.add_argument("--wake-hook-key-file", help="HMAC-SHA256 key (>= 32 bytes) signing the hook's body")
+    w.add_argument("--wake-timeout", type=float, default=30.0,
+                   help="seconds a request waits for its sandbox to be live again (default 30)")
+
+
+def maxconn_arg(text: str) -> int:
+    """'auto' is 0 (EdgeSettings: haproxy sizes it); else a positive count."""
+    if text == "auto":
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive number, got {text!r}")
+    return int(text)
 
 
 def settings_from(args: argparse.Namespace) -> EdgeSettings:
@@ -54,6 +73,7 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
         connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads, maxconn=args.maxconn,
+        waker=args.waker_listen, tcp_listen=tuple(args.tcp_listen),
         url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 
@@ -81,9 +101,12 @@ async def control(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("edge control plane: %s -> haproxy %s (%d shards)", args.registry, args.haproxy_socket, args.shards)
+    waker = await start_waker(args, edge)
     try:
         await stop.wait()
     finally:
+        if waker is not None:
+            await waker.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await feed.close()
@@ -94,11 +117,34 @@ async def control(args: argparse.Namespace) -> None:
             http.server_close()
 
 
+async def start_waker(args: argparse.Namespace, edge: object) -> object | None:
+    """The waker, if --waker-listen: it reads the sandboxes' state from the control
+    plane's mirror of what HAProxy was given."""
+    if not args.waker_listen:
+        return None
+    from .wakehook import ResumeHook
+    from .waker import Waker
+    if not args.wake_hook_url or not args.wake_hook_key_file:
+        raise SystemExit("netagent edge: --waker-listen needs --wake-hook-url and --wake-hook-key-file")
+    hook = ResumeHook(args.wake_hook_url, Path(args.wake_hook_key_file).read_bytes().strip(), args.wake_timeout)
+    def lookup(sid: str) -> dict[str, str] | None:    # by_sandbox is a new dict after each full sync
+        return edge.mirror.by_sandbox.get(sid)  # type: ignore[attr-defined]
+    waker = Waker(lookup, hook, args.wake_timeout, connect_timeout_s=args.connect_timeout)
+    host, port = args.waker_listen.rsplit(":", 1)
+    await waker.start(host, int(port))
+    log.info("edge waker on %s, resume hook %s", args.waker_listen, args.wake_hook_url)
+    return waker
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
     if args.write_haproxy_config:
+        from .fdlimit import FdLimitError
         from .hafiles import write_haproxy_files
-        path = write_haproxy_files(settings_from(args), args.write_haproxy_config)
+        try:
+            path = write_haproxy_files(settings_from(args), args.write_haproxy_config)
+        except FdLimitError as exc:
+            raise SystemExit(f"netagent edge: {exc}") from None
         print(path)
         return 0
     if not 0 < args.map_write_interval <= 60:

@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
+from . import dialfail, tcpconfig
+from .fdlimit import FD_CAP
 from .maps import DEFAULT_SHARDS
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")   # an HTTP field / cookie name
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _LISTEN = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|\*)?:\d{1,5}")
 _PATH = re.compile(r"/[^\s'\"#]*")
+_WAKER = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}:\d{1,5}")
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,13 @@ class EdgeSettings:
     request_timeout_s: float = 10.0       # a request head must arrive within this (slowloris)
     shards: int = DEFAULT_SHARDS
     threads: int = 2
-    maxconn: int = 20000
+    maxconn: int = 0                      # 0: auto, haproxy sizes it from its fd limit (fdlimit.py)
     log_target: str = "stderr"
     log_level: str = "err"
     extra_bind_options: tuple[str, ...] = field(default_factory=tuple)
+    waker: str = ""                       # IPv4:PORT of the control plane's waker ("": no wake on request)
+    paused_retry_after_s: int = 5         # Retry-After of the 503 for a paused sandbox
+    tcp_listen: tuple[str, ...] = ()      # raw TCP over TLS by SNI (tcpconfig.py); needs tls_pem
 
     def validate(self) -> None:
         if not _DOMAIN.fullmatch(self.domain):
@@ -52,8 +58,11 @@ class EdgeSettings:
         for listen in self.http_listen + self.https_listen:
             if not _LISTEN.fullmatch(listen):
                 raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
-        if self.https_listen and not _PATH.fullmatch(self.tls_pem):
-            raise ValueError("https listeners need tls_pem (an absolute path)")
+        if (self.https_listen or self.tcp_listen) and not _PATH.fullmatch(self.tls_pem):
+            raise ValueError("https and tcp listeners need tls_pem (an absolute path)")
+        for listen in self.tcp_listen:
+            if not _LISTEN.fullmatch(listen):
+                raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
         if not self.http_listen and not self.https_listen:
             raise ValueError("the edge needs at least one listener")
         for name in ("token_header", "token_cookie"):
@@ -61,8 +70,12 @@ class EdgeSettings:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not an HTTP token")
         if self.url_signing_key and len(self.url_signing_key) < 32:
             raise ValueError("url_signing_key must be at least 32 bytes")
+        if self.waker and not _WAKER.fullmatch(self.waker):
+            raise ValueError(f"waker {self.waker!r} is not IPv4:PORT")
         if not 1 <= self.shards <= 1024:
             raise ValueError("shards must be 1..1024")
+        if not 0 <= self.maxconn <= 10_000_000:
+            raise ValueError("maxconn must be 0 (auto) or a positive number of connections")
         for name in ("connect_timeout_s", "request_timeout_s"):
             if not 0 < getattr(self, name) <= 60:
                 raise ValueError(f"{name} must be in (0, 60]")
@@ -99,19 +112,46 @@ RETRY_AFTER_S = 1      # the 503 of a process not synced yet: the control plane 
 _JSON_IDS = '"sandboxId":"%[var(txn.sid)]","port":%[var(txn.port)]'
 
 
-def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True,
-            extra_headers: str = "") -> str:
-    """Two `http-request return` lines: JSON when json_answer, else HTML."""
+def _bodies(status: int, title: str, message: str, with_ids: bool = True) -> tuple[str, str]:
+    """The JSON and the HTML body of an edge answer, as HAProxy log-format strings."""
     ids = _JSON_IDS if with_ids else '"sandboxId":null,"port":null'
     json_body = f"{{{ids},\"message\":\"{message}\"}}"
     html_body = (f"<!DOCTYPE html>\\n<html><head><meta charset=utf-8><title>{status} {title}</title></head>\\n"
                  f"<body><h1>{status} {title}</h1>\\n<p>{message}</p></body></html>\\n")
+    return json_body, html_body
+
+
+def _answer(status: int, title: str, message: str, condition: str, with_ids: bool = True,
+            headers: str = "hdr Cache-Control no-store") -> str:
+    """Two `http-request return` lines: JSON when json_answer, else HTML."""
+    json_body, html_body = _bodies(status, title, message, with_ids)
     common = f"http-request return status {status}"
-    headers = "hdr Cache-Control no-store" + extra_headers
     return (f"    {common} content-type application/json lf-string '{json_body}' {headers} "
             f"if {condition} json_answer\n"
             f"    {common} content-type \"text/html; charset=utf-8\" lf-string \"{html_body}\" {headers} "
             f"if {condition}")
+
+
+WAKE_HEADER = "X-Netagent-Wake"   # "{sandboxId}/{port}": set for the waker only (a client's is removed)
+
+
+def _paused(s: EdgeSettings) -> str:
+    """503 + Retry-After for a paused sandbox that will not be woken by this edge."""
+    headers = f"hdr Cache-Control no-store hdr Retry-After {s.paused_retry_after_s}"
+    answer = _answer(503, "Service Unavailable", "sandbox %[var(txn.sid)] is paused",
+                     "paused exposed" + (" !wakes" if s.waker else ""), headers=headers)
+    lines = [f"    http-request del-header {WAKE_HEADER}", answer]
+    if s.waker:
+        lines.append(f"    http-request set-header {WAKE_HEADER} %[var(txn.sid)]/%[var(txn.port)] if wakes exposed")
+    return "\n".join(lines)
+
+
+def _to_waker(s: EdgeSettings) -> str:
+    if not s.waker:
+        return "    # no waker: a paused sandbox is answered 503 above"
+    ip, port = s.waker.rsplit(":", 1)
+    return (f"    http-request set-dst ipv4({ip}) if wakes exposed\n"
+            f"    http-request set-dst-port int({port}) if wakes exposed")
 
 
 def _answer_400(s: EdgeSettings) -> str:
@@ -166,6 +206,13 @@ def _signed_urls(s: EdgeSettings) -> str:
     ])
 
 
+def _maxconn(s: EdgeSettings) -> str:
+    if s.maxconn:
+        return f"maxconn {s.maxconn}"
+    return (f"fd-hard-limit {FD_CAP}   # no maxconn: haproxy sizes it from its hard fd limit, "
+            f"up to this many fds")
+
+
 def render(s: EdgeSettings) -> str:
     s.validate()
     template = Template(resources.files(__package__).joinpath("haproxy.cfg.tmpl").read_text())
@@ -175,13 +222,16 @@ def render(s: EdgeSettings) -> str:
             "private !token_ok !signed", "presents_token !known", "presents_token !exposed")),
         # Not synced yet: what the maps lack may only be missing from the files on disk.
         "answer_503": "\n".join(_answer(503, "Service Unavailable", "the edge is loading its routes, retry shortly",
-                                         cond, extra_headers=f" hdr Retry-After {RETRY_AFTER_S}")
+                                         cond, headers=f"hdr Cache-Control no-store hdr Retry-After {RETRY_AFTER_S}")
                                  for cond in ("!known !synced", "!exposed !synced")),
         "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
-        "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!reachable")),
+        "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!routable")),
+        "dial_failure": dialfail.rules(s.errors_dir),
+        "paused": _paused(s),
+        "to_waker": _to_waker(s),
     }
     return template.substitute(
-        admin_socket=s.admin_socket, threads=s.threads, maxconn=s.maxconn, log_target=s.log_target,
+        admin_socket=s.admin_socket, threads=s.threads, maxconn=_maxconn(s), log_target=s.log_target,
         log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms",
         request_timeout=f"{int(s.request_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
         map_dir=s.map_dir, binds=_binds(s), domain=s.domain, shards=s.shards,
@@ -189,7 +239,7 @@ def render(s: EdgeSettings) -> str:
         redirect=_redirect(s), answer_400=_answer_400(s), token_header=s.token_header,
         token_cookie=s.token_cookie, signed_urls=_signed_urls(s), forwarded=_forwarded(s),
         shard_backends=_shard_backends(s, answers),
-    )
+    ) + tcpconfig.render(s, lambda shard: shard_map(s.map_dir, shard))
 
 
 def error_504() -> str:

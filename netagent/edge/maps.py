@@ -8,9 +8,13 @@ backend, chosen by name, so a request never evaluates another shard's rules.
 
 Entries of a shard (docs/edge.md):
   {sandbox_id}          "1"                                    the sandbox is live (404 if absent)
-  {sandbox_id}/{port}   "{ip}|{host_port}|{token_sha256}|{host_mask}"
-                        one per exposed TCP port; ip and host_port are empty
-                        unless reachable is true (502 "port is not open").
+                        "paused" / "wake"                      paused (without / with wake on request)
+  {sandbox_id}/{port}   "{ip}|{host_port}|{token_sha256}|{host_mask}" and, when the
+                        last probe did not say open, "|closed": one per exposed TCP
+                        port. A closed port is still tried (a server that just
+                        started is served); only a failed connect answers 502 "port
+                        is not open". ip and host_port are empty when the node's
+                        address is unusable (502 without a connect).
 """
 from __future__ import annotations
 
@@ -37,8 +41,11 @@ def shard_of(sandbox_id: str, shards: int) -> int:
     return zlib.crc32(sandbox_id.encode()) % shards
 
 
-def port_value(ip: str, host_port: int | str, token_sha256: str, host_mask: str) -> str:
-    return f"{ip}|{host_port}|{token_sha256}|{host_mask}"
+CLOSED = "closed"     # the 5th field of a port whose last probe did not say open
+
+
+def port_value(ip: str, host_port: int | str, token_sha256: str, host_mask: str, closed: bool = False) -> str:
+    return f"{ip}|{host_port}|{token_sha256}|{host_mask}" + (f"|{CLOSED}" if closed else "")
 
 
 # One port as the maps need it: guest_port, protocol, host_port, reachable, public, token_sha256, host_mask.
@@ -53,7 +60,16 @@ def record_entries(record: SandboxRecord) -> Entries:
         return {}
     return _entries(record.sandbox_id, record.node_address, [
         (p.guest_port, p.protocol, p.host_port, p.reachable is True, p.public, p.token_sha256, p.host_mask)
-        for p in record.ports])
+        for p in record.ports], lifecycle(record.paused, record.wake))
+
+
+LIVE, PAUSED, WAKE = "1", "paused", "wake"    # the existence entry's values
+
+
+def lifecycle(paused: object, wake: object) -> str:
+    if paused is not True:
+        return LIVE
+    return WAKE if wake is True else PAUSED
 
 
 def entries_from_json(sandbox_id: str, raw: str | None) -> Entries:
@@ -72,15 +88,16 @@ def entries_from_json(sandbox_id: str, raw: str | None) -> Entries:
                   p.get("public", True) is not False, str(p.get("token_sha256", "")), str(p.get("host_mask", "")))
                  for p in doc["ports"].values()]
         address = str(doc["node_address"])
+        state = lifecycle(doc.get("paused"), doc.get("wake"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return unreadable_entries(sandbox_id)
-    return _entries(sandbox_id, address, ports)
+    return _entries(sandbox_id, address, ports, state)
 
 
-def _entries(sid: str, node_address: str, ports: Iterable[PortFields]) -> Entries:
+def _entries(sid: str, node_address: str, ports: Iterable[PortFields], state: str = LIVE) -> Entries:
     if not _host_form(sid):
         return {}
-    entries = {sid: "1"}
+    entries = {sid: state}
     address_ok = bool(node_address) and bool(_VALUE_SAFE.fullmatch(node_address))
     for guest_port, protocol, host_port, reachable, public, token_sha256, host_mask in ports:
         if protocol != "tcp":
@@ -91,8 +108,10 @@ def _entries(sid: str, node_address: str, ports: Iterable[PortFields]) -> Entrie
             token = "!"   # private without a usable hash: no token can match
         if not _VALUE_SAFE.fullmatch(mask):
             mask = ""      # refused by the API already; never let it break the map line
-        up = reachable and address_ok
-        entries[f"{sid}/{guest_port}"] = port_value(node_address if up else "", host_port if up else "", token, mask)
+        if address_ok:
+            entries[f"{sid}/{guest_port}"] = port_value(node_address, host_port, token, mask, closed=not reachable)
+        else:
+            entries[f"{sid}/{guest_port}"] = port_value("", "", token, mask)
     return entries
 
 

@@ -20,7 +20,7 @@ from ..addressing import SlotAddresses
 from ..config import Config
 from ..core import ops
 from ..core.allocation import Allocation
-from ..core.rows import AllocationAdded, AllocationDeleted, PortAccessSet, PortAdded, PortDeleted, Row
+from ..core.rows import AllocationAdded, AllocationDeleted, PausedSet, PortAccessSet, PortAdded, PortDeleted, Row
 from ..errors import ConfigError
 from ..metrics import Metrics
 from ..models import ExposedPort, Protocol
@@ -139,7 +139,7 @@ class Reachability:
                     self._mark(sid)
                 case PortDeleted(sid, port):
                     self.on_unexposed(sid, port)
-                case PortAccessSet(sid, _, _):
+                case PortAccessSet(sid, _, _) | PausedSet(sid, _, _):
                     self._mark(sid)
 
     def on_released(self, sandbox_id: str) -> None:
@@ -198,7 +198,7 @@ class Reachability:
                                     v.changed_at, v.checked_at, access.public, access.token_sha256,
                                     access.host_mask))
         return SandboxRecord(sandbox_id, self.config.node_id, self.node_address(), seq, time.time(),
-                             tuple(ports))
+                             tuple(ports), paused=rec.paused, wake=rec.wake)
 
     def status(self) -> dict[str, Any]:
         p = self.publisher

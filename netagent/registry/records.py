@@ -49,6 +49,11 @@ class SandboxRecord:
     ports: tuple[PortRecord, ...] = ()
     deleted: bool = False    # a tombstone: the sandbox was released at `seq`
     v: int = SCHEMA_VERSION
+    # Lifecycle (docs/registry.md, "Paused sandboxes"): set by the orchestrator through
+    # the agent's API. Written only when true, like a port's access fields, so a
+    # running sandbox's record reads the same to a reader that predates them.
+    paused: bool = False     # the VM is paused: the edge holds or answers its requests itself
+    wake: bool = False       # a request to a paused sandbox asks the orchestrator to resume it
 
     def __post_init__(self) -> None:
         # One canonical port order, so a record equals its own JSON round trip.
@@ -64,6 +69,9 @@ class SandboxRecord:
     def to_json(self) -> str:
         doc = asdict(self)
         doc["ports"] = {p.key: _port_doc(p) for p in self.ports}
+        for name in ("paused", "wake"):
+            if not doc[name]:
+                del doc[name]
         return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
     @classmethod

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from netagent.edge.control import EdgeControl
@@ -93,3 +93,16 @@ class ControlPlane:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def edge_process(*args: str) -> Iterator[subprocess.Popen]:
+    """`netagent edge ARGS` as a process, killed at the end if it is still running."""
+    proc = subprocess.Popen([sys.executable, "-m", "netagent", "edge", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -66,8 +66,8 @@ class UpstreamServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> UpstreamServer:
-        self._server = await asyncio.start_server(self._client, LOOPBACK, 0)
+    async def start(self, backlog: int = 100) -> UpstreamServer:
+        self._server = await asyncio.start_server(self._client, LOOPBACK, 0, backlog=backlog)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

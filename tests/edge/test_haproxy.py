@@ -80,9 +80,10 @@ async def _is(port: int, host_name: str, status: int, headers: dict[str, str] | 
     return await status_of(port, host_name, headers) == status
 
 
-async def test_502_json_and_html_when_the_port_is_not_reachable(edge: int, registry: SqliteRegistry,
-                                                                upstream: UpstreamServer) -> None:
-    await registry.put_sandbox(sandbox("abc", {3000: (upstream.port, False)}, seq=2), ttl_s=300)
+async def test_502_json_and_html_when_the_port_is_closed(edge: int, registry: SqliteRegistry,
+                                                         upstream: UpstreamServer) -> None:
+    """The probe said closed and nothing listens: the edge tried, the connect failed, 502."""
+    await registry.put_sandbox(sandbox("abc", {3000: (free_port(), False)}, seq=2), ttl_s=300)
     await eventually(lambda: _is(edge, host(), 502))
     upstream.requests.clear()
     async with await RawClient.open(edge) as client:
@@ -90,12 +91,51 @@ async def test_502_json_and_html_when_the_port_is_not_reachable(edge: int, regis
         assert resp.status == 502 and resp.header("content-type") == "application/json"
         assert resp.json() == {"sandboxId": "abc", "port": 3000, "message": "port 3000 is not open"}
         assert resp.header("cache-control") == "no-store"
+        assert resp.header("x-netagent-dial-failed") is None
+    async with await RawClient.open(edge) as client:        # a failed connect closes the client's connection
         resp = await client.request("GET", "/", host(), BROWSER)
         assert resp.status == 502 and resp.header("content-type").startswith("text/html")
         assert b"port 3000 is not open" in resp.body
+    async with await RawClient.open(edge) as client:
         resp = await client.request("GET", "/", host(port=4000), JSON)     # not exposed at all
         assert resp.status == 502 and resp.json()["message"] == "port 4000 is not open"
     assert upstream.requests == []
+
+
+async def test_a_port_the_probe_called_closed_is_tried(edge: int, registry: SqliteRegistry,
+                                                       upstream: UpstreamServer) -> None:
+    """No false 502: a server that started after the last probe is served, the request intact."""
+    await registry.put_sandbox(sandbox("fresh", {3000: (upstream.port, False)}), ttl_s=300)
+    await eventually(lambda: _not_404(edge, host("fresh")))
+    async with await RawClient.open(edge) as client:
+        resp = await client.request("POST", "/echo/new", host("fresh"), JSON, body=b"x" * 1000)
+    assert resp.status == 200
+    assert resp.json()["method"] == "POST" and resp.json()["body_len"] == 1000
+
+
+async def test_a_closed_port_is_answered_at_once(edge: int, registry: SqliteRegistry) -> None:
+    """A refused connect is not retried after HAProxy's turn-around (min(timeout connect, 1 s))."""
+    await registry.put_sandbox(sandbox("abc", {3000: (free_port(), False)}, seq=2), ttl_s=300)
+    await eventually(lambda: _is(edge, host(), 502))
+    async with await RawClient.open(edge) as client:
+        started = time.monotonic()
+        assert (await client.request("GET", "/", host(), JSON)).status == 502
+        took = time.monotonic() - started
+    assert took < 0.6, f"502 took {took:.3f} s"          # quiet: ~2 ms; with a retry: 1 s
+
+
+async def test_a_guests_own_503_is_its_own(edge: int, upstream: UpstreamServer) -> None:
+    """Only HAProxy's failed connect becomes 502/504: the guest's 503, even carrying the
+    edge's marker header, reaches the client as the guest sent it (without the marker)."""
+    async def busy(req, reader, writer) -> bool:
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nX-Netagent-Dial-Failed: 1\r\n"
+                     b"Content-Length: 4\r\n\r\nbusy")
+        await writer.drain()
+        return True
+    upstream.handlers["/busy"] = busy
+    async with await RawClient.open(edge) as client:
+        resp = await client.request("GET", "/busy", host(), JSON)
+    assert (resp.status, resp.body, resp.header("x-netagent-dial-failed")) == (503, b"busy", None)
 
 
 async def test_404_for_unknown_and_released_sandboxes(edge: int, registry: SqliteRegistry) -> None:

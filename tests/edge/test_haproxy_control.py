@@ -14,7 +14,7 @@ from netagent.registry.redis import RedisRegistry
 from tests.testbed.haproxy_proc import HAProxy
 
 from .hap import DOMAIN, eventually, running_edge
-from .helpers import RawClient, UpstreamServer, sandbox
+from .helpers import RawClient, UpstreamServer, free_port, sandbox
 
 
 def free_port() -> int:
@@ -46,8 +46,9 @@ async def test_redis_changes_arrive_by_publish(tmp_path, redis_server, upstream:
         async with running_edge(tmp_path / "edge", registry) as (haproxy, control):
             port = haproxy.http_port
             assert await is_status(port, host("r1"), 200)          # from the snapshot
-            for seq, (sid, reachable, want) in enumerate([("r2", True, 200), ("r1", False, 502)], start=2):
-                await registry.put_sandbox(sandbox(sid, {3000: (upstream.port, reachable)}, seq=seq), ttl_s=60)
+            closed = free_port()
+            for seq, (sid, to, want) in enumerate([("r2", upstream.port, 200), ("r1", closed, 502)], start=2):
+                await registry.put_sandbox(sandbox(sid, {3000: (to, to != closed)}, seq=seq), ttl_s=60)
                 took = await eventually(lambda sid=sid, want=want: is_status(port, host(sid), want), every_s=0.005)
                 assert took < 0.2
             await registry.put_sandbox(SandboxRecord.tombstone("r2", "node-1", 9, 0.0), ttl_s=60)
@@ -107,7 +108,7 @@ async def test_edge_cli_runs_the_control_plane(tmp_path, registry, upstream: Ups
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await eventually(lambda: is_status(haproxy.http_port, host("cli1"), 200), timeout_s=10)
-        await registry.put_sandbox(sandbox("cli1", {3000: (upstream.port, False)}, seq=2), ttl_s=60)
+        await registry.put_sandbox(sandbox("cli1", {3000: (free_port(), False)}, seq=2), ttl_s=60)
         await eventually(lambda: is_status(haproxy.http_port, host("cli1"), 502))
         # --metrics-address serves the sync figures: in sync, one record, the change's map ops.
         figures = await asyncio.to_thread(scrape, metrics_port)

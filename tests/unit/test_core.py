@@ -277,6 +277,33 @@ def test_port_access_is_planned_like_any_change_and_the_token_never_passes_the_b
     assert apply(inv, ops.SetPortAccess.of("a", 3000, public=True)).reply.token_sha256 == op.token_sha256
 
 
+def test_paused_is_planned_stored_and_repeated_calls_write_nothing(tmp_path):
+    """SetPaused (#24): a row only when it changes; wake only counts while paused; it
+    survives a restart (the state store)."""
+    store = StateStore(tmp_path)
+    inv = inventory()
+    with store.transaction() as tx:
+        for change in (apply(inv, alloc("a", 0)), apply(inv, ops.SetPaused.of("a", True, wake=True))):
+            for row in change.rows:
+                tx.write(row)
+    assert (inv.allocations["a"].paused, inv.allocations["a"].wake) == (True, True) and change.nft == ()
+    assert plan(inv, ops.SetPaused.of("a", True, wake=True), CTX) == Change(reply=False)
+    assert ops.SetPaused.of("a", False, wake=True).wake is False
+    with pytest.raises(NotFound):
+        plan(inv, ops.SetPaused.of("nobody", True), CTX)
+    with pytest.raises(InvalidArgument):
+        ops.SetPaused.of("a", "yes")
+    store.close()
+    store = StateStore(tmp_path)
+    loaded = store.load().allocations["a"]
+    assert (loaded.paused, loaded.wake) == (True, True)
+    with store.transaction() as tx:
+        for row in apply(inv, ops.SetPaused.of("a", False)).rows:
+            tx.write(row)
+    store.close()
+    assert StateStore(tmp_path).load().allocations["a"].paused is False
+
+
 # ---- walk-free flow kills (#15): the marks the planner emits ----------------------------
 
 

@@ -30,7 +30,7 @@ def test_entries_of_a_record() -> None:
     assert record_entries(r) == {
         "abc": "1",
         "abc/3000": "10.0.0.7|30001||",
-        "abc/8080": "|||",                                   # exposed, not reachable: 502
+        "abc/8080": "10.0.0.7|30002|||closed",               # probed closed: tried, 502 if the connect fails
         "abc/9000": f"10.0.0.7|30003|{SHA}|localhost:9000",  # udp is not HTTP
     }
 
@@ -75,7 +75,8 @@ def test_mirror_turns_changes_into_few_ops_in_a_safe_order() -> None:
     assert update(rec("abc", port())) == [MapOp("add", s, "abc", "1"), MapOp("add", s, "abc/3000", "10.0.0.7|30001||")]
     assert update(rec("abc", port(), seq=2)) == []                     # a heartbeat changes nothing
     assert update(rec("abc", port(reachable=False), port(4000), seq=3)) == [
-        MapOp("set", s, "abc/3000", "|||"), MapOp("add", s, "abc/4000", "10.0.0.7|30001||")]
+        MapOp("set", s, "abc/3000", "10.0.0.7|30001|||closed"),
+        MapOp("add", s, "abc/4000", "10.0.0.7|30001||")]
     assert mirror.replace("abc", {}) == [MapOp("del", s, "abc/3000"), MapOp("del", s, "abc/4000"),
                                          MapOp("del", s, "abc")]      # the sandbox entry last
     assert mirror.replace("abc", {}) == []
