@@ -4,7 +4,6 @@ lost subscription or a HAProxy restart."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,12 +14,6 @@ from tests.testbed.haproxy_proc import HAProxy
 
 from .hap import DOMAIN, eventually, running_edge
 from .helpers import RawClient, UpstreamServer, free_port, sandbox
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[str, float]:

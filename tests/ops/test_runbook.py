@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import shlex
 import subprocess
 from pathlib import Path
@@ -91,6 +92,7 @@ def test_a_first_host_from_the_runbook_serves_a_guest_over_https(bed, tmp_path):
         edge_env = env_file(etc / "netagent-edge/edge.env")
         # This machine's hard file limit (20000 here) is below the unit's LimitNOFILE: HAProxy
         # sizes its maxconn from what it gets (--maxconn auto), with no edit by the operator.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         haproxy_unit, control_unit = (etc / f"systemd/system/netagent-edge{u}.service" for u in ("-haproxy", ""))
         for pre in unit_commands(haproxy_unit, "ExecStartPre"):
             args = netns_exec(bed.host, expand(pre, edge_env, paths), root, tmp_path)
