@@ -195,7 +195,7 @@ class Agent(CoreApi, InterceptApi):
         # One stored by a version before firewall/rules_probe.py hashed a listing
         # and never matches: the first sync then reloads the table once, as
         # after an upgrade that changes rules/netagent.nft (elements refilled in
-        # the same transaction, flows kept; DNS admissions re-made on next answer).
+        # the same transaction, flows and DNS admissions kept: HostTable.reload).
         self.keeper.fingerprint = self.store.get_meta("ruleset_fingerprint")
         self.meter.load()
         # what the kernel counted while no agent ran, read before the resync:
