@@ -1,0 +1,296 @@
+"""Custom domains with ACME certificates, against real components: Debian's pebble
+(the ACME server) with pebble-challtestsrv as the DNS, the edge's real HAProxy, and
+the control plane's domain API. pebble's VA fetches the HTTP-01 answer from HAProxy's
+plain listener; the certificate is installed at runtime (the same HAProxy pid)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from netagent.edge import domainconfig
+from netagent.edge.acme import not_after
+from netagent.edge.certruntime import CertRuntime
+from netagent.edge.domainapi import DomainApi
+from netagent.edge.domainmanager import AcmeSettings, DomainManager
+from netagent.edge.domains import Backoff, OrderLimits
+from netagent.edge.runtime import HAProxyRuntime
+from tests.testbed.haproxy_proc import HAProxy, loopback_port
+from tests.testbed.pebble_proc import Pebble
+from tests.testbed.tls import wildcard_pem
+
+from .hap import DOMAIN, eventually, running_edge
+from .helpers import sandbox
+
+APP = "app.customer.test"
+
+
+@dataclass
+class Bed:
+    haproxy: HAProxy
+    pebble: Pebble
+    manager: DomainManager
+    api_port: int
+    ca: Path            # the wildcard's CA
+    workdir: Path
+
+    def call(self, method: str, path: str, body: object | None = None) -> tuple[int, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}/v1/domains{path}", data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                raw = r.read()
+                return r.status, json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    async def acall(self, method: str, path: str, body: object | None = None) -> tuple[int, dict]:
+        return await asyncio.to_thread(self.call, method, path, body)
+
+    async def status_of(self, domain: str, *statuses: str, timeout_s: float = 15.0) -> dict:
+        async def reached() -> bool:
+            return (await self.acall("GET", f"/{domain}"))[1].get("status") in statuses
+        await eventually(reached, timeout_s=timeout_s, every_s=0.05)
+        return (await self.acall("GET", f"/{domain}"))[1]
+
+
+async def start_manager(haproxy: HAProxy, pebble: Pebble, clock: Callable[[], float] = time.time,
+                        **overrides: object) -> tuple[DomainManager, DomainApi, int]:
+    s = haproxy.settings
+    settings = AcmeSettings(directory_url=pebble.directory_url, edge_domain=DOMAIN,
+                            edge_addresses=frozenset({"127.0.0.1"}), resolver=pebble.resolver, ca_file=pebble.ca_file,
+                            backoff=Backoff(0.3, 2.0), tick_s=0.05)
+    settings = replace(settings, **overrides)  # type: ignore[arg-type]
+    certs = CertRuntime(HAProxyRuntime(s.admin_socket, s.map_dir), s.map_dir, s.certs_dir, s.tls_pem)
+    manager = DomainManager(settings, certs, clock)
+    api = DomainApi(manager)
+    port = await api.start("127.0.0.1", 0)
+    return manager, api, port
+
+
+@pytest.fixture
+async def bed(request, tmp_path, registry, upstream) -> AsyncIterator[Bed]:
+    overrides = getattr(request, "param", {})
+    ca, pem = wildcard_pem(tmp_path / "pki", DOMAIN)
+    await registry.put_sandbox(sandbox("abc", {3000: (upstream.port, True)}), ttl_s=300)
+    https = loopback_port()
+    async with running_edge(tmp_path / "edge", registry, https_listen=(f"127.0.0.1:{https}",), tls_pem=str(pem),
+                            https_public_port=https, certs_dir=str(tmp_path / "edge" / "certs")) as (haproxy, _):
+        pebble = Pebble(tmp_path / "pebble", haproxy.http_port).start()
+        try:
+            manager, api, port = await start_manager(haproxy, pebble, **overrides)  # type: ignore[arg-type]
+            task = asyncio.create_task(manager.run())
+            try:
+                yield Bed(haproxy, pebble, manager, port, ca, tmp_path)
+            finally:
+                await api.stop()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await manager.close()
+                await manager.certs.runtime.close()
+        finally:
+            pebble.stop()
+
+
+def served_cert(port: int, name: str, roots: str | None) -> x509.Certificate:
+    """The leaf HAProxy serves for SNI `name`, verified against `roots` (pebble's issuing root)."""
+    ctx = ssl.create_default_context(cadata=roots) if roots else ssl._create_unverified_context()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def https_get(port: int, name: str, roots: str) -> tuple[int, str]:
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve", f"{name}:{port}:127.0.0.1",
+                          "--cacert", "/dev/stdin", "-w", "\n%{http_code}", f"https://{name}:{port}/hello"],
+                         input=roots, capture_output=True, text=True)
+    body, _, code = out.stdout.rpartition("\n")
+    return int(code or 0), body + out.stderr
+
+
+def handshake_fails(port: int, name: str) -> bool:
+    try:
+        served_cert(port, name, None)
+    except (ssl.SSLError, ConnectionError):
+        return True
+    return False
+
+
+async def test_mapped_domain_gets_a_pebble_certificate_at_runtime_and_reaches_the_sandbox(bed: Bed) -> None:
+    bed.pebble.set_a(APP, "127.0.0.1")
+    pid = bed.haproxy.pid_answering()
+    assert await asyncio.to_thread(handshake_fails, bed.haproxy.https_port, APP)   # strict-sni: no cert yet
+    started = time.monotonic()
+    status, doc = await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    assert status == 202 and doc["status"] in ("pending", "ordering")
+    doc = await bed.status_of(APP, "issued")
+    served_after = time.monotonic() - started
+    roots = bed.pebble.issuing_roots()
+    leaf = await asyncio.to_thread(served_cert, bed.haproxy.https_port, APP, roots)
+    assert leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == [APP]
+    code, body = await asyncio.to_thread(https_get, bed.haproxy.https_port, APP, roots)
+    assert code == 200 and '"target": "/hello"' in body and f'["host", "{APP}' in body, body
+    assert bed.haproxy.pid_answering() == pid, "installed without a reload"
+    assert doc["notAfter"] == not_after(leaf)
+    # On disk for a restart: the PEM, the crt-list line, the route.
+    certs_dir = bed.haproxy.settings.certs_dir
+    assert domainconfig.cert_path(certs_dir, APP) in Path(domainconfig.crt_list(certs_dir)).read_text()
+    assert f"{APP} 3000-abc.{DOMAIN}" in Path(domainconfig.domains_map(bed.haproxy.settings.map_dir)).read_text()
+    print(f"mapping to served certificate: {served_after:.3f} s")
+
+
+async def test_removal_takes_the_certificate_and_route_out_at_runtime(bed: Bed) -> None:
+    bed.pebble.set_a(APP, "127.0.0.1")
+    await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    await bed.status_of(APP, "issued")
+    pid = bed.haproxy.pid_answering()
+    status, _ = await bed.acall("DELETE", f"/{APP}")
+    assert status == 204
+    assert await asyncio.to_thread(handshake_fails, bed.haproxy.https_port, APP)
+    assert (await bed.acall("GET", f"/{APP}"))[0] == 404
+    s = bed.haproxy.settings
+    assert not Path(domainconfig.cert_path(s.certs_dir, APP)).exists()
+    assert APP not in Path(domainconfig.crt_list(s.certs_dir)).read_text()
+    assert APP not in Path(domainconfig.domains_map(s.map_dir)).read_text()
+    (reply,) = await bed.manager.certs.runtime.commands([f"show map {domainconfig.domains_map(s.map_dir)}\n"])
+    assert APP not in reply
+    assert bed.haproxy.pid_answering() == pid
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def worker_passes(bed: Bed, n: int) -> None:
+    """Wait until the worker has looked for due work n more times."""
+    target = bed.manager.passes + n
+    await eventually(lambda: _true(bed.manager.passes >= target), timeout_s=10)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.parametrize("bed", [{"clock": FakeClock()}], indirect=True)
+async def test_a_domain_not_pointing_here_is_refused_with_backoff_then_issued_once_it_does(bed: Bed) -> None:
+    clock = bed.manager.clock
+    bed.pebble.set_a(APP, "192.0.2.7")     # another host (TEST-NET: never contacted)
+    await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    await eventually(lambda: _attempts_at_least(bed, APP, 1), timeout_s=10)
+    doc = (await bed.acall("GET", f"/{APP}"))[1]
+    assert doc["status"] == "dns_mismatch" and "192.0.2.7" in doc["detail"] and "127.0.0.1" in doc["detail"]
+    # Backoff (base 0.3 s, doubling, cap 2 s), on the manager's clock: no retry before it is due.
+    for n, delay in enumerate([0.3, 0.6, 1.2, 2.0, 2.0], start=1):
+        doc = (await bed.acall("GET", f"/{APP}"))[1]
+        assert doc["attempts"] == n and doc["nextAttemptAt"] == pytest.approx(clock.now + delay)
+        await worker_passes(bed, 5)
+        assert (await bed.acall("GET", f"/{APP}"))[1]["attempts"] == n, "retried before its backoff"
+        clock.now += delay
+        await eventually(lambda n=n: _attempts_at_least(bed, APP, n + 1), timeout_s=10)
+    assert bed.manager.orders_started == 0, "no ACME order for a name that does not reach the edge"
+    bed.pebble.set_a(APP, "127.0.0.1")
+    clock.now += 2.0
+    doc = await bed.status_of(APP, "issued", timeout_s=15)
+    assert bed.manager.orders_started == 1 and doc["attempts"] == 0
+
+
+async def _attempts_at_least(bed: Bed, domain: str, n: int) -> bool:
+    return (await bed.acall("GET", f"/{domain}"))[1].get("attempts", 0) >= n
+
+
+async def test_bad_input_is_refused_and_a_domain_has_one_owner(bed: Bed) -> None:
+    for bad in ("bad_char.customer.test", "*.customer.test", "localhost", "1.2.3.4", "a..b.test",
+                "-x.customer.test", f"5000-abc.{DOMAIN}", DOMAIN, "x" * 64 + ".test"):
+        status, doc = await bed.acall("PUT", f"/{bad}", {"sandboxId": "abc", "port": 3000})
+        assert status == 400, (bad, doc)
+    for body in ({"sandboxId": "ABC", "port": 3000}, {"sandboxId": "abc", "port": 0}, {"sandboxId": "abc"}, []):
+        assert (await bed.acall("PUT", f"/{APP}", body))[0] == 400, body
+    bed.pebble.set_a(APP, "127.0.0.1")
+    assert (await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000}))[0] == 202
+    status, doc = await bed.acall("PUT", f"/{APP}", {"sandboxId": "other", "port": 3000})
+    assert status == 409 and "abc" in doc["message"]
+    assert (await bed.acall("GET", f"/{APP}"))[1]["sandboxId"] == "abc"
+
+
+async def test_identical_concurrent_requests_share_one_order(bed: Bed) -> None:
+    bed.pebble.set_a(APP, "127.0.0.1")
+    results = await asyncio.gather(*(bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+                                     for _ in range(20)))
+    assert sorted(status for status, _ in results) == [200] * 19 + [202]
+    for _ in range(5):                 # the worker looks again while the first attempt is in flight
+        bed.manager._start_due()
+    await bed.status_of(APP, "issued")
+    assert bed.manager.orders_started == 1
+
+
+@pytest.mark.parametrize("bed", [{"limits": OrderLimits(per_domain=5, global_count=3)}], indirect=True)
+async def test_a_flood_of_domains_is_held_by_the_global_order_limit(bed: Bed) -> None:
+    names = [f"d{i}.customer.test" for i in range(12)]
+    for name in names:
+        bed.pebble.set_a(name, "127.0.0.1")
+    await asyncio.gather(*(bed.acall("PUT", f"/{n}", {"sandboxId": "abc", "port": 3000}) for n in names))
+
+    async def settled() -> bool:
+        docs = (await bed.acall("GET", ""))[1]["domains"]
+        return all(d["status"] in ("issued", "rate_limited") for d in docs)
+    await eventually(settled, timeout_s=20, every_s=0.1)
+    docs = (await bed.acall("GET", ""))[1]["domains"]
+    assert sorted(d["status"] for d in docs) == ["issued"] * 3 + ["rate_limited"] * 9
+    limited = [d for d in docs if d["status"] == "rate_limited"]
+    assert all("per edge" in d["detail"] and d["nextAttemptAt"] > time.time() + 3000 for d in limited)
+    assert bed.manager.orders_started == 3
+
+
+async def test_renewal_replaces_the_served_certificate_without_a_reload(bed: Bed) -> None:
+    bed.pebble.set_a(APP, "127.0.0.1")
+    await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    first = await bed.status_of(APP, "issued")
+    roots = bed.pebble.issuing_roots()
+    before = await asyncio.to_thread(served_cert, bed.haproxy.https_port, APP, roots)
+    pid = bed.haproxy.pid_answering()
+    bed.manager.settings.renew_before_s = 10 * 365 * 86400.0    # force the window: every cert is due
+
+    async def renewed() -> bool:
+        return (await bed.acall("GET", f"/{APP}"))[1]["issuedAt"] > first["issuedAt"]
+    await eventually(renewed, timeout_s=15, every_s=0.05)
+    bed.manager.settings.renew_before_s = 0.0
+    after = await asyncio.to_thread(served_cert, bed.haproxy.https_port, APP, roots)
+    assert after.serial_number != before.serial_number
+    assert bed.haproxy.pid_answering() == pid
+    assert bed.manager.orders_started >= 2
+
+
+async def test_a_restarted_edge_serves_the_certificate_from_its_files(bed: Bed) -> None:
+    bed.pebble.set_a(APP, "127.0.0.1")
+    await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    await bed.status_of(APP, "issued")
+    roots = bed.pebble.issuing_roots()
+    serial = (await asyncio.to_thread(served_cert, bed.haproxy.https_port, APP, roots)).serial_number
+    bed.haproxy.kill()
+    bed.haproxy.start()              # loads crt-list.txt and domains.map as they are on disk
+    leaf = await asyncio.to_thread(served_cert, bed.haproxy.https_port, APP, roots)
+    assert leaf.serial_number == serial
+    # And a new manager reads its state back: the domain is issued, nothing is ordered again.
+    manager, api, _ = await start_manager(bed.haproxy, bed.pebble)
+    try:
+        manager._load()
+        assert manager.records[APP].status == "issued" and manager.records[APP].sandbox_id == "abc"
+    finally:
+        await api.stop()
+        await manager.certs.runtime.close()
