@@ -26,7 +26,9 @@ class CertRuntime:
         self.certs_dir = certs_dir
         self.tls_pem = tls_pem
         # One admin connection answers in order, and HAProxy holds one ssl cert
-        # transaction at a time: each operation here runs alone.
+        # transaction at a time: each operation here runs alone, on a connection of its
+        # own (closed after it), so it reaches the process that owns the socket now (a kept
+        # connection would still reach the old process after a reload).
         self._lock = asyncio.Lock()
 
     # certificates
@@ -36,7 +38,10 @@ class CertRuntime:
         running process: a new certificate is created, filled, committed and added to the
         crt-list; one HAProxy already has (a renewal, or loaded at start) is replaced."""
         async with self._lock:
-            await self._install_cert_locked(domain, pem)
+            try:
+                await self._install_cert_locked(domain, pem)
+            finally:
+                await self.runtime.close()
 
     async def _install_cert_locked(self, domain: str, pem: bytes) -> None:
         path = domainconfig.cert_path(self.certs_dir, domain)
@@ -60,7 +65,10 @@ class CertRuntime:
     async def remove_cert(self, domain: str) -> None:
         """Out of the running process (crt-list entry, then the certificate), then off disk."""
         async with self._lock:
-            await self._remove_cert_locked(domain)
+            try:
+                await self._remove_cert_locked(domain)
+            finally:
+                await self.runtime.close()
 
     async def _remove_cert_locked(self, domain: str) -> None:
         path = domainconfig.cert_path(self.certs_dir, domain)
@@ -74,7 +82,7 @@ class CertRuntime:
         self.write_crt_list()
 
     def write_crt_list(self) -> None:
-        certs = [str(p) for p in Path(self.certs_dir).glob("*.pem")]
+        certs = [str(p) for p in Path(self.certs_dir).glob("*.pem") if str(p) != self.tls_pem]
         text = domainconfig.crt_list_text(self.tls_pem, certs)
         write_atomically({domainconfig.crt_list(self.certs_dir): text.encode()})
 
@@ -97,7 +105,10 @@ class CertRuntime:
 
     async def _map_set(self, path: str, key: str, value: str) -> None:
         async with self._lock:
-            await self._map_set_locked(path, key, value)
+            try:
+                await self._map_set_locked(path, key, value)
+            finally:
+                await self.runtime.close()
 
     async def _map_set_locked(self, path: str, key: str, value: str) -> None:
         (reply,) = await self.runtime.commands([f"set map {path} {key} {value}\n"])
@@ -108,7 +119,10 @@ class CertRuntime:
 
     async def _map_del(self, path: str, key: str) -> None:
         async with self._lock:
-            await self._map_del_locked(path, key)
+            try:
+                await self._map_del_locked(path, key)
+            finally:
+                await self.runtime.close()
 
     async def _map_del_locked(self, path: str, key: str) -> None:
         (reply,) = await self.runtime.commands([f"del map {path} {key}\n"])

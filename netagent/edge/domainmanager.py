@@ -89,8 +89,10 @@ class DomainManager:
                                      "remove it first")
             return existing, False
         record = DomainRecord(host, sid, port_n, created_at=self.clock())
-        self.records[host] = record
         await self.certs.set_route(host, record.internal_host(self.settings.edge_domain))
+        if host in self.records:          # an identical request won the race while HAProxy answered
+            return await self.put(domain, sandbox_id, port)
+        self.records[host] = record
         self._save()
         self._wake.set()
         return record, True
@@ -106,10 +108,14 @@ class DomainManager:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        try:
+            await self.certs.clear_route(host)
+            if record.not_after or os.path.exists(self._cert_file(host)):
+                await self.certs.remove_cert(host)
+        except HAProxyError:
+            self.records[host] = record      # still mapped: a DELETE again finishes it
+            raise
         self._save()
-        await self.certs.clear_route(host)
-        if record.not_after or os.path.exists(self._cert_file(host)):
-            await self.certs.remove_cert(host)
         return True
 
     def get(self, domain: str) -> DomainRecord | None:
@@ -122,8 +128,11 @@ class DomainManager:
 
     async def run(self) -> None:
         self._load()
-        for record in self.records.values():
-            await self.certs.set_route(record.domain, record.internal_host(self.settings.edge_domain))
+        try:     # domains.map on disk has them too; this covers a file older than the state
+            for record in self.records.values():
+                await self.certs.set_route(record.domain, record.internal_host(self.settings.edge_domain))
+        except HAProxyError as exc:
+            log.warning("custom domains: could not load the routes into haproxy: %s", exc)
         while True:
             self._start_due()
             self.passes += 1

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -294,3 +296,56 @@ async def test_a_restarted_edge_serves_the_certificate_from_its_files(bed: Bed) 
     finally:
         await api.stop()
         await manager.certs.runtime.close()
+
+
+async def test_a_certificate_issued_after_a_reload_reaches_the_new_process(bed: Bed) -> None:
+    other = "other.customer.test"
+    for name in (APP, other):
+        bed.pebble.set_a(name, "127.0.0.1")
+    await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    await bed.status_of(APP, "issued")
+    new_pid = await asyncio.to_thread(bed.haproxy.reload)
+    await bed.acall("PUT", f"/{other}", {"sandboxId": "abc", "port": 3000})
+    await bed.status_of(other, "issued")
+    roots = bed.pebble.issuing_roots()
+    for name in (APP, other):     # APP from the files the new process loaded, other at runtime
+        await asyncio.to_thread(served_cert, bed.haproxy.https_port, name, roots)
+    assert bed.haproxy.pid_answering() == new_pid
+
+
+async def test_netagent_edge_runs_the_domain_api_with_its_options(tmp_path, registry, upstream) -> None:
+    """The command's wiring: `netagent edge … --domains-api` maps, orders and serves."""
+    ca, pem = wildcard_pem(tmp_path / "pki", DOMAIN)
+    await registry.put_sandbox(sandbox("abc", {3000: (upstream.port, True)}), ttl_s=300)
+    certs_dir = tmp_path / "edge" / "certs"
+    async with running_edge(tmp_path / "edge", registry, https_listen=(f"127.0.0.1:{loopback_port()}",),
+                            tls_pem=str(pem), certs_dir=str(certs_dir)) as (haproxy, _):
+        pebble = Pebble(tmp_path / "pebble", haproxy.http_port).start()
+        api_port = loopback_port()
+        s = haproxy.settings
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "netagent", "edge", "--registry", f"sqlite:///{tmp_path}/registry.db",
+             "--domain", DOMAIN, "--haproxy-socket", s.admin_socket, "--map-dir", s.map_dir, "--shards", str(s.shards),
+             "--tls-pem", str(pem), "--certs-dir", str(certs_dir), "--domains-api", f"127.0.0.1:{api_port}",
+             "--acme-directory", pebble.directory_url, "--acme-ca-file", pebble.ca_file,
+             "--acme-dns-resolver", pebble.resolver, "--public-address", "127.0.0.1"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "control.log", "wb"))  # noqa: SIM115
+        try:
+            pebble.set_a(APP, "127.0.0.1")
+            bed = Bed(haproxy, pebble, None, api_port, ca, tmp_path)  # type: ignore[arg-type]
+
+            async def answers() -> bool:
+                try:
+                    return (await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000}))[0] in (200, 202)
+                except OSError:
+                    return False
+            await eventually(answers, timeout_s=15, every_s=0.1)
+            await bed.status_of(APP, "issued")
+            await asyncio.to_thread(served_cert, haproxy.https_port, APP, pebble.issuing_roots())
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            pebble.stop()
