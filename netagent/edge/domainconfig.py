@@ -59,10 +59,12 @@ def custom_domain_rules(map_dir: str, domain_suffix_regex: str, enabled: bool) -
     m = domains_map(map_dir)
     return "\n".join([
         "    # A custom domain is routed as the sandbox host it maps to (docs/edge.md, \"Custom domains\").",
-        f"    http-request set-var(txn.host) var(txn.host),map({m}) if {{ var(txn.host),map({m}) -m found }}",
-        f"    http-request set-var(txn.label) var(txn.host),regsub({domain_suffix_regex},)",
-        "    http-request set-var(txn.port) var(txn.label),field(1,-)",
-        "    http-request set-var(txn.sid) var(txn.label),regsub(^[0-9]+-,)",
+        f"    http-request set-var(txn.custom) var(txn.host),map({m})",
+        "    http-request set-var(txn.host) var(txn.custom) if { var(txn.custom) -m found }",
+        f"    http-request set-var(txn.label) var(txn.host),regsub({domain_suffix_regex},) "
+        "if { var(txn.custom) -m found }",
+        "    http-request set-var(txn.port) var(txn.label),field(1,-) if { var(txn.custom) -m found }",
+        "    http-request set-var(txn.sid) var(txn.label),regsub(^[0-9]+-,) if { var(txn.custom) -m found }",
     ])
 
 

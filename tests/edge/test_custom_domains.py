@@ -145,6 +145,15 @@ async def test_mapped_domain_gets_a_pebble_certificate_at_runtime_and_reaches_th
     code, body = await asyncio.to_thread(https_get, bed.haproxy.https_port, APP, roots)
     assert code == 200 and '"target": "/hello"' in body and f'["host", "{APP}' in body, body
     assert bed.haproxy.pid_answering() == pid, "installed without a reload"
+    # The sandbox's own URL still works beside it (the wildcard), and plain HTTP keeps the custom name.
+    sandbox_host = f"3000-abc.{DOMAIN}"
+    code, body = await asyncio.to_thread(https_get, bed.haproxy.https_port, sandbox_host, bed.ca.read_text())
+    assert code == 200 and f'["host", "{sandbox_host}' in body, body
+    redirect = await asyncio.to_thread(subprocess.run, [
+        "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "--max-time", "10",
+        "--resolve", f"{APP}:{bed.haproxy.http_port}:127.0.0.1", f"http://{APP}:{bed.haproxy.http_port}/p"],
+        capture_output=True, text=True)
+    assert redirect.stdout == f"308 https://{APP}:{bed.haproxy.https_port}/p", redirect.stdout + redirect.stderr
     assert doc["notAfter"] == not_after(leaf)
     # On disk for a restart: the PEM, the crt-list line, the route.
     certs_dir = bed.haproxy.settings.certs_dir
