@@ -358,3 +358,23 @@ async def test_netagent_edge_runs_the_domain_api_with_its_options(tmp_path, regi
                 proc.kill()
                 proc.wait()
             pebble.stop()
+
+
+def netagent_domains(bed: Bed, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "netagent", "domains", "--api", f"127.0.0.1:{bed.api_port}", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+async def test_netagent_domains_adds_shows_lists_and_removes(bed: Bed) -> None:
+    bed.pebble.set_a(APP, "127.0.0.1")
+    out = await asyncio.to_thread(netagent_domains, bed, "add", APP, "abc", "3000")
+    assert out.returncode == 0 and f"domain:        {APP}" in out.stdout, out.stderr
+    await bed.status_of(APP, "issued")
+    out = await asyncio.to_thread(netagent_domains, bed, "show", APP)
+    assert "status:        issued" in out.stdout and "target:        abc port 3000" in out.stdout, out.stdout
+    out = await asyncio.to_thread(netagent_domains, bed, "list")
+    assert out.stdout.splitlines()[1].split()[:3] == [APP, "abc:3000", "issued"], out.stdout
+    out = await asyncio.to_thread(netagent_domains, bed, "add", "bad_name.test", "abc", "3000")
+    assert out.returncode == 1 and "400" in out.stderr and "bad_name.test" in out.stderr
+    out = await asyncio.to_thread(netagent_domains, bed, "rm", APP)
+    assert out.returncode == 0 and (await bed.acall("GET", f"/{APP}"))[0] == 404
