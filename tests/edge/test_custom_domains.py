@@ -83,13 +83,14 @@ async def start_manager(haproxy: HAProxy, pebble: Pebble, clock: Callable[[], fl
 
 @pytest.fixture
 async def bed(request, tmp_path, registry, upstream) -> AsyncIterator[Bed]:
-    overrides = getattr(request, "param", {})
+    overrides = dict(getattr(request, "param", {}))
+    validity_s = overrides.pop("validity_s", 0)
     ca, pem = wildcard_pem(tmp_path / "pki", DOMAIN)
     await registry.put_sandbox(sandbox("abc", {3000: (upstream.port, True)}), ttl_s=300)
     https = loopback_port()
     async with running_edge(tmp_path / "edge", registry, https_listen=(f"127.0.0.1:{https}",), tls_pem=str(pem),
                             https_public_port=https, certs_dir=str(tmp_path / "edge" / "certs")) as (haproxy, _):
-        pebble = Pebble(tmp_path / "pebble", haproxy.http_port).start()
+        pebble = Pebble(tmp_path / "pebble", haproxy.http_port, validity_s=validity_s).start()
         try:
             manager, api, port = await start_manager(haproxy, pebble, **overrides)  # type: ignore[arg-type]
             task = asyncio.create_task(manager.run())
@@ -378,3 +379,26 @@ async def test_netagent_domains_adds_shows_lists_and_removes(bed: Bed) -> None:
     assert out.returncode == 1 and "400" in out.stderr and "bad_name.test" in out.stderr
     out = await asyncio.to_thread(netagent_domains, bed, "rm", APP)
     assert out.returncode == 0 and (await bed.acall("GET", f"/{APP}"))[0] == 404
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bed", [{"validity_s": 20, "renew_before_s": 12.0}], indirect=True)
+async def test_a_short_lived_certificate_is_renewed_inside_its_window(bed: Bed) -> None:
+    """pebble issues 20 s certificates; the window is 12 s: the renewal starts ~8 s after
+    the issue, on the real clock, with nothing forced."""
+    bed.pebble.set_a(APP, "127.0.0.1")
+    await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    first = await bed.status_of(APP, "issued")
+    assert first["notAfter"] - first["issuedAt"] <= 21
+    roots = bed.pebble.issuing_roots()
+    before = await asyncio.to_thread(served_cert, bed.haproxy.https_port, APP, roots)
+    pid = bed.haproxy.pid_answering()
+
+    async def renewed() -> bool:
+        return (await bed.acall("GET", f"/{APP}"))[1]["issuedAt"] > first["issuedAt"]
+    await eventually(renewed, timeout_s=30, every_s=0.2)
+    doc = (await bed.acall("GET", f"/{APP}"))[1]
+    assert doc["issuedAt"] >= first["notAfter"] - 12.0 - 1, "renewed inside the window, not before it"
+    assert doc["notAfter"] > first["notAfter"] and doc["status"] == "issued"
+    after = await asyncio.to_thread(served_cert, bed.haproxy.https_port, APP, roots)
+    assert after.serial_number != before.serial_number and bed.haproxy.pid_answering() == pid
