@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+
 from . import acme, dnscheck
 from .certruntime import CertRuntime
 from .domains import (
@@ -69,6 +71,8 @@ class DomainManager:
         self.clock = clock
         self.records: dict[str, DomainRecord] = {}
         self.orders_started = 0               # ACME orders begun (tests and metrics)
+        self.orders_issued = 0
+        self.orders_failed = 0
         self.passes = 0                       # times the worker looked for due work
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -183,8 +187,10 @@ class DomainManager:
             await self.certs.install_cert(record.domain, issued.chain_pem + issued.key_pem)
         except (acme.AcmeError, HAProxyError, OSError, ValueError) as exc:
             log.warning("custom domain %s: certificate order failed: %s", record.domain, exc)
+            self.orders_failed += 1
             self._failed(record, FAILED, str(exc)[:500], renewal)
             return
+        self.orders_issued += 1
         self._set(record, status=ISSUED, detail="", attempts=0, next_attempt_at=0.0, renewing=False,
                   not_after=issued.not_after, issued_at=self.clock())
         log.info("custom domain %s: certificate installed, valid until %s", record.domain,
@@ -212,7 +218,7 @@ class DomainManager:
                                            poll_interval_s=0.2)
         return self._client
 
-    def _account_key(self) -> acme.ec.EllipticCurvePrivateKey:
+    def _account_key(self) -> EllipticCurvePrivateKey:
         path = Path(self.certs.certs_dir) / ACCOUNT_KEY
         if path.exists():
             return acme.load_key(path.read_bytes())
@@ -239,3 +245,27 @@ class DomainManager:
             if record.status == ORDERING:       # the edge stopped mid-order: start again
                 record.status = PENDING
             self.records[record.domain] = record
+
+
+class DomainCollector:
+    """Prometheus figures of the custom domains, read at scrape time (docs/metrics.md)."""
+
+    def __init__(self, manager: DomainManager) -> None:
+        self.manager = manager
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        m = self.manager
+        by_status = GaugeMetricFamily("netagent_edge_custom_domains", "Custom domains by status.", labels=["status"])
+        for status in (PENDING, DNS_MISMATCH, RATE_LIMITED, ORDERING, ISSUED, FAILED):
+            by_status.add_metric([status], sum(1 for r in m.records.values() if r.status == status))
+        yield by_status
+        orders = CounterMetricFamily("netagent_edge_acme_orders", "ACME orders by outcome.", labels=["result"])
+        orders.add_metric(["started"], m.orders_started)
+        orders.add_metric(["issued"], m.orders_issued)
+        orders.add_metric(["failed"], m.orders_failed)
+        yield orders
+        expiries = [r.not_after for r in m.records.values() if r.not_after]
+        yield GaugeMetricFamily("netagent_edge_custom_domains_earliest_expiry_timestamp_seconds",
+                                "Unix time the first custom-domain certificate expires (0: none issued).",
+                                value=min(expiries, default=0.0))

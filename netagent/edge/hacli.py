@@ -8,11 +8,15 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..logs import setup_logging
 from .haconfig import EdgeSettings
 from .mapfiles import DEFAULT_INTERVAL_S
 from .maps import DEFAULT_SHARDS
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("netagent.edge")
 
@@ -127,7 +131,7 @@ async def control(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("edge control plane: %s -> haproxy %s (%d shards)", args.registry, args.haproxy_socket, args.shards)
     waker = await start_waker(args, edge)
-    domains = await start_domains(args)
+    domains = await start_domains(args, metrics.registry)
     try:
         await stop.wait()
     finally:
@@ -164,13 +168,13 @@ async def start_waker(args: argparse.Namespace, edge: object) -> object | None:
     return waker
 
 
-async def start_domains(args: argparse.Namespace) -> Callable[[], Awaitable[None]] | None:
+async def start_domains(args: argparse.Namespace, metrics: CollectorRegistry) -> Callable[[], Awaitable[None]] | None:
     """The custom-domain manager and its API, if --domains-api; returns their stop."""
     if not args.domains_api:
         return None
     from .certruntime import CertRuntime
     from .domainapi import DomainApi
-    from .domainmanager import AcmeSettings, DomainManager
+    from .domainmanager import AcmeSettings, DomainCollector, DomainManager
     from .domains import Backoff, OrderLimits
     if not (args.certs_dir and args.acme_directory and args.public_address and args.tls_pem):
         raise SystemExit("netagent edge: --domains-api needs --certs-dir, --tls-pem, --acme-directory "
@@ -184,6 +188,7 @@ async def start_domains(args: argparse.Namespace) -> Callable[[], Awaitable[None
     from .runtime import HAProxyRuntime
     certs = CertRuntime(HAProxyRuntime(args.haproxy_socket, args.map_dir), args.map_dir, args.certs_dir, args.tls_pem)
     manager = DomainManager(settings, certs)
+    metrics.register(DomainCollector(manager))  # type: ignore[arg-type]
     token = Path(args.domains_api_token_file).read_text().strip() if args.domains_api_token_file else ""
     api = DomainApi(manager, token)
     host, port = args.domains_api.rsplit(":", 1)

@@ -331,14 +331,15 @@ async def test_netagent_edge_runs_the_domain_api_with_its_options(tmp_path, regi
     async with running_edge(tmp_path / "edge", registry, https_listen=(f"127.0.0.1:{loopback_port()}",),
                             tls_pem=str(pem), certs_dir=str(certs_dir)) as (haproxy, _):
         pebble = Pebble(tmp_path / "pebble", haproxy.http_port).start()
-        api_port = loopback_port()
+        api_port, metrics_port = loopback_port(), loopback_port()
         s = haproxy.settings
         proc = subprocess.Popen(
             [sys.executable, "-m", "netagent", "edge", "--registry", f"sqlite:///{tmp_path}/registry.db",
              "--domain", DOMAIN, "--haproxy-socket", s.admin_socket, "--map-dir", s.map_dir, "--shards", str(s.shards),
              "--tls-pem", str(pem), "--certs-dir", str(certs_dir), "--domains-api", f"127.0.0.1:{api_port}",
              "--acme-directory", pebble.directory_url, "--acme-ca-file", pebble.ca_file,
-             "--acme-dns-resolver", pebble.resolver, "--public-address", "127.0.0.1"],
+             "--acme-dns-resolver", pebble.resolver, "--public-address", "127.0.0.1",
+             "--metrics-address", f"127.0.0.1:{metrics_port}"],
             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "control.log", "wb"))  # noqa: SIM115
         try:
             pebble.set_a(APP, "127.0.0.1")
@@ -352,6 +353,13 @@ async def test_netagent_edge_runs_the_domain_api_with_its_options(tmp_path, regi
             await eventually(answers, timeout_s=15, every_s=0.1)
             await bed.status_of(APP, "issued")
             await asyncio.to_thread(served_cert, haproxy.https_port, APP, pebble.issuing_roots())
+            metrics = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode())
+            for line in ('netagent_edge_custom_domains{status="issued"} 1.0',
+                         'netagent_edge_custom_domains{status="dns_mismatch"} 0.0',
+                         'netagent_edge_acme_orders_total{result="issued"} 1.0'):
+                assert line in metrics, line
+            assert "netagent_edge_custom_domains_earliest_expiry_timestamp_seconds 1." in metrics
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 10) == 0
         finally:
