@@ -29,7 +29,7 @@ MAX_BODY = 4096
 READ_TIMEOUT_S = 10.0
 _REASONS = {200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
             404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
-            503: "Service Unavailable"}
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class DomainApi:
@@ -53,6 +53,9 @@ class DomainApi:
                 status, doc = await self._request(reader)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             status, doc = 400, {"message": "incomplete or oversized request"}
+        except Exception:      # a bug must not leave the caller hanging; it is logged
+            log.exception("domains api: request failed")
+            status, doc = 500, {"message": "internal error"}
         body = b"" if status == 204 else json.dumps(doc).encode() + b"\n"
         head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")

@@ -410,3 +410,30 @@ async def test_a_short_lived_certificate_is_renewed_inside_its_window(bed: Bed) 
     assert doc["notAfter"] > first["notAfter"] and doc["status"] == "issued"
     after = await asyncio.to_thread(served_cert, bed.haproxy.https_port, APP, roots)
     assert after.serial_number != before.serial_number and bed.haproxy.pid_answering() == pid
+
+
+async def test_the_api_refuses_bad_requests_and_wants_its_token(bed: Bed) -> None:
+    async def raw(port: int, data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        return answer
+    big = b"x" * 5000
+    assert (await raw(bed.api_port, b"PUT /v1/domains/a.test HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + big)
+            ).startswith(b"HTTP/1.1 413")
+    assert (await raw(bed.api_port, b"PUT /v1/domains/a.test HTTP/1.1\r\nContent-Length: 3\r\n\r\n{x}")
+            ).startswith(b"HTTP/1.1 400")
+    assert (await raw(bed.api_port, b"GARBAGE\r\n\r\n")).startswith(b"HTTP/1.1 400")
+    assert (await raw(bed.api_port, b"POST /v1/domains/a.test HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405")
+    guarded = DomainApi(bed.manager, token="s3cret")
+    port = await guarded.start("127.0.0.1", 0)
+    try:
+        assert (await raw(port, b"GET /v1/domains HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 401")
+        assert (await raw(port, b"GET /v1/domains HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n")
+                ).startswith(b"HTTP/1.1 401")
+        assert (await raw(port, b"GET /v1/domains HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n\r\n")
+                ).startswith(b"HTTP/1.1 200")
+    finally:
+        await guarded.stop()

@@ -137,3 +137,12 @@ def test_config_without_custom_domains_is_unchanged_in_substance() -> None:
 def test_crt_list_puts_the_wildcard_first() -> None:
     assert domainconfig.crt_list_text("/w.pem", ["/c/b.test.pem", "/c/a.test.pem"]) == \
         "/w.pem\n/c/a.test.pem\n/c/b.test.pem\n"
+
+
+def test_the_edge_command_passes_certs_dir_to_the_config() -> None:
+    from netagent.cli import build_parser
+    from netagent.edge.hacli import settings_from
+    argv = ["edge", "--domain", EDGE, "--write-haproxy-config", "/x.cfg", "--https-listen", "0.0.0.0:443",
+            "--tls-pem", "/w.pem", "--certs-dir", "/c"]
+    settings = settings_from(build_parser(argv).parse_args(argv))
+    assert settings.certs_dir == "/c" and "crt-list /c/crt-list.txt" in render(settings)
