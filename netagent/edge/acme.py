@@ -156,8 +156,8 @@ class AcmeClient:
             raise AcmeError(f"no http-01 challenge offered for {authz.get('identifier')}")
         challenge = challenges[0]
         token = str(challenge["token"])
-        await publish(token, f"{token}.{thumbprint(self.key)}")
-        try:
+        try:     # unpublished however it ends, a cancel included
+            await publish(token, f"{token}.{thumbprint(self.key)}")
             await self._post(str(challenge["url"]), {})
             await self._poll(authz_url, ("valid",), ("invalid", "deactivated", "expired", "revoked"))
         finally:

@@ -4,6 +4,7 @@ entries of acme.map and domains.map. Paths are domainconfig.py's."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from . import domainconfig
@@ -33,11 +34,14 @@ class CertRuntime:
 
     # certificates
 
-    async def install_cert(self, domain: str, pem: bytes) -> None:
+    async def install_cert(self, domain: str, pem: bytes, wanted: Callable[[], bool] = lambda: True) -> None:
         """Write the PEM and the crt-list (a restart loads them), then load it into the
         running process: a new certificate is created, filled, committed and added to the
-        crt-list; one HAProxy already has (a renewal, or loaded at start) is replaced."""
+        crt-list; one HAProxy already has (a renewal, or loaded at start) is replaced.
+        `wanted()` is asked under the lock: a domain removed while this waited is skipped."""
         async with self._lock:
+            if not wanted():
+                return
             try:
                 await self._install_cert_locked(domain, pem)
             finally:
@@ -55,6 +59,8 @@ class CertRuntime:
         text = pem.decode().strip("\n")
         set_reply, commit_reply = await self.runtime.commands([f"set ssl cert {path} <<\n{text}\n\n",
                                                                f"commit ssl cert {path}\n"])
+        if "Success" not in commit_reply:    # HAProxy holds one transaction: never leave it open
+            await self.runtime.commands([f"abort ssl cert {path}\n"])
         _check("set ssl cert", set_reply, "Transaction created", "Transaction updated")
         _check("commit ssl cert", commit_reply, "Success")
         if fresh:

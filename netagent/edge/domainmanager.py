@@ -93,10 +93,13 @@ class DomainManager:
                                      "remove it first")
             return existing, False
         record = DomainRecord(host, sid, port_n, created_at=self.clock())
-        await self.certs.set_route(host, record.internal_host(self.settings.edge_domain))
-        if host in self.records:          # an identical request won the race while HAProxy answered
-            return await self.put(domain, sandbox_id, port)
-        self.records[host] = record
+        self.records[host] = record       # taken before any await: a racing request sees this owner
+        try:
+            await self.certs.set_route(host, record.internal_host(self.settings.edge_domain))
+        except HAProxyError:
+            if self.records.get(host) is record:
+                del self.records[host]
+            raise
         self._save()
         self._wake.set()
         return record, True
@@ -184,7 +187,10 @@ class DomainManager:
             issued = await self._acme().issue(record.domain, self.certs.set_challenge, self.certs.clear_challenge)
             if self.records.get(record.domain) is not record:
                 return                    # removed meanwhile
-            await self.certs.install_cert(record.domain, issued.chain_pem + issued.key_pem)
+            # Shielded: a removal meanwhile must not cut HAProxy's one ssl cert transaction in
+            # half; it waits for the install (CertRuntime's lock) and then takes it out.
+            await asyncio.shield(self.certs.install_cert(record.domain, issued.chain_pem + issued.key_pem,
+                                                         lambda: self.records.get(record.domain) is record))
         except (acme.AcmeError, HAProxyError, OSError, ValueError) as exc:
             log.warning("custom domain %s: certificate order failed: %s", record.domain, exc)
             self.orders_failed += 1

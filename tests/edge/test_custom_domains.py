@@ -437,3 +437,35 @@ async def test_the_api_refuses_bad_requests_and_wants_its_token(bed: Bed) -> Non
                 ).startswith(b"HTTP/1.1 200")
     finally:
         await guarded.stop()
+
+
+async def test_removal_during_an_order_leaves_haproxy_clean(bed: Bed) -> None:
+    """DELETE while the challenge is published (held there by the test): the order is
+    cancelled, the challenge and the route leave HAProxy, and the next name is issued
+    (HAProxy's one ssl cert transaction was not left open)."""
+    other = "other.customer.test"
+    for name in (APP, other):
+        bed.pebble.set_a(name, "127.0.0.1")
+    certs = bed.manager.certs
+    published, hold = asyncio.Event(), asyncio.Event()
+    original = certs.set_challenge
+
+    async def held(token: str, key_authorization: str) -> None:
+        await original(token, key_authorization)
+        published.set()
+        await hold.wait()
+    certs.set_challenge = held  # type: ignore[method-assign]
+    await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    async with asyncio.timeout(10):
+        await published.wait()
+    assert (await bed.acall("GET", f"/{APP}"))[1]["status"] == "ordering"
+    assert (await bed.acall("DELETE", f"/{APP}"))[0] == 204
+    certs.set_challenge = original  # type: ignore[method-assign]
+    s = bed.haproxy.settings
+    acme_entries, routes = await certs.runtime.commands([f"show map {domainconfig.acme_map(s.map_dir)}\n",
+                                                         f"show map {domainconfig.domains_map(s.map_dir)}\n"])
+    assert acme_entries.strip() == "" and APP not in routes
+    await bed.acall("PUT", f"/{other}", {"sandboxId": "abc", "port": 3000})
+    await bed.status_of(other, "issued")
+    assert await asyncio.to_thread(handshake_fails, bed.haproxy.https_port, APP)
+    assert not Path(domainconfig.cert_path(s.certs_dir, APP)).exists()
