@@ -469,3 +469,15 @@ async def test_removal_during_an_order_leaves_haproxy_clean(bed: Bed) -> None:
     await bed.status_of(other, "issued")
     assert await asyncio.to_thread(handshake_fails, bed.haproxy.https_port, APP)
     assert not Path(domainconfig.cert_path(s.certs_dir, APP)).exists()
+
+
+@pytest.mark.parametrize("bed", [{"limits": OrderLimits(per_domain=2, global_count=50)}], indirect=True)
+async def test_re_adding_a_domain_does_not_reset_its_order_limit(bed: Bed) -> None:
+    bed.pebble.set_a(APP, "127.0.0.1")
+    for _ in range(2):
+        await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+        await bed.status_of(APP, "issued")
+        assert (await bed.acall("DELETE", f"/{APP}"))[0] == 204
+    await bed.acall("PUT", f"/{APP}", {"sandboxId": "abc", "port": 3000})
+    doc = await bed.status_of(APP, "rate_limited")
+    assert "per domain" in doc["detail"] and bed.manager.orders_started == 2
