@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,21 +81,43 @@ async def start_manager(haproxy: HAProxy, pebble: Pebble, clock: Callable[[], fl
     return manager, api, port
 
 
+@dataclass
+class AcmeEnv:
+    pebble: Pebble
+    http_port: int     # each test's HAProxy listens here in turn: pebble's VA fetches challenges from it
+    ca: Path           # the wildcard's CA
+    pem: Path          # the wildcard's chain and key
+
+
+@pytest.fixture(scope="module")
+def acme_env(tmp_path_factory) -> Iterator[AcmeEnv]:
+    """One pebble (and DNS) for the module: each test has its own ACME account and names."""
+    d = tmp_path_factory.mktemp("acme")
+    ca, pem = wildcard_pem(d / "pki", DOMAIN)
+    http_port = loopback_port()
+    pebble = Pebble(d / "pebble", http_port).start()
+    try:
+        yield AcmeEnv(pebble, http_port, ca, pem)
+    finally:
+        pebble.stop()
+
+
 @pytest.fixture
-async def bed(request, tmp_path, registry, upstream) -> AsyncIterator[Bed]:
+async def bed(request, tmp_path, registry, upstream, acme_env: AcmeEnv) -> AsyncIterator[Bed]:
     overrides = dict(getattr(request, "param", {}))
     validity_s = overrides.pop("validity_s", 0)
-    ca, pem = wildcard_pem(tmp_path / "pki", DOMAIN)
     await registry.put_sandbox(sandbox("abc", {3000: (upstream.port, True)}), ttl_s=300)
     https = loopback_port()
-    async with running_edge(tmp_path / "edge", registry, https_listen=(f"127.0.0.1:{https}",), tls_pem=str(pem),
-                            https_public_port=https, certs_dir=str(tmp_path / "edge" / "certs")) as (haproxy, _):
-        pebble = Pebble(tmp_path / "pebble", haproxy.http_port, validity_s=validity_s).start()
+    async with running_edge(tmp_path / "edge", registry, http_listen=(f"127.0.0.1:{acme_env.http_port}",),
+                            https_listen=(f"127.0.0.1:{https}",), tls_pem=str(acme_env.pem), https_public_port=https,
+                            certs_dir=str(tmp_path / "edge" / "certs")) as (haproxy, _):
+        own = Pebble(tmp_path / "pebble", haproxy.http_port, validity_s=validity_s) if validity_s else None
+        pebble = own.start() if own else acme_env.pebble
         try:
             manager, api, port = await start_manager(haproxy, pebble, **overrides)  # type: ignore[arg-type]
             task = asyncio.create_task(manager.run())
             try:
-                yield Bed(haproxy, pebble, manager, port, ca, tmp_path)
+                yield Bed(haproxy, pebble, manager, port, acme_env.ca, tmp_path)
             finally:
                 await api.stop()
                 task.cancel()
@@ -103,7 +125,8 @@ async def bed(request, tmp_path, registry, upstream) -> AsyncIterator[Bed]:
                 await manager.close()
                 await manager.certs.runtime.close()
         finally:
-            pebble.stop()
+            if own:
+                own.stop()
 
 
 def served_cert(port: int, name: str, roots: str | None) -> x509.Certificate:
@@ -323,14 +346,15 @@ async def test_a_certificate_issued_after_a_reload_reaches_the_new_process(bed: 
     assert bed.haproxy.pid_answering() == new_pid
 
 
-async def test_netagent_edge_runs_the_domain_api_with_its_options(tmp_path, registry, upstream) -> None:
+async def test_netagent_edge_runs_the_domain_api_with_its_options(tmp_path, registry, upstream,
+                                                                 acme_env: AcmeEnv) -> None:
     """The command's wiring: `netagent edge … --domains-api` maps, orders and serves."""
-    ca, pem = wildcard_pem(tmp_path / "pki", DOMAIN)
+    ca, pem, pebble = acme_env.ca, acme_env.pem, acme_env.pebble
     await registry.put_sandbox(sandbox("abc", {3000: (upstream.port, True)}), ttl_s=300)
     certs_dir = tmp_path / "edge" / "certs"
-    async with running_edge(tmp_path / "edge", registry, https_listen=(f"127.0.0.1:{loopback_port()}",),
-                            tls_pem=str(pem), certs_dir=str(certs_dir)) as (haproxy, _):
-        pebble = Pebble(tmp_path / "pebble", haproxy.http_port).start()
+    async with running_edge(tmp_path / "edge", registry, http_listen=(f"127.0.0.1:{acme_env.http_port}",),
+                            https_listen=(f"127.0.0.1:{loopback_port()}",), tls_pem=str(pem),
+                            certs_dir=str(certs_dir)) as (haproxy, _):
         api_port, metrics_port = loopback_port(), loopback_port()
         s = haproxy.settings
         proc = subprocess.Popen(
@@ -366,7 +390,6 @@ async def test_netagent_edge_runs_the_domain_api_with_its_options(tmp_path, regi
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            pebble.stop()
 
 
 def netagent_domains(bed: Bed, *args: str) -> subprocess.CompletedProcess[str]:
