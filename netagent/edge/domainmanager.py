@@ -168,6 +168,13 @@ class DomainManager:
 
     async def _attempt(self, record: DomainRecord) -> None:
         renewal = record.status == ISSUED
+        try:
+            await self._check_and_order(record, renewal)
+        except Exception as exc:   # a bug or a surprise: backed off like any failure, never a tight loop
+            log.exception("custom domain %s: attempt failed", record.domain)
+            self._failed(record, FAILED, f"internal error: {exc!r}"[:500], renewal)
+
+    async def _check_and_order(self, record: DomainRecord, renewal: bool) -> None:
         ok, why = await dnscheck.points_here(record.domain, self.settings.resolver, self.settings.edge_addresses)
         if not ok:
             self._failed(record, DNS_MISMATCH, why, renewal)

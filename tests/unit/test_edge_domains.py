@@ -146,3 +146,20 @@ def test_the_edge_command_passes_certs_dir_to_the_config() -> None:
             "--tls-pem", "/w.pem", "--certs-dir", "/c"]
     settings = settings_from(build_parser(argv).parse_args(argv))
     assert settings.certs_dir == "/c" and "crt-list /c/crt-list.txt" in render(settings)
+
+
+async def test_an_unexpected_error_in_an_attempt_backs_off(tmp_path) -> None:
+    """A resolver that is not IP:PORT raises inside the DNS check: the domain is `failed`
+    with a retry time, not retried on every pass of the worker."""
+    from netagent.edge.certruntime import CertRuntime
+    from netagent.edge.domainmanager import AcmeSettings, DomainManager
+    from netagent.edge.domains import FAILED
+    settings = AcmeSettings("https://ca.invalid/dir", EDGE, frozenset({"127.0.0.1"}), resolver="not-an-address:x",
+                            backoff=Backoff(30, 60))
+    manager = DomainManager(settings, CertRuntime(None, str(tmp_path), str(tmp_path), "/w.pem"),  # type: ignore[arg-type]
+                            clock=lambda: 1000.0)
+    record = DomainRecord("a.test", "abc", 80)
+    manager.records["a.test"] = record
+    await manager._attempt(record)
+    assert record.status == FAILED and record.attempts == 1 and record.next_attempt_at == 1030.0
+    assert "internal error" in record.detail
