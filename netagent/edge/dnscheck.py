@@ -3,6 +3,8 @@ resolver, before any ACME order (an order for a name that does not reach the edg
 only fail, and counts against the CA's limits)."""
 from __future__ import annotations
 
+import ipaddress
+
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
@@ -22,7 +24,7 @@ async def resolve(name: str, resolver: str, timeout_s: float = 3.0) -> set[str]:
             answer = await r.resolve(name, rdtype, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
             continue
-        found.update(item.to_text() for item in answer)
+        found.update(str(ipaddress.ip_address(item.to_text())) for item in answer)
     return found
 
 

@@ -181,7 +181,8 @@ async def start_domains(args: argparse.Namespace, metrics: CollectorRegistry) ->
                          "and --public-address")
     settings = AcmeSettings(
         directory_url=args.acme_directory, edge_domain=args.domain.lower().rstrip("."),
-        edge_addresses=frozenset(args.public_address), resolver=args.acme_dns_resolver, ca_file=args.acme_ca_file,
+        edge_addresses=public_addresses(args.public_address), resolver=args.acme_dns_resolver,
+        ca_file=args.acme_ca_file,
         contact=args.acme_contact, renew_before_s=args.acme_renew_before * 86400,
         backoff=Backoff(args.acme_retry_base, args.acme_retry_cap),
         limits=OrderLimits(args.acme_orders_per_domain, args.acme_orders_per_edge))
@@ -203,6 +204,15 @@ async def start_domains(args: argparse.Namespace, metrics: CollectorRegistry) ->
         await manager.close()
         await certs.runtime.close()
     return stop
+
+
+def public_addresses(texts: list[str]) -> frozenset[str]:
+    """--public-address values in the form the DNS check compares (ipaddress's)."""
+    import ipaddress
+    try:
+        return frozenset(str(ipaddress.ip_address(t.strip("[]"))) for t in texts)
+    except ValueError as exc:
+        raise SystemExit(f"netagent edge: --public-address: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

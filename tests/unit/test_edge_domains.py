@@ -163,3 +163,11 @@ async def test_an_unexpected_error_in_an_attempt_backs_off(tmp_path) -> None:
     await manager._attempt(record)
     assert record.status == FAILED and record.attempts == 1 and record.next_attempt_at == 1030.0
     assert "internal error" in record.detail
+
+
+def test_public_addresses_are_compared_in_one_form() -> None:
+    from netagent.edge.hacli import public_addresses
+    assert public_addresses(["203.0.113.5", "2001:DB8:0:0::1", "[2001:db8::2]"]) == \
+        frozenset({"203.0.113.5", "2001:db8::1", "2001:db8::2"})
+    with pytest.raises(SystemExit):
+        public_addresses(["edge.example.com"])
