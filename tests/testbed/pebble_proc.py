@@ -69,12 +69,16 @@ class Pebble:
             config["pebble"]["certificateValidityPeriod"] = self.validity_s
         (self.workdir / "pebble.json").write_text(json.dumps(config))
         deadline = time.monotonic() + 15
-        # challtestsrv as DNS only: names it was not told about have no address.
-        self._spawn(["pebble-challtestsrv", "-dns01", self.resolver, "-management", f"127.0.0.1:{self.dns_mgmt_port}",
-                     "-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv4", "", "-defaultIPv6", ""],
-                    "challtestsrv.log", self.dns_mgmt_port, deadline)
-        self._spawn(["pebble", "-config", str(self.workdir / "pebble.json"), "-dnsserver", self.resolver],
-                    "pebble.log", self.acme_port, deadline)
+        try:
+            # challtestsrv as DNS only: names it was not told about have no address.
+            self._spawn(["pebble-challtestsrv", "-dns01", self.resolver, "-management",
+                         f"127.0.0.1:{self.dns_mgmt_port}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+                         "-defaultIPv4", "", "-defaultIPv6", ""], "challtestsrv.log", self.dns_mgmt_port, deadline)
+            self._spawn(["pebble", "-config", str(self.workdir / "pebble.json"), "-dnsserver", self.resolver],
+                        "pebble.log", self.acme_port, deadline)
+        except BaseException:      # pytest.fail included: nothing started here outlives the failure
+            self.stop()
+            raise
         return self
 
     def _spawn(self, args: list[str], log_name: str, port: int, deadline: float) -> None:
