@@ -56,10 +56,26 @@ class SlotAddresses:
         return self.ct_mark ^ ((generation % CT_MARK_GENERATIONS) << CT_MARK_GEN_SHIFT)
 
     @property
+    def host_mac(self) -> str:
+        """The host end's MAC (locally administered, from the index): the slot's
+        neighbour entry for host_ip is pinned to it, so no ARP and no entry that
+        counts against the kernel's shared neighbour table (datapath.md)."""
+        return _slot_mac(0x68, self.index)
+
+    @property
+    def sandbox_mac(self) -> str:
+        """The slot end's MAC; the host's entry for sandbox_ip is pinned to it."""
+        return _slot_mac(0x73, self.index)
+
+    @property
     def any_mark(self) -> tuple[int, int]:
         """(value, mask) matching the slot's flows of every generation and both
         directions; the kernel compares mark & mask with the value as given."""
         return self.ct_mark & CT_MARK_ANY_GEN, CT_MARK_ANY_GEN
+
+
+def _slot_mac(side: int, index: int) -> str:
+    return f"02:6e:{side:02x}:{index >> 16 & 0xff:02x}:{index >> 8 & 0xff:02x}:{index & 0xff:02x}"
 
 
 class AddressPlan:

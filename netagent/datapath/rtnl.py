@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_NEWROUTE = 20, 24
+RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 20, 24, 28
 RTM_DELQDISC = 37
 TC_H_ROOT = 0xFFFFFFFF
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_LINK_NETNSID = 1, 3, 4, 18, 28, 37
@@ -32,12 +32,14 @@ RTA_GATEWAY, RTA_OIF = 5, 4
 RTN_UNICAST, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_TABLE_MAIN = 1, 3, 0, 254
 RTNH_F_ONLINK = 4
 NLA_F_NESTED = 0x8000
+NDA_DST, NDA_LLADDR, NUD_PERMANENT = 1, 2, 0x80
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBi")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _TCMSG = struct.Struct("=BxxxiIII")   # family, ifindex, handle, parent, info
+_NDMSG = struct.Struct("=BxxxiHBB")    # family, ifindex, state, flags, type
 
 
 def nla(kind: int, payload: bytes) -> bytes:
@@ -80,13 +82,19 @@ def link_set(index: int, mac: str | None = None, mtu: int | None = None, up: boo
     return Request(RTM_NEWLINK, 0, _ifinfo(index, flags, flags) + attrs, f"set ifindex {index}")
 
 
-def veth_add(name: str, mtu: int, peer: str, peer_netns_fd: int, index: int = 0) -> Request:
+def _mac(mac: str | None) -> bytes:
+    return nla(IFLA_ADDRESS, bytes.fromhex(mac.replace(":", ""))) if mac else b""
+
+
+def veth_add(name: str, mtu: int, peer: str, peer_netns_fd: int, index: int = 0,
+             mac: str | None = None, peer_mac: str | None = None) -> Request:
     """A veth pair here (with this ifindex if not 0, so later requests of the
-    same batch can name it), its peer created directly in the netns of `peer_netns_fd`."""
+    same batch can name it), its peer created directly in the netns of `peer_netns_fd`;
+    each end with the given MAC (else a random one)."""
     peer_msg = _ifinfo() + _name(peer) + nla(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd)) \
-        + nla(IFLA_MTU, struct.pack("=I", mtu))
+        + nla(IFLA_MTU, struct.pack("=I", mtu)) + _mac(peer_mac)
     info = nla(IFLA_INFO_KIND, b"veth") + nla(IFLA_INFO_DATA | NLA_F_NESTED, nla(VETH_INFO_PEER, peer_msg))
-    body = _ifinfo(index) + _name(name) + nla(IFLA_MTU, struct.pack("=I", mtu)) \
+    body = _ifinfo(index) + _name(name) + nla(IFLA_MTU, struct.pack("=I", mtu)) + _mac(mac) \
         + nla(IFLA_LINKINFO | NLA_F_NESTED, info)
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"add veth {name} (peer {peer})")
 
@@ -111,6 +119,18 @@ def default_route_onlink(gateway: str, oif: int) -> Request:
                        RTNH_F_ONLINK) + nla(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed) \
         + nla(RTA_OIF, struct.pack("=I", oif))
     return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"add default via {gateway} dev ifindex {oif}")
+
+
+def neigh_pin(index: int, address: str, mac: str) -> Request:
+    """A permanent neighbour entry (created or replaced): no ARP for it, and the
+    kernel does not count it against the neighbour table's shared gc_thresh3."""
+    body = _NDMSG.pack(socket.AF_INET, index, NUD_PERMANENT, 0, 0) \
+        + nla(NDA_DST, ipaddress.IPv4Address(address).packed) + _mac_attr(NDA_LLADDR, mac)
+    return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body, f"pin neighbour {address} on ifindex {index}")
+
+
+def _mac_attr(kind: int, mac: str) -> bytes:
+    return nla(kind, bytes.fromhex(mac.replace(":", "")))
 
 
 def qdisc_del_root(index: int) -> Request:

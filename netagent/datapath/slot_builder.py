@@ -64,13 +64,18 @@ class SlotBuilder:
         veth = tap + 1   # a fresh netns holds only lo and the tap: this index is free
         with rtnl.Rtnl() as nl:   # opened inside the slot netns; one batch, one send
             nl.run([rtnl.link_up(1),  # lo
-                    rtnl.veth_add(g.veth_name, g.mtu, slot.host_veth, host_fd, index=veth),
+                    rtnl.veth_add(g.veth_name, g.mtu, slot.host_veth, host_fd, index=veth,
+                                  mac=slot.sandbox_mac, peer_mac=slot.host_mac),
                     link_conf(tap), link_conf(veth),  # forwarding on, no IPv6: netlink, not /proc/sys
                     rtnl.link_set(tap, mac=g.tap_mac, mtu=g.mtu, up=True),
                     rtnl.addr_add(tap, str(g.gateway_ip), g.prefixlen),
                     rtnl.addr_add(veth, str(slot.sandbox_ip), 31),
                     rtnl.link_up(veth),   # before the route: an onlink route needs its device up
-                    rtnl.default_route_onlink(str(slot.host_ip), veth)])
+                    rtnl.default_route_onlink(str(slot.host_ip), veth),
+                    # pinned neighbours (MACs known by construction; the tap guard
+                    # admits guest_mac only): no ARP, nothing against gc_thresh3
+                    rtnl.neigh_pin(veth, str(slot.host_ip), slot.host_mac),
+                    rtnl.neigh_pin(tap, str(g.guest_ip), g.guest_mac)])
         connect().run(slot_script(self.config, self.slot_source, str(slot.host_ip)))
 
     def host_link_ids(self, index: int) -> tuple[int | None, int | None]:
@@ -104,7 +109,8 @@ class SlotBuilder:
         index = socket.if_nametoindex(slot.host_veth)
         self.host_rtnl().run([link_conf(index),  # no IPv6 link-local, so no neighbour discovery chatter either
                               rtnl.addr_add(index, str(slot.host_ip), 31),
-                              rtnl.link_up(index)])
+                              rtnl.link_up(index),
+                              rtnl.neigh_pin(index, str(slot.sandbox_ip), slot.sandbox_mac)])
 
     def destroy(self, index: int) -> None:
         """Remove the slot's kernel objects; absent objects are not an error."""

@@ -26,6 +26,8 @@ from .kernel_events import Notice, open_sockets, parse, receive
 from .slot_builder import SlotBuilder
 from .tap import create_persistent_tap
 
+NUD_PERMANENT = 0x80
+
 IFF_UP = 0x1
 SIOCGIFFLAGS, SIOCGIFADDR = 0x8913, 0x8915
 SLOT_TABLES = (("ip", "netagent_slot"), ("netdev", "netagent_guard"))
@@ -105,8 +107,8 @@ def repair(addresses: AddressPlan, guest: GuestPlan, host_ipr: IPRoute, idx: int
         with netns.entered(netns.path_of(s.netns)), IPRoute() as ipr:
             if Fix.VETH in fixes:
                 _drop_link(ipr, guest.veth_name)
-                ipr.link("add", ifname=guest.veth_name, kind="veth", mtu=guest.mtu,
-                         peer={"ifname": s.host_veth, "net_ns_fd": home, "mtu": guest.mtu})
+                ipr.link("add", ifname=guest.veth_name, kind="veth", mtu=guest.mtu, address=s.sandbox_mac,
+                         peer={"ifname": s.host_veth, "net_ns_fd": home, "mtu": guest.mtu, "address": s.host_mac})
                 veth = socket.if_nametoindex(guest.veth_name)
                 route_devices([veth])
                 ipr.addr("add", index=veth, address=str(s.sandbox_ip), prefixlen=31)
@@ -121,6 +123,10 @@ def repair(addresses: AddressPlan, guest: GuestPlan, host_ipr: IPRoute, idx: int
                 ipr.link("set", index=veth, state="up")
             if fixes & {Fix.VETH, Fix.SLOT_VETH_UP, Fix.ROUTE}:
                 _ensure(lambda: ipr.route("add", dst="0.0.0.0/0", gateway=str(s.host_ip), oif=veth, flags=4))
+            if fixes & {Fix.VETH, Fix.SLOT_VETH_UP}:     # a link brought up again lost its entries
+                _pin(ipr, veth, str(s.host_ip), s.host_mac)
+            if Fix.TAP in fixes:
+                _pin(ipr, socket.if_nametoindex(guest.tap_name), str(guest.guest_ip), guest.guest_mac)
             if Fix.SLOT_RULES in fixes:
                 replace = "".join(f"table {f} {n} {{}}\ndelete table {f} {n}\n" for f, n in SLOT_TABLES)
                 connect().run(replace + slot_rules)
@@ -133,6 +139,12 @@ def repair(addresses: AddressPlan, guest: GuestPlan, host_ipr: IPRoute, idx: int
         _ensure(lambda: host_ipr.addr("add", index=host, address=str(s.host_ip), prefixlen=31))
     if fixes & {Fix.VETH, Fix.HOST_VETH_UP}:
         host_ipr.link("set", index=host, state="up")
+        _pin(host_ipr, host, str(s.sandbox_ip), s.sandbox_mac)
+
+
+def _pin(ipr: IPRoute, index: int, address: str, mac: str) -> None:
+    """The slot's permanent neighbour entry (slot_builder.py), created or replaced."""
+    ipr.neigh("replace", dst=address, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
 
 
 def _drop_link(ipr: IPRoute, name: str) -> None:

@@ -161,7 +161,7 @@ async def start_waker(args: argparse.Namespace, edge: object) -> object | None:
     hook = ResumeHook(args.wake_hook_url, Path(args.wake_hook_key_file).read_bytes().strip(), args.wake_timeout)
     def lookup(sid: str) -> dict[str, str] | None:    # by_sandbox is a new dict after each full sync
         return edge.mirror.by_sandbox.get(sid)  # type: ignore[attr-defined]
-    waker = Waker(lookup, hook, args.wake_timeout, connect_timeout_s=args.connect_timeout)
+    waker = Waker(lookup, hook, args.wake_timeout)
     host, port = args.waker_listen.rsplit(":", 1)
     await waker.start(host, int(port))
     log.info("edge waker on %s, resume hook %s", args.waker_listen, args.wake_hook_url)

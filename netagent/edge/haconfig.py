@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
-from . import dialfail, domainconfig, tcpconfig
+from . import dialfail, domainconfig, tcpconfig, wakeconfig
 from .fdlimit import FD_CAP
 from .maps import DEFAULT_SHARDS
 
@@ -136,28 +136,6 @@ def _answer(status: int, title: str, message: str, condition: str, with_ids: boo
             f"if {condition}")
 
 
-WAKE_HEADER = "X-Netagent-Wake"   # "{sandboxId}/{port}": set for the waker only (a client's is removed)
-
-
-def _paused(s: EdgeSettings) -> str:
-    """503 + Retry-After for a paused sandbox that will not be woken by this edge."""
-    headers = f"hdr Cache-Control no-store hdr Retry-After {s.paused_retry_after_s}"
-    answer = _answer(503, "Service Unavailable", "sandbox %[var(txn.sid)] is paused",
-                     "paused exposed" + (" !wakes" if s.waker else ""), headers=headers)
-    lines = [f"    http-request del-header {WAKE_HEADER}", answer]
-    if s.waker:
-        lines.append(f"    http-request set-header {WAKE_HEADER} %[var(txn.sid)]/%[var(txn.port)] if wakes exposed")
-    return "\n".join(lines)
-
-
-def _to_waker(s: EdgeSettings) -> str:
-    if not s.waker:
-        return "    # no waker: a paused sandbox is answered 503 above"
-    ip, port = s.waker.rsplit(":", 1)
-    return (f"    http-request set-dst ipv4({ip}) if wakes exposed\n"
-            f"    http-request set-dst-port int({port}) if wakes exposed")
-
-
 def _answer_400(s: EdgeSettings) -> str:
     bad = "host is not {port}-{sandboxId}." + s.domain
     lines = [_answer(400, "Bad Request", bad, cond, with_ids=False)
@@ -231,14 +209,14 @@ def render(s: EdgeSettings) -> str:
         "answer_404": _answer(404, "Not Found", "sandbox %[var(txn.sid)] not found", "!known"),
         "answer_502": "\n".join(_answer(502, "Bad Gateway", not_open, cond) for cond in ("!exposed", "!routable")),
         "dial_failure": dialfail.rules(s.errors_dir),
-        "paused": _paused(s),
-        "to_waker": _to_waker(s),
+        "paused": wakeconfig.paused_rules(s.waker, s.paused_retry_after_s, _answer),
     }
     suffix_regex = "\\." + s.domain.replace(".", "\\.") + "$"
     return template.substitute(
         acme_challenge=domainconfig.challenge_rules(s.map_dir, bool(s.certs_dir)),
         custom_domains=domainconfig.custom_domain_rules(s.map_dir, suffix_regex, bool(s.certs_dir)),
-        admin_socket=s.admin_socket, threads=s.threads, maxconn=_maxconn(s), log_target=s.log_target,
+        admin_socket=s.admin_socket, lua_load=wakeconfig.lua_load(s.waker), threads=s.threads,
+        maxconn=_maxconn(s), log_target=s.log_target,
         log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms",
         request_timeout=f"{int(s.request_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
         map_dir=s.map_dir, binds=_binds(s), domain=s.domain, shards=s.shards,

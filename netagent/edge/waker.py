@@ -1,21 +1,21 @@
-"""The waker: HAProxy sends it the requests for paused sandboxes with wake on request
-(docs/edge.md, "Paused sandboxes"). It calls the orchestrator's resume hook once per
-sandbox (concurrent requests share the call), holds the requests until the control
-plane's mirror of the registry says the sandbox is live again (within `limit_s`),
-then relays each one to the guest, head and body as HAProxy sent them, so the guest
-itself answers the first request. Past the limit, or when the hook says no, 503
-with Retry-After. One task per sandbox: a slow or failing hook holds only that one.
+"""The waker: paused sandboxes with wake on request (docs/edge.md, "Paused sandboxes").
 
-It listens on loopback for HAProxy only (the X-Netagent-Wake header names the
-sandbox and port; HAProxy removes a client's own). Each connection carries one
-request: its answer goes back with `Connection: close`.
+HAProxy holds such a request in `wake.lua`, which sends the waker one line,
+`WAKE {sandboxId} {port}`. The waker calls the orchestrator's resume hook once per
+sandbox (concurrent requests share the call) and answers when the control plane's
+mirror of the registry says the sandbox is live again (within `limit_s`), with
+`LIVE {route}`: the port's map value, so HAProxy routes the request itself and the
+guest answers it, whatever the protocol. Past the limit, or when the hook says no:
+`FAIL {status} {message}`, which HAProxy answers with Retry-After. One task per
+sandbox: a slow or failing hook holds only that one.
+
+It listens on loopback for HAProxy only.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 
 from .maps import LIVE
@@ -23,12 +23,9 @@ from .wakehook import ResumeHook
 
 log = logging.getLogger("netagent.edge")
 
-WAKE_HEADER = b"x-netagent-wake"
 POLL_S = 0.005            # how often a waiting sandbox's mirror entry is looked at
 FAIL_HOLD_S = 2.0         # a refused wake answers the requests of the next 2 s without a new hook call
-HEAD_LIMIT = 65536
-HEAD_TIMEOUT_S = 10.0
-CHUNK = 65536
+LINE_TIMEOUT_S = 10.0
 
 Lookup = Callable[[str], Mapping[str, str] | None]   # sandbox id -> its map entries (the mirror)
 
@@ -40,13 +37,10 @@ class WakeFailed(Exception):
 
 
 class Waker:
-    def __init__(self, lookup: Lookup, hook: ResumeHook, limit_s: float = 30.0, connect_timeout_s: float = 3.0,
-                 retry_after_s: int = 5) -> None:
+    def __init__(self, lookup: Lookup, hook: ResumeHook, limit_s: float = 30.0) -> None:
         self.lookup = lookup
         self.hook = hook
         self.limit_s = limit_s
-        self.connect_timeout_s = connect_timeout_s
-        self.retry_after_s = retry_after_s
         self.hook_calls = 0
         self.waiting = 0          # requests held now
         self._episodes: dict[str, asyncio.Task[None]] = {}
@@ -55,7 +49,7 @@ class Waker:
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._client, host, port, limit=HEAD_LIMIT, backlog=4096)
+        self._server = await asyncio.start_server(self._client, host, port, backlog=4096)
         return self._server.sockets[0].getsockname()[:2]
 
     async def stop(self) -> None:
@@ -73,8 +67,8 @@ class Waker:
         entries = self.lookup(sid)
         return bool(entries) and entries.get(sid) == LIVE  # type: ignore[union-attr]
 
-    async def wait_live(self, sid: str, port: int) -> tuple[str, int]:
-        """Where the guest port answers once the sandbox is live; raises WakeFailed."""
+    async def wait_live(self, sid: str, port: int) -> str:
+        """The port's map value once the sandbox is live; raises WakeFailed."""
         if not self._live(sid):
             loop = asyncio.get_running_loop()
             episode = self._episodes.get(sid)
@@ -115,13 +109,12 @@ class Waker:
         """Sandboxes with a wake in progress or a refusal still held."""
         return set(self._episodes)
 
-    def _route(self, sid: str, port: int) -> tuple[str, int]:
+    def _route(self, sid: str, port: int) -> str:
         value = (self.lookup(sid) or {}).get(f"{sid}/{port}", "")
         ip, _, rest = value.partition("|")
-        host_port = rest.partition("|")[0]
-        if not ip or not host_port.isdigit():
+        if not ip or not rest.partition("|")[0].isdigit():
             raise WakeFailed(502, f"port {port} is not open")
-        return ip, int(host_port)
+        return value
 
     def _track(self, task: asyncio.Task) -> asyncio.Task:
         """Keep a reference until done, and read its exception (no 'never retrieved' noise)."""
@@ -136,103 +129,40 @@ class Waker:
         if task is not None:
             self._tasks.add(task)
         try:
-            async with asyncio.timeout(HEAD_TIMEOUT_S):
-                head = await reader.readuntil(b"\r\n\r\n")
-            lines = head[:-4].split(b"\r\n")
-            fields = [line.partition(b":") for line in lines[1:]]
-            headers = {name.strip().lower(): value.strip() for name, _, value in fields}
-            sid, _, port = headers.get(WAKE_HEADER, b"").decode("latin-1").rpartition("/")
-            if not sid or not port.isdigit():
-                await self._answer(writer, headers, WakeFailed(400, "not a wake request"), "", 0)
-                return
-            self.waiting += 1
-            try:
-                ip, host_port = await self.wait_live(sid, int(port))
-            except WakeFailed as exc:
-                await self._answer(writer, headers, exc, sid, int(port))
-                return
-            finally:
-                self.waiting -= 1
-            await self._relay(lines, headers, reader, writer, ip, host_port, sid, int(port))
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, TimeoutError):
+            async with asyncio.timeout(LINE_TIMEOUT_S):
+                line = await reader.readline()
+            request = parse_wake(line)
+            if request is None:
+                answer = fail_line(WakeFailed(400, "not a wake request"))
+            else:
+                self.waiting += 1
+                try:
+                    answer = f"LIVE {await self.wait_live(*request)}\n".encode()
+                except WakeFailed as exc:
+                    answer = fail_line(exc)
+                finally:
+                    self.waiting -= 1
+            writer.write(answer)
+            await writer.drain()
+        except (ConnectionError, TimeoutError, ValueError):
             pass
         finally:
             if task is not None:
                 self._tasks.discard(task)
             writer.close()
 
-    async def _relay(self, lines: list[bytes], headers: dict[bytes, bytes], reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter, ip: str, host_port: int, sid: str, port: int) -> None:
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                g_reader, g_writer = await asyncio.open_connection(ip, host_port, limit=HEAD_LIMIT)
-        except (OSError, TimeoutError):
-            await self._answer(writer, headers, WakeFailed(502, f"port {port} is not open"), sid, port)
-            return
-        upgrade = b"upgrade" in headers
-        g_writer.write(one_request_head(lines, upgrade, drop=(WAKE_HEADER,)))
-        up = self._track(asyncio.create_task(_pipe(reader, g_writer)))
-        try:
-            while True:      # interim answers (100 Continue) pass as they are
-                resp = await g_reader.readuntil(b"\r\n\r\n")
-                status = int(resp.split(b" ", 2)[1])
-                if not 100 <= status < 200 or status == 101:
-                    break
-                writer.write(resp)
-            resp_lines = resp[:-4].split(b"\r\n")
-            writer.write(resp if status == 101 else one_request_head(resp_lines, False, drop=()))
-            await _pipe(g_reader, writer)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError, ConnectionError):
-            pass
-        finally:
-            up.cancel()
-            g_writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, headers: dict[bytes, bytes], exc: WakeFailed,
-                      sid: str, port: int) -> None:
-        message = str(exc)
-        if wants_json(headers.get(b"accept")):
-            body = json.dumps({"sandboxId": sid or None, "port": port or None, "message": message}).encode()
-            ctype = b"application/json"
-        else:
-            title = {502: "Bad Gateway", 503: "Service Unavailable"}.get(exc.status, "Bad Request")
-            body = (f"<!DOCTYPE html>\n<html><head><meta charset=utf-8><title>{exc.status} {title}</title></head>\n"
-                    f"<body><h1>{exc.status} {title}</h1>\n<p>{message}</p></body></html>\n").encode()
-            ctype = b"text/html; charset=utf-8"
-        retry = f"Retry-After: {self.retry_after_s}\r\n".encode() if exc.status == 503 else b""
-        writer.write(b"HTTP/1.1 %d Edge\r\nContent-Type: %s\r\nCache-Control: no-store\r\n%sContent-Length: %d\r\n"
-                     b"Connection: close\r\n\r\n%s" % (exc.status, ctype, retry, len(body), body))
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
+_WAKE = re.compile(rb"WAKE ([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?) ([1-9][0-9]{0,4})\n")
+_UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;()/_=@+-]")
 
 
-def wants_json(accept: bytes | None) -> bool:
-    """The same rule as HAProxy's answers (docs/edge.md, "Routing rules")."""
-    if accept is None:
-        return False
-    low = accept.lower()
-    return low.startswith(b"application/json") or not any(t in low for t in (b"text/html", b"text/*", b"*/*"))
+def parse_wake(line: bytes) -> tuple[str, int] | None:
+    match = _WAKE.fullmatch(line)
+    if match is None or int(match[2]) > 65535:
+        return None
+    return match[1].decode(), int(match[2])
 
 
-def one_request_head(lines: list[bytes], upgrade: bool, drop: tuple[bytes, ...]) -> bytes:
-    """A head with `Connection: close` (one request per connection), unless it upgrades."""
-    kept = [lines[0]]
-    for line in lines[1:]:
-        name = line.partition(b":")[0].strip().lower()
-        if name in drop or (not upgrade and name in (b"connection", b"keep-alive")):
-            continue
-        kept.append(line)
-    if not upgrade:
-        kept.append(b"Connection: close")
-    return b"\r\n".join(kept) + b"\r\n\r\n"
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        pass
+def fail_line(exc: WakeFailed) -> bytes:
+    """HAProxy puts the message in JSON and HTML answers as it is: only safe characters."""
+    return f"FAIL {exc.status} {_UNSAFE.sub('_', str(exc))[:300]}\n".encode()

@@ -133,7 +133,7 @@ def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, re
     driver = None
     try:
         driver = subprocess.Popen([sys.executable, "-m", "tests.bench.flow_log_client", "connect",
-                                   str(tmp / "api.sock"), str(sandboxes), str(rate), str(seconds), str(PORT), bed.host],
+                                   str(tmp / "api.sock"), str(sandboxes), str(rate), str(seconds), str(PORT)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert driver.stdin is not None and driver.stdout is not None
         filled = json.loads(driver.stdout.readline())

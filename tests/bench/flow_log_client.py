@@ -3,9 +3,9 @@
     python -m tests.bench.flow_log_client serve PORT
         (in the internet netns) a TCP server on every address: answers one byte
         to one byte, then closes. Prints "ready".
-    python -m tests.bench.flow_log_client connect SOCKET SANDBOXES RATE SECONDS PORT HOST_NETNS
-        fills the host to SANDBOXES sandboxes over gRPC (pins their veth
-        neighbours: pin_neighbours), waits for a line on
+    python -m tests.bench.flow_log_client connect SOCKET SANDBOXES RATE SECONDS PORT
+        fills the host to SANDBOXES sandboxes over gRPC (the agent pins their
+        neighbours, so 2,000 talking slots fit the kernel's table), waits for a line on
         stdin, then opens RATE connections a second for SECONDS, round robin
         over the sandboxes: each made inside the sandbox's slot netns (source:
         the sandbox IP, through the host's forwarding path like a guest's
@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import socket
@@ -48,31 +47,6 @@ async def _serve(port: int) -> None:
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
-
-
-def pin_neighbours(host_netns: str, nets: list) -> None:
-    """Permanent neighbour entries for both ends of every slot's veth pair.
-    The kernel's neighbour table is shared by every netns, and its default
-    gc_thresh3 (1,024 entries, set only in the root netns) overflows with
-    2,000 slots talking at once (`neighbor table overflow`, connects fail);
-    permanent entries do not count against it. A test-bed setting that keeps
-    the bench about the flow record (docs/operations.md says what a host needs)."""
-    from pyroute2 import IPRoute
-    host_path = netns.path_of(host_netns)
-    with netns.entered(host_path), IPRoute() as ipr:
-        macs = {link.get("ifname"): (link["index"], link.get("address")) for link in ipr.get_links()}
-    peers = []
-    for n in nets:
-        with netns.entered(n.netns_path), IPRoute() as ipr:
-            [veth] = ipr.link_lookup(ifname="veth0")
-            mac = ipr.get_links(veth)[0].get("address")
-            index, host_mac = macs[n.host_veth]
-            host_ip = str(ipaddress.IPv4Address(n.sandbox_ip) - 1)
-            ipr.neigh("replace", dst=host_ip, lladdr=host_mac, ifindex=veth, state=0x80)   # NUD_PERMANENT
-        peers.append((n.sandbox_ip, mac, index))
-    with netns.entered(host_path), IPRoute() as ipr:
-        for ip, mac, index in peers:
-            ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=0x80)
 
 
 def connect_once(fd: int, home: int, port: int) -> tuple[str, int] | None:
@@ -141,15 +115,14 @@ def main() -> None:
     if sys.argv[1] == "serve":
         asyncio.run(_serve(int(sys.argv[2])))
         return
-    sock_path, count, rate, seconds, port, host_netns = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), \
-        float(sys.argv[5]), int(sys.argv[6]), sys.argv[7]
+    sock_path, count, rate, seconds, port = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), \
+        float(sys.argv[5]), int(sys.argv[6])
     with Client(socket_path=sock_path, timeout=120) as client:
         client.host_info()
         t0 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             nets = list(pool.map(lambda k: client.allocate(f"fl-{k}", timeout=300).network, range(count)))
         filled = time.monotonic() - t0
-    pin_neighbours(host_netns, nets)
     say({"filled": count, "seconds": round(filled, 2)})
     fds = [os.open(n.netns_path, os.O_RDONLY | os.O_CLOEXEC) for n in nets]
     sys.stdin.readline()   # the bench lets the host settle, then says go

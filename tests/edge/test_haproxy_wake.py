@@ -9,9 +9,12 @@ import json
 import subprocess
 import sys
 import time
+from concurrent import futures
 from dataclasses import replace
 
+import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from netagent.edge.wakehook import ResumeHook
 from netagent.edge.waker import Waker
@@ -21,7 +24,7 @@ from tests.testbed.haproxy_proc import HAProxy, loopback_port
 from tests.testbed.tls import wildcard_pem
 
 from .hap import DOMAIN, edge_process, eventually, running_edge
-from .helpers import RawClient, UpstreamServer, sandbox
+from .helpers import LOOPBACK, RawClient, UpstreamServer, sandbox
 from .hook import HookServer
 
 KEY = b"k" * 32
@@ -91,6 +94,16 @@ async def test_an_edge_without_waker_answers_503_for_wake_too(tmp_path, registry
     assert upstream.requests == []
 
 
+async def test_a_waker_that_is_down_is_answered_503_not_held(tmp_path, registry, upstream) -> None:
+    await registry.put_sandbox(paused(sandbox("nap", {3000: (upstream.port, True)})), ttl_s=300)
+    async with running_edge(tmp_path / "edge", registry, waker=f"127.0.0.1:{loopback_port()}") as (haproxy, _):
+        await eventually(lambda: known(haproxy.http_port, host("nap"), 503))
+        resp = await request(haproxy.http_port, host("nap"))
+        assert resp.json()["message"] == "sandbox nap is paused and the edge's waker did not answer"
+        assert resp.header("retry-after") == "5"
+    assert upstream.requests == []
+
+
 async def test_a_request_wakes_the_sandbox_and_the_guest_answers_it(tmp_path, registry, upstream, hook) -> None:
     await registry.put_sandbox(paused(sandbox("zz", {3000: (upstream.port, True)})), ttl_s=300)
     async with wake_edge(tmp_path, registry, hook) as (port, waker):
@@ -99,7 +112,7 @@ async def test_a_request_wakes_the_sandbox_and_the_guest_answers_it(tmp_path, re
         assert resp.status == 200
         seen = resp.json()
         assert seen["method"] == "POST" and seen["body_len"] == 5000 and seen["target"] == "/echo/x"
-        assert dict(seen["headers"])["host"] == host("zz") and "x-netagent-wake" not in dict(seen["headers"])
+        assert dict(seen["headers"])["host"] == host("zz")
         assert [(c.sandbox_id, c.port, c.signature_ok) for c in hook.calls] == [("zz", 3000, True)]
         assert abs(hook.calls[0].requested_at - time.time()) < 60
         await eventually(lambda: known(port, host("zz"), 200))     # live: HAProxy routes it again
@@ -140,6 +153,33 @@ async def test_an_http2_request_over_tls_wakes_the_sandbox(tmp_path, registry, u
     seen = json.loads(body)
     assert seen["method"] == "POST" and seen["body_len"] == 7 and seen["target"] == "/echo/h2"
     assert [c.sandbox_id for c in hook.calls] == ["hh"]
+
+
+async def test_a_grpc_call_wakes_the_sandbox_and_the_guest_answers_it(tmp_path, registry, upstream, hook) -> None:
+    """gRPC needs HTTP/2 to the guest: the held request goes on through HAProxy's own
+    routing once the sandbox is live, so it reaches the guest's gRPC server."""
+    ca, pem = wildcard_pem(tmp_path / "pki", DOMAIN)
+    https = loopback_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    guest_port = server.add_insecure_port(f"{LOOPBACK}:0")
+    server.start()
+    hook.resume = lambda sid: registry.put_sandbox(sandbox(sid, {50051: (guest_port, True)}, seq=3), ttl_s=300)
+    await registry.put_sandbox(paused(sandbox("rpc", {50051: (guest_port, True)})), ttl_s=300)
+    name = host("rpc", 50051)
+
+    def check() -> int:
+        with grpc.secure_channel(f"{LOOPBACK}:{https}", grpc.ssl_channel_credentials(ca.read_bytes()), options=[
+                ("grpc.ssl_target_name_override", name), ("grpc.default_authority", name)]) as channel:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=20).status
+    try:
+        async with wake_edge(tmp_path, registry, hook, https_listen=(f"127.0.0.1:{https}",), tls_pem=str(pem),
+                             https_public_port=https) as (_, waker):
+            await eventually(lambda: _mirror_has(waker, "rpc", "wake"))
+            assert await asyncio.to_thread(check) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
+    assert [(c.sandbox_id, c.port) for c in hook.calls] == [("rpc", 50051)]
 
 
 async def test_a_resume_on_another_host(tmp_path, registry, upstream, hook) -> None:

@@ -1,5 +1,5 @@
 """Pure parts of wake on request: the hook's body and signature, its settings, the
-waker's head rewrite and answer format, the lifecycle in the maps."""
+waker's line protocol with wake.lua, the lifecycle in the maps."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +11,7 @@ import pytest
 from netagent.edge import dialfail
 from netagent.edge.maps import entries_from_json, record_entries
 from netagent.edge.wakehook import ResumeHook, hook_body, sign
-from netagent.edge.waker import one_request_head, wants_json
+from netagent.edge.waker import WakeFailed, fail_line, parse_wake
 from netagent.registry import PortRecord, SandboxRecord
 
 
@@ -27,17 +27,17 @@ def test_a_hook_needs_an_http_url_and_a_long_key(url: str, key: bytes) -> None:
         ResumeHook(url, key)
 
 
-def test_the_waker_relays_one_request_per_connection() -> None:
-    head = [b"POST /x HTTP/1.1", b"Host: h", b"Connection: keep-alive", b"X-Netagent-Wake: abc/3000"]
-    assert one_request_head(head, False, drop=(b"x-netagent-wake",)) == (
-        b"POST /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-    upgrade = [b"GET / HTTP/1.1", b"Connection: Upgrade", b"Upgrade: websocket"]
-    assert one_request_head(upgrade, True, drop=()) == b"\r\n".join(upgrade) + b"\r\n\r\n"
+def test_the_waker_reads_one_wake_line() -> None:
+    assert parse_wake(b"WAKE abc-1 3000\n") == ("abc-1", 3000)
+    for bad in (b"WAKE abc 3000", b"WAKE abc 0\n", b"WAKE abc 65536\n", b"WAKE ABC 80\n", b"WAKE -a 80\n",
+                b"WAKE a 80 x\n", b"GET / HTTP/1.1\r\n", b"WAKE a\r\n80\n"):
+        assert parse_wake(bad) is None, bad
 
 
-def test_json_or_html_as_haproxys_answers() -> None:
-    assert wants_json(b"application/json") and wants_json(b"application/xml")
-    assert not wants_json(None) and not wants_json(b"text/html,*/*;q=0.8")
+def test_a_refusal_carries_only_characters_safe_in_json_and_html() -> None:
+    line = fail_line(WakeFailed(503, 'hook "x" answered <b>500</b>\\ & \r\nmore'))
+    assert line.startswith(b"FAIL 503 ") and line.endswith(b"\n") and line.count(b"\n") == 1
+    assert not set(line[9:-1].decode()) & set('"<>&\\\r%')
 
 
 def test_paused_records_in_the_maps() -> None:

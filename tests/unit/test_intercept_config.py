@@ -23,3 +23,15 @@ def test_rendered_config_is_valid_and_has_no_warning(tmp_path):
     assert "ipv4@" not in text and "stats enable" not in text           # no TCP admin or stats listener
     assert "ssl verify required" in text and "sni ssl_fc_sni" in text and "ssl-server-verify required" in text
     assert "sc0_conn_cur gt 7" in text
+
+
+def test_legacy_guest_tls_lowers_only_the_guest_listeners_security_level(tmp_path):
+    """The opt-in for guests whose TLS sends no signature_algorithms (busybox wget): off by
+    default; on, it lowers the guest-facing listener alone, never the upstream check."""
+    def tls_lines(**kw):   # type: ignore[no-untyped-def]
+        text = render(InterceptSettings(state_dir=tmp_path / "state", run_dir=tmp_path / "run", **kw))
+        return [line for line in text.splitlines() if " ssl " in line]
+    assert not any("SECLEVEL" in line for line in tls_lines())
+    on = tls_lines(legacy_guest_tls=True)
+    assert [line.split()[0] for line in on if "@SECLEVEL=0" in line] == ["bind"]
+    assert any(line.split()[0] == "server" and "verify required" in line and "SECLEVEL" not in line for line in on)

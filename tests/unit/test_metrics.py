@@ -180,6 +180,10 @@ def veth_between_two_netns():
         for ns in (host, sbx):
             _ip("netns", "add", ns)
             _ip("-n", ns, "link", "set", "lo", "up")
+            # no IPv6: its DAD, router solicitations and MLD reports after link-up
+            # would move the counters between two readings at unpredictable times
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
         _ip("-n", host, "link", "add", "nmxh", "type", "veth", "peer", "name", "nmxs")
         _ip("-n", host, "link", "set", "nmxs", "netns", sbx)
         _ip("-n", host, "addr", "add", "10.250.0.0/31", "dev", "nmxh")

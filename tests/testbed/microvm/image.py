@@ -1,13 +1,14 @@
 """Guest image builder for the microVM test harness (stdlib only).
 
-The guest is Debian's cloud kernel plus a tiny initramfs: busybox-static, the
-virtio network modules and an init script that configures eth0 from the
-kernel ``ip=`` argument and then serves a command channel on ttyS0.
+The guest is Debian's cloud kernel plus a small initramfs: busybox-static, the
+virtio network modules, the host's curl with its shared libraries (a TLS client
+that verifies certificates, see hostbins.py) and an init script that configures
+eth0 from the kernel ``ip=`` argument and then serves a command channel on ttyS0.
 
 Both packages are fetched with ``apt-get download`` and unpacked with
 ``dpkg -x``; nothing is installed on the host.  The result is cached under
 ``<cache root>/guest/<key>/`` where the key names the exact package versions
-and a hash of the init script and builder version.
+and a hash of the init script, builder version and the host files copied in.
 
 Run ``python3 -m tests.testbed.microvm.image`` to build (or find) the image
 and print its paths.
@@ -34,8 +35,11 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from .hostbins import digest as files_digest
+from .hostbins import guest_files
+
 # Bump when the image layout changes in a way the init-script hash misses.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -327,12 +331,21 @@ def _busybox_applets(busybox: Path) -> list[str]:
     return sorted(line.strip() for line in out.splitlines() if line.strip())
 
 
-def write_initramfs(dest: Path, busybox: Path, modules: list[tuple[str, bytes]]) -> None:
-    """Write a gzip-compressed newc initramfs."""
+def _parents(paths) -> list[str]:
+    """Every directory above the given initramfs paths, parents first."""
+    dirs = {str(parent) for p in paths for parent in Path(p).parents if str(parent) != "."}
+    return sorted(dirs, key=lambda d: (d.count("/"), d))
+
+
+def write_initramfs(dest: Path, busybox: Path, modules: list[tuple[str, bytes]],
+                    host_files: dict[str, bytes] | None = None) -> None:
+    """Write a gzip-compressed newc initramfs; ``host_files`` (path -> bytes) are added executable."""
+    host_files = host_files or {}
+    base = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "www",
+            "etc", "etc/netagent", "etc/ssl", "etc/ssl/certs", "lib", "lib/modules")
     with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
         cpio = CpioWriter(gz)
-        for directory in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys",
-                          "tmp", "run", "www", "etc", "etc/netagent", "lib", "lib/modules"):
+        for directory in base + tuple(d for d in _parents(host_files) if d not in base):
             cpio.directory(directory)
         cpio.char_device("dev/console", 5, 1)
         cpio.char_device("dev/null", 1, 3)
@@ -345,6 +358,8 @@ def write_initramfs(dest: Path, busybox: Path, modules: list[tuple[str, bytes]])
         cpio.file("etc/netagent/modules", "".join(f"{name}\n" for name, _ in modules).encode())
         cpio.file("init", INIT_SCRIPT.encode(), 0o755)
         cpio.file("bin/netagent-serve", SERVE_SCRIPT.encode(), 0o755)
+        for name, data in host_files.items():
+            cpio.file(name, data, 0o755)
         cpio.close()
 
 
@@ -400,8 +415,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("NETAGENT_CACHE_DIR") or DEFAULT_CACHE_ROOT)
 
 
-def image_key(kernel_version: str, busybox_ver: str) -> str:
-    recipe = "\0".join((BUILDER_VERSION, INIT_SCRIPT, SERVE_SCRIPT, ",".join(WANTED_MODULES)))
+def image_key(kernel_version: str, busybox_ver: str, host_files_digest: str) -> str:
+    recipe = "\0".join((BUILDER_VERSION, INIT_SCRIPT, SERVE_SCRIPT, ",".join(WANTED_MODULES),
+                        host_files_digest))
     digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     raw = f"k{kernel_version}-bb{busybox_ver}-{digest}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", raw)
@@ -424,7 +440,8 @@ def _build_lock(root: Path):
         yield
 
 
-def build_into(workdir: Path, kernel_pkg: str, kernel_ver: str, bb_ver: str, key: str) -> None:
+def build_into(workdir: Path, kernel_pkg: str, kernel_ver: str, bb_ver: str, key: str,
+               host_files: dict[str, bytes]) -> None:
     """Build vmlinuz, initramfs.img and manifest.json into ``workdir``."""
     extracted = workdir / "extract"
     download_and_extract(kernel_pkg, kernel_ver, extracted / "kernel")
@@ -435,10 +452,11 @@ def build_into(workdir: Path, kernel_pkg: str, kernel_ver: str, bb_ver: str, key
     tree = ModuleTree(extracted / "kernel" / "lib" / "modules" / release)
     order = tree.load_order(WANTED_MODULES)
     modules = [(name, read_module(tree.paths[name])) for name in order]
-    write_initramfs(workdir / "initramfs.img", extracted / "busybox" / "bin" / "busybox", modules)
+    write_initramfs(workdir / "initramfs.img", extracted / "busybox" / "bin" / "busybox", modules, host_files)
 
     manifest = {"key": key, "kernel_package": kernel_pkg, "kernel_version": kernel_ver,
-                "kernel_release": release, "busybox_version": bb_ver, "modules": order}
+                "kernel_release": release, "busybox_version": bb_ver, "modules": order,
+                "host_files": sorted(host_files)}
     (workdir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(extracted)
 
@@ -455,7 +473,8 @@ def ensure_image() -> GuestImage:
 
 def _ensure_image() -> GuestImage:
     kernel_pkg, kernel_ver, bb_ver = resolve_packages()
-    key = image_key(kernel_ver, bb_ver)
+    host_files = guest_files()
+    key = image_key(kernel_ver, bb_ver, files_digest(host_files))
     guest_root = cache_root() / "guest"
     final = guest_root / key
     if _is_complete(final):
@@ -466,7 +485,7 @@ def _ensure_image() -> GuestImage:
             return _image_from_dir(final, key)
         workdir = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=guest_root))
         try:
-            build_into(workdir, kernel_pkg, kernel_ver, bb_ver, key)
+            build_into(workdir, kernel_pkg, kernel_ver, bb_ver, key, host_files)
             workdir.chmod(0o755)
             if final.exists():  # stale, incomplete leftover
                 shutil.rmtree(final)
