@@ -25,6 +25,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         edge_cli.add_parser(sub)
     else:
         sub.add_parser("edge", help=EDGE_HELP, add_help=False)
+    from .edge import domainscli
+    domainscli.add_parser(sub)
     return parser
 
 
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "edge":   # needs no agent config
         from .edge import cli as edge_cli
         return edge_cli.run(args)
+    if args.command == "domains":   # talks to an edge, not to the agent
+        from .edge import domainscli
+        return domainscli.run(args)
 
     from . import configfile
     from .errors import ConfigError

@@ -6,12 +6,17 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..logs import setup_logging
 from .haconfig import EdgeSettings
 from .mapfiles import DEFAULT_INTERVAL_S
 from .maps import DEFAULT_SHARDS
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("netagent.edge")
 
@@ -53,6 +58,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--wake-hook-key-file", help="HMAC-SHA256 key (>= 32 bytes) signing the hook's body")
     w.add_argument("--wake-timeout", type=float, default=30.0,
                    help="seconds a request waits for its sandbox to be live again (default 30)")
+    add_domain_arguments(p)
+
+
+def add_domain_arguments(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("custom domains with ACME certificates (docs/edge.md, \"Custom domains\")")
+    d.add_argument("--certs-dir", default="", metavar="DIR",
+                   help="custom domains on: their certificates, crt-list and state (same in config and control plane)")
+    d.add_argument("--domains-api", default="", metavar="IP:PORT", help="the control plane's custom-domain API")
+    d.add_argument("--domains-api-token-file", help="bearer token the domain API requires")
+    d.add_argument("--acme-directory", default="", metavar="URL", help="the ACME server's directory URL")
+    d.add_argument("--acme-ca-file", default="", help="CA bundle for the ACME server's HTTPS (default: the system's)")
+    d.add_argument("--acme-contact", default="", help="mailto: URL of the ACME account")
+    d.add_argument("--acme-dns-resolver", default="", metavar="IP:PORT",
+                   help="the resolver a custom domain is checked against (default: the system's)")
+    d.add_argument("--public-address", action="append", default=[], metavar="IP",
+                   help="an address of this edge a custom domain must resolve to (repeatable)")
+    d.add_argument("--acme-renew-before", type=float, default=30.0, metavar="DAYS",
+                   help="renew a certificate this many days before it expires (default 30)")
+    d.add_argument("--acme-retry-base", type=float, default=30.0, metavar="S",
+                   help="first retry after a failed DNS check or order; doubles per failure (default 30)")
+    d.add_argument("--acme-retry-cap", type=float, default=3600.0, metavar="S",
+                   help="longest retry wait (default 3600)")
+    d.add_argument("--acme-orders-per-domain", type=int, default=5, help="orders per domain per hour (default 5)")
+    d.add_argument("--acme-orders-per-edge", type=int, default=50, help="orders per edge per hour (default 50)")
 
 
 def maxconn_arg(text: str) -> int:
@@ -73,7 +102,7 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         redirect_to_https=not args.no_https_redirect, https_public_port=args.https_public_port,
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
         connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads, maxconn=args.maxconn,
-        waker=args.waker_listen, tcp_listen=tuple(args.tcp_listen),
+        waker=args.waker_listen, tcp_listen=tuple(args.tcp_listen), certs_dir=args.certs_dir,
         url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 
@@ -102,11 +131,14 @@ async def control(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("edge control plane: %s -> haproxy %s (%d shards)", args.registry, args.haproxy_socket, args.shards)
     waker = await start_waker(args, edge)
+    domains = await start_domains(args, metrics.registry)
     try:
         await stop.wait()
     finally:
         if waker is not None:
             await waker.stop()
+        if domains is not None:
+            await domains()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await feed.close()
@@ -134,6 +166,53 @@ async def start_waker(args: argparse.Namespace, edge: object) -> object | None:
     await waker.start(host, int(port))
     log.info("edge waker on %s, resume hook %s", args.waker_listen, args.wake_hook_url)
     return waker
+
+
+async def start_domains(args: argparse.Namespace, metrics: CollectorRegistry) -> Callable[[], Awaitable[None]] | None:
+    """The custom-domain manager and its API, if --domains-api; returns their stop."""
+    if not args.domains_api:
+        return None
+    from .certruntime import CertRuntime
+    from .domainapi import DomainApi
+    from .domainmanager import AcmeSettings, DomainCollector, DomainManager
+    from .domains import Backoff, OrderLimits
+    if not (args.certs_dir and args.acme_directory and args.public_address and args.tls_pem):
+        raise SystemExit("netagent edge: --domains-api needs --certs-dir, --tls-pem, --acme-directory "
+                         "and --public-address")
+    settings = AcmeSettings(
+        directory_url=args.acme_directory, edge_domain=args.domain.lower().rstrip("."),
+        edge_addresses=public_addresses(args.public_address), resolver=args.acme_dns_resolver,
+        ca_file=args.acme_ca_file,
+        contact=args.acme_contact, renew_before_s=args.acme_renew_before * 86400,
+        backoff=Backoff(args.acme_retry_base, args.acme_retry_cap),
+        limits=OrderLimits(args.acme_orders_per_domain, args.acme_orders_per_edge))
+    from .runtime import HAProxyRuntime
+    certs = CertRuntime(HAProxyRuntime(args.haproxy_socket, args.map_dir), args.map_dir, args.certs_dir, args.tls_pem)
+    manager = DomainManager(settings, certs)
+    metrics.register(DomainCollector(manager))  # type: ignore[arg-type]
+    token = Path(args.domains_api_token_file).read_text().strip() if args.domains_api_token_file else ""
+    api = DomainApi(manager, token)
+    host, port = args.domains_api.rsplit(":", 1)
+    await api.start(host, int(port))
+    task = asyncio.create_task(manager.run())
+    log.info("edge custom domains: API on %s, ACME %s", args.domains_api, args.acme_directory)
+
+    async def stop() -> None:
+        await api.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await manager.close()
+        await certs.runtime.close()
+    return stop
+
+
+def public_addresses(texts: list[str]) -> frozenset[str]:
+    """--public-address values in the form the DNS check compares (ipaddress's)."""
+    import ipaddress
+    try:
+        return frozenset(str(ipaddress.ip_address(t.strip("[]"))) for t in texts)
+    except ValueError as exc:
+        raise SystemExit(f"netagent edge: --public-address: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

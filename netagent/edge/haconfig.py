@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
-from . import dialfail, tcpconfig, wakeconfig
+from . import dialfail, domainconfig, tcpconfig, wakeconfig
 from .fdlimit import FD_CAP
 from .maps import DEFAULT_SHARDS
 
@@ -48,6 +48,7 @@ class EdgeSettings:
     waker: str = ""                       # IPv4:PORT of the control plane's waker ("": no wake on request)
     paused_retry_after_s: int = 5         # Retry-After of the 503 for a paused sandbox
     tcp_listen: tuple[str, ...] = ()      # raw TCP over TLS by SNI (tcpconfig.py); needs tls_pem
+    certs_dir: str = ""                   # custom domains' certificates and crt-list ("": no custom domains)
 
     def validate(self) -> None:
         if not _DOMAIN.fullmatch(self.domain):
@@ -60,6 +61,8 @@ class EdgeSettings:
                 raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
         if (self.https_listen or self.tcp_listen) and not _PATH.fullmatch(self.tls_pem):
             raise ValueError("https and tcp listeners need tls_pem (an absolute path)")
+        if self.certs_dir and not (self.https_listen and _PATH.fullmatch(self.certs_dir)):
+            raise ValueError("custom domains (certs_dir, an absolute path) need an https listener")
         for listen in self.tcp_listen:
             if not _LISTEN.fullmatch(listen):
                 raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
@@ -96,7 +99,8 @@ def synced_map(map_dir: str) -> str:
 
 def _binds(s: EdgeSettings) -> str:
     lines = [f"    bind {addr}" for addr in s.http_listen]
-    lines += [f"    bind {addr} ssl crt {s.tls_pem} alpn h2,http/1.1 strict-sni" for addr in s.https_listen]
+    certs = domainconfig.https_certs(s.tls_pem, s.certs_dir)
+    lines += [f"    bind {addr} ssl {certs} alpn h2,http/1.1 strict-sni" for addr in s.https_listen]
     return "\n".join(lines)
 
 
@@ -207,13 +211,16 @@ def render(s: EdgeSettings) -> str:
         "dial_failure": dialfail.rules(s.errors_dir),
         "paused": wakeconfig.paused_rules(s.waker, s.paused_retry_after_s, _answer),
     }
+    suffix_regex = "\\." + s.domain.replace(".", "\\.") + "$"
     return template.substitute(
+        acme_challenge=domainconfig.challenge_rules(s.map_dir, bool(s.certs_dir)),
+        custom_domains=domainconfig.custom_domain_rules(s.map_dir, suffix_regex, bool(s.certs_dir)),
         admin_socket=s.admin_socket, lua_load=wakeconfig.lua_load(s.waker), threads=s.threads,
         maxconn=_maxconn(s), log_target=s.log_target,
         log_level=s.log_level, connect_timeout=f"{int(s.connect_timeout_s * 1000)}ms",
         request_timeout=f"{int(s.request_timeout_s * 1000)}ms", errors_dir=s.errors_dir,
         map_dir=s.map_dir, binds=_binds(s), domain=s.domain, shards=s.shards,
-        domain_suffix_regex="\\." + s.domain.replace(".", "\\.") + "$",
+        domain_suffix_regex=suffix_regex,
         redirect=_redirect(s), answer_400=_answer_400(s), token_header=s.token_header,
         token_cookie=s.token_cookie, signed_urls=_signed_urls(s), forwarded=_forwarded(s),
         shard_backends=_shard_backends(s, answers),

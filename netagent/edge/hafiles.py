@@ -1,13 +1,14 @@
 """Write what HAProxy needs before it starts: its config, the shard maps it loads
 (created empty; the control plane keeps them current), the flag map (always empty
 on disk: a new process is not synced), the 504 error file and the failed-connect
-answer pieces (dialfail.py)."""
+answer pieces (dialfail.py); with custom domains, their maps and the crt-list
+(domainconfig.py)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from . import dialfail
+from . import dialfail, domainconfig
 from .fdlimit import check_maxconn
 from .haconfig import EdgeSettings, error_504, render, shard_map, synced_map
 
@@ -22,6 +23,8 @@ def write_haproxy_files(settings: EdgeSettings, config_path: str | Path) -> Path
         if not path.exists():
             path.touch()
     _write(Path(synced_map(settings.map_dir)), "")
+    if settings.certs_dir:
+        _write_custom_domain_files(settings)
     _write(Path(settings.errors_dir) / "504.http", error_504())
     _write(Path(settings.errors_dir) / dialfail.MAP_NAME, dialfail.map_text())
     config_path = Path(config_path)
@@ -36,3 +39,18 @@ def _write(path: Path, text: str, private: bool = False) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _write_custom_domain_files(settings: EdgeSettings) -> None:
+    """acme.map empty (a challenge lives only with its order); domains.map kept (the
+    control plane writes it); the crt-list with the current wildcard first and the
+    custom certificates it already listed whose files exist."""
+    os.makedirs(settings.certs_dir, mode=0o700, exist_ok=True)
+    _write(Path(domainconfig.acme_map(settings.map_dir)), "")
+    domains = Path(domainconfig.domains_map(settings.map_dir))
+    if not domains.exists():
+        domains.touch()
+    listing = Path(domainconfig.crt_list(settings.certs_dir))
+    kept = listing.read_text().splitlines()[1:] if listing.exists() else []
+    custom = [line.strip() for line in kept if line.strip() and Path(line.strip()).exists()]
+    _write(listing, domainconfig.crt_list_text(settings.tls_pem, custom))
