@@ -245,3 +245,37 @@ async def test_a_sandbox_left_out_of_a_cut_dump_keeps_its_count_and_is_not_count
     kernel.cut, kernel.count = False, 6
     assert (await m.refresh())["sbx-1"] == counts(6)     # not 5 + 6
     assert m.entries["sbx-1"].base == Counts()
+
+
+async def test_a_cut_reading_counts_the_sandboxes_it_read_and_keeps_the_others(tmp_path):
+    """The two rules of a cut dump, through the meter and its SQLite file: a
+    sandbox the cut dump read is counted (and persisted) as in a whole reading;
+    one it left out is taken as not read, not as gone (gone would fold its
+    count into the persisted base, and the next whole reading after a restart
+    would count it twice), and the reading is not given up."""
+    from netagent.firewall.set_dump import CutDump
+    other = "10.12.0.2"
+
+    class CuttingKernel(Kernel):
+        cut = False
+
+        async def _reading(self):  # type: ignore[no-untyped-def]
+            epoch, sets = await super()._reading()
+            for keys in sets.values():
+                keys[other] = (3, 300)
+            if self.cut:   # the cut dumps read IP's elements and left out the other's
+                sets = {name: CutDump({IP: keys[IP]}) for name, keys in sets.items()}
+            return epoch, sets
+    kernel, submitted = CuttingKernel(), []
+    store = StateStore(tmp_path)
+    m = meter(store, kernel, {"a": IP, "b": other}, submitted)
+    kernel.count = 5
+    assert await m.refresh() == {"a": counts(5), "b": counts(3)}
+    kernel.cut, kernel.count = True, 8
+    assert await m.refresh() == {"a": counts(8), "b": counts(3)}
+    assert m.failed_readings == 0
+    restarted = meter(store, kernel, {"a": IP, "b": other}, submitted)
+    restarted.load()
+    assert {sid: e.total for sid, e in restarted.entries.items()} == {"a": counts(8), "b": counts(3)}
+    kernel.cut = False
+    assert await restarted.refresh() == {"a": counts(8), "b": counts(3)}
