@@ -18,6 +18,7 @@ from typing import Any
 from ..core import ops
 from ..errors import NetagentError
 from ..firewall.driver import UsageReading
+from ..firewall.set_dump import CutDump
 from ..state import StateStore
 from .ledger import KEYS, SET_OF_KEY, UNREAD, Counts, Entry, observe, reading_of
 
@@ -45,6 +46,8 @@ class UsageMeter:
         self.released_total = Counts()   # finals closed since start (metrics)
         self.read_at = 0.0                 # wall time of the last kernel reading (0: none yet)
         self.failed_readings = 0           # periodic readings given up (metrics: an alert when they repeat)
+        self.readings = 0                  # full readings folded or found unchanged (benches: none given up of these)
+        self.cut_readings = 0              # of those, readings with a set's dump cut by commits (taken as is)
         self._last_totals: dict[str, Counts] = {}   # open sandboxes' totals at that reading
         self._touched = 0   # bumped when entries change outside a full reading's fold
         self._folded: tuple[Any, ...] = ()   # (epoch, by_set, touched) of the last full fold
@@ -66,6 +69,8 @@ class UsageMeter:
     async def _refresh(self) -> dict[str, Counts]:
         epoch, by_set = await self.io.read()
         read_at = time.time()
+        self.readings += 1
+        self.cut_readings += any(isinstance(s, CutDump) for s in by_set.values())
         open_ips = self.io.open_ips()
         for sid, ip in open_ips.items():
             if sid not in self.entries:
