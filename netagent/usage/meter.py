@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ class UsageMeter:
         self.store = store
         self.db_lock = db_lock
         self.io = io
+        # The changed rows' SQLite transaction runs here, not on the loop: at
+        # 2,000 moving sandboxes it held the loop ms at a time every reading.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="netagent-usage-db")
         self.entries: dict[str, Entry] = {}
         self.pending: dict[str, tuple[str, int, bool]] = {}   # released: sandbox -> (ip, slot, clean it after)
         self._lock = asyncio.Lock()
@@ -110,9 +114,28 @@ class UsageMeter:
                 self.entries[sid] = new
                 changed.append((sid, new.ip, json.dumps(new.to_json(), separators=(",", ":"))))
         if changed:
-            async with self.db_lock:
-                with self.store.transaction() as tx:
-                    tx.save_usage(changed)
+            await self._persist(changed)
+
+    async def _persist(self, rows: list[tuple[str, str, str]]) -> None:
+        """Write the rows in one transaction on the writer thread, under the db
+        lock (the committer and the pool share the connection), and return when
+        they are committed: a close submitted after this reading deletes a row
+        this write can no longer bring back. Cancelled meanwhile, the lock is
+        still held until the write ends (the agent closes the store after)."""
+        def write() -> None:
+            with self.store.transaction() as tx:
+                tx.save_usage(rows)
+        async with self.db_lock:
+            done = asyncio.get_running_loop().run_in_executor(self._writer, write)
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                await asyncio.wait([done])
+                raise
+
+    def close(self) -> None:
+        """After the last reading: the writer thread ends (the store closes next)."""
+        self._writer.shutdown(wait=True)
 
     def last_reading(self) -> tuple[dict[str, Counts], float]:
         """Allocated sandboxes' totals as of the last reading, and its time (no kernel

@@ -279,3 +279,34 @@ async def test_a_cut_reading_counts_the_sandboxes_it_read_and_keeps_the_others(t
     assert {sid: e.total for sid, e in restarted.entries.items()} == {"a": counts(8), "b": counts(3)}
     kernel.cut = False
     assert await restarted.refresh() == {"a": counts(8), "b": counts(3)}
+
+
+async def test_a_reading_writes_its_rows_off_the_event_loop_and_returns_once_they_are_committed(tmp_path, monkeypatch):
+    """The changed rows' SQLite transaction held the loop ms at a time every
+    reading at 2,000 moving sandboxes: it runs on the meter's writer thread,
+    while the loop goes on (here the loop must run for the write to finish),
+    and a reading returns only once its rows are committed (a close after it
+    must not be undone by a late write)."""
+    import threading
+    store, kernel, submitted = StateStore(tmp_path), Kernel(), []
+    m = meter(store, kernel, {"a": IP}, submitted)
+    loop_ran, writers = threading.Event(), []
+    real_save = Tx.save_usage
+
+    def save(tx, rows):  # type: ignore[no-untyped-def]
+        writers.append(threading.current_thread().name)
+        assert loop_ran.wait(5), "the event loop did not run while the rows were written"
+        real_save(tx, rows)
+    monkeypatch.setattr(Tx, "save_usage", save)
+
+    async def ticker() -> None:
+        while not writers:
+            await asyncio.sleep(0.001)
+        loop_ran.set()
+    task = asyncio.create_task(ticker())
+    kernel.count = 3
+    await m.refresh()
+    await task
+    assert writers and writers[0].startswith("netagent-usage-db")
+    assert {sid: data for sid, _, _, _, data in StateStore(tmp_path).load_usage()}.keys() == {"a"}
+    m.close()
