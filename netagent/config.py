@@ -5,7 +5,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -155,8 +155,6 @@ class ApiConfig(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
-    server: Literal["aio", "threads"] = "aio"   # grpc.aio on the loop, or grpcio's sync server (api/threaded.py)
-    threads: int = Field(16, ge=2, le=256)       # "threads": the sync server's pool (a WatchEvents holds one)
 
     @model_validator(mode="after")
     def _tls(self) -> ApiConfig:
@@ -206,7 +204,7 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "registry_heartbeat_s": ("registry", "heartbeat_s"), "node_address": ("registry", "node_address"),
     "api_socket": ("api", "socket"), "api_socket_group": ("api", "socket_group"),
     "api_tcp_address": ("api", "tcp_address"), "tls_cert": ("api", "tls_cert"), "tls_key": ("api", "tls_key"),
-    "tls_ca": ("api", "tls_ca"), "api_server": ("api", "server"), "api_threads": ("api", "threads"),
+    "tls_ca": ("api", "tls_ca"),
     "metrics_address": ("metrics", "address"), "metrics_per_sandbox": ("metrics", "per_sandbox"),
     "metrics_refresh_s": ("metrics", "refresh_s"),
 }

@@ -2,13 +2,11 @@
 the standard health service and server reflection."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import grp
 import logging
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -22,37 +20,22 @@ from . import netagent_pb2 as pb
 from . import netagent_pb2_grpc as pb_grpc
 from .intercept_service import InterceptionService
 from .service import NetAgentService
-from .threaded import OnLoop
 
 log = logging.getLogger("netagent.api")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NetAgent"].full_name
 INTERCEPTION_NAME = pb.DESCRIPTOR.services_by_name["Interception"].full_name
 SOCKET_MODE = 0o660
-SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]   # tests/bench/grpc_server_ab.py tries others
 
 
 class ApiServer:
-    """`[api] server`: "aio" serves on the agent's event loop (grpc.aio);
-    "threads" serves on grpcio's sync server, whose threads hand each call to
-    the loop (threaded.py). docs/architecture.md, "The API server"."""
-
-    def __init__(self, agent: Agent, config: Config, on_error: Any = None, kind: str | None = None):
+    def __init__(self, agent: Agent, config: Config, on_error: Any = None):
         self.config = config
-        self.kind = kind or config.api.server
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.service = NetAgentService(agent, on_error)
-        intercept = InterceptionService(agent, self.service)
-        services: tuple[Any, Any] = (self.service, intercept)
-        if self.kind == "threads":
-            loop = asyncio.get_running_loop()
-            self.server = grpc.server(ThreadPoolExecutor(config.api.threads, thread_name_prefix="netagent-api"),
-                                      options=SERVER_OPTIONS)
-            self.health: Any = health.HealthServicer()
-            services = (OnLoop(self.service, loop), OnLoop(intercept, loop))
-        else:
-            self.server = grpc.aio.server(options=SERVER_OPTIONS)
-            self.health = health.aio.HealthServicer()
-        pb_grpc.add_NetAgentServicer_to_server(services[0], self.server)
-        pb_grpc.add_InterceptionServicer_to_server(services[1], self.server)
+        self.health = health.aio.HealthServicer()
+        pb_grpc.add_NetAgentServicer_to_server(self.service, self.server)
+        pb_grpc.add_InterceptionServicer_to_server(InterceptionService(agent, self.service), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, INTERCEPTION_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -65,9 +48,7 @@ class ApiServer:
         if self.config.api.tcp_address:
             self.tcp_port = self.server.add_secure_port(self.config.api.tcp_address, _mtls_credentials(self.config))
         await self.set_serving(False)
-        started = self.server.start()
-        if started is not None:   # grpc.aio's start is a coroutine; the sync server's is not
-            await started
+        await self.server.start()
         os.chmod(path, SOCKET_MODE)
         if self.config.api.socket_group:
             try:
@@ -79,19 +60,13 @@ class ApiServer:
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
-            done = self.health.set(name, status)
-            if done is not None:   # the aio health servicer's set is a coroutine
-                await done
+            await self.health.set(name, status)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let in-flight calls finish (up to grace_s), close."""
         await self.set_serving(False)
         self.service.accepting = False
-        if self.kind == "threads":   # its calls wait on the loop: wait for the stop off it
-            stopped = self.server.stop(grace_s)
-            await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
-        else:
-            await self.server.stop(grace_s)
+        await self.server.stop(grace_s)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.config.api.socket)
 

@@ -1,6 +1,6 @@
-"""gRPC server A/B (issue 25 item 3): grpc.aio against grpcio's sync server
-with a thread pool (`[api] server`), on the same unix socket path, the same
-agent, in the same run, next to the in-process figure.
+"""gRPC server A/B (issue 25 item 3): grpc.aio (the agent's server) against
+grpcio's sync server with a thread pool (grpc_threads_server.py), on the same
+unix socket path, the same agent, in the same run, next to the in-process figure.
 
 Each round runs every side in turn (the order rotates each round): a side
 starts its server, a fresh client process connects, does `--warm` timed
@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from netagent.agent import Agent
+from netagent.api import server as server_mod
 from netagent.config import Config
 from tests.bench.grpc_bench import GrpcClient, in_process, release_all, settled
+from tests.bench.grpc_threads_server import ThreadsApiServer
 from tests.bench.run import fill, settle, summary
 from tests.testbed.bed import Testbed
 
@@ -50,14 +52,17 @@ async def one_side(agent: Agent, variant: str, sock: Path, tag: str, warm: int, 
         c = await in_process(agent, "concurrent", f"{tag}-c", concurrent)
         await release_all(agent, f"{tag}-c", concurrent)
         return {"warm": w, "concurrent": c}
-    from netagent.api import server as server_mod
     kind, options = VARIANTS[variant]
-    saved = server_mod.SERVER_OPTIONS
-    server_mod.SERVER_OPTIONS = saved + options
-    try:
-        api = server_mod.ApiServer(agent, agent.config.replace(api_socket=sock), kind=kind)
-    finally:
-        server_mod.SERVER_OPTIONS = saved
+    api: Any
+    if kind == "threads":
+        api = ThreadsApiServer(agent, str(sock), server_mod.SERVER_OPTIONS + options)
+    else:
+        saved = server_mod.SERVER_OPTIONS
+        server_mod.SERVER_OPTIONS = saved + options
+        try:
+            api = server_mod.ApiServer(agent, agent.config.replace(api_socket=sock))
+        finally:
+            server_mod.SERVER_OPTIONS = saved
     await api.start()
     client = await GrpcClient.start(sock)
     try:

@@ -1,5 +1,12 @@
-"""The async servicers (service.py, intercept_service.py) behind grpcio's
-synchronous server: `[api] server = "threads"`.
+"""The "threads" side of tests/bench/grpc_server_ab.py: the agent's async
+servicers (netagent/api/service.py, intercept_service.py) behind grpcio's
+synchronous server with a thread pool, on a unix socket.
+
+Measured against grpc.aio (docs/history/performance-log.md, "The gRPC server
+path"), it was no faster, and its WatchEvents does not hold a slow consumer
+back (the sync server's sends complete into grpc's buffers: a consumer that
+read nothing was sent 10,550 events before the drop, against a few dozen),
+so the agent keeps grpc.aio and this stays a bench variant.
 
 A call arrives on one of the server's threads, which hands the servicer's
 coroutine to the agent's event loop (run_coroutine_threadsafe) and waits for
@@ -17,6 +24,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+from netagent.agent import Agent
+from netagent.api import netagent_pb2_grpc as pb_grpc
+from netagent.api.intercept_service import InterceptionService
+from netagent.api.service import NetAgentService
 
 
 class _Abort(Exception):
@@ -98,3 +111,24 @@ def _stream(method: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Call
         finally:
             asyncio.run_coroutine_threadsafe(items.aclose(), loop)
     return handler
+
+
+class ThreadsApiServer:
+    """ApiServer's unix-socket part (no TLS, no reflection) on the sync server."""
+
+    def __init__(self, agent: Agent, socket_path: str, options: list[tuple[str, Any]], threads: int = 16):
+        loop = asyncio.get_running_loop()
+        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="bench-api"),
+                                  options=options)
+        service = NetAgentService(agent)
+        pb_grpc.add_NetAgentServicer_to_server(OnLoop(service, loop), self.server)
+        pb_grpc.add_InterceptionServicer_to_server(OnLoop(InterceptionService(agent, service), loop), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), self.server)
+        self.server.add_insecure_port(f"unix:{socket_path}")
+
+    async def start(self) -> None:
+        self.server.start()
+
+    async def stop(self, grace_s: float) -> None:
+        # its calls wait on the loop: wait for the stop off it
+        await asyncio.get_running_loop().run_in_executor(None, self.server.stop(grace_s).wait)
