@@ -280,6 +280,7 @@ class Agent(CoreApi, InterceptApi):
         self.readers.shutdown()
         self.dns_threads.shutdown()
         self.host.shutdown()
+        self.meter.close()
         self.store.close()
 
     # ---- maintenance -----------------------------------------------------

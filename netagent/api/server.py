@@ -25,12 +25,13 @@ log = logging.getLogger("netagent.api")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NetAgent"].full_name
 INTERCEPTION_NAME = pb.DESCRIPTOR.services_by_name["Interception"].full_name
 SOCKET_MODE = 0o660
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]   # tests/bench/grpc_server_ab.py tries others
 
 
 class ApiServer:
     def __init__(self, agent: Agent, config: Config, on_error: Any = None):
         self.config = config
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.service = NetAgentService(agent, on_error)
         self.health = health.aio.HealthServicer()
         pb_grpc.add_NetAgentServicer_to_server(self.service, self.server)

@@ -164,9 +164,17 @@ async def bench_agent(bed: Testbed, existing: int, samples: int, state: Path, bu
             agent.builder.destroy(idx)
     await agent.builds.call(build_some)
     out["cold_slot_build_ms"] = summary(cold)
+    out["usage_readings"] = usage_readings(agent)
     await agent.stop()
     out["restart_reconcile"] = await restart_reconcile(agent.config)
     return out
+
+
+def usage_readings(agent: Agent) -> dict[str, int]:
+    """The meter's periodic readings over the whole run (fill included): taken,
+    taken from dumps commits cut, and given up (the 10,000 fill's target: none)."""
+    m = agent.meter
+    return {"taken": m.readings, "cut": m.cut_readings, "given_up": m.failed_readings}
 
 
 def bench_baseline(name: str, points: list[int], samples: int) -> dict:
@@ -224,6 +232,7 @@ def main() -> None:
         **grpc_targets(na["grpc"], n),
         f"update_policy_widening_p99_at_N={n}_le_5ms": na["update_policy_ms"][f"N={n}"]["widening"]["p99"] <= 5,
         f"restart_reconcile_at_N={n}_le_30s": na["restart_reconcile"]["seconds"] <= 30,
+        f"no_usage_reading_given_up_at_N={n}": na["usage_readings"]["given_up"] == 0,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
