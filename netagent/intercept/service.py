@@ -59,7 +59,8 @@ class InterceptService:
         self.request_log = ic.request_log or (config.state_dir / "requests.jsonl")
         self._record = record
         self.labels_of = labels_of    # an allocated sandbox's labels (secrets set for a label)
-        self.proxy = Interceptor(self.settings, self.ca, self._on_record, netns=config.host_netns)
+        self.proxy = Interceptor(self.settings, self.ca, self._on_record, netns=config.host_netns,
+                                 after_batch=self._flush)
         self._started = False
         self._pending: list[dict[str, Any]] = []
         self._watch_task: asyncio.Task[None] | None = None
@@ -79,6 +80,10 @@ class InterceptService:
         self._save_rules()
         for sid, ip in allocated.items():
             self._bind(sid, ip)
+        if self.proxy.tail.files():   # what a haproxy wrote while no agent ran, first
+            await self.proxy.tail.read_new()
+            self.proxy.tail.start()
+        for sid in allocated:
             if sid in self._rules:
                 await self._push(sid)
         self._watch_task = asyncio.create_task(self._watch(), name="netagent-interceptor-watch")
@@ -91,6 +96,7 @@ class InterceptService:
         if self._started:
             await self.proxy.stop()
             self._started = False
+        await self.proxy.tail.stop()
         await self._flush()
         if self._log_file is not None:
             self._log_file.close()
@@ -237,10 +243,10 @@ class InterceptService:
             self._log_file = open(self.request_log, "a", buffering=1 << 16)
         self._log_file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._pending.append(record)
-        if len(self._pending) == 1:   # one event commit and one log flush per 50 ms at most
-            asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
+        """After each batch the tail read (requestlog.py): one log flush and one
+        event commit, before the tail saves its offset."""
         batch, self._pending = self._pending, []
         if self._log_file is not None:
             self._log_file.flush()
