@@ -70,6 +70,8 @@ class FlowRecorder:
         self.reap_interval_s = reap_interval_s
         self.counters_interval_s = counters_interval_s
         self.readings = 0    # periodic readings of the live flows' counters
+        self.reading_cpu_s = 0.0     # the reader thread's CPU time in them
+        self.reading_entries = 0     # conntrack entries the last one parsed
         self.owners: dict[int, tuple[tuple[float, str], ...]] = {}
         self._events: socket.socket | None = None
         self._dumper: socket.socket | None = None
@@ -189,8 +191,12 @@ class FlowRecorder:
                     # saw end is closed after this refresh, on the same writer queue
                     next_reading = now + (self.counters_interval_s() or float("inf"))
                     next_reap = now + self.reap_interval_s()     # the dump reaped too
-                    self.store.refresh_live(self._live_now(READING_BUDGET_S)[0])
+                    cpu = time.thread_time()
+                    live, alive = self._live_now(READING_BUDGET_S)
+                    self.store.refresh_live(live)
                     self.readings += 1
+                    self.reading_entries = len(alive)
+                    self.reading_cpu_s += time.thread_time() - cpu
                 elif now >= next_reap:
                     next_reap = now + self.reap_interval_s()
                     assert self._dumper is not None
