@@ -34,7 +34,7 @@ log = logging.getLogger("netagent.flows")
 REFUSED_REPEAT_S = 30.0    # a refused flow's retransmits within this long are one record
 OWNERS_KEPT = 4            # per slot: who held it (for destroy events read after a reuse)
 STOP_BUDGET_S = 5.0        # at stop, parse live entries' counters for at most this long
-READING_BUDGET_S = 2.0     # a periodic counters reading parses for at most this long
+READING_BUDGET_S = 1.0     # a periodic counters reading parses for at most this long
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class FlowRecorder:
         self.readings = 0    # periodic readings of the live flows' counters
         self.reading_cpu_s = 0.0     # the reader thread's CPU time in them
         self.reading_entries = 0     # conntrack entries the last one parsed
+        self._cursor = 0             # where a reading cut by its budget stopped (in dump order)
+        self._budget_noted = False   # the budget's warning: once
         self.owners: dict[int, tuple[tuple[float, str], ...]] = {}
         self._events: socket.socket | None = None
         self._dumper: socket.socket | None = None
@@ -248,7 +250,9 @@ class FlowRecorder:
     def _live_now(self, budget_s: float | None = None) -> tuple[list[FlowRecord], set[str]]:
         """The sandbox flows in conntrack now, as records keyed by entry id, and
         the entry id of every entry read (a saved flow whose slot has no owner
-        now, released while no agent ran, is still alive)."""
+        now, released while no agent ran, is still alive). With a budget, the
+        parse starts where the last one that ran out stopped, so a table too
+        big for one reading is covered over several."""
         assert self._dumper is not None
         self._seq += 10
         now = time.time()
@@ -256,12 +260,16 @@ class FlowRecorder:
         live: list[FlowRecord] = []
         alive: set[str] = set()
         bodies = reader.dump(self._dumper, self._seq)
-        for n, body in enumerate(bodies):
+        first = self._cursor % len(bodies) if bodies and deadline is not None else 0
+        for n in range(len(bodies)):
             if deadline is not None and time.monotonic() > deadline:
-                log.warning("flow reader: %d of %d live entries read (budget); the rest keep the "
-                            "counters they were first seen with", n, len(bodies))
+                self._cursor = first + n
+                if not self._budget_noted:
+                    self._budget_noted = True
+                    log.warning("flow reader: %d of %d live entries read (budget); the next reading goes on "
+                                "from there", n, len(bodies))
                 break
-            if (entry := codec.parse_entry(body)) is None:
+            if (entry := codec.parse_entry(bodies[(first + n) % len(bodies)])) is None:
                 continue
             alive.add(entry.entry_id)
             if (rec := self.record(entry, False, now)) is not None:
