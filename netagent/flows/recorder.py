@@ -256,10 +256,11 @@ class FlowRecorder:
         assert self._dumper is not None
         self._seq += 10
         now = time.time()
-        deadline = time.monotonic() + budget_s if budget_s is not None else None
         live: list[FlowRecord] = []
         alive: set[str] = set()
         bodies = reader.dump(self._dumper, self._seq)
+        # the budget is the parse's: the dump (the kernel's walk, the reads) is not cut
+        deadline = time.monotonic() + budget_s if budget_s is not None else None
         first = self._cursor % len(bodies) if bodies and deadline is not None else 0
         for n in range(len(bodies)):
             if deadline is not None and time.monotonic() > deadline:
