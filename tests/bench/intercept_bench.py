@@ -190,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--h2-requests", type=int, default=50000)
-    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=40)
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args.requests, args.h2_requests, args.rounds)), indent=2))
 
