@@ -28,6 +28,22 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 
 
+def resume_point(saved: dict[str, int], mark: int | None, committed: dict[str, int],
+                 log_size: int | None) -> tuple[dict[str, int], int | None]:
+    """Pure: where to go on reading, and the size to cut the request log back
+    to (None: leave it), after a stop at any instruction. Each batch is written
+    to the log, then committed with its events and how far it read
+    (`committed`, in state.db), then saved here with the log's size (`mark`).
+    Committed ahead of saved: only the save was lost (the log has the batch).
+    Else a log longer than the mark has lines whose events were not committed:
+    cut them, they are read again."""
+    resume = {f: max(saved.get(f, 0), committed.get(f, 0)) for f in saved.keys() | committed.keys()}
+    if resume == {f: saved.get(f, 0) for f in resume} and mark is not None and log_size is not None \
+            and log_size > mark:
+        return resume, mark
+    return resume, None
+
+
 def parse_lines(data: bytes) -> list[dict[str, Any]]:
     """The request records of complete lines (HAProxy's own notices skipped)."""
     out = []
@@ -50,12 +66,16 @@ class RequestTail:
     read to its end and its writer (requests.<generation>.pid) has exited."""
 
     def __init__(self, directory: Path, on_record: Callable[[dict[str, Any]], None],
-                 after_batch: Callable[[], Awaitable[None]] | None = None, every_s: float = 0.1):
+                 after_batch: Callable[[dict[str, int]], Awaitable[int | None]] | None = None,
+                 every_s: float = 0.1):
         self.dir = directory
         self.offsets_path = directory / "requests.offsets"
         self.on_record = on_record
-        self.after_batch = after_batch     # called once a batch's records are handed over
+        # called once a batch's records are handed over, with the offsets past
+        # them; returns the request log's size after it (the mark saved with them)
+        self.after_batch = after_batch
         self.every_s = every_s
+        self.mark: int | None = None
         self.offsets: dict[str, int] = self._saved_offsets()
         self._punched: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -127,8 +147,9 @@ class RequestTail:
                 records = parse_lines(data[:end])
                 for record in records:
                     self.on_record(record)
+                read_to = {**self.offsets, path.name: offset + end}
                 if records and self.after_batch is not None:
-                    await self.after_batch()
+                    self.mark = await self.after_batch(read_to)
                 self.offsets[path.name] = offset + end
                 count += len(records)
                 self._save_offsets()
@@ -150,15 +171,28 @@ class RequestTail:
         except OSError:
             return True
 
+    def recover(self, committed: dict[str, int], log_path: Path | None) -> None:
+        """At start, before reading: resume_point applied (the log cut if need be)."""
+        size = log_path.stat().st_size if log_path is not None and log_path.exists() else None
+        self.offsets, cut = resume_point(self.offsets, self.mark, committed, size)
+        if cut is not None and log_path is not None:
+            log.info("interceptor: %d bytes of request log whose records were not committed are read again",
+                     (size or 0) - cut)
+            os.truncate(log_path, cut)
+        self.mark = cut if cut is not None else size
+        self._save_offsets()
+
     def _saved_offsets(self) -> dict[str, int]:
         try:
-            return {str(k): int(v) for k, v in json.loads(self.offsets_path.read_text()).items()}
-        except (OSError, ValueError, AttributeError):
+            data = json.loads(self.offsets_path.read_text())
+            self.mark = data.get("mark")
+            return {str(k): int(v) for k, v in data["offsets"].items()}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
             return {}
 
     def _save_offsets(self) -> None:
         tmp = self.offsets_path.with_name(self.offsets_path.name + ".tmp")
-        tmp.write_text(json.dumps(self.offsets, sort_keys=True))
+        tmp.write_text(json.dumps({"offsets": self.offsets, "mark": self.mark}, sort_keys=True))
         os.replace(tmp, self.offsets_path)
 
     def _punch(self, fd: int, path: Path, offset: int) -> None:

@@ -88,6 +88,11 @@ def test_requests_served_while_the_agent_is_killed_are_recorded_once_at_the_next
         daemon.stop()
         assert sorted(paths(log)) == sorted(["/before", *down, "/after"])          # once each
         assert sorted(event_paths(tmp_path / "state" / "state.db")) == sorted(["/before", *down, "/after"])
+        # how far the events had read is committed with them (a restart resumes there)
+        conn = sqlite3.connect(f"file:{tmp_path / 'state' / 'state.db'}?mode=ro", uri=True)
+        (read_to,) = conn.execute("SELECT value FROM meta WHERE key = 'intercept_requests_read_to'").fetchone()
+        conn.close()
+        assert json.loads(read_to) and all(v > 0 for v in json.loads(read_to).values()), read_to
     finally:
         if guest is not None:
             guest.stop()

@@ -70,3 +70,43 @@ def test_read_bytes_are_punched_out_of_the_file(tmp_path):
     st = os.stat(path)
     assert st.st_size > PUNCH_EVERY and st.st_blocks * 512 < st.st_size // 2, (st.st_size, st.st_blocks)
     os.close(fd)
+
+
+def test_resume_point_after_a_stop_at_each_step_of_a_batch():
+    """A batch: log written, events committed with read_to, offsets and the log's size saved."""
+    from netagent.intercept.requestlog import resume_point
+    saved, mark = {"requests.00000001.log": 100}, 500
+    # stopped while the log was written: its lines past the mark go, the batch is read again
+    assert resume_point(saved, mark, {"requests.00000001.log": 100}, 650) == (saved, 500)
+    # stopped after the commit, before the save: the log has the batch, read on past it
+    assert resume_point(saved, mark, {"requests.00000001.log": 180}, 650) == ({"requests.00000001.log": 180}, None)
+    # stopped between batches; events off (nothing committed); the log rotated away by an operator
+    assert resume_point(saved, mark, {"requests.00000001.log": 100}, 500) == (saved, None)
+    assert resume_point(saved, mark, {}, 500) == (saved, None)
+    assert resume_point(saved, mark, {}, 20) == (saved, None)
+    # a file's offsets saved ahead of the last commit (lines without records, events failing): saved wins
+    assert resume_point({"a": 300, "b": 10}, mark, {"a": 200, "b": 40}, 500) == ({"a": 300, "b": 40}, None)
+
+
+def test_recover_cuts_uncommitted_log_lines_and_they_are_recorded_once(tmp_path):
+    log_path = tmp_path / "requests.jsonl"
+    got: list[str] = []
+
+    async def write_log(read_to):  # type: ignore[no-untyped-def]
+        with open(log_path, "a") as f:
+            f.write("".join(json.dumps({"path": p}) + "\n" for p in got[len(seen):]))
+        seen[:] = got
+        return log_path.stat().st_size
+    seen: list[str] = []
+    t = RequestTail(tmp_path, lambda r: got.append(r["path"]), write_log)
+    fd, _ = t.open_for_writer()
+    os.write(fd, line("/a"))
+    asyncio.run(t.read_new())
+    os.write(fd, line("/b"))
+    with open(log_path, "a") as f:        # /b reached the log, then the agent was killed: nothing else
+        f.write(json.dumps({"path": "/b"}) + "\n")
+    again = RequestTail(tmp_path, lambda r: got.append(r["path"]), write_log)
+    again.recover({}, log_path)
+    asyncio.run(again.read_new())
+    assert [json.loads(x)["path"] for x in log_path.read_text().splitlines()] == ["/a", "/b"]
+    os.close(fd)
