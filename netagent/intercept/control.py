@@ -34,7 +34,7 @@ def cert_file_name(domain: str) -> str:
 class Interceptor:
     def __init__(self, settings: InterceptSettings, ca: InterceptCA,
                  on_record: Callable[[dict[str, Any]], None], netns: str | None = None,
-                 after_batch: Callable[[], Awaitable[None]] | None = None):
+                 after_batch: Callable[[dict[str, int]], Awaitable[int | None]] | None = None):
         self.s = settings
         self.ca = ca
         self.tail = RequestTail(settings.state_dir, on_record, after_batch)
