@@ -183,6 +183,10 @@ class FlowsConfig(_Section):
     # A dump of conntrack, read and dropped, this often: the kernel deletes the
     # expired entries it walks, so their records come then, not at its next GC pass.
     reap_interval_s: float = Field(10.0, ge=0.2, le=3600)
+    # The live sandbox flows' counters read (a dump parsed) and saved this often
+    # (0: only at a graceful stop), so a flow that ends while the agent is down
+    # (kill -9) is recorded with its bytes up to the last reading: a lower bound.
+    counters_interval_s: float = Field(60.0, ge=0, le=86400)
     log: bool = True                  # also append each record to a JSON-lines file
     log_path: Path | None = None      # None: <state_dir>/flows.jsonl
     log_max_bytes: int = Field(100 << 20, ge=1 << 16)   # then renamed to <log_path>.1 (one kept)

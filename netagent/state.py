@@ -24,6 +24,7 @@ from .core.rows import (
     AllocationDeleted,
     EgressSet,
     LimitsSet,
+    MetaSet,
     PausedSet,
     PolicySet,
     PortAccessSet,
@@ -279,6 +280,8 @@ class Tx:
                                 (sid, ip, slot))
             case UsageClosed(sid):
                 self.db.execute("DELETE FROM usage WHERE sandbox_id=?", (sid,))
+            case MetaSet(key, value):
+                self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     def save_usage(self, entries: list[tuple[str, str, str]]) -> None:
         """(sandbox, ip, data JSON) of open ledger entries; a released row keeps its flag."""

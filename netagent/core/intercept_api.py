@@ -97,8 +97,8 @@ class InterceptApi:
     def intercept_ca(self) -> str:
         return self._interception().ca.cert_pem
 
-    async def record_requests(self, records: list[dict[str, Any]]) -> None:
-        await self._submit(ops.RecordRequests(tuple(records)))
+    async def record_requests(self, records: list[dict[str, Any]], read_to: str = "") -> None:
+        await self._submit(ops.RecordRequests(tuple(records), read_to))
 
     async def _steer(self, sandbox_ip: str, name: str, answers: list[tuple[str, int]], admitted: bool) -> None:
         """DNS hook: the answered addresses of a ruled name, where the policy lets

@@ -21,6 +21,7 @@ from .rows import (
     Change,
     EgressSet,
     LimitsSet,
+    MetaSet,
     PausedSet,
     PolicySet,
     PortAccessSet,
@@ -176,8 +177,8 @@ class Inventory:
                 self.allocations[sid] = replace(rec, access={**rec.access, guest_port: access})
             case PausedSet(sid, paused, wake):
                 self.allocations[sid] = replace(self.allocations[sid], paused=paused, wake=wake)
-            case ReachabilitySet():
-                pass  # the prober holds reachability in memory; only SQLite keeps it
+            case ReachabilitySet() | MetaSet():
+                pass  # the prober holds reachability in memory; only SQLite keeps it (and meta)
 
     def _add(self, rec: Allocation) -> None:
         self.allocations[rec.sandbox_id] = rec

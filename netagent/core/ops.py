@@ -219,10 +219,14 @@ class RecordDenied:
     flows: tuple[DeniedFlow, ...]
 
 
+REQUESTS_READ_TO = "intercept_requests_read_to"   # state.db meta key (intercept/requestlog.py)
+
+
 @dataclass(frozen=True)
 class RecordRequests:
     """Intercepted requests' records (intercept/haconfig.py LOG_FORMAT), as events."""
     records: tuple[dict[str, Any], ...]
+    read_to: str = ""    # how far the interceptor's files are read with these (JSON), kept with the events
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from .rows import (
     EgressSet,
     Event,
     LimitsSet,
+    MetaSet,
     PausedSet,
     PolicySet,
     PortAccessSet,
@@ -307,8 +308,10 @@ REQUEST_FIELDS = ("method", "host", "path", "status", "bytes_in", "bytes_out", "
 
 def plan_requests(inv: Inventory, op: ops.RecordRequests) -> Change:
     """One http_request event per record of an allocated sandbox (only the
-    record's known fields: never anything else the log line might carry)."""
-    return Change(events=tuple(
+    record's known fields: never anything else the log line might carry), and
+    how far the interceptor's files are read, in the same transaction (a
+    restart resumes there: intercept/requestlog.py)."""
+    return Change(rows=(MetaSet(ops.REQUESTS_READ_TO, op.read_to),) if op.read_to else (), events=tuple(
         Event("http_request", r["sandbox"], {"request": {k: r.get(k) for k in REQUEST_FIELDS}})
         for r in op.records if r.get("sandbox") in inv.allocations))
 

@@ -101,8 +101,15 @@ class UsageClosed:
     sandbox_id: str
 
 
+@dataclass(frozen=True)
+class MetaSet:
+    """A key of state.db's meta table (SQLite only)."""
+    key: str
+    value: str
+
+
 Row = (SlotSet | SlotDeleted | AllocationAdded | AllocationDeleted | PolicySet | PortAdded | PortDeleted
-       | PortAccessSet | ReachabilitySet | EgressSet | LimitsSet | UsageReleased | UsageClosed | PausedSet)
+       | PortAccessSet | ReachabilitySet | EgressSet | LimitsSet | UsageReleased | UsageClosed | PausedSet | MetaSet)
 
 
 @dataclass(frozen=True)

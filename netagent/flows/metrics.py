@@ -20,5 +20,12 @@ class FlowMetrics(Collector):
                                   "buffer was full (those flows have no record).", value=r.lost)
         yield CounterMetricFamily("netagent_flow_store_failures", "Batches of flow records that could not be "
                                   "written (disk full, I/O error).", value=store.failures)
+        yield CounterMetricFamily("netagent_flow_counter_readings", "Periodic readings of the live flows' counters "
+                                  "([flows] counters_interval_s).", value=r.readings)
+        yield CounterMetricFamily("netagent_flow_counter_reading_cpu_seconds", "The flow reader thread's CPU time "
+                                  "in those readings (dump and parse; the SQLite refresh is on the writer thread).",
+                                  value=r.reading_cpu_s)
+        yield GaugeMetricFamily("netagent_flow_counter_reading_entries", "Conntrack entries the last reading parsed.",
+                                value=r.reading_entries)
         yield GaugeMetricFamily("netagent_flow_records_pending", "Flow records and live-set changes queued for the "
                                 "writer thread.", value=store.pending)

@@ -6,10 +6,11 @@ event loop only keeps the slot owners up to date.
 Restarts: a new event puts the flow in the store's live set, its destroy
 event takes it out (with its record). At start, a flow of the saved live set
 that is no longer in conntrack ended while no agent listened: it is recorded
-with its counters as last seen (while_down); a stop refreshes those counters.
-Every `reap_interval_s` a dump, read and dropped, makes the kernel delete the
-expired entries it walks, so their destroy events come then rather than at
-its next garbage-collection pass."""
+with its counters as last seen (while_down, a lower bound): read every
+`counters_interval_s` and at a graceful stop. Every `reap_interval_s` a dump,
+read and dropped, makes the kernel delete the expired entries it walks, so
+their destroy events come then rather than at its next garbage-collection
+pass (a counters reading is such a dump too)."""
 from __future__ import annotations
 
 import asyncio
@@ -33,6 +34,7 @@ log = logging.getLogger("netagent.flows")
 REFUSED_REPEAT_S = 30.0    # a refused flow's retransmits within this long are one record
 OWNERS_KEPT = 4            # per slot: who held it (for destroy events read after a reuse)
 STOP_BUDGET_S = 5.0        # at stop, parse live entries' counters for at most this long
+READING_BUDGET_S = 1.0     # a periodic counters reading parses for at most this long
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def from_config(config: Any, plan: Any, on_host: Callable[[Callable[[], Any]], A
     store = FlowStore(config.state_dir / "flows.db", Retention(
         flows.retain_s, flows.max_records, config.flow_log_path(), flows.log_max_bytes))
     return FlowRecorder(store, FlowLinks(on_host, plan.index_of_sandbox_ip, config.transit_cidr, names_for),
-                        lambda: config.flows.reap_interval_s)
+                        lambda: config.flows.reap_interval_s, lambda: config.flows.counters_interval_s)
 
 
 def with_metrics(recorder: FlowRecorder, registry: Any) -> FlowRecorder:
@@ -61,10 +63,17 @@ def with_metrics(recorder: FlowRecorder, registry: Any) -> FlowRecorder:
 
 
 class FlowRecorder:
-    def __init__(self, store: FlowStore, links: FlowLinks, reap_interval_s: Callable[[], float]):
+    def __init__(self, store: FlowStore, links: FlowLinks, reap_interval_s: Callable[[], float],
+                 counters_interval_s: Callable[[], float] = lambda: 0.0):
         self.store = store
         self.links = links
         self.reap_interval_s = reap_interval_s
+        self.counters_interval_s = counters_interval_s
+        self.readings = 0    # periodic readings of the live flows' counters
+        self.reading_cpu_s = 0.0     # the reader thread's CPU time in them
+        self.reading_entries = 0     # conntrack entries the last one parsed
+        self._cursor = 0             # where a reading cut by its budget stopped (in dump order)
+        self._budget_noted = False   # the budget's warning: once
         self.owners: dict[int, tuple[tuple[float, str], ...]] = {}
         self._events: socket.socket | None = None
         self._dumper: socket.socket | None = None
@@ -174,11 +183,24 @@ class FlowRecorder:
     def _run(self) -> None:
         name_os_thread("netagent-flowrd")
         next_reap = time.monotonic() + self.reap_interval_s()
+        next_reading = time.monotonic() + (self.counters_interval_s() or float("inf"))
         while not self._stopping.is_set():
             try:
                 self._read_once()
-                if time.monotonic() >= next_reap:
-                    next_reap = time.monotonic() + self.reap_interval_s()
+                now = time.monotonic()
+                if now >= next_reading:
+                    # events came in order before this dump and come after it: a flow it
+                    # saw end is closed after this refresh, on the same writer queue
+                    next_reading = now + (self.counters_interval_s() or float("inf"))
+                    next_reap = now + self.reap_interval_s()     # the dump reaped too
+                    cpu = time.thread_time()
+                    live, alive = self._live_now(READING_BUDGET_S)
+                    self.store.refresh_live(live)
+                    self.readings += 1
+                    self.reading_entries = len(alive)
+                    self.reading_cpu_s += time.thread_time() - cpu
+                elif now >= next_reap:
+                    next_reap = now + self.reap_interval_s()
                     assert self._dumper is not None
                     self._seq += 10
                     reader.reap(self._dumper, self._seq)
@@ -228,20 +250,27 @@ class FlowRecorder:
     def _live_now(self, budget_s: float | None = None) -> tuple[list[FlowRecord], set[str]]:
         """The sandbox flows in conntrack now, as records keyed by entry id, and
         the entry id of every entry read (a saved flow whose slot has no owner
-        now, released while no agent ran, is still alive)."""
+        now, released while no agent ran, is still alive). With a budget, the
+        parse starts where the last one that ran out stopped, so a table too
+        big for one reading is covered over several."""
         assert self._dumper is not None
         self._seq += 10
         now = time.time()
-        deadline = time.monotonic() + budget_s if budget_s is not None else None
         live: list[FlowRecord] = []
         alive: set[str] = set()
         bodies = reader.dump(self._dumper, self._seq)
-        for n, body in enumerate(bodies):
+        # the budget is the parse's: the dump (the kernel's walk, the reads) is not cut
+        deadline = time.monotonic() + budget_s if budget_s is not None else None
+        first = self._cursor % len(bodies) if bodies and deadline is not None else 0
+        for n in range(len(bodies)):
             if deadline is not None and time.monotonic() > deadline:
-                log.warning("flow reader: %d of %d live entries read at stop (budget); the rest keep the "
-                            "counters they were first seen with", n, len(bodies))
+                self._cursor = first + n
+                if not self._budget_noted:
+                    self._budget_noted = True
+                    log.warning("flow reader: %d of %d live entries read (budget); the next reading goes on "
+                                "from there", n, len(bodies))
                 break
-            if (entry := codec.parse_entry(body)) is None:
+            if (entry := codec.parse_entry(bodies[(first + n) % len(bodies)])) is None:
                 continue
             alive.add(entry.entry_id)
             if (rec := self.record(entry, False, now)) is not None:

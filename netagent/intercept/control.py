@@ -8,20 +8,19 @@ name already gets it, with h2 (no on-the-fly generation; docs/architecture.md)."
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from ..edge.runtime import HAProxyError, HAProxyRuntime
 from .ca import InterceptCA, write_private
 from .haconfig import InterceptSettings, render
+from .requestlog import RequestTail
 from .rules import RuleSet, encode_for_lua
 
 log = logging.getLogger("netagent.intercept")
@@ -32,34 +31,18 @@ def cert_file_name(domain: str) -> str:
     return ("_wildcard." + domain[2:] if domain.startswith("*.") else domain) + ".pem"
 
 
-class RecordProtocol(asyncio.DatagramProtocol):
-    def __init__(self, on_record: Callable[[dict[str, Any]], None]):
-        self.on_record = on_record
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        text = data.decode(errors="replace").strip()
-        if not text.startswith("{"):
-            return      # haproxy's own notices (proxies started or stopped)
-        try:
-            record = json.loads(text)
-        except ValueError:
-            log.warning("interceptor: unreadable request record (%d bytes)", len(data))
-            return
-        self.on_record(record)
-
-
 class Interceptor:
     def __init__(self, settings: InterceptSettings, ca: InterceptCA,
-                 on_record: Callable[[dict[str, Any]], None], netns: str | None = None):
+                 on_record: Callable[[dict[str, Any]], None], netns: str | None = None,
+                 after_batch: Callable[[dict[str, int]], Awaitable[int | None]] | None = None):
         self.s = settings
         self.ca = ca
-        self.on_record = on_record
+        self.tail = RequestTail(settings.state_dir, on_record, after_batch)
         self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
         self.runtime = HAProxyRuntime(str(settings.admin_socket), "")
         self._loaded: dict[str, str] = {}      # source address -> what `netagent set` was given
         self._domains: set[str] = set()
-        self._transport: asyncio.DatagramTransport | None = None
 
     # ---- process -------------------------------------------------------------------
 
@@ -73,12 +56,7 @@ class Interceptor:
         self._domains = {line.split()[0] for line in self.s.crt_list.read_text().splitlines() if line.strip()}
         self._domains = {Path(p).name for p in self._domains}
         self.s.config_path.write_text(render(self.s))
-        if self._transport is None:
-            self.s.log_socket.unlink(missing_ok=True)
-            loop = asyncio.get_running_loop()
-            self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: RecordProtocol(self.on_record), local_addr=str(self.s.log_socket), family=socket.AF_UNIX)
-            os.chmod(self.s.log_socket, 0o600)
+        self.tail.start()
         await self._spawn()
 
     async def _spawn(self) -> None:
@@ -91,11 +69,15 @@ class Interceptor:
         # what it was last given: the new one takes its listeners over and the
         # old one finishes its open connections, then exits (haproxy -sf).
         previous = self._previous_pid()
+        # stdout: the request records (requestlog.py); stderr: its own messages
+        records, records_path = self.tail.open_for_writer()
         out = open(self.s.run_dir / "haproxy.out", "ab")
         self.proc = subprocess.Popen([*prefix, exe, "-db", "-f", str(self.s.config_path),
                                       *(["-sf", str(previous)] if previous else [])],
-                                     stdout=out, stderr=subprocess.STDOUT)
+                                     stdout=records, stderr=out)
+        os.close(records)
         out.close()
+        self.tail.spawned(records_path, self.proc.pid)
         self.s.pid_file.write_text(f"{self.proc.pid}\n")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S
@@ -140,9 +122,7 @@ class Interceptor:
                 self.proc.kill()
                 await asyncio.to_thread(self.proc.wait, 5)
         self.proc = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        await self.tail.stop()    # after haproxy's exit: its last records are in the file
 
     # ---- per sandbox -----------------------------------------------------------------
 

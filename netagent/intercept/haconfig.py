@@ -10,8 +10,8 @@ from pathlib import Path
 
 LUA = Path(__file__).with_name("intercept.lua")
 
-# One JSON object per request (log `format raw`): what a request record holds,
-# never a header's value.
+# One JSON object per request (log `format raw`, to stdout: a file the agent
+# tails, intercept/requestlog.py): what a request record holds, never a header's value.
 LOG_FORMAT = ('{"src":"%ci","sandbox":"%[var(txn.na_sandbox),json(utf8s)]","method":"%HM",'
               '"host":"%[var(txn.na_host),json(utf8s)]","path":"%[var(txn.na_path),json(utf8s)]",'
               '"status":%ST,"bytes_in":%U,"bytes_out":%B,"duration_ms":%Ta,'
@@ -21,8 +21,8 @@ LOG_FORMAT = ('{"src":"%ci","sandbox":"%[var(txn.na_sandbox),json(utf8s)]","meth
 
 @dataclass(frozen=True)
 class InterceptSettings:
-    state_dir: Path            # CA, certificates, crt-list (kept)
-    run_dir: Path              # config, admin and log sockets (recreated each start)
+    state_dir: Path            # CA, certificates, crt-list, request records (kept)
+    run_dir: Path              # config, admin socket, pid (recreated each start)
     ca_bundle: str = "/etc/ssl/certs/ca-certificates.crt"   # what upstreams are verified against
     tls_port: int = 15443
     plain_port: int = 15080
@@ -35,10 +35,6 @@ class InterceptSettings:
     @property
     def admin_socket(self) -> Path:
         return self.run_dir / "admin.sock"
-
-    @property
-    def log_socket(self) -> Path:
-        return self.run_dir / "requests.sock"
 
     @property
     def pid_file(self) -> Path:
@@ -97,7 +93,7 @@ global
   maxconn {s.maxconn}
   lua-load {LUA}
   stats socket {s.admin_socket} mode 600 level admin
-  log {s.log_socket} len 8192 format raw local0 info
+  log stdout len 8192 format raw local0 info
   tune.bufsize {s.max_header_bytes}
   tune.ssl.default-dh-param 2048
   ssl-server-verify required

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..config import Config
+from ..core.ops import REQUESTS_READ_TO
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..models import LABEL_KEY_RE
 from .ca import InterceptCA, write_private
@@ -38,7 +41,7 @@ def label_owner(label: str) -> str:
 
 
 class InterceptService:
-    def __init__(self, config: Config, record: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    def __init__(self, config: Config, record: Callable[[list[dict[str, Any]], str], Awaitable[None]],
                  labels_of: Callable[[str], dict[str, str]] = lambda _sid: {}):
         ic = config.intercept
         self.config = config
@@ -59,7 +62,8 @@ class InterceptService:
         self.request_log = ic.request_log or (config.state_dir / "requests.jsonl")
         self._record = record
         self.labels_of = labels_of    # an allocated sandbox's labels (secrets set for a label)
-        self.proxy = Interceptor(self.settings, self.ca, self._on_record, netns=config.host_netns)
+        self.proxy = Interceptor(self.settings, self.ca, self._on_record, netns=config.host_netns,
+                                 after_batch=self._flush)
         self._started = False
         self._pending: list[dict[str, Any]] = []
         self._watch_task: asyncio.Task[None] | None = None
@@ -79,6 +83,11 @@ class InterceptService:
         self._save_rules()
         for sid, ip in allocated.items():
             self._bind(sid, ip)
+        self.proxy.tail.recover(self._committed_read_to() if self.events_on else {}, self.request_log)
+        if self.proxy.tail.files():   # what a haproxy wrote while no agent ran, first
+            await self.proxy.tail.read_new()
+            self.proxy.tail.start()
+        for sid in allocated:
             if sid in self._rules:
                 await self._push(sid)
         self._watch_task = asyncio.create_task(self._watch(), name="netagent-interceptor-watch")
@@ -91,6 +100,7 @@ class InterceptService:
         if self._started:
             await self.proxy.stop()
             self._started = False
+        await self.proxy.tail.stop()
         await self._flush()
         if self._log_file is not None:
             self._log_file.close()
@@ -237,16 +247,35 @@ class InterceptService:
             self._log_file = open(self.request_log, "a", buffering=1 << 16)
         self._log_file.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._pending.append(record)
-        if len(self._pending) == 1:   # one event commit and one log flush per 50 ms at most
-            asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(self._flush()))
 
-    async def _flush(self) -> None:
+    async def _flush(self, read_to: dict[str, int] | None = None) -> int | None:
+        """After each batch the tail read (requestlog.py): the log flushed, then
+        the events committed with how far the tail read (`read_to`), before
+        the tail saves it. The log's size after it."""
         batch, self._pending = self._pending, []
         if self._log_file is not None:
             self._log_file.flush()
         if batch and self.events_on:
             try:
-                await self._record(batch)
+                await self._record(batch, json.dumps(read_to, sort_keys=True) if read_to else "")
             except Exception:   # noqa: BLE001 - the log line is written; an event lost is logged
                 log.exception("interceptor: %d request events not recorded", len(batch))
+        return os.fstat(self._log_file.fileno()).st_size if self._log_file is not None else None
+
+    def _committed_read_to(self) -> dict[str, int]:
+        """How far the events committed in state.db had read (its own read-only connection)."""
+        db = self.config.state_dir / "state.db"
+        if not db.exists():
+            return {}
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (REQUESTS_READ_TO,)).fetchone()
+        except sqlite3.Error:
+            return {}
+        finally:
+            conn.close()
+        try:
+            return {str(k): int(v) for k, v in json.loads(row[0]).items()} if row else {}
+        except (ValueError, AttributeError):
+            return {}
 

@@ -296,8 +296,9 @@ def teardown(args: argparse.Namespace, config: Config, c: Client) -> int:
         return fail(str(exc))
     human = (f"removed {done['netns']} netns, {done['links']} links, "
              f"{'the' if done['table'] else 'no'} table inet {config.prefix}, "
-             f"{len(done['state_files'])} state file(s)" + (f" ({done['allocations']} allocation(s) forced)"
-                                                            if done["allocations"] else ""))
+             f"{len(done['state_files'])} state and record file(s), {len(done['dirs'])} interceptor dir(s)"
+             + (f", stopped the interceptor left running (pid {done['interceptor']})" if done["interceptor"] else "")
+             + (f" ({done['allocations']} allocation(s) forced)" if done["allocations"] else ""))
     emit(done, args.json, human)
     return EXIT_OK
 

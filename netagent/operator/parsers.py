@@ -50,7 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--apply", action="store_true")
     cmd("resync", "repair drift: re-add every nft element from state (reload the table if edited), "
                   "rewrite every registry record", "resync")
-    p = cmd("teardown", "remove every slot, the host table and the state (stop the agent first)", "teardown")
+    p = cmd("teardown", "remove every slot, the host table, the state, the records and the interceptor "
+            "(stop the agent first)", "teardown")
     p.add_argument("--force", action="store_true", help="even while sandboxes are allocated")
     cmd("doctor", "check the host's prerequisites and the registry, and explain each failure", "doctor")
     p = cmd("policy", "show or replace a sandbox's egress policy", "policy")

@@ -2,7 +2,9 @@
 daemon, RATE new connections a second for SECONDS from their slot netns to a
 TEST-NET server (tests/bench/flow_log_client.py), each closed with FINs.
 
-Reported: connections made; flow records stored for them (read from flows.db
+Reported: connections made; the periodic counters readings' CPU (each
+parses the whole table; run at 5 s here so a 30 s run has several, and
+scaled to the default 60 s); flow records stored for them (read from flows.db
 once every connection has one or the count stops growing); records lost
 (connections, by source address and port, without a record: the target is
 0; a connection the kernel retried after a reset of its first SYN has two
@@ -122,13 +124,26 @@ class AllocateSampler:
         self._thread.join(60)
 
 
+def readings(metrics: dict[str, float], interval_s: float) -> dict:
+    """Pure: the periodic counters readings' cost, from the agent's metrics, and
+    what it comes to at the default 60 s interval."""
+    n = metrics.get("netagent_flow_counter_readings_total{}", 0.0)
+    cpu = metrics.get("netagent_flow_counter_reading_cpu_seconds_total{}", 0.0)
+    per = cpu / n if n else 0.0
+    return {"interval_s": interval_s, "readings": int(n), "entries_last": int(
+        metrics.get("netagent_flow_counter_reading_entries{}", 0.0)), "cpu_ms_per_reading": round(per * 1000, 2),
+        "cpu_cores_at_this_interval": round(per / interval_s, 5) if interval_s else 0.0,
+        "cpu_cores_at_60s": round(per / 60.0, 5)}
+
+
 def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, record: bool = True,
-        kernel_timeouts: bool = False) -> dict:
+        kernel_timeouts: bool = False, counters_interval_s: float = 5.0) -> dict:
     if not kernel_timeouts:
         quick_ends(bed)
     bed.start_module(bed.inet, "tests.bench.flow_log_client", "serve", str(PORT))
     config = write_config(bed, tmp, pool_size=POOL_SIZE, pool_max_size=max(POOL_SIZE, 256),
-                          metrics_refresh_s=5.0, ruleset_check_interval_s=1.0, flows={"record": record})
+                          metrics_refresh_s=5.0, ruleset_check_interval_s=1.0,
+                          flows={"record": record, "counters_interval_s": counters_interval_s})
     daemon = Daemon(config).start(timeout=300)
     driver = None
     try:
@@ -145,6 +160,7 @@ def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, re
             driver.stdin.flush()
             client = json.loads(driver.stdout.readline())
         ticks1, threads1 = sum(proc_ticks(f"/proc/{pid}/stat")), thread_ticks(pid)
+        counter_readings = readings(daemon.metrics(bed.host), counters_interval_s)   # as the load ends
         threads = thread_shares(threads0, threads1, client["end"] - client["start"])
         common = {"sandboxes": sandboxes, "rate_per_s": rate, "seconds": seconds, "record": record,
                   "tcp_timeout_time_wait_s": 120 if kernel_timeouts else 1,
@@ -168,6 +184,7 @@ def run(bed: Testbed, tmp: Path, sandboxes: int, rate: float, seconds: float, re
         lost_events = sum(line.count("dropped conntrack events") for line in daemon.log)
         out = {**common, **figures(client, recorded, (ticks0, ticks1), threads, sizes),
                "records_in_db_total": total, "kernel_event_drops_logged": lost_events,
+               "counter_readings": counter_readings,
                "agent_top_threads_cpu_cores": dict(list(threads.items())[:6]),
                "loadavg": os.getloadavg()}
         return out
@@ -184,6 +201,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--no-record", action="store_true", help="the same load with [flows] record off (comparison)")
+    ap.add_argument("--counters-interval-s", type=float, default=5.0,
+                    help="[flows] counters_interval_s: short, so a 30 s run has readings to measure (default 60)")
     ap.add_argument("--kernel-timeouts", action="store_true",
                     help="keep the kernel's TIME_WAIT (120 s): a conntrack table of rate x 120 entries, "
                          "records 2 minutes after each close")
@@ -192,7 +211,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="flowbench") as tmp:
             out = run(bed, Path(tmp), args.sandboxes, args.rate, args.seconds, record=not args.no_record,
-                      kernel_timeouts=args.kernel_timeouts)
+                      kernel_timeouts=args.kernel_timeouts, counters_interval_s=args.counters_interval_s)
             print(json.dumps(out, indent=2))
     finally:
         bed.destroy()

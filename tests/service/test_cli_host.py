@@ -3,10 +3,13 @@ out of service."""
 from __future__ import annotations
 
 import json
+import signal
 
 from netagent import netns
+from netagent.operator.teardown import running
 from tests.service.daemon import Daemon, write_config
 from tests.testbed import sh
+from tests.testbed.bed import wait_until
 
 
 def cli(config, *args: str) -> tuple[int, str, str]:
@@ -30,7 +33,8 @@ def test_commands_use_the_running_agents_facts_not_their_own_file(bed, daemon, t
 
 
 def test_teardown_refuses_while_the_agent_runs_or_sandboxes_are_allocated_then_removes_everything(bed, tmp_path):
-    config = write_config(bed, tmp_path, pool_size=2)
+    # the interceptor's run dir under tmp: teardown removes it (never the host's /run/netagent)
+    config = write_config(bed, tmp_path, pool_size=2, intercept={"run_dir": str(tmp_path / "intercept-run")})
     daemon = Daemon(config).start()
     try:
         with daemon.client() as c:
@@ -60,3 +64,28 @@ def test_teardown_refuses_while_the_agent_runs_or_sandboxes_are_allocated_then_r
     # Idempotent: a second run finds nothing and succeeds.
     code, out, _ = cli(config, "teardown", "--json")
     assert code == 0 and json.loads(out)["netns"] == 0, out
+
+
+def test_teardown_stops_the_interceptor_a_killed_agent_left_and_removes_every_file_the_agent_made(bed, tmp_path):
+    state, run_dir = tmp_path / "state", tmp_path / "intercept-run"
+    config = write_config(bed, tmp_path, pool_size=1, intercept={"run_dir": str(run_dir)})
+    daemon = Daemon(config).start()
+    try:
+        with daemon.client() as c:
+            c.allocate("td-i")
+            c.set_secret("td-i", "K", "teardown-secret-value")
+            c.set_request_rules("td-i", [{"id": "a", "domain": "api.test", "transforms": [
+                {"op": "set", "header": "Authorization", "value": "${secret:K}"}]}])    # the interceptor starts
+        pid = int((run_dir / "haproxy.pid").read_text())
+        assert wait_until(lambda: (state / "flows.db").exists(), timeout=30)
+    finally:
+        daemon.stop(signal.SIGKILL)        # no stop ran: the interceptor is left running
+    assert running(pid)
+    (state / "requests.jsonl").write_text("{}\n")     # as if a request had been recorded
+    code, out, _ = cli(config, "teardown", "--force", "--json")
+    done = json.loads(out)
+    assert code == 0 and done["interceptor"] == pid, out
+    assert wait_until(lambda: not running(pid), timeout=10), "the interceptor still runs"
+    assert not run_dir.exists() and not (state / "intercept").exists()
+    left = sorted(p.name for p in state.iterdir())
+    assert set(left) <= {"registry.db", "registry.db-wal", "registry.db-shm"}, left   # the registry's own

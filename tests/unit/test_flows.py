@@ -241,3 +241,24 @@ def test_every_entry_read_at_start_is_alive_even_without_a_sandbox_now(tmp_path,
     recorder._dumper = object()  # type: ignore[assignment]
     live, alive = recorder._live_now()
     assert live == [] and alive == {codec.parse_entry(b).entry_id for b in bodies} and len(alive) == 3
+
+
+def test_readings_cut_by_their_budget_go_on_where_the_last_stopped(tmp_path, monkeypatch):
+    """A table too big for one reading's budget is covered over several: each
+    reading starts where the previous one ran out, not at the dump's start;
+    the budget counts from the end of the dump."""
+    from netagent.flows import reader
+    from netagent.flows import recorder as recorder_mod
+    from netagent.flows.recorder import FlowLinks, FlowRecorder
+    bodies = [next(iter(messages(raw, codec.MSG_DESTROY))) for raw in DESTROYS]
+    ticks = iter(range(1000))
+    monkeypatch.setattr(recorder_mod.time, "monotonic", lambda: float(next(ticks)))   # 1 s per look
+    # the dump takes 2 s (a big table, a loaded host): the budget is the parse's, after it
+    monkeypatch.setattr(reader, "dump", lambda sock, seq: (next(ticks), next(ticks), bodies)[2])
+    recorder = FlowRecorder(FlowStore(tmp_path / "flows.db", Retention(86400, 1000)),
+                            FlowLinks(None, index_of, TRANSIT, lambda ip, a: frozenset()),  # type: ignore[arg-type]
+                            lambda: 10.0)
+    recorder._dumper = object()  # type: ignore[assignment]
+    seen = [recorder._live_now(budget_s=1.5)[1] for _ in range(3)]    # one entry fits in each
+    assert all(len(s) == 1 for s in seen), seen
+    assert set().union(*seen) == {codec.parse_entry(b).entry_id for b in bodies}
