@@ -48,6 +48,7 @@ class EdgeSettings:
     waker: str = ""                       # IPv4:PORT of the control plane's waker ("": no wake on request)
     paused_retry_after_s: int = 5         # Retry-After of the 503 for a paused sandbox
     tcp_listen: tuple[str, ...] = ()      # raw TCP over TLS by SNI (tcpconfig.py); needs tls_pem
+    tcp_on_https: bool = False            # the HTTPS listeners route by SNI to HTTPS or raw TCP (tcpconfig.py)
 
     def validate(self) -> None:
         if not _DOMAIN.fullmatch(self.domain):
@@ -63,6 +64,8 @@ class EdgeSettings:
         for listen in self.tcp_listen:
             if not _LISTEN.fullmatch(listen):
                 raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
+        if self.tcp_on_https and not self.https_listen:
+            raise ValueError("tcp_on_https needs https listeners")
         if not self.http_listen and not self.https_listen:
             raise ValueError("the edge needs at least one listener")
         for name in ("token_header", "token_cookie"):
@@ -96,7 +99,8 @@ def synced_map(map_dir: str) -> str:
 
 def _binds(s: EdgeSettings) -> str:
     lines = [f"    bind {addr}" for addr in s.http_listen]
-    lines += [f"    bind {addr} ssl crt {s.tls_pem} alpn h2,http/1.1 strict-sni" for addr in s.https_listen]
+    lines += [f"    bind {addr} ssl crt {s.tls_pem} alpn h2,http/1.1 strict-sni"
+              for addr in tcpconfig.https_bind_addresses(s)]
     return "\n".join(lines)
 
 
