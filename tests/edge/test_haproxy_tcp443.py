@@ -130,8 +130,19 @@ async def test_openssl_s_client_through_443(front) -> None:
 
 
 async def _echoes(port: int, ca, name: str) -> bool:
+    """The name reaches the echo server. Until the edge knows the port, the front hands the
+    name to HTTPS: the CRLFs make that a prompt 400, not a wait for a request head."""
     try:
-        return await tls_exchange(port, ca, name, b"ping") == b"ping"
+        return await tls_exchange(port, ca, name, b"ping\r\n\r\n") == b"ping\r\n\r\n"
     except (OSError, ssl.SSLError):
         return False
 
+
+
+async def test_a_reload_keeps_both_paths_behind_the_front(front) -> None:
+    """The inner unix sockets pass to the new process with the listeners (-x)."""
+    haproxy, port, ca, echo = front
+    haproxy.reload()
+    await eventually(lambda: _echoes(port, ca, f"5432-tcp1.{DOMAIN}"))    # the control plane synced it
+    assert await tls_exchange(port, ca, f"5432-tcp1.{DOMAIN}", b"after reload") == b"after reload"
+    assert (await https_get(port, ca, f"3000-web.{DOMAIN}"))[0] == 200
