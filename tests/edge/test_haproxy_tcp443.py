@@ -6,8 +6,12 @@ the client of the documented command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
+import signal
 import ssl
+import subprocess
 
 import pytest
 
@@ -146,3 +150,31 @@ async def test_a_reload_keeps_both_paths_behind_the_front(front) -> None:
     await eventually(lambda: _echoes(port, ca, f"5432-tcp1.{DOMAIN}"))    # the control plane synced it
     assert await tls_exchange(port, ca, f"5432-tcp1.{DOMAIN}", b"after reload") == b"after reload"
     assert (await https_get(port, ca, f"3000-web.{DOMAIN}"))[0] == 200
+
+
+
+async def test_ssh_proxycommand_through_443_carries_the_ssh_protocol(front, tmp_path) -> None:
+    """The documented `ssh -o ProxyCommand='openssl s_client …'`, against the echo server: no
+    sshd here, so the client meets its own banner and stalls at key exchange; reading the
+    banner back proves the SSH bytes crossed the edge both ways."""
+    _, port, ca, echo = front
+    proxy = (f"openssl s_client -quiet -verify_return_error -CAfile {ca} -connect {LOOPBACK}:{port} "
+             f"-servername 5432-tcp1.{DOMAIN}")
+    log = tmp_path / "ssh.log"
+    banner = "Remote protocol version 2.0, remote software version OpenSSH"
+    with open(log, "wb") as err:
+        # Its own session: ssh and its ProxyCommand child are stopped together below.
+        ssh = subprocess.Popen(["ssh", "-v", "-F", "/dev/null", "-o", f"ProxyCommand={proxy}", "-o", "BatchMode=yes",
+                                "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={tmp_path}/known_hosts",
+                                "-o", "ConnectTimeout=5", "user@tcp1", "true"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        async def banner_seen() -> bool:
+            return banner in log.read_text(errors="replace") or ssh.poll() is not None
+        await eventually(banner_seen, timeout_s=15)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ssh.pid, signal.SIGKILL)
+        ssh.wait(timeout=10)
+    assert banner in log.read_text(errors="replace"), log.read_text(errors="replace")[-2000:]
+    assert echo.received > 0
