@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := nftables python3-nftables python3-venv iproute2 conntrack iptables \
 	containernetworking-plugins qemu-system-x86 busybox-static \
-	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client stress-ng \
+	iputils-ping openssl redis-server redis-tools tcpdump procps haproxy curl nghttp2-client stress-ng iperf3 socat \
 	prometheus systemd python3-yaml python3-pip python3-cryptography pebble
 CONFIG ?=
 PYTEST_ARGS ?=

@@ -75,10 +75,10 @@ class Client:
 
     def expose(self, sandbox_id: str, guest_port: int, protocol: str = "tcp", host_port: int = 0, *,
                public: bool | None = None, access_token: str | None = None,
-               host_mask: str | None = None) -> pb.ExposedPort:
+               host_mask: str | None = None, mode: str | None = None) -> pb.ExposedPort:
         """Also sets the port's edge access; None leaves a field as it is (docs/edge.md)."""
-        access = {k: v for k, v in (("public", public), ("access_token", access_token), ("host_mask", host_mask))
-                  if v is not None}
+        access = {k: v for k, v in (("public", public), ("access_token", access_token), ("host_mask", host_mask),
+                                    ("mode", mode)) if v is not None}
         req = pb.ExposePortRequest(sandbox_id=sandbox_id, guest_port=guest_port,
                                    protocol=PROTOCOLS.get(protocol, 99), host_port=host_port, **access)
         return self.stub.ExposePort(req, timeout=self.timeout).port

@@ -92,6 +92,7 @@ CREATE TABLE IF NOT EXISTS port_access (
     public INTEGER NOT NULL,
     token_sha256 TEXT NOT NULL,
     host_mask TEXT NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'http',
     PRIMARY KEY (sandbox_id, guest_port)
 );
 CREATE TABLE IF NOT EXISTS paused (
@@ -133,6 +134,8 @@ class StateStore:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(allocations)")}
         if "mark_generation" not in columns:
             self.db.execute("ALTER TABLE allocations ADD COLUMN mark_generation INTEGER NOT NULL DEFAULT 0")
+        if "mode" not in {row[1] for row in self.db.execute("PRAGMA table_info(port_access)")}:
+            self.db.execute("ALTER TABLE port_access ADD COLUMN mode TEXT NOT NULL DEFAULT 'http'")
 
     def checkpoint_elsewhere(self) -> None:
         """From now on the WAL is copied into the database only by `checkpoint`,
@@ -208,8 +211,9 @@ class StateStore:
             "SELECT sandbox_id, ip, slot_idx, released, data FROM usage")]
 
     def load_port_access(self) -> dict[tuple[str, int], PortAccess]:
-        return {(sid, port): PortAccess(bool(public), sha, mask) for sid, port, public, sha, mask in self.db.execute(
-            "SELECT sandbox_id, guest_port, public, token_sha256, host_mask FROM port_access")}
+        return {(sid, port): PortAccess(bool(public), sha, mask, mode)
+                for sid, port, public, sha, mask, mode in self.db.execute(
+                    "SELECT sandbox_id, guest_port, public, token_sha256, host_mask, mode FROM port_access")}
 
 
     def events_after(self, cursor: int, limit: int = 1000) -> list[tuple[int, float, str, str, str]]:
@@ -261,8 +265,9 @@ class Tx:
             case PortDeleted(sid, port):
                 self.delete_port(sid, port)
             case PortAccessSet(sid, guest_port, access):
-                self.db.execute("INSERT OR REPLACE INTO port_access VALUES (?, ?, ?, ?, ?)",
-                                (sid, guest_port, int(access.public), access.token_sha256, access.host_mask))
+                self.db.execute("INSERT OR REPLACE INTO port_access VALUES (?, ?, ?, ?, ?, ?)",
+                                (sid, guest_port, int(access.public), access.token_sha256, access.host_mask,
+                                 access.mode))
             case PausedSet(sid, paused, wake):
                 if paused:
                     self.db.execute("INSERT OR REPLACE INTO paused VALUES (?, ?)", (sid, int(wake)))

@@ -82,7 +82,7 @@ def expose_op(r: pb.ExposePortRequest, host_port_range: tuple[int, int]) -> ops.
 
 def port_access_op(r: pb.ExposePortRequest) -> ops.SetPortAccess | None:
     """The access fields an ExposePort request sets (None: it sets none)."""
-    fields = {f: getattr(r, f) for f in ("public", "access_token", "host_mask") if r.HasField(f)}
+    fields = {f: getattr(r, f) for f in ("public", "access_token", "host_mask", "mode") if r.HasField(f)}
     return ops.SetPortAccess.of(r.sandbox_id, r.guest_port, **fields) if fields else None
 
 

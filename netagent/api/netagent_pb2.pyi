@@ -209,7 +209,7 @@ class UpdatePolicyRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., policy: _Optional[_Union[EgressPolicy, _Mapping]] = ...) -> None: ...
 
 class ExposePortRequest(_message.Message):
-    __slots__ = ("sandbox_id", "guest_port", "protocol", "host_port", "public", "access_token", "host_mask")
+    __slots__ = ("sandbox_id", "guest_port", "protocol", "host_port", "public", "access_token", "host_mask", "mode")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     GUEST_PORT_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,7 @@ class ExposePortRequest(_message.Message):
     PUBLIC_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     HOST_MASK_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     guest_port: int
     protocol: Protocol
@@ -224,7 +225,8 @@ class ExposePortRequest(_message.Message):
     public: bool
     access_token: str
     host_mask: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ..., public: _Optional[bool] = ..., access_token: _Optional[str] = ..., host_mask: _Optional[str] = ...) -> None: ...
+    mode: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., guest_port: _Optional[int] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., host_port: _Optional[int] = ..., public: _Optional[bool] = ..., access_token: _Optional[str] = ..., host_mask: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class ExposePortResponse(_message.Message):
     __slots__ = ("port",)

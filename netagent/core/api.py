@@ -110,11 +110,13 @@ class CoreApi:
         return existing if existing is not None else await self._submit(op)
 
     async def set_port_access(self, sandbox_id: str, guest_port: int, *, public: bool | None = None,
-                              access_token: str | None = None, host_mask: str | None = None) -> PortAccess:
+                              access_token: str | None = None, host_mask: str | None = None,
+                              mode: str | None = None) -> PortAccess:
         """Edge access of a guest port (exposed or not yet): public, or private with a token
-        (only its SHA-256 is kept), and the Host the guest sees. None leaves a field as it is."""
+        (only its SHA-256 is kept), the Host the guest sees, and the edge path (mode http
+        or tcp). None leaves a field as it is."""
         return await self.run_port_access(ops.SetPortAccess.of(sandbox_id, guest_port, public, access_token,
-                                                               host_mask))
+                                                               host_mask, mode))
 
     async def run_port_access(self, op: ops.SetPortAccess) -> PortAccess:
         require(self.inventory, op.sandbox_id)

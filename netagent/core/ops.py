@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
-from ..access import check_host_mask, token_sha256
+from ..access import check_host_mask, check_mode, token_fits_sni, token_sha256
 from ..errors import InvalidArgument
 from ..models import AllocateSpec, EgressPolicy, Limits, Protocol, validate_port, validate_protocol, validate_sandbox_id
 from ..policy import CompiledPolicy, compile_policy
@@ -174,14 +174,19 @@ class SetPortAccess:
     public: bool | None = None
     token_sha256: str | None = None     # "" clears the token
     host_mask: str | None = None
+    mode: str | None = None             # "http" | "tcp": the edge path that serves the port
+    token_fits_sni: bool = False        # the token can be a private TCP port's SNI credential
 
     @classmethod
     def of(cls, sandbox_id: object, guest_port: object, public: bool | None = None,
-           access_token: str | None = None, host_mask: str | None = None) -> SetPortAccess:
+           access_token: str | None = None, host_mask: str | None = None,
+           mode: str | None = None) -> SetPortAccess:
         sid = validate_sandbox_id(sandbox_id)
         port = validate_port(guest_port, "guest_port")
         sha = None if access_token is None else (token_sha256(access_token) if access_token else "")
-        return cls(sid, port, public, sha, None if host_mask is None else check_host_mask(host_mask))
+        return cls(sid, port, public, sha, None if host_mask is None else check_host_mask(host_mask),
+                   None if mode is None else check_mode(mode),
+                   bool(access_token) and token_fits_sni(sid, port, access_token or ""))
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,8 @@ def plan_port_access(inv: Inventory, op: ops.SetPortAccess) -> Change:
     No element: the edge enforces it. Refused if it would leave a private
     port without a token."""
     rec = require(inv, op.sandbox_id)
-    access = rec.access.get(op.guest_port, PortAccess()).with_changes(op.public, op.token_sha256, op.host_mask)
+    access = rec.access.get(op.guest_port, PortAccess()).with_changes(
+        op.public, op.token_sha256, op.host_mask, op.mode, op.token_fits_sni)
     return Change(reply=access, rows=(PortAccessSet(rec.sandbox_id, op.guest_port, access),))
 
 

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="HAProxy's connection limit; auto (default): sized by HAProxy from its fd limit")
     g.add_argument("--tcp-listen", action="append", default=[], metavar="IP:PORT",
                    help="raw TCP over TLS by SNI (repeatable; needs --tls-pem): docs/edge.md, \"Raw TCP\"")
+    g.add_argument("--tcp-on-https", action="store_true",
+                   help="serve ports exposed as tcp on the HTTPS listeners too, routed by SNI "
+                        "(an internal hop for HTTPS): docs/edge.md, \"Raw TCP\"")
     w = p.add_argument_group("wake on request (docs/edge.md, \"Paused sandboxes\")")
     w.add_argument("--waker-listen", default="", metavar="IPv4:PORT",
                    help="the control plane's waker for paused sandboxes (same in config and control plane); "
@@ -103,6 +106,7 @@ def settings_from(args: argparse.Namespace) -> EdgeSettings:
         token_header=args.token_header, token_cookie=args.token_cookie, trust_forwarded=args.trust_forwarded,
         connect_timeout_s=args.connect_timeout, shards=args.shards, threads=args.threads, maxconn=args.maxconn,
         waker=args.waker_listen, tcp_listen=tuple(args.tcp_listen), certs_dir=args.certs_dir,
+        tcp_on_https=args.tcp_on_https,
         url_signing_key=Path(args.url_signing_key_file).read_bytes().strip() if args.url_signing_key_file else b"")
 
 

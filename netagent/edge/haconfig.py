@@ -49,6 +49,7 @@ class EdgeSettings:
     paused_retry_after_s: int = 5         # Retry-After of the 503 for a paused sandbox
     tcp_listen: tuple[str, ...] = ()      # raw TCP over TLS by SNI (tcpconfig.py); needs tls_pem
     certs_dir: str = ""                   # custom domains' certificates and crt-list ("": no custom domains)
+    tcp_on_https: bool = False            # the HTTPS listeners route by SNI to HTTPS or raw TCP (tcpconfig.py)
 
     def validate(self) -> None:
         if not _DOMAIN.fullmatch(self.domain):
@@ -66,6 +67,8 @@ class EdgeSettings:
         for listen in self.tcp_listen:
             if not _LISTEN.fullmatch(listen):
                 raise ValueError(f"listen address {listen!r} is not IP:PORT, [IPv6]:PORT or :PORT")
+        if self.tcp_on_https and not self.https_listen:
+            raise ValueError("tcp_on_https needs https listeners")
         if not self.http_listen and not self.https_listen:
             raise ValueError("the edge needs at least one listener")
         for name in ("token_header", "token_cookie"):
@@ -100,7 +103,7 @@ def synced_map(map_dir: str) -> str:
 def _binds(s: EdgeSettings) -> str:
     lines = [f"    bind {addr}" for addr in s.http_listen]
     certs = domainconfig.https_certs(s.tls_pem, s.certs_dir)
-    lines += [f"    bind {addr} ssl {certs} alpn h2,http/1.1 strict-sni" for addr in s.https_listen]
+    lines += [f"    bind {addr} ssl {certs} alpn h2,http/1.1 strict-sni" for addr in tcpconfig.https_bind_addresses(s)]
     return "\n".join(lines)
 
 

@@ -15,6 +15,8 @@ Entries of a shard (docs/edge.md):
                         started is served); only a failed connect answers 502 "port
                         is not open". ip and host_port are empty when the node's
                         address is unusable (502 without a connect).
+  {sandbox_id}/{port}/tcp  the same value, for a port exposed in mode "tcp": only the
+                        raw TCP path looks it up, so each path serves its own ports.
 """
 from __future__ import annotations
 
@@ -48,8 +50,10 @@ def port_value(ip: str, host_port: int | str, token_sha256: str, host_mask: str,
     return f"{ip}|{host_port}|{token_sha256}|{host_mask}" + (f"|{CLOSED}" if closed else "")
 
 
-# One port as the maps need it: guest_port, protocol, host_port, reachable, public, token_sha256, host_mask.
-PortFields = tuple[int, str, int, bool, bool, str, str]
+# One port as the maps need it: guest_port, protocol, host_port, reachable, public, token_sha256,
+# host_mask, mode.
+PortFields = tuple[int, str, int, bool, bool, str, str, str]
+TCP_SUFFIX = "/tcp"    # the key suffix of a mode "tcp" port
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -59,8 +63,8 @@ def record_entries(record: SandboxRecord) -> Entries:
     if record.deleted:
         return {}
     return _entries(record.sandbox_id, record.node_address, [
-        (p.guest_port, p.protocol, p.host_port, p.reachable is True, p.public, p.token_sha256, p.host_mask)
-        for p in record.ports], lifecycle(record.paused, record.wake))
+        (p.guest_port, p.protocol, p.host_port, p.reachable is True, p.public, p.token_sha256, p.host_mask,
+         p.mode) for p in record.ports], lifecycle(record.paused, record.wake))
 
 
 LIVE, PAUSED, WAKE = "1", "paused", "wake"    # the existence entry's values
@@ -85,7 +89,8 @@ def entries_from_json(sandbox_id: str, raw: str | None) -> Entries:
         if doc["deleted"] is True:
             return {}
         ports = [(int(p["guest_port"]), str(p["protocol"]), int(p["host_port"]), p["reachable"] is True,
-                  p.get("public", True) is not False, str(p.get("token_sha256", "")), str(p.get("host_mask", "")))
+                  p.get("public", True) is not False, str(p.get("token_sha256", "")), str(p.get("host_mask", "")),
+                  str(p.get("mode", "http")))
                  for p in doc["ports"].values()]
         address = str(doc["node_address"])
         state = lifecycle(doc.get("paused"), doc.get("wake"))
@@ -99,19 +104,20 @@ def _entries(sid: str, node_address: str, ports: Iterable[PortFields], state: st
         return {}
     entries = {sid: state}
     address_ok = bool(node_address) and bool(_VALUE_SAFE.fullmatch(node_address))
-    for guest_port, protocol, host_port, reachable, public, token_sha256, host_mask in ports:
-        if protocol != "tcp":
-            continue
+    for guest_port, protocol, host_port, reachable, public, token_sha256, host_mask, mode in ports:
+        if protocol != "tcp" or mode not in ("http", "tcp"):
+            continue       # a mode this edge does not know is served on neither path
         mask = host_mask.replace("{port}", str(guest_port))
         token = "" if public else token_sha256.lower()
         if not public and not _SHA256_HEX.fullmatch(token):
             token = "!"   # private without a usable hash: no token can match
         if not _VALUE_SAFE.fullmatch(mask):
             mask = ""      # refused by the API already; never let it break the map line
+        key = f"{sid}/{guest_port}" + (TCP_SUFFIX if mode == "tcp" else "")
         if address_ok:
-            entries[f"{sid}/{guest_port}"] = port_value(node_address, host_port, token, mask, closed=not reachable)
+            entries[key] = port_value(node_address, host_port, token, mask, closed=not reachable)
         else:
-            entries[f"{sid}/{guest_port}"] = port_value("", "", token, mask)
+            entries[key] = port_value("", "", token, mask)
     return entries
 
 

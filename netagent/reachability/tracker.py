@@ -196,7 +196,7 @@ class Reachability:
             access = rec.access.get(p.guest_port, PUBLIC)
             ports.append(PortRecord(p.guest_port, p.protocol.value, p.host_port, v.reachable,
                                     v.changed_at, v.checked_at, access.public, access.token_sha256,
-                                    access.host_mask))
+                                    access.host_mask, access.mode))
         return SandboxRecord(sandbox_id, self.config.node_id, self.node_address(), seq, time.time(),
                              tuple(ports), paused=rec.paused, wake=rec.wake)
 

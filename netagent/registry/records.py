@@ -33,6 +33,7 @@ class PortRecord:
     public: bool = True
     token_sha256: str = ""   # hex SHA-256 of the access token of a private port
     host_mask: str = ""      # the Host header sent to the guest instead of the public one
+    mode: str = "http"       # "http": the edge's HTTP path serves it; "tcp": its raw TCP path only
 
     @property
     def key(self) -> str:
@@ -118,7 +119,7 @@ def lives_with_node(v: object, deleted: object) -> bool:
     return v == 2 and deleted is not True
 
 
-_PORT_DEFAULTS = {"public": True, "token_sha256": "", "host_mask": ""}
+_PORT_DEFAULTS = {"public": True, "token_sha256": "", "host_mask": "", "mode": "http"}
 
 
 def _port_doc(port: PortRecord) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The edge against its baseline, the sandbox's DNATed port itself, in the same run.
 
-  python -m tests.bench.edge_bench [--seconds 3] [--connections 16]
+  python -m tests.bench.edge_bench [--seconds 3] [--connections 16] [--rounds 3]
 
 A real Agent (SQLite registry) in the test bed's host netns allocates one sandbox;
 a light guest (its own netns, wired to the slot's tap by the test bed's frame relay)
@@ -11,9 +11,13 @@ registry. h2load, also in the internet netns, one request in flight per connecti
   dnat       http://198.51.100.2:{host_port}/: what a client reaches without the edge
   edge_http  through the edge, plain HTTP/1.1, to the same port
   edge_h2    through the edge, HTTPS + HTTP/2, to the same port
+  edge_h2_front  the same through a second edge with --tcp-on-https: its HTTPS listener
+             is the SNI front (mode tcp), one hop over a unix socket with PROXY v2 to
+             the HTTPS termination
 Each path: a serial run (1 connection: p50/p99) and a concurrent one (--connections:
-requests/s). The edge's cost is its figures over dnat's. Prints JSON. Every packet
-stays in namespaces the test bed made (TEST-NET addresses).
+requests/s). The edge's cost is its figures over dnat's. edge_h2 and edge_h2_front run
+in alternating rounds (--rounds), the front's cost is the median of each round's pair.
+Prints JSON. Every packet stays in namespaces the test bed made (TEST-NET addresses).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -51,10 +56,46 @@ def status_through(bed: Testbed, port: int, host: str) -> int:
         return 0
 
 
-async def run(seconds: float, connections: int) -> dict:
+def start_edge(bed: Testbed, registry, workdir: Path, pem: Path, **settings: object
+               ) -> tuple[HAProxy, int, asyncio.Task]:
+    """An edge (haproxy in the internet netns and its control plane), with its HTTPS port."""
+    https = loopback_port()
+    haproxy = HAProxy.for_test(workdir, DOMAIN, https_listen=(f"127.0.0.1:{https}",), tls_pem=str(pem),
+                               redirect_to_https=False, threads=2, **settings)
+    haproxy.start(netns=bed.inet)
+    control = EdgeControl(open_feed(registry), HAProxyRuntime(  # type: ignore[arg-type]
+        haproxy.settings.admin_socket, haproxy.settings.map_dir), haproxy.settings.shards)
+    return haproxy, https, asyncio.create_task(control.run())
+
+
+def front_cost(rounds: list[dict]) -> dict:
+    """The front's figures over the direct HTTPS listener's, median over alternating rounds."""
+    def median(path: str, *keys: str) -> float:
+        values = []
+        for r in rounds:
+            v = r[path]
+            for k in keys:
+                v = v[k]
+            values.append(v)
+        return statistics.median(values)
+    direct_rps, front_rps = median("edge_h2", "concurrent", "rps"), median("edge_h2_front", "concurrent", "rps")
+    return {
+        "rounds": len(rounds),
+        "added_p50_ms": round(median("edge_h2_front", "serial", "p50_ms") - median("edge_h2", "serial", "p50_ms"), 3),
+        "added_p99_ms": round(median("edge_h2_front", "serial", "p99_ms") - median("edge_h2", "serial", "p99_ms"), 3),
+        "concurrent_rps_ratio": round(front_rps / direct_rps, 3),
+        "requests_per_cpu_s_ratio": round(median("edge_h2_front", "concurrent", "requests_per_cpu_s")
+                                          / median("edge_h2", "concurrent", "requests_per_cpu_s"), 3),
+        "per_round_rps": [(r["edge_h2"]["concurrent"]["rps"], r["edge_h2_front"]["concurrent"]["rps"])
+                          for r in rounds],
+    }
+
+
+async def run(seconds: float, connections: int, rounds: int = 3) -> dict:
     bed = Testbed().create()
     procs: list[subprocess.Popen[bytes]] = []
     haproxy: HAProxy | None = None
+    front: HAProxy | None = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
@@ -64,7 +105,7 @@ async def run(seconds: float, connections: int) -> dict:
             await agent.start()
             registry = open_registry(url)
             await registry.connect()
-            control_task = None
+            control_task = front_task = None
             try:
                 net = await agent.allocate("bench")
                 guest = await asyncio.to_thread(LightGuest.attach, bed, net, "0")
@@ -77,20 +118,17 @@ async def run(seconds: float, connections: int) -> dict:
                 host_port = await agent.expose("bench", GUEST_PORT)
 
                 _, pem = wildcard_pem(workdir / "pki", DOMAIN)
-                https = loopback_port()
-                haproxy = HAProxy.for_test(workdir / "edge", DOMAIN, https_listen=(f"127.0.0.1:{https}",),
-                                           tls_pem=str(pem), redirect_to_https=False, threads=2)
-                haproxy.start(netns=bed.inet)
-                assert haproxy.proc is not None
-                control = EdgeControl(open_feed(registry), HAProxyRuntime(  # type: ignore[arg-type]
-                    haproxy.settings.admin_socket, haproxy.settings.map_dir), haproxy.settings.shards)
-                control_task = asyncio.create_task(control.run())
-                for _ in range(600):       # until the prober found the port open and the edge routes it
-                    if await asyncio.to_thread(status_through, bed, haproxy.http_port, HOST) == 200:
-                        break
-                    await asyncio.sleep(0.1)
-                else:
-                    raise RuntimeError("the edge never routed the sandbox port")
+                haproxy, https, control_task = start_edge(bed, registry, workdir / "edge", pem)
+                front, front_https, front_task = start_edge(bed, registry, workdir / "edge-front", pem,
+                                                            tcp_on_https=True)
+                assert haproxy.proc is not None and front.proc is not None
+                for edge in (haproxy, front):
+                    for _ in range(600):       # until the prober found the port open and the edge routes it
+                        if await asyncio.to_thread(status_through, bed, edge.http_port, HOST) == 200:
+                            break
+                        await asyncio.sleep(0.1)
+                    else:
+                        raise RuntimeError("the edge never routed the sandbox port")
 
                 out: dict = {"setup": {"seconds": seconds, "connections": connections, "cpus": os.cpu_count(),
                                        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -105,6 +143,15 @@ async def run(seconds: float, connections: int) -> dict:
                 for name, (target, connect_to, h2, pid) in paths.items():
                     out[name] = await asyncio.to_thread(measure, target, connect_to, connections, seconds, h2,
                                                         workdir, pid, bed.inet)
+                pair = {"edge_h2": paths["edge_h2"],
+                        "edge_h2_front": (f"https://{HOST}/", f"127.0.0.1:{front_https}", True, front.proc.pid)}
+                ab: list[dict] = []
+                for _ in range(rounds):             # alternating, so load drifts hit both alike
+                    ab.append({name: await asyncio.to_thread(measure, target, connect_to, connections, seconds,
+                                                             h2, workdir, pid, bed.inet)
+                               for name, (target, connect_to, h2, pid) in pair.items()})
+                out["edge_h2_front"] = ab[-1]["edge_h2_front"]
+                out["front_over_edge_h2"] = front_cost(ab)
                 for name in ("edge_http", "edge_h2"):
                     out[f"{name}_over_dnat"] = {
                         "added_p50_ms": round(out[name]["serial"]["p50_ms"] - out["dnat"]["serial"]["p50_ms"], 3),
@@ -114,17 +161,19 @@ async def run(seconds: float, connections: int) -> dict:
                 out["setup"]["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
                 return out
             finally:
-                if control_task is not None:
-                    control_task.cancel()
-                    await asyncio.gather(control_task, return_exceptions=True)
+                for task in (control_task, front_task):
+                    if task is not None:
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
                 await registry.close()
                 await agent.stop()
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=10)
-        if haproxy is not None:
-            haproxy.stop()
+        for edge in (haproxy, front):
+            if edge is not None:
+                edge.stop()
         bed.destroy()
 
 
@@ -132,8 +181,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of edge_h2 and edge_h2_front")
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(run(args.seconds, args.connections)), indent=2))
+    print(json.dumps(asyncio.run(run(args.seconds, args.connections, args.rounds)), indent=2))
 
 
 if __name__ == "__main__":

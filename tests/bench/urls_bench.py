@@ -11,8 +11,9 @@ server in the bench) writes the live record and answers. Figure: from the record
 write to the first byte of the guest's answer at the client (target p99 <= 100 ms),
 and from the hook call to that byte. SQLite registry (polled every 20 ms) and Redis
 (published).
-tcp: raw TCP through --tcp-listen (TLS by SNI) against the same sink straight: the
-throughput of one connection (200 MB) and the time from connect to the first answer.
+tcp: raw TCP through the edge's --tcp-listen and its 443 front (--tcp-on-https), TLS
+by SNI, against the same server straight: iperf3 through a socat TLS client, and the
+time from connect to the first answer (tcp_path.py).
 Prints JSON.
 """
 from __future__ import annotations
@@ -21,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import ssl
 import tempfile
 import time
 from dataclasses import replace
@@ -32,12 +32,12 @@ from netagent.edge.waker import Waker
 from netagent.registry import open_registry
 from netagent.registry.sqlite import SqliteRegistry
 from tests.bench.run import summary
+from tests.bench.tcp_path import tcp_path
 from tests.edge.hap import DOMAIN, eventually, running_edge
 from tests.edge.helpers import LOOPBACK, RawClient, UpstreamServer, free_port, sandbox
 from tests.edge.hook import HookServer
 from tests.testbed.haproxy_proc import loopback_port
 from tests.testbed.redis_proc import RedisServer
-from tests.testbed.tls import wildcard_pem
 
 KEY = b"bench-key-" * 4
 
@@ -147,76 +147,6 @@ async def _first_byte(port: int, host: str) -> float:
         writer.close()
 
 
-async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Reads a 4-byte length, then that many bytes; answers b"ok". A zero length: echo one ping."""
-    try:
-        size = int.from_bytes(await reader.readexactly(4), "big")
-        left = size
-        while left and (chunk := await reader.read(min(left, 1 << 20))):
-            left -= len(chunk)
-        writer.write(b"ok")
-        await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-
-
-async def _tcp_session(port: int, size: int, ssl_ctx: ssl.SSLContext | None, sni: str) -> tuple[float, float]:
-    """(connect+handshake+first answer seconds for size 0, or transfer seconds)."""
-    started = time.monotonic()
-    reader, writer = await asyncio.open_connection(LOOPBACK, port, ssl=ssl_ctx,
-                                                   server_hostname=sni if ssl_ctx else None)
-    try:
-        writer.write(size.to_bytes(4, "big"))
-        block = b"x" * (1 << 20)
-        for _ in range(size >> 20):
-            writer.write(block)
-            await writer.drain()
-        assert await reader.readexactly(2) == b"ok"
-        return time.monotonic() - started, size
-    finally:
-        writer.close()
-
-
-async def tcp_path(workdir: Path, megabytes: int, connects: int) -> dict:
-    """Raw TCP through --tcp-listen (TLS by SNI) against the sink straight (plain TCP, as
-    the DNATed port is): throughput of one connection, and connect-to-first-answer time."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    ca, pem = wildcard_pem(workdir / "pki", DOMAIN)
-    sink = await asyncio.start_server(_sink, LOOPBACK, 0)
-    sink_port = sink.sockets[0].getsockname()[1]
-    registry = SqliteRegistry(f"sqlite:///{workdir}/registry.db")
-    await registry.connect()
-    out: dict = {}
-    try:
-        await registry.put_sandbox(sandbox("tcpb", {5432: (sink_port, True)}), ttl_s=600)
-        tcp_port = loopback_port()
-        async with running_edge(workdir / "edge", registry, tls_pem=str(pem), tcp_listen=(f"127.0.0.1:{tcp_port}",)):
-            ctx = ssl.create_default_context(cafile=str(ca))
-            sni = f"5432-tcpb.{DOMAIN}"
-            await eventually(lambda: _tcp_ok(tcp_port, ctx, sni), timeout_s=10)
-            for name, port, c in (("direct", sink_port, None), ("edge_tls", tcp_port, ctx)):
-                secs, size = await _tcp_session(port, megabytes << 20, c, sni)
-                connect = [(await _tcp_session(port, 0, c, sni))[0] * 1000 for _ in range(connects)]
-                out[name] = {"mbytes_per_s": round(size / secs / 1e6, 1), "connect_ms": summary(connect)}
-    finally:
-        sink.close()
-        await registry.close()
-    out["throughput_ratio"] = round(out["edge_tls"]["mbytes_per_s"] / out["direct"]["mbytes_per_s"], 3)
-    out["added_connect_p50_ms"] = round(out["edge_tls"]["connect_ms"]["p50"] - out["direct"]["connect_ms"]["p50"], 3)
-    out["note"] = "one Python client and sink in this process: TLS is the client's (Python ssl) work as well"
-    return out
-
-
-async def _tcp_ok(port: int, ctx: ssl.SSLContext, sni: str) -> bool:
-    try:
-        await _tcp_session(port, 0, ctx, sni)
-        return True
-    except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
-        return False
-
-
 async def run(requests: int, wakes: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = {"loadavg_start": os.getloadavg()[0], "just_opened": await just_opened(requests, Path(tmp) / "jo")}
@@ -228,7 +158,7 @@ async def run(requests: int, wakes: int) -> dict:
             out["wake_redis"] = await wake(wakes, Path(tmp) / "wake-redis", redis.url)
         finally:
             redis.kill()
-        out["tcp"] = await tcp_path(Path(tmp) / "tcp", megabytes=200, connects=200)
+        out["tcp"] = await tcp_path(Path(tmp) / "tcp", seconds=3, connects=200, rounds=3)
         out["loadavg_end"] = os.getloadavg()[0]
         return out
 

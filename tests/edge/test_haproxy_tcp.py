@@ -1,7 +1,8 @@
-"""Raw TCP through the edge (issue 24 part 3, first slice): TLS on --tcp-listen, the
-SNI names the sandbox port, HAProxy passes the bytes to a TCP echo server standing in
-for the guest. Bad input: no SNI, a private port, an unknown or paused sandbox, a
-client that sends nothing."""
+"""Raw TCP through the edge (issue 24 part 3): TLS on --tcp-listen, the SNI names a
+port exposed in mode tcp, HAProxy passes the bytes to a TCP echo server standing in
+for the guest. Bad input: no SNI, a private port without its token, an unknown or
+paused sandbox, a port exposed for HTTP, a client that sends nothing. The 443 front
+(--tcp-on-https) and the private port's credential: test_haproxy_tcp443.py."""
 from __future__ import annotations
 
 import asyncio
@@ -11,12 +12,20 @@ from dataclasses import replace
 
 import pytest
 
+from netagent.registry import PortRecord, SandboxRecord
 from tests.testbed.haproxy_proc import loopback_port
 from tests.testbed.tls import wildcard_pem
 
 from .hap import DOMAIN, eventually, running_edge
-from .helpers import LOOPBACK, sandbox
+from .helpers import EDGE_TEST_V, LOOPBACK, sandbox
 from .test_haproxy import private
+
+
+def tcp_sandbox(sandbox_id: str, ports: dict[int, int], token_sha256: str = "") -> SandboxRecord:
+    """A record whose guest ports (-> host ports) are exposed in mode tcp; private with a token hash."""
+    return SandboxRecord(sandbox_id, "node-1", LOOPBACK, 1, 0.0, tuple(
+        PortRecord(guest, "tcp", host, True, 0.0, 0.0, public=not token_sha256, token_sha256=token_sha256,
+                   mode="tcp") for guest, host in sorted(ports.items())), v=EDGE_TEST_V)
 
 
 class EchoServer:
@@ -49,7 +58,7 @@ class EchoServer:
 async def tcp_edge(tmp_path, registry):
     ca, pem = wildcard_pem(tmp_path / "pki", DOMAIN)
     echo = await EchoServer().start()
-    await registry.put_sandbox(sandbox("tcp1", {5432: (echo.port, False)}), ttl_s=300)
+    await registry.put_sandbox(tcp_sandbox("tcp1", {5432: echo.port}), ttl_s=300)
     tcp_port = loopback_port()
     try:
         async with running_edge(tmp_path / "edge", registry, tls_pem=str(pem),
@@ -88,12 +97,15 @@ async def test_tls_by_sni_reaches_the_tcp_port(tcp_edge) -> None:
 async def test_no_byte_reaches_a_guest_without_a_right(tcp_edge, registry) -> None:
     port, ca, echo = tcp_edge
     await eventually(lambda: _echoes(port, ca, f"5432-tcp1.{DOMAIN}"))
-    await registry.put_sandbox(private("priv", 5432, echo.port), ttl_s=300)
-    await registry.put_sandbox(replace(sandbox("nap", {5432: (echo.port, True)}), paused=True), ttl_s=300)
-    await registry.put_sandbox(sandbox("seen", {5432: (echo.port, True)}), ttl_s=300)
-    await eventually(lambda: _echoes(port, ca, f"5432-seen.{DOMAIN}"))   # the edge has the three records
+    await registry.put_sandbox(replace(private("priv", 5432, echo.port), ports=tuple(
+        replace(p, mode="tcp") for p in private("priv", 5432, echo.port).ports)), ttl_s=300)
+    await registry.put_sandbox(replace(tcp_sandbox("nap", {5432: echo.port}), paused=True), ttl_s=300)
+    await registry.put_sandbox(sandbox("web", {5432: (echo.port, True)}), ttl_s=300)      # mode http
+    await registry.put_sandbox(tcp_sandbox("seen", {5432: echo.port}), ttl_s=300)
+    await eventually(lambda: _echoes(port, ca, f"5432-seen.{DOMAIN}"))   # the edge has the four records
     before = echo.received
-    for name in (f"5432-priv.{DOMAIN}", f"5432-nap.{DOMAIN}", f"5432-nobody.{DOMAIN}", f"9-tcp1.{DOMAIN}"):
+    for name in (f"5432-priv.{DOMAIN}", f"5432-nap.{DOMAIN}", f"5432-nobody.{DOMAIN}", f"9-tcp1.{DOMAIN}",
+                 f"5432-web.{DOMAIN}"):
         assert await tls_exchange(port, ca, name, b"secret") == b"", name      # closed after the handshake
     with pytest.raises(ssl.SSLError):                                          # no SNI: no handshake
         await tls_exchange(port, ca, None, b"secret")

@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import signal
 import time
+from hashlib import sha256
 
 import grpc
 import pytest
@@ -133,6 +134,7 @@ def test_private_port_access_is_published_as_a_hash_and_survives_a_restart(bed, 
     restarted agent still publishes the port as private."""
     url = f"sqlite://{tmp_path}/registry.db"
     token, rotated = "first-token-0123456789", "second-token-0123456789"
+    sni_token = "k7q2m9x4p8w3z6r1t5v0"
     config = write_config(bed, tmp_path, pool_size=1, registry_url=url, log_level="DEBUG")
     daemon = Daemon(config).start()
     try:
@@ -153,6 +155,14 @@ def test_private_port_access_is_published_as_a_hash_and_survives_a_restart(bed, 
             with pytest.raises(grpc.RpcError) as err:
                 c.expose("acc-1", 3000, host_mask="evil\r\nX: 1")
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # mode tcp (#24): a private tcp port's token is its SNI credential, [a-z0-9]
+            c.expose("acc-1", 22, public=False, access_token=sni_token, mode="tcp")
+            wait_for(lambda: (rec := read(url, "acc-1")) is not None and rec.port(22) is not None
+                     and rec.port(22).mode == "tcp", 5, "the tcp port")
+            for bad in ({"mode": "udp"}, {"access_token": rotated}):               # rotated has '-'
+                with pytest.raises(grpc.RpcError) as err:
+                    c.expose("acc-1", 22, **bad)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         daemon.stop()
         first_log = "".join(daemon.log)
         restarted_at = time.time()        # records are written on change and at start, not every heartbeat
@@ -161,9 +171,11 @@ def test_private_port_access_is_published_as_a_hash_and_survives_a_restart(bed, 
                  "a fresh write after the restart")
         port = read(url, "acc-1").port(3000)
         assert not port.public and port.token_sha256 == hashlib.sha256(rotated.encode()).hexdigest()
+        tcp = read(url, "acc-1").port(22)
+        assert (tcp.mode, tcp.public, tcp.token_sha256) == ("tcp", False, sha256(sni_token.encode()).hexdigest())
         daemon.stop()
         log = first_log + "".join(daemon.log)
-        assert "acc-1" in log and token not in log and rotated not in log
+        assert "acc-1" in log and token not in log and rotated not in log and sni_token not in log
     finally:
         if daemon.proc and daemon.proc.poll() is None:
             daemon.stop()

@@ -3,6 +3,7 @@ changes out, applied to a real SQLite store and the in-memory fake firewall."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
@@ -276,6 +277,47 @@ def test_port_access_is_planned_like_any_change_and_the_token_never_passes_the_b
         plan(inv, ops.SetPortAccess.of("nobody", 3000, public=True), CTX)
     assert apply(inv, ops.SetPortAccess.of("a", 3000, public=True)).reply.token_sha256 == op.token_sha256
 
+
+
+SNI_TOKEN = "k7q2m9x4p8w3z6r1t5v0"    # lowercase letters and digits
+
+
+def test_port_mode_tcp_and_the_sni_credential_of_a_private_tcp_port(tmp_path):
+    """mode (#24): http by default, tcp on request, stored; a private tcp port's token
+    must fit its SNI label {port}--{token}-{sandboxId}, given in the call that makes it so."""
+    store = StateStore(tmp_path)
+    inv = inventory()
+    with store.transaction() as tx:
+        for change in (apply(inv, alloc("a", 0)), apply(inv, ops.SetPortAccess.of("a", 5432, mode="tcp"))):
+            for row in change.rows:
+                tx.write(row)
+    assert change.reply.mode == "tcp" and change.reply.public and change.nft == ()
+    with pytest.raises(InvalidArgument, match="mode"):
+        ops.SetPortAccess.of("a", 5432, mode="udp")
+    for token in ("Upper-case-token-0123", "has-dashes-0123456789", "x" * 60):   # not [a-z0-9], too long
+        with pytest.raises(InvalidArgument, match="SNI"):
+            plan(inv, ops.SetPortAccess.of("a", 5432, public=False, access_token=token), CTX)
+    apply(inv, ops.SetPortAccess.of("a", 3000, public=False, access_token="http-only-token-0123"))
+    with pytest.raises(InvalidArgument, match="same call"):          # http private -> tcp without the token
+        plan(inv, ops.SetPortAccess.of("a", 3000, mode="tcp"), CTX)
+    ok = apply(inv, ops.SetPortAccess.of("a", 5432, public=False, access_token=SNI_TOKEN)).reply
+    assert not ok.public and ok.mode == "tcp"
+    assert apply(inv, ops.SetPortAccess.of("a", 5432, host_mask="")).reply == ok     # stays private tcp
+    assert apply(inv, ops.SetPortAccess.of("a", 8080)).reply.mode == "http"          # the default
+    store.close()
+    assert StateStore(tmp_path).load().allocations["a"].access[5432].mode == "tcp"
+
+
+def test_a_state_file_from_before_the_mode_column_reads_as_http(tmp_path):
+    old = sqlite3.connect(tmp_path / "state.db")
+    old.executescript("CREATE TABLE port_access (sandbox_id TEXT NOT NULL, guest_port INTEGER NOT NULL, "
+                      "public INTEGER NOT NULL, token_sha256 TEXT NOT NULL, host_mask TEXT NOT NULL, "
+                      "PRIMARY KEY (sandbox_id, guest_port));"
+                      "INSERT INTO port_access VALUES ('a', 3000, 1, '', '');")
+    old.close()
+    store = StateStore(tmp_path)
+    assert store.load_port_access()[("a", 3000)].mode == "http"
+    store.close()
 
 def test_paused_is_planned_stored_and_repeated_calls_write_nothing(tmp_path):
     """SetPaused (#24): a row only when it changes; wake only counts while paused; it

@@ -35,6 +35,12 @@ def test_entries_of_a_record() -> None:
     }
 
 
+
+def test_a_tcp_port_has_its_own_key_so_each_path_serves_its_own_ports() -> None:
+    r = rec("abc", port(3000, 30001), port(22, 30002, mode="tcp"), port(23, 30003, mode="quic"))
+    assert record_entries(r) == {"abc": "1", "abc/3000": "10.0.0.7|30001||", "abc/22/tcp": "10.0.0.7|30002||"}
+    assert entries_from_json("abc", r.to_json()) == record_entries(r)      # an unknown mode: on neither path
+
 @pytest.mark.parametrize("sid", ["Upper", "a_b", "a.b", "x" * 62])
 def test_ids_the_host_form_cannot_name_get_no_entries(sid: str) -> None:
     assert record_entries(rec(sid, port())) == {}
@@ -121,10 +127,20 @@ def test_render_options() -> None:
     assert "del-header X-Forwarded-For" in render(settings())
 
 
+def test_render_the_443_front_moves_the_public_https_bind_behind_it() -> None:
+    text = render(settings(https_listen=("0.0.0.0:443",), tls_pem="/e.pem", tcp_on_https=True))
+    assert "frontend https_front\n" in text and "\n    bind 0.0.0.0:443\n" in text         # no TLS on the front
+    assert "bind unix@/run/e/edge-https.sock accept-proxy ssl crt /e.pem alpn h2,http/1.1 strict-sni" in text
+    assert "bind unix@/run/e/edge-tcp.sock accept-proxy ssl crt /e.pem strict-sni" in text
+    assert text.count("send-proxy-v2") == 1 + 2 * 4                   # to_https, and both servers per shard
+    assert "0.0.0.0:443 ssl" not in text
+
+
 @pytest.mark.parametrize("bad", [
     {"domain": "Bad Domain"}, {"domain": "x.test; evil"}, {"map_dir": "relative"}, {"admin_socket": "/a b"},
     {"http_listen": ("8080",)}, {"https_listen": (":443",)}, {"token_header": "X Token"},
     {"token_cookie": "a;b"}, {"shards": 0}, {"url_signing_key": b"too short"}, {"http_listen": (), "https_listen": ()},
+    {"tcp_on_https": True},                                     # the front needs https listeners
 ])
 def test_render_refuses_bad_settings(bad: dict) -> None:
     with pytest.raises(ValueError):

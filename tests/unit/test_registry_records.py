@@ -73,3 +73,6 @@ def test_edge_access_fields_are_written_only_when_set() -> None:
     doc = json.loads(private.to_json())["ports"]["80/tcp"]
     assert (doc["public"], doc["token_sha256"], doc["host_mask"]) == (False, "ab" * 32, "localhost:80")
     assert SandboxRecord.from_json(private.to_json()) == private
+    tcp = SandboxRecord("s", "n", "a", 1, 1.0, (PortRecord(22, "tcp", 30000, True, 1.0, 2.0, mode="tcp"),))
+    assert json.loads(tcp.to_json())["ports"]["22/tcp"]["mode"] == "tcp"     # "http", the default, is not written
+    assert SandboxRecord.from_json(tcp.to_json()) == tcp
