@@ -46,7 +46,8 @@ from .dns.startup import start_proxy
 from .events import EventLog
 from .firewall import elements as el
 from .firewall import nflog, nfqueue, ruleset
-from .firewall.driver import FirewallDriver, HostTable
+from .firewall.driver import FirewallDriver
+from .firewall.drivers import open_driver
 from .firewall.generation import GenerationWatch
 from .firstpayload.checker import CheckLinks, FirstPayloadCheck
 from .flows import recorder as flow_recorder
@@ -71,7 +72,8 @@ class Agent(CoreApi, InterceptApi):
         self.plan = AddressPlan(config)
         # The one place the firewall driver is chosen; each worker thread makes its own.
         self.ruleset_generation = GenerationWatch()
-        self._make_firewall = firewall or (lambda: HostTable(config.prefix, watch=self.ruleset_generation))
+        self._make_firewall = firewall or (lambda: open_driver(config.firewall_driver, config.prefix,
+                                                               self.ruleset_generation))
         self.host_source = ruleset.read_rules(ruleset.HOST_RULES, rules_dir)
         self.builder = SlotBuilder(config, self.plan, ruleset.read_rules(ruleset.SLOT_RULES, rules_dir))
         self.store = StateStore(config.state_dir)
