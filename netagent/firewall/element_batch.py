@@ -84,10 +84,10 @@ def timed_changes(set_name: str, keys: Sequence[tuple[el.Key, int]]) -> list[Cha
 
 def _ipv4_span(value: el.Key, interval: bool) -> tuple[bytes, bytes]:
     text = str(value)
+    if ("/" in text or "-" in text) and not interval:
+        raise Unencodable(f"{text!r}: a range in a set without intervals")
     try:
         if "/" in text or "-" in text:
-            if not interval:
-                raise Unencodable(f"{text!r}: a range in a set without intervals")
             if "/" in text:
                 net = ipaddress.IPv4Network(text, strict=False)
                 return net.network_address.packed, net.broadcast_address.packed
