@@ -49,6 +49,9 @@ PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17}
 # The elements attribute's length is 16 bits: a longer run of one set's
 # changes goes in several messages (of the same batch).
 MAX_ELEMENTS_BYTES = 32 * 1024
+# Past this a batch would not fit a netlink socket's default send buffer
+# (208 KiB): libnftables takes it (it grows its socket's buffer).
+MAX_BATCH_BYTES = 128 * 1024
 
 
 class Unencodable(ValueError):

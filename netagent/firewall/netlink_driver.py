@@ -7,7 +7,8 @@ nothing stays true).
 
 The set shapes the encoder needs come from one GETSET dump, read again after
 our own reload or table delete and after any refused batch (someone may have
-changed the table).
+changed the table). The committer's batches go from the event loop when they
+can (`loop_batcher`, firewall/loop_batch.py), with these shapes.
 """
 from __future__ import annotations
 
@@ -20,10 +21,8 @@ from . import elements as el
 from . import nlsock, set_schema
 from .driver import HostTable
 from .generation import GenerationWatch
+from .loop_batch import LoopBatcher
 from .nft import Nft
-
-# Past this the batch would not fit a netlink socket's default send buffer (208 KiB).
-MAX_BATCH_BYTES = 128 * 1024
 
 
 class NetlinkHostTable(HostTable):
@@ -31,7 +30,7 @@ class NetlinkHostTable(HostTable):
 
     def __init__(self, table: str, nft: Nft | None = None, watch: GenerationWatch | None = None):
         super().__init__(table, nft, watch)
-        self._shapes: dict[str, set_schema.SetShape] | None = None
+        self.shapes: dict[str, set_schema.SetShape] | None = None
         self._raw_duration_s: float | None = None
         self.raw_batches = 0      # transactions sent as a raw batch
         self.fallbacks = 0        # ... and through libnftables (a change not encoded)
@@ -50,9 +49,9 @@ class NetlinkHostTable(HostTable):
 
     def _send(self, todo: list[eb.Change], fallback) -> None:  # type: ignore[no-untyped-def]
         try:
-            shapes = self._shapes if self._shapes is not None else self._read_shapes()
+            shapes = self.shapes if self.shapes is not None else self._read_shapes()
             batch = eb.encode("inet", self.table, shapes, todo, 1)
-            if len(batch.data) > MAX_BATCH_BYTES:
+            if len(batch.data) > eb.MAX_BATCH_BYTES:
                 raise eb.Unencodable(f"a batch of {len(batch.data)} bytes")
         except eb.Unencodable:
             self.fallbacks += 1
@@ -72,10 +71,10 @@ class NetlinkHostTable(HostTable):
         try:
             nlsock.ask(request, lambda data, seq: answers[-1](data, seq), batch.last_seq - batch.first_seq + 2)
         except eb.BatchError as exc:
-            self._shapes = None   # the table may not be what we read
+            self.shapes = None   # the table may not be what we read
             raise Unavailable(str(exc)) from exc
         except OSError as exc:
-            self._shapes = None
+            self.shapes = None
             raise Unavailable(f"sending an nftables element batch: {exc}") from exc
         finally:
             self._raw_duration_s = time.perf_counter() - started
@@ -83,15 +82,20 @@ class NetlinkHostTable(HostTable):
 
     def _read_shapes(self) -> dict[str, set_schema.SetShape]:
         try:
-            self._shapes = set_schema.read_shapes("inet", self.table)
+            self.shapes = set_schema.read_shapes("inet", self.table)
         except OSError as exc:
             raise eb.Unencodable(f"reading the sets of inet {self.table}: {exc}") from exc
-        return self._shapes
+        return self.shapes
+
+    def loop_batcher(self) -> LoopBatcher:
+        """A sender of this table's element batches for the event loop (call on
+        this driver's thread: its socket is made in this netns)."""
+        return LoopBatcher(self)
 
     def reload(self, rules_text: str, fixed: Sequence[el.Element], dynamic: Sequence[el.Element]) -> None:
-        self._shapes = None
+        self.shapes = None
         super().reload(rules_text, fixed, dynamic)
 
     def delete_table(self) -> bool:
-        self._shapes = None
+        self.shapes = None
         return super().delete_table()

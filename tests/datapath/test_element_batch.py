@@ -5,7 +5,8 @@ concatenated intervals, map data, timeouts, counter sets), the raw batch and
 libnftables leave the same set contents (`nft -j list set`); a batch with one
 bad element changes nothing and says which message the kernel refused; the
 ruleset generation advances once per batch; a change the batch does not encode
-(a one-field interval set) goes through libnftables whole."""
+(a one-field interval set) goes through libnftables whole; the event loop's
+sender (firewall/loop_batch.py) does the same from another thread's netns."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,8 @@ from netagent.errors import Unavailable
 from netagent.firewall import elements as el
 from netagent.firewall import names
 from netagent.firewall.driver import HostTable
-from netagent.firewall.generation import read_generation
+from netagent.firewall.generation import GenerationWatch, read_generation
+from netagent.firewall.loop_batch import LoopBatcher
 from netagent.firewall.netlink_driver import NetlinkHostTable
 from netagent.firewall.ruleset import read_rules
 from netagent.operator.kernel import in_netns
@@ -160,3 +162,35 @@ def test_a_change_the_batch_does_not_encode_goes_through_libnftables_whole(ns):
     assert (raw.raw_batches, raw.fallbacks) == (0, 1)
     for name in (names.ALWAYS_DENY, names.EGRESS_OPEN):
         assert listed(ns, "raw", name) == listed(ns, "lib", name) != []
+
+
+def test_the_loop_sends_batches_on_a_socket_made_in_the_host_netns(ns):
+    """LoopBatcher: made on a thread in the netns, used from this test's thread
+    (another netns); the batch lands in the netns' table, its generation is
+    recorded as ours, and every case it does not take is handed back (None)."""
+    watch = GenerationWatch()
+
+    def make() -> tuple[NetlinkHostTable, LoopBatcher, int]:
+        fw = NetlinkHostTable("raw", watch=watch)
+        batcher = fw.loop_batcher()
+        assert batcher.apply(el.add([E(names.EGRESS_OPEN, IP)])) is None   # no shapes read yet
+        fw.apply(el.add([E(names.EGRESS_OPEN, IP)]))                       # reads them
+        with watch.lock:
+            watch.listed(read_generation())
+        return fw, batcher, read_generation()
+    fw, batcher, generation = on(ns, make)  # type: ignore[misc]
+    try:
+        elements = KINDS["interval ipv4 . ipv4 . proto . port"] + KINDS["mark"]
+        assert batcher.apply(el.add(elements)) is not None
+        assert listed(ns, "raw", names.ALLOW_PORT) != [] and len(listed(ns, "raw", names.LIVE_MARKS)) == 2
+        assert watch.verified == generation + 1   # our own commit: no drift check needed
+        with watch.lock:   # held by another thread: never wait for it on the loop
+            assert batcher.apply(el.delete(KINDS["mark"])) is None
+        assert batcher.apply(el.add([E(names.ALWAYS_DENY, "192.0.2.0/24")])) is None   # not encoded
+        assert len(listed(ns, "raw", names.LIVE_MARKS)) == 2 and listed(ns, "raw", names.ALWAYS_DENY) == []
+        with pytest.raises(Unavailable, match="slot_mark"):
+            batcher.apply(el.add([E(names.SLOT_MARK, IP, 1), E(names.SLOT_MARK, IP, 2)]))
+        assert fw.shapes is None and listed(ns, "raw", names.SLOT_MARK) == []
+        assert (batcher.sent, batcher.handed_back) == (1, 3)
+    finally:
+        batcher.close()
