@@ -5,9 +5,10 @@ old egress mark leaves live_marks in the policy's transaction); `with_walk` is
 UpdatePolicy followed by the conntrack flush by mark the call used to await
 (one walk of the whole hash). `walk_ms` is that flush alone. Prints JSON.
 `live_mark_by_driver`: the same narrowing with each firewall driver on the
-host thread (config `firewall_driver`), rounds interleaved (A/B in one run).
+host thread (config `firewall_driver`; netlink-host: its batch sent from the
+host thread, not the loop), rounds interleaved (A/B in one run).
 
-    python -m tests.bench.flow_kill_bench [--existing 200] [--samples 100] [--drivers netlink,libnftables]
+    python -m tests.bench.flow_kill_bench [--existing 200] [--samples 100] [--drivers netlink,netlink-host,libnftables]
 """
 from __future__ import annotations
 
@@ -44,12 +45,20 @@ async def narrowings(agent: Agent, sid: str, samples: int, walk: bool) -> list[f
 
 
 async def use_driver(agent: Agent, kind: str) -> None:
-    """Make `kind` the host thread's firewall driver (each made once, on that thread)."""
+    """Make `kind` the host thread's firewall driver (each made once, on that
+    thread). "netlink" sends the committer's batches from the loop (as the
+    agent does), "netlink-host" from the host thread, "libnftables" through it."""
+    loop_batch = agent.__dict__.setdefault("_bench_loop_batch", agent._loop_batch)
+    agent._loop_batch = loop_batch if kind == "netlink" else None
+
     def swap() -> None:
         made = agent.host.local("firewall_drivers", dict)
-        if kind not in made:
-            made[kind] = open_driver(kind, agent.config.prefix, agent.ruleset_generation)
-        agent.host._local.firewall = made[kind]   # what agent._host_fw() returns from now on
+        driver = "libnftables" if kind == "libnftables" else "netlink"
+        if driver not in made:
+            made[driver] = open_driver(driver, agent.config.prefix, agent.ruleset_generation)
+            if loop_batch is not None and driver == "netlink":
+                made[driver] = loop_batch.driver   # the one the loop's sender reads its shapes from
+        agent.host._local.firewall = made[driver]   # what agent._host_fw() returns from now on
     await agent.host.call(swap)
 
 
@@ -76,6 +85,8 @@ async def bench(bed: Testbed, existing: int, samples: int, state: Path, drivers:
                 by_driver[kind] += await narrowings(agent, sid, samples // 4, walk=False)
         await use_driver(agent, agent.config.firewall_driver)
         out["live_mark_by_driver"] = {kind: summary(v) for kind, v in by_driver.items()}
+        if (sender := agent.__dict__.get("_bench_loop_batch")) is not None:
+            out["loop_batches"] = {"sent": sender.sent, "handed_back": sender.handed_back}
         walks = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -93,7 +104,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--existing", type=int, default=200)
     ap.add_argument("--samples", type=int, default=100)
-    ap.add_argument("--drivers", default="netlink,libnftables", help="firewall drivers to compare, interleaved")
+    ap.add_argument("--drivers", default="netlink,netlink-host,libnftables",
+                    help="firewall drivers to compare, interleaved (netlink-host: the batch from the host thread)")
     args = ap.parse_args()
     bed = Testbed().create()
     try:
