@@ -82,10 +82,11 @@ class NetlinkHostTable(HostTable):
 
     def _read_shapes(self) -> dict[str, set_schema.SetShape]:
         try:
-            self.shapes = set_schema.read_shapes("inet", self.table)
+            shapes = set_schema.read_shapes("inet", self.table)
         except OSError as exc:
             raise eb.Unencodable(f"reading the sets of inet {self.table}: {exc}") from exc
-        return self.shapes
+        self.shapes = shapes or None   # no table yet: read again next time
+        return shapes
 
     def loop_batcher(self) -> LoopBatcher:
         """A sender of this table's element batches for the event loop (call on
