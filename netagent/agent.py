@@ -46,8 +46,10 @@ from .dns.startup import start_proxy
 from .events import EventLog
 from .firewall import elements as el
 from .firewall import nflog, nfqueue, ruleset
-from .firewall.driver import FirewallDriver, HostTable
+from .firewall.driver import FirewallDriver
+from .firewall.drivers import open_driver
 from .firewall.generation import GenerationWatch
+from .firewall.loop_batch import LoopBatcher
 from .firstpayload.checker import CheckLinks, FirstPayloadCheck
 from .flows import recorder as flow_recorder
 from .intercept.service import InterceptService
@@ -71,11 +73,13 @@ class Agent(CoreApi, InterceptApi):
         self.plan = AddressPlan(config)
         # The one place the firewall driver is chosen; each worker thread makes its own.
         self.ruleset_generation = GenerationWatch()
-        self._make_firewall = firewall or (lambda: HostTable(config.prefix, watch=self.ruleset_generation))
+        self._make_firewall = firewall or (lambda: open_driver(config.firewall_driver, config.prefix,
+                                                               self.ruleset_generation))
         self.host_source = ruleset.read_rules(ruleset.HOST_RULES, rules_dir)
         self.builder = SlotBuilder(config, self.plan, ruleset.read_rules(ruleset.SLOT_RULES, rules_dir))
         self.store = StateStore(config.state_dir)
         self.host = HostWorker(config.host_netns)
+        self._loop_batch: LoopBatcher | None = None
         self.builds = BuildPool(config.host_netns, config.pool.build_concurrency)
         self.cleaner = Cleaner(config.host_netns)
         self.readers = Readers(config.host_netns)
@@ -157,6 +161,7 @@ class Agent(CoreApi, InterceptApi):
     async def start(self, fill_pool: bool = True) -> None:
         await self.reachability.check_node_id()     # before touching the host
         self.host_info = await self.host.call(self._host_setup)
+        self._loop_batch = await self.host.call(self._make_loop_batch)
         await self._start_dns_proxy()
         self._tasks.append(asyncio.create_task(self.committer.run(), name="netagent-committer"))
         await self._reconcile()
@@ -218,6 +223,12 @@ class Agent(CoreApi, InterceptApi):
         self.dns, self._dns_servers = await start_proxy(self.config, self.host.call, self.dns_threads.call,
                                                         self.admission.policy_of, self.admission.admit,
                                                         self._is_ruled, self._steer)
+
+    def _make_loop_batch(self) -> LoopBatcher | None:
+        """The host driver's sender of element batches from the loop, when it
+        has one (firewall/loop_batch.py); made on the host thread (its netns)."""
+        make = getattr(self._host_fw(), "loop_batcher", None)
+        return make() if make is not None else None
 
     def _host_setup(self) -> HostInfo:
         apply_sysctls()
@@ -281,6 +292,8 @@ class Agent(CoreApi, InterceptApi):
         self.dns_threads.shutdown()
         self.host.shutdown()
         self.meter.close()
+        if self._loop_batch is not None:
+            self._loop_batch.close()
         self.store.close()
 
     # ---- maintenance -----------------------------------------------------
@@ -328,7 +341,9 @@ class Agent(CoreApi, InterceptApi):
             self.metrics.observe_nft(await self.host.call(lambda: self.keeper.sync(self._host_fw(), dynamic)))
             self.store.set_meta("ruleset_fingerprint", self.keeper.fingerprint or "")
         elif nft := burst.nft:
-            self.metrics.observe_nft(await self.host.call(self._apply_ops, nft))
+            # from the loop when it can (no thread hops); else on the host thread
+            took = self._loop_batch.apply(nft) if self._loop_batch is not None else None
+            self.metrics.observe_nft(took if took is not None else await self.host.call(self._apply_ops, nft))
 
     def _apply_ops(self, nft: list[el.Op]) -> float:
         fw = self._host_fw()

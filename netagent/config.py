@@ -5,7 +5,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -253,6 +253,9 @@ class Config(BaseModel):
     edge_addresses: list[str] = Field(default_factory=list)
     ct_mark_base: int = Field(0x4E410000, ge=0, le=0x7FFF0000)
     ruleset_check_interval_s: float = Field(1.0, gt=0, le=60)
+    # How element changes reach the host table (firewall/drivers.py): "netlink",
+    # one raw nf_tables batch; "libnftables", through libnftables' JSON as before.
+    firewall_driver: Literal["netlink", "libnftables"] = "netlink"
     self_repair: bool = True                   # continuous reconcile of slots' kernel objects
     self_repair_sweep_slots_per_s: float = Field(2.0, ge=0, le=1000)  # backstop to kernel notices
     default_internet: bool = True

@@ -21,6 +21,7 @@ from typing import TypeVar
 from .nfnetlink import Dump, dump_reader
 
 NETLINK_NETFILTER = 12
+SOL_NETLINK, NETLINK_CAP_ACK = 270, 10
 # A dump takes one recv per 32 KiB datagram (the kernel's cap; 2,000 set
 # elements: 4), and a commit between two of them cuts it. At ~19 commits/s,
 # 171 of 3,762 set dumps were read twice, none more. A flat-out commit loop
@@ -43,17 +44,23 @@ def _socket() -> tuple[socket.socket, int]:
     if cached is not None:
         cached[0].close()   # the thread moved netns for good (rare): one close
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    # errors without a copy of the request: a refused element batch answers
+    # each refused message, and their copies could overflow the receive buffer
+    sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
     sock.settimeout(5)
     _local.sock, _local.seq = (sock, ino), 0
     return sock, ino
 
 
-def ask(request: Callable[[int], bytes], answer: Callable[[bytes, int], T | None]) -> T:
+def ask(request: Callable[[int], bytes], answer: Callable[[bytes, int], T | None], count: int = 1) -> T:
     """Send request(seq) on this thread's socket and read until answer(data, seq)
-    is not None. A failure drops the socket (a late reply must not be read
-    as the next request's)."""
+    is not None; `count` messages numbered from seq (a batch). A failure drops
+    the socket (a late reply must not be read as the next request's)."""
     sock, _ = _socket()
-    _local.seq = seq = (_local.seq + 1) & 0x7FFFFFFF or 1
+    seq = (_local.seq + 1) & 0x7FFFFFFF or 1
+    if seq + count > 0x7FFFFFFF:
+        seq = 1
+    _local.seq = seq + count - 1
     try:
         sock.sendto(request(seq), (0, 0))
         while True:

@@ -190,8 +190,10 @@ def wait_settled(client: Client, pool_size: int, timeout: float = 900) -> None:
 
 
 def run(bed: Testbed, tmp: Path, existing: int, rate: float, seconds: float, window: float,
-        pool_size: int = POOL_SIZE, trace: Path | None = None) -> dict:
-    config = write_config(bed, tmp, pool_size=pool_size, metrics_refresh_s=5.0, ruleset_check_interval_s=1.0)
+        pool_size: int = POOL_SIZE, trace: Path | None = None, firewall_driver: str | None = None) -> dict:
+    driver_over = {"firewall_driver": firewall_driver} if firewall_driver else {}
+    config = write_config(bed, tmp, pool_size=pool_size, metrics_refresh_s=5.0, ruleset_check_interval_s=1.0,
+                          **driver_over)
     daemon = Daemon(config, env=trace_env(trace) if trace else None).start(timeout=300)
     driver = None
     try:
@@ -217,6 +219,7 @@ def run(bed: Testbed, tmp: Path, existing: int, rate: float, seconds: float, win
         releases = len(cycles)
         cleaner_s = (samples[-1]["cleaner_sys_ticks"] - samples[0]["cleaner_sys_ticks"]) / CLK_TCK
         out = {
+            "firewall_driver": firewall_driver or "default",
             "existing": existing, "rate_per_s": rate, "seconds": seconds, "pool_size": pool_size,
             "fill_s": filled["seconds"], "worst_start_lag_s": result["lag_s"], "cycles_missed": result["missed"],
             "load_average": os.getloadavg(), "conntrack_buckets": int(buckets),
@@ -269,12 +272,14 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=60)
     ap.add_argument("--trace", type=Path, help="trace the daemon's allocates into this file, and report them "
                                                "(tests/bench/latency_trace/)")
+    ap.add_argument("--firewall-driver", choices=["netlink", "libnftables"],
+                    help="config firewall_driver for the daemon (default: the config's default)")
     args = ap.parse_args()
     bed = Testbed().create()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = run(bed, Path(tmp), args.existing, args.rate, LONG_SECONDS if args.long else args.seconds,
-                      args.window, trace=args.trace)
+                      args.window, trace=args.trace, firewall_driver=args.firewall_driver)
     finally:
         bed.destroy()
     print(json.dumps(out, indent=2))

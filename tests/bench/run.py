@@ -103,11 +103,13 @@ async def restart_reconcile(cfg: Config) -> dict:
     return out
 
 
-async def bench_grpc_only(bed: Testbed, existing: int, samples: int, state: Path, burst_rounds: int) -> dict:
+async def bench_grpc_only(bed: Testbed, existing: int, samples: int, state: Path, burst_rounds: int,
+                          firewall_driver: str | None = None) -> dict:
     """`--grpc-only`: the gRPC figures alone, at N existing (a quick look)."""
     from tests.bench.grpc_bench import bench_grpc  # imports this module's summary()
+    driver = {"firewall_driver": firewall_driver} if firewall_driver else {}
     agent = Agent(Config(prefix=bed.agent_prefix, host_netns=bed.host, uplink="up0", state_dir=state,
-                         pool_size=existing + 50, pool_build_concurrency=2))
+                         pool_size=existing + 50, pool_build_concurrency=2, **driver))
     await agent.start()
     try:
         await agent.wait_pool_ready(timeout=900)
@@ -202,6 +204,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench-results/datapath.json")
     ap.add_argument("--grpc-only", action="store_true", help="only the gRPC figures (no baselines)")
     ap.add_argument("--burst-rounds", type=int, default=4, help="rounds of the 200-call gRPC burst, per pool policy")
+    ap.add_argument("--firewall-driver", choices=["netlink", "libnftables"],
+                    help="with --grpc-only: config firewall_driver")
     args = ap.parse_args()
 
     result: dict = {"machine": {"kernel": platform.release(), "python": platform.python_version()},
@@ -209,11 +213,17 @@ def main() -> None:
     bed = Testbed().create()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            run = bench_grpc_only if args.grpc_only else bench_agent
-            result["netagent"] = asyncio.run(run(bed, args.existing, args.samples, Path(tmp), args.burst_rounds))
+            if args.grpc_only:
+                result["firewall_driver"] = args.firewall_driver or "default"
+                result["netagent"] = asyncio.run(bench_grpc_only(bed, args.existing, args.samples, Path(tmp),
+                                                                 args.burst_rounds, args.firewall_driver))
+            else:
+                result["netagent"] = asyncio.run(bench_agent(bed, args.existing, args.samples, Path(tmp),
+                                                             args.burst_rounds))
     finally:
         bed.destroy()
     if args.grpc_only:
+        result["load_average"] = os.getloadavg()
         result["targets"] = grpc_targets(result["netagent"]["grpc"], args.existing)
         print(json.dumps(result, indent=2))
         return
