@@ -23,6 +23,7 @@ from .config import Config
 from .core import ops
 from .core import pool as pool_mod
 from .core.admission import DnsAdmission
+from .core.aftercommit import CommitEffects
 from .core.api import CoreApi
 from .core.committer import Burst, Committer
 from .core.hostsync import HostTableKeeper
@@ -31,10 +32,9 @@ from .core.inventory import Inventory
 from .core.planner import PlanContext, desired_elements
 from .core.pool import Inflight, PoolSettings, WarmPool
 from .core.repair import Fix, Repairs
-from .core.rows import Change
 from .core.self_repair import RepairWork, SelfRepair
 from .core.views import sandbox_ips
-from .datapath import conntrack, link_counters
+from .datapath import link_counters
 from .datapath.host import HostInfo, apply_sysctls, discover
 from .datapath.slot_builder import SlotBuilder
 from .datapath.slot_repair import SlotRepairIO
@@ -53,7 +53,6 @@ from .firewall.loop_batch import LoopBatcher
 from .firstpayload.checker import CheckLinks, FirstPayloadCheck
 from .flows import recorder as flow_recorder
 from .intercept.service import InterceptService
-from .logs import for_sandbox
 from .metrics import Metrics
 from .models import SlotState
 from .reachability.tracker import AgentLink, Reachability
@@ -66,7 +65,7 @@ from .workers import BuildPool, Cleaner, DnsThreads, HostWorker, Readers
 log = logging.getLogger("netagent")
 
 
-class Agent(CoreApi, InterceptApi):
+class Agent(CoreApi, InterceptApi, CommitEffects):
     def __init__(self, config: Config, rules_dir: Any = ruleset.RULES_DIR,
                  firewall: Callable[[], FirewallDriver] | None = None):
         self.config = config
@@ -349,55 +348,6 @@ class Agent(CoreApi, InterceptApi):
         fw = self._host_fw()
         fw.apply(nft)
         return fw.last_duration_s
-
-    async def _after_commit(self, done: list[tuple[ops.Operation, Change]]) -> None:
-        """Once a burst has committed: tell the prober, end dropped DNS
-        admissions, flush the flows a new egress address ends; then in the
-        background flush the entries of flows the commit killed (their marks are
-        no longer live), take released sandboxes' final usage and clean their slots."""
-        drop = [ip for _, c in done for ip in c.drop_fqdn]
-        marks = [m for _, c in done for m in c.flush_marks]
-        clean = [s for _, c in done for s in c.clean_slots]
-        self.flows.on_committed([op for op, _ in done], self.inventory.allocations)
-        for op, change in done:
-            self.reachability.on_committed(change.rows)
-            if isinstance(op, ops.CALLER_OPS):
-                for_sandbox(log, op.sandbox_id, op=type(op).__name__).info("%s done", type(op).__name__)
-        if drop:
-            await self.cleaner.call(lambda: [self.admission.forget(self._cleaner_fw(), ip) for ip in drop])
-        if marks:
-            await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
-        if dead := [m for _, c in done for m in c.dead_marks]:
-            self.pool.spawn(self._flush_dead_marks(dead))
-        if shapes := [s for _, c in done for s in c.shape]:
-            await self.traffic.shape(shapes)
-        if released := [c for _, change in done for c in change.close_usage]:
-            for sid, slot, ip in released:
-                self.meter.release(sid, ip, slot)
-                if self.intercept is not None:
-                    await self.intercept.forget(sid)
-                if slot >= 0:
-                    self.pool.coming_back(slot)
-            self.pool.spawn(self._close_usage_when_quiet())
-        if clean:
-            self.pool.spawn(self.pool.clean(clean))
-
-    async def _close_usage_when_quiet(self) -> None:
-        """Final counts of released sandboxes, then their slots' cleaning: at a
-        quiet moment (as the pool's own background work), so a burst of
-        calls does not queue a CloseUsage commit behind each release; the
-        waiting ones close together in one reading and one burst. Their flows
-        are dead already (live_marks), so waiting counts nothing more."""
-        await self.pool.wait_quiet()
-        await self.meter.close_pending()
-
-    async def _flush_dead_marks(self, marks: list[int]) -> None:
-        """Off the request path: the flows are already dropped (drop_dead_flow);
-        this only frees their conntrack entries (one walk of the hash each)."""
-        try:
-            await self.cleaner.call(lambda: [conntrack.flush_mark(m) for m in marks])
-        except Exception:
-            log.exception("flushing dead ct marks %s failed; the entries expire on their own", marks)
 
     # ---- helpers ---------------------------------------------------------
 
